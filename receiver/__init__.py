@@ -1,0 +1,1 @@
+"""The receiver: the CloudAMQP webhook, durable hand-off to RabbitMQ, read-only views."""

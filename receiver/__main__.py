@@ -1,0 +1,46 @@
+"""``python -m receiver``: the HTTP receiver."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+from aiohttp import web
+
+from receiver.app import create_app
+from shared.errors import StoreError
+from shared.runtime import fail, install_stop_handlers, load_settings_or_exit
+from shared.settings import Settings
+
+log = structlog.get_logger("receiver")
+
+
+async def main(settings: Settings) -> None:
+    stop = asyncio.Event()
+    install_stop_handlers(stop, lambda name: log.info("receiver.signal", signal=name))
+    if not settings.webhook_token:
+        log.warning("receiver.no_token", detail="WEBHOOK_TOKEN is unset: anyone can post alarms")
+    # No access log: the token may be part of the path.
+    runner = web.AppRunner(create_app(settings), access_log=None)
+    try:
+        await runner.setup()
+    except StoreError as exc:
+        fail("receiver", f"state store error: {exc}")
+    site = web.TCPSite(runner, settings.receiver_host, settings.receiver_port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        fail("receiver", f"cannot listen on {settings.receiver_host}:{settings.receiver_port}: {exc}")
+    log.info(
+        "receiver.ready",
+        url=f"http://{settings.receiver_host}:{settings.receiver_port}/cloudamqp/alarm",
+        settings=settings.public_dict(),
+    )
+    await stop.wait()
+    await runner.cleanup()
+    log.info("receiver.stopped")
+
+
+if __name__ == "__main__":
+    asyncio.run(main(load_settings_or_exit("receiver")))

@@ -1,0 +1,132 @@
+"""Publishing accepted alarms: persistent, mandatory, confirmed — or ``BrokerUnavailable``.
+
+The connection is opened lazily and re-opened after any failure, so the receiver recovers by
+itself when the broker returns. While the broker is down, reconnects are attempted at most
+once per ``reconnect_interval`` so that requests fail fast with a 503 instead of each waiting
+for a connect timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import aio_pika
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractConnection
+
+from shared import topology
+from shared.alarm import iso
+from shared.errors import BrokerUnavailable
+
+log = structlog.get_logger("receiver.publisher")
+
+
+class Publisher:
+    def __init__(
+        self,
+        url: str,
+        retry_delays: tuple[float, ...],
+        *,
+        connect_timeout: float = 3.0,
+        publish_timeout: float = 5.0,
+        reconnect_interval: float = 1.0,
+    ):
+        self._url = url
+        self._retry_delays = retry_delays
+        self._connect_timeout = connect_timeout
+        self._publish_timeout = publish_timeout
+        self._reconnect_interval = reconnect_interval
+        self._connection: AbstractConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._lock = asyncio.Lock()
+        self._next_attempt = 0.0
+        self._last_error = "not connected yet"
+
+    @property
+    def connected(self) -> bool:
+        return self._channel is not None and not self._channel.is_closed
+
+    @property
+    def last_error(self) -> str:
+        return self._last_error
+
+    async def _channel_or_raise(self) -> AbstractChannel:
+        if self._channel is not None and not self._channel.is_closed:
+            return self._channel
+        async with self._lock:
+            if self._channel is not None and not self._channel.is_closed:
+                return self._channel
+            await self._reset()
+            if time.monotonic() < self._next_attempt:
+                raise BrokerUnavailable(f"broker unavailable: {self._last_error}")
+            try:
+                connection = await aio_pika.connect(self._url, timeout=self._connect_timeout)
+                channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+                await topology.declare_topology(channel, self._retry_delays)
+            except Exception as exc:
+                self._fail(exc)
+                raise BrokerUnavailable(f"broker unavailable: {self._last_error}") from None
+            self._connection, self._channel = connection, channel
+            log.info("broker.connected")
+            return channel
+
+    def _fail(self, exc: BaseException) -> None:
+        self._last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        self._next_attempt = time.monotonic() + self._reconnect_interval
+        log.warning("broker.unavailable", error=self._last_error)
+
+    async def _reset(self) -> None:
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is not None and not connection.is_closed:
+            try:
+                await connection.close()
+            except Exception:  # already broken; nothing more to do
+                log.debug("broker.close_failed")
+
+    async def publish(self, body: bytes, event_id: str, received_at: float) -> None:
+        """Return only once the broker has confirmed the message onto the work queue."""
+        channel = await self._channel_or_raise()
+        message = aio_pika.Message(
+            body=body,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=event_id,
+            timestamp=received_at,
+            headers={topology.H_EVENT_ID: event_id, topology.H_RECEIVED_AT: iso(received_at)},
+        )
+        try:
+            await asyncio.wait_for(
+                channel.default_exchange.publish(message, routing_key=topology.WORK_QUEUE, mandatory=True),
+                timeout=self._publish_timeout,
+            )
+        except aio_pika.exceptions.DeliveryError as exc:
+            # Returned (unroutable) or nacked: the broker did not take it.
+            reason = _delivery_reason(exc)
+            log.warning("broker.not_confirmed", reason=reason)
+            raise BrokerUnavailable(f"broker did not take the message: {reason}") from None
+        except Exception as exc:
+            self._fail(exc)
+            async with self._lock:
+                if self._channel is channel:
+                    await self._reset()
+            raise BrokerUnavailable(f"broker unavailable: {self._last_error}") from None
+
+    async def check(self) -> str | None:
+        """None when a channel is open (opening one if needed), else why not."""
+        try:
+            await self._channel_or_raise()
+        except BrokerUnavailable as exc:
+            return str(exc)
+        return None
+
+    async def close(self) -> None:
+        async with self._lock:
+            await self._reset()
+
+
+def _delivery_reason(exc: Any) -> str:
+    frame = getattr(exc, "frame", None)
+    name = type(frame).__name__ if frame is not None else "nack"
+    return "unroutable (no queue bound)" if "Return" in name else "negatively acknowledged"

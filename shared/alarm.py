@@ -1,0 +1,141 @@
+"""Our own ``Alarm`` type, and the one function that builds it from what travelled.
+
+The message on the broker is the envelope: its body is the alarm exactly as CloudAMQP posted
+it (so the management UI and the parking lot show the original), and the event id,
+received-at and attempt count travel as message properties and headers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from shared import topology
+from shared.errors import DecodeError
+
+
+@dataclass(frozen=True)
+class Alarm:
+    event_id: str
+    received_at: float
+    body: Mapping[str, Any] = field(repr=False)
+    event_key: str
+    attempts: int = 0
+    replayed: bool = False
+
+    @property
+    def alarm_type(self) -> str | None:
+        value = self.body.get("alarm_type")
+        return value if isinstance(value, str) and value else None
+
+    @property
+    def instance_id(self) -> str | None:
+        value = self.body.get("instance_id")
+        return value if isinstance(value, str) and value else None
+
+    @property
+    def message(self) -> str | None:
+        value = self.body.get("message")
+        return value if isinstance(value, str) and value.strip() else None
+
+    @property
+    def value(self) -> float | None:
+        """The numeric ``value``, or None when it is absent or not a number."""
+        value = self.body.get("value")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        return float(value) if math.isfinite(value) else None
+
+    @property
+    def resolved(self) -> bool:
+        return self.body.get("resolved") is True
+
+    @property
+    def metadata_resolved(self) -> bool:
+        metadata = self.body.get("metadata")
+        return isinstance(metadata, Mapping) and metadata.get("resolved") is True
+
+    @property
+    def triggered_at(self) -> float | None:
+        """Epoch seconds of ``triggered_at``; None when absent; raises ValueError when bad."""
+        raw = self.body.get("triggered_at")
+        if raw is None:
+            return None
+        return parse_timestamp(raw)
+
+
+def parse_timestamp(raw: Any) -> float:
+    """ISO 8601 (``Z`` allowed) or epoch seconds → epoch seconds; ValueError otherwise."""
+    if isinstance(raw, bool):
+        raise ValueError("not a timestamp")
+    if isinstance(raw, int | float):
+        return float(raw)
+    if not isinstance(raw, str):
+        raise ValueError("not a timestamp")
+    parsed = datetime.fromisoformat(raw.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+def iso(ts: float | None) -> str | None:
+    """Epoch seconds → ISO 8601 UTC with ``Z``."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def event_key(body: Mapping[str, Any]) -> str:
+    """Deterministic key of an alarm's content: an identical re-send has the same key."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _header_str(headers: Mapping[str, Any], name: str) -> str | None:
+    value = headers.get(name)
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return value if isinstance(value, str) and value else None
+
+
+def _header_int(headers: Mapping[str, Any], name: str) -> int:
+    value = headers.get(name)
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    try:
+        return max(int(value), 0) if value is not None else 0
+    except (TypeError, ValueError):
+        return 0
+
+
+def decode_alarm(
+    body: bytes, headers: Mapping[str, Any], message_id: str | None, fallback_time: float
+) -> Alarm:
+    """Turn a broker message into an ``Alarm``; raise ``DecodeError`` when it is not one."""
+    try:
+        parsed = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DecodeError(f"body is not JSON: {exc}") from exc
+    if not isinstance(parsed, dict):
+        raise DecodeError(f"body is JSON {type(parsed).__name__}, expected an object")
+    event_id = _header_str(headers, topology.H_EVENT_ID) or message_id
+    key = event_key(parsed)
+    received_raw = _header_str(headers, topology.H_RECEIVED_AT)
+    try:
+        received_at = parse_timestamp(received_raw) if received_raw else fallback_time
+    except ValueError:
+        received_at = fallback_time
+    return Alarm(
+        # A message published by hand without our headers still gets a stable id.
+        event_id=event_id or f"key-{key[:32]}",
+        received_at=received_at,
+        body=parsed,
+        event_key=key,
+        attempts=_header_int(headers, topology.H_ATTEMPTS),
+        replayed=_header_str(headers, topology.H_REPLAYED) is not None,
+    )

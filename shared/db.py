@@ -1,0 +1,186 @@
+"""Thin database adapters with one interface: ``transaction()`` yields a ``Tx`` that runs
+SQL written once, with PostgreSQL's ``$1`` placeholders (SQLite gets them as ``?1``).
+
+- SQLite: one connection on one thread per process, WAL mode, ``BEGIN IMMEDIATE`` for writes
+  so that several processes on one host queue for the write lock instead of failing.
+- PostgreSQL: an asyncpg pool; schema changes are serialised with an advisory lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from shared.errors import StoreError
+from shared.settings import redact_url
+
+Row = dict[str, Any]
+
+
+class Tx(Protocol):
+    async def execute(self, sql: str, *args: Any) -> None: ...
+    async def fetch(self, sql: str, *args: Any) -> list[Row]: ...
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None: ...
+
+
+class Database(Protocol):
+    dialect: str
+
+    def transaction(self, *, write: bool = True) -> Any: ...
+    async def close(self) -> None: ...
+
+
+_PLACEHOLDER = re.compile(r"\$(\d+)")
+
+
+class _SqliteTx:
+    def __init__(self, db: SqliteDatabase):
+        self._db = db
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        await self._db.run(lambda c: c.execute(self._db.sql(sql), args))
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        return await self._db.run(lambda c: [dict(r) for r in c.execute(self._db.sql(sql), args).fetchall()])
+
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
+        def one(c: sqlite3.Connection) -> Row | None:
+            row = c.execute(self._db.sql(sql), args).fetchone()
+            return dict(row) if row is not None else None
+
+        return await self._db.run(one)
+
+
+class SqliteDatabase:
+    dialect = "sqlite"
+
+    def __init__(self, path: str):
+        self._path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._lock = asyncio.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._sql_cache: dict[str, str] = {}
+
+    def sql(self, text: str) -> str:
+        converted = self._sql_cache.get(text)
+        if converted is None:
+            converted = self._sql_cache[text] = _PLACEHOLDER.sub(r"?\1", text)
+        return converted
+
+    async def run(self, fn: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, self._conn)
+
+    async def open(self) -> None:
+        def connect(_: Any) -> sqlite3.Connection:
+            if self._path != ":memory:":
+                Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA busy_timeout = 30000")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            return conn
+
+        try:
+            self._conn = await self.run(connect)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"cannot open SQLite database {self._path!r}: {exc}") from exc
+
+    @asynccontextmanager
+    async def transaction(self, *, write: bool = True) -> AsyncIterator[Tx]:
+        async with self._lock:
+            await self.run(lambda c: c.execute("BEGIN IMMEDIATE" if write else "BEGIN"))
+            try:
+                yield _SqliteTx(self)
+            except BaseException:
+                await asyncio.shield(self.run(lambda c: c.execute("ROLLBACK")))
+                raise
+            else:
+                await asyncio.shield(self.run(lambda c: c.execute("COMMIT")))
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self.run(lambda c: c.close())
+            self._conn = None
+        self._executor.shutdown(wait=False)
+
+
+class _PgTx:
+    def __init__(self, conn: Any):
+        self._conn = conn
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        await self._conn.execute(sql, *args)
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        return [dict(r) for r in await self._conn.fetch(sql, *args)]
+
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
+        row = await self._conn.fetchrow(sql, *args)
+        return dict(row) if row is not None else None
+
+
+class PostgresDatabase:
+    dialect = "postgresql"
+
+    def __init__(self, url: str):
+        self._url = url
+        self._pool: Any = None
+
+    async def open(self) -> None:
+        import asyncpg
+
+        try:
+            self._pool = await asyncio.wait_for(
+                asyncpg.create_pool(self._url, min_size=1, max_size=4), timeout=10
+            )
+        except (OSError, TimeoutError, asyncpg.PostgresError, ValueError) as exc:
+            reason = type(exc).__name__ if isinstance(exc, TimeoutError) else str(exc)
+            raise StoreError(f"cannot connect to PostgreSQL at {redact_url(self._url)}: {reason}") from None
+
+    @asynccontextmanager
+    async def transaction(self, *, write: bool = True) -> AsyncIterator[Tx]:
+        async with self._pool.acquire() as conn, conn.transaction():
+            yield _PgTx(conn)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+
+async def open_database(url: str) -> Database:
+    """Open the database a ``DATABASE_URL`` names; ``StoreError`` (one line) when it cannot."""
+    parts = urlsplit(url)
+    db: SqliteDatabase | PostgresDatabase
+    if parts.scheme == "sqlite":
+        # sqlite:///relative/path, sqlite:////absolute/path, sqlite:///:memory:
+        path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else ""
+        if not path:
+            raise StoreError(f"DATABASE_URL {url!r} names no file (use sqlite:///path/to.db)")
+        db = SqliteDatabase(path)
+    elif parts.scheme in {"postgresql", "postgres"}:
+        db = PostgresDatabase(url)
+    else:
+        raise StoreError(
+            f"DATABASE_URL scheme {parts.scheme!r} is not supported (use sqlite:/// or postgresql://)"
+        )
+    await db.open()
+    return db
+
+
+def placeholders(start: int, count: int) -> str:
+    """``$start, …`` for an IN list."""
+    return ", ".join(f"${i}" for i in range(start, start + count))
+
+
+def as_args(values: Sequence[Any]) -> tuple[Any, ...]:
+    return tuple(values)

@@ -1,0 +1,36 @@
+"""One vocabulary of failures; foreign exceptions are translated where they enter."""
+
+from __future__ import annotations
+
+
+class AutopilotError(Exception):
+    """Base of our own errors. Messages never carry secrets."""
+
+
+class DecodeError(AutopilotError):
+    """A message that is not an alarm: parked at once, never retried."""
+
+
+class RetryableError(AutopilotError):
+    """A failure worth trying again: network, timeout, 429, 5xx."""
+
+    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None):
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class PermanentError(AutopilotError):
+    """A failure that another try will not fix (other 4xx): parked at once."""
+
+    def __init__(self, message: str, *, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+class BrokerUnavailable(AutopilotError):
+    """The broker did not take a message (down, unroutable, not confirmed)."""
+
+
+class StoreError(AutopilotError):
+    """The state store is unreachable or misconfigured."""

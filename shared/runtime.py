@@ -1,0 +1,35 @@
+"""Process entry-point helpers shared by the receiver, the worker and the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Callable
+
+from shared.logs import configure_logging
+from shared.settings import ConfigError, Settings
+
+
+def load_settings_or_exit(program: str) -> Settings:
+    """Settings from the environment, or one line on stderr and exit status 2."""
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"{program}: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    configure_logging(settings.log_format, settings.log_level)
+    return settings
+
+
+def fail(program: str, message: str) -> None:
+    """Stop at start with one line on stderr."""
+    print(f"{program}: {message}", file=sys.stderr)
+    raise SystemExit(1)
+
+
+def install_stop_handlers(stop: asyncio.Event, on_signal: Callable[[str], None]) -> None:
+    """SIGTERM and SIGINT set ``stop`` (graceful shutdown)."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda s=sig: (on_signal(s.name), stop.set()))

@@ -1,0 +1,233 @@
+"""One settings object, built from the environment at each entry point and passed down.
+
+Nothing else in the project reads ``os.environ``. Every variable has a default that works on
+a developer machine; a bad value raises :class:`ConfigError` whose message is one line that
+names the variable, so the process can stop at start with exactly that line.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message is one line naming the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    rabbitmq_url: str = "amqp://guest:guest@localhost:5672/"
+    receiver_host: str = "0.0.0.0"
+    receiver_port: int = 8080
+    webhook_token: str | None = field(default=None, repr=False)
+    cloudamqp_api_url: str = "https://customer.cloudamqp.com"
+    cloudamqp_api_key: str | None = field(default=None, repr=False)
+    instance_ids: tuple[str, ...] = ()
+    upgrade_api: str = "actions"
+    upgrade_plan: str = "bunny-2"
+    memory_threshold: float = 80.0
+    policy_file: str | None = None
+    cooldown_seconds: float = 1800.0
+    max_alarm_age_seconds: float = 3600.0
+    retry_delays: tuple[float, ...] = (10.0, 60.0, 300.0, 1800.0)
+    max_attempts: int = 5
+    quick_retries: int = 2
+    api_timeout_seconds: float = 10.0
+    database_url: str = "sqlite:///var/autopilot.db"
+    claim_lease_seconds: float = 120.0
+    worker_metrics_port: int | None = None
+    worker_prefetch: int = 16
+    dry_run: bool = False
+    log_format: str = "console"
+    log_level: str = "info"
+
+    @property
+    def effective_dry_run(self) -> bool:
+        """Dry run when asked for, and always when there is no API key to call with."""
+        return self.dry_run or not self.cloudamqp_api_key
+
+    def retry_delay(self, attempt: int) -> float:
+        """Seconds to wait before attempt ``attempt + 1`` (the last delay repeats)."""
+        index = min(max(attempt, 1), len(self.retry_delays)) - 1
+        return self.retry_delays[index]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``environ`` (default: the process environment plus ``.env``)."""
+        env = dict(read_dotenv(Path(".env"))) if environ is None else {}
+        env.update(os.environ if environ is None else environ)
+        return cls(**_parse(env))
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings safe to log: secrets are reduced to whether they are set."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in {"webhook_token", "cloudamqp_api_key"}:
+                value = "set" if value else "unset"
+            elif f.name in {"rabbitmq_url", "database_url"}:
+                value = redact_url(value)
+            out[f.name] = value
+        return out
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """``KEY=value`` lines of an optional ``.env`` file; the process environment wins."""
+    if not path.is_file():
+        return {}
+    out: dict[str, str] = {}
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.removeprefix("export ").partition("=")
+        out[key.strip()] = value.strip().strip("'\"")
+    return out
+
+
+_SECRET_VARS = frozenset({"WEBHOOK_TOKEN", "CLOUDAMQP_API_KEY", "RABBITMQ_URL", "DATABASE_URL"})
+
+# --- parsing helpers: each raises ConfigError naming the variable -------------------------
+
+
+def _get(env: Mapping[str, str], name: str, parse: Callable[[str], T], default: T) -> T:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return parse(raw.strip())
+    except (ValueError, TypeError) as exc:
+        shown = "(hidden)" if name in _SECRET_VARS else repr(raw)
+        raise ConfigError(f"{name}={shown} is invalid: {exc}") from None
+
+
+def _int_range(low: int, high: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError("expected a whole number") from None
+        if not low <= value <= high:
+            raise ValueError(f"expected a whole number from {low} to {high}")
+        return value
+
+    return parse
+
+
+def _number(minimum: float, *, allow_equal: bool = True) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError("expected a number") from None
+        if not math.isfinite(value) or value < minimum or (not allow_equal and value == minimum):
+            op = ">=" if allow_equal else ">"
+            raise ValueError(f"expected a number {op} {minimum:g}")
+        return value
+
+    return parse
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("expected true or false")
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw.lower() not in options:
+            raise ValueError(f"expected one of {', '.join(options)}")
+        return raw.lower()
+
+    return parse
+
+
+def _url(*schemes: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        parts = urlsplit(raw)
+        if parts.scheme not in schemes:
+            raise ValueError(f"expected a URL starting with {' or '.join(s + '://' for s in schemes)}")
+        if not parts.netloc and parts.scheme not in {"sqlite"}:
+            raise ValueError("the URL has no host")
+        return raw
+
+    return parse
+
+
+def _delays(raw: str) -> tuple[float, ...]:
+    parse = _number(0, allow_equal=False)
+    values = tuple(parse(part.strip()) for part in raw.split(","))
+    if not values:
+        raise ValueError("expected comma-separated seconds")
+    return values
+
+
+def _ids(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _secret(raw: str) -> str:
+    if any(ch.isspace() for ch in raw):
+        raise ValueError("must not contain whitespace")
+    return raw
+
+
+def _parse(env: Mapping[str, str]) -> dict[str, Any]:
+    d = Settings()
+    tty = sys.stderr.isatty()
+    return {
+        "rabbitmq_url": _get(env, "RABBITMQ_URL", _url("amqp", "amqps"), d.rabbitmq_url),
+        "receiver_host": _get(env, "RECEIVER_HOST", str, d.receiver_host),
+        "receiver_port": _get(env, "RECEIVER_PORT", _int_range(1, 65535), d.receiver_port),
+        "webhook_token": _get(env, "WEBHOOK_TOKEN", _secret, None),
+        "cloudamqp_api_url": _get(
+            env, "CLOUDAMQP_API_URL", _url("http", "https"), d.cloudamqp_api_url
+        ).rstrip("/"),
+        "cloudamqp_api_key": _get(env, "CLOUDAMQP_API_KEY", _secret, None),
+        "instance_ids": _get(env, "CLOUDAMQP_INSTANCE_ID", _ids, d.instance_ids),
+        "upgrade_api": _get(env, "UPGRADE_API", _choice("actions", "instances"), d.upgrade_api),
+        "upgrade_plan": _get(env, "UPGRADE_PLAN", str, d.upgrade_plan),
+        "memory_threshold": _get(env, "MEMORY_THRESHOLD", _number(0), d.memory_threshold),
+        "policy_file": _get(env, "POLICY_FILE", str, None),
+        "cooldown_seconds": _get(env, "COOLDOWN_SECONDS", _number(0), d.cooldown_seconds),
+        "max_alarm_age_seconds": _get(
+            env, "MAX_ALARM_AGE_SECONDS", _number(0, allow_equal=False), d.max_alarm_age_seconds
+        ),
+        "retry_delays": _get(env, "RETRY_DELAYS", _delays, d.retry_delays),
+        "max_attempts": _get(env, "MAX_ATTEMPTS", _int_range(1, 1000), d.max_attempts),
+        "quick_retries": _get(env, "QUICK_RETRIES", _int_range(0, 10), d.quick_retries),
+        "api_timeout_seconds": _get(
+            env, "CLOUDAMQP_API_TIMEOUT", _number(0, allow_equal=False), d.api_timeout_seconds
+        ),
+        "database_url": _get(env, "DATABASE_URL", _url("sqlite", "postgresql", "postgres"), d.database_url),
+        "claim_lease_seconds": _get(
+            env, "CLAIM_LEASE_SECONDS", _number(0, allow_equal=False), d.claim_lease_seconds
+        ),
+        "worker_metrics_port": _get(env, "WORKER_METRICS_PORT", _int_range(1, 65535), None),
+        "worker_prefetch": _get(env, "WORKER_PREFETCH", _int_range(1, 1000), d.worker_prefetch),
+        "dry_run": _get(env, "DRY_RUN", _bool, d.dry_run),
+        "log_format": _get(env, "LOG_FORMAT", _choice("console", "json"), "console" if tty else "json"),
+        "log_level": _get(env, "LOG_LEVEL", _choice("debug", "info", "warning", "error"), d.log_level),
+    }

@@ -1,0 +1,378 @@
+"""The state store: events, incidents, actions and cooldown claims, behind one interface.
+
+Every operation is written once; ``shared.db`` runs it on SQLite or PostgreSQL. Operations
+that must be atomic across processes and hosts are single conditional statements (the
+incident upsert, the claim upsert), never a read followed by a write.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from shared.alarm import Alarm
+from shared.claims import ClaimRow, ClaimStatus, ClaimVerdict, claim_verdict
+from shared.db import Database, Row, Tx, open_database
+from shared.errors import StoreError
+from shared.incidents import IncidentChange, IncidentPlan
+
+FINAL_STATUSES = ("succeeded", "skipped", "dry_run")
+
+MIGRATIONS: list[list[str]] = [
+    [
+        """CREATE TABLE events (
+            event_id TEXT PRIMARY KEY,
+            event_key TEXT NOT NULL,
+            received_at DOUBLE PRECISION NOT NULL,
+            recorded_at DOUBLE PRECISION NOT NULL,
+            instance_id TEXT,
+            alarm_type TEXT,
+            incident_key TEXT,
+            incident_id TEXT,
+            incident_change TEXT,
+            ungroupable TEXT,
+            body TEXT NOT NULL
+        )""",
+        "CREATE INDEX events_key ON events (event_key)",
+        "CREATE INDEX events_incident ON events (incident_id)",
+        """CREATE TABLE incidents (
+            incident_id TEXT PRIMARY KEY,
+            incident_key TEXT NOT NULL,
+            title TEXT NOT NULL,
+            status TEXT NOT NULL,
+            instance_id TEXT,
+            alarm_type TEXT,
+            first_seen DOUBLE PRECISION NOT NULL,
+            last_seen DOUBLE PRECISION NOT NULL,
+            event_count INTEGER NOT NULL,
+            last_value TEXT,
+            resolved_at DOUBLE PRECISION
+        )""",
+        # At most one open incident per key: what makes concurrent grouping safe.
+        "CREATE UNIQUE INDEX incidents_open_key ON incidents (incident_key) WHERE status = 'open'",
+        "CREATE INDEX incidents_seen ON incidents (last_seen)",
+        """CREATE TABLE actions (
+            action_id TEXT PRIMARY KEY,
+            event_id TEXT NOT NULL,
+            event_key TEXT NOT NULL,
+            incident_id TEXT,
+            instance_id TEXT,
+            alarm_type TEXT,
+            status TEXT NOT NULL,
+            reason TEXT,
+            detail TEXT,
+            plan TEXT,
+            attempts INTEGER NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL
+        )""",
+        "CREATE INDEX actions_key ON actions (event_key, status)",
+        "CREATE INDEX actions_created ON actions (created_at)",
+        """CREATE TABLE claims (
+            scope TEXT PRIMARY KEY,
+            instance_id TEXT NOT NULL,
+            status TEXT NOT NULL,
+            owner TEXT NOT NULL,
+            claimed_at DOUBLE PRECISION NOT NULL,
+            lease_until DOUBLE PRECISION NOT NULL,
+            cooldown_until DOUBLE PRECISION NOT NULL
+        )""",
+    ],
+]
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    new: bool
+    incident_id: str | None
+    incident_change: str | None
+    final_status: str | None  # status of this event's action when already decided
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    verdict: ClaimVerdict
+    row: ClaimRow | None
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Store:
+    """All reads and writes of the state store."""
+
+    def __init__(self, db: Database):
+        self.db = db
+
+    @classmethod
+    async def open(cls, url: str) -> Store:
+        """Open and migrate the store; ``StoreError`` with one line when it cannot."""
+        db = await open_database(url)
+        store = cls(db)
+        try:
+            await store.migrate()
+        except StoreError:
+            await db.close()
+            raise
+        except Exception as exc:
+            await db.close()
+            raise StoreError(f"cannot prepare the state store schema: {exc}") from exc
+        return store
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    async def migrate(self) -> None:
+        async with self.db.transaction() as tx:
+            if self.db.dialect == "postgresql":
+                await tx.execute("SELECT pg_advisory_xact_lock(7461207)")
+            await tx.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = await tx.fetchrow("SELECT MAX(version) AS v FROM schema_version")
+            current = int(row["v"]) if row and row["v"] is not None else 0
+            for version, statements in enumerate(MIGRATIONS, start=1):
+                if version <= current:
+                    continue
+                for statement in statements:
+                    await tx.execute(statement)
+                await tx.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+
+    async def ping(self) -> None:
+        async with self.db.transaction(write=False) as tx:
+            await tx.fetchrow("SELECT 1 AS ok")
+
+    # --- events and incidents -------------------------------------------------------------
+
+    async def record_event(
+        self, alarm: Alarm, instance_id: str | None, plan: IncidentPlan, now: float
+    ) -> EventRecord:
+        """Record the event once (by event id) and apply its incident change in the same
+        transaction, so a redelivery neither double-counts nor loses the incident update."""
+        async with self.db.transaction() as tx:
+            inserted = await tx.fetchrow(
+                """INSERT INTO events (event_id, event_key, received_at, recorded_at,
+                       instance_id, alarm_type, incident_key, ungroupable, body)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                   ON CONFLICT (event_id) DO NOTHING RETURNING event_id""",
+                alarm.event_id,
+                alarm.event_key,
+                alarm.received_at,
+                now,
+                instance_id,
+                alarm.alarm_type,
+                plan.key,
+                plan.reason if plan.change is IncidentChange.UNGROUPABLE else None,
+                json.dumps(alarm.body, ensure_ascii=False),
+            )
+            if inserted is None:
+                row = await tx.fetchrow(
+                    """SELECT e.incident_id, e.incident_change, a.status
+                       FROM events e LEFT JOIN actions a ON a.action_id = e.event_id
+                       WHERE e.event_id = $1""",
+                    alarm.event_id,
+                )
+                assert row is not None
+                return EventRecord(False, row["incident_id"], row["incident_change"], row["status"])
+            incident_id, change = await self._apply_incident(tx, alarm, instance_id, plan, now)
+            await tx.execute(
+                "UPDATE events SET incident_id = $1, incident_change = $2 WHERE event_id = $3",
+                incident_id,
+                change,
+                alarm.event_id,
+            )
+            return EventRecord(True, incident_id, change, None)
+
+    async def _apply_incident(
+        self, tx: Tx, alarm: Alarm, instance_id: str | None, plan: IncidentPlan, now: float
+    ) -> tuple[str | None, str]:
+        if plan.change is IncidentChange.UPSERT:
+            value = None if alarm.body.get("value") is None else json.dumps(alarm.body["value"])
+            row = await tx.fetchrow(
+                """INSERT INTO incidents (incident_id, incident_key, title, status, instance_id,
+                       alarm_type, first_seen, last_seen, event_count, last_value)
+                   VALUES ($1, $2, $2, 'open', $3, $4, $5, $5, 1, $6)
+                   ON CONFLICT (incident_key) WHERE status = 'open' DO UPDATE SET
+                       event_count = incidents.event_count + 1,
+                       last_seen = excluded.last_seen,
+                       last_value = COALESCE(excluded.last_value, incidents.last_value)
+                   RETURNING incident_id, event_count""",
+                _new_id(),
+                plan.key,
+                instance_id,
+                alarm.alarm_type,
+                now,
+                value,
+            )
+            assert row is not None
+            return row["incident_id"], "opened" if row["event_count"] == 1 else "grouped"
+        if plan.change is IncidentChange.RESOLVE:
+            row = await tx.fetchrow(
+                """UPDATE incidents SET status = 'resolved', resolved_at = $1, last_seen = $1
+                   WHERE incident_key = $2 AND status = 'open' RETURNING incident_id""",
+                now,
+                plan.key,
+            )
+            return (row["incident_id"], "resolved") if row else (None, "none")
+        return None, plan.change.value
+
+    async def key_already_decided(self, event_key: str, event_id: str) -> bool:
+        """Has another event with identical content already been decided?"""
+        async with self.db.transaction(write=False) as tx:
+            row = await tx.fetchrow(
+                """SELECT 1 AS hit FROM actions WHERE event_key = $1 AND event_id <> $2
+                   AND status IN ('succeeded', 'skipped', 'dry_run') LIMIT 1""",
+                event_key,
+                event_id,
+            )
+        return row is not None
+
+    # --- actions ----------------------------------------------------------------------------
+
+    async def save_action(
+        self,
+        alarm: Alarm,
+        *,
+        incident_id: str | None,
+        instance_id: str | None,
+        status: str,
+        now: float,
+        reason: str | None = None,
+        detail: str | None = None,
+        plan: str | None = None,
+        attempts: int | None = None,
+    ) -> None:
+        """Create or update the one action row of this event (its id is the event id)."""
+        attempts_value = alarm.attempts if attempts is None else attempts
+        async with self.db.transaction() as tx:
+            await tx.execute(
+                """INSERT INTO actions (action_id, event_id, event_key, incident_id, instance_id,
+                       alarm_type, status, reason, detail, plan, attempts, created_at, updated_at)
+                   VALUES ($1, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)
+                   ON CONFLICT (action_id) DO UPDATE SET
+                       status = excluded.status, reason = excluded.reason,
+                       detail = excluded.detail, plan = COALESCE(excluded.plan, actions.plan),
+                       attempts = excluded.attempts, updated_at = excluded.updated_at""",
+                alarm.event_id,
+                alarm.event_key,
+                incident_id,
+                instance_id,
+                alarm.alarm_type,
+                status,
+                reason,
+                detail,
+                plan,
+                attempts_value,
+                now,
+            )
+
+    async def list_actions(
+        self, *, instance: str | None = None, limit: int = 100, offset: int = 0
+    ) -> list[Row]:
+        where, args = ("WHERE instance_id = $3", [instance]) if instance else ("", [])
+        async with self.db.transaction(write=False) as tx:
+            return await tx.fetch(
+                f"""SELECT * FROM actions {where}
+                    ORDER BY created_at DESC, action_id DESC LIMIT $1 OFFSET $2""",
+                limit,
+                offset,
+                *args,
+            )
+
+    # --- incidents (read side) -------------------------------------------------------------
+
+    async def list_incidents(
+        self,
+        *,
+        status: str | None = None,
+        instance: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Row]:
+        clauses: list[str] = []
+        args: list[Any] = [limit, offset]
+        for column, value in (("status", status), ("instance_id", instance)):
+            if value:
+                args.append(value)
+                clauses.append(f"{column} = ${len(args)}")
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        async with self.db.transaction(write=False) as tx:
+            return await tx.fetch(
+                f"""SELECT * FROM incidents {where}
+                    ORDER BY last_seen DESC, incident_id DESC LIMIT $1 OFFSET $2""",
+                *args,
+            )
+
+    async def get_incident(self, incident_id: str) -> tuple[Row, list[Row], list[Row]] | None:
+        """The incident with its events and actions, or None."""
+        async with self.db.transaction(write=False) as tx:
+            incident = await tx.fetchrow("SELECT * FROM incidents WHERE incident_id = $1", incident_id)
+            if incident is None:
+                return None
+            events = await tx.fetch(
+                """SELECT event_id, received_at, recorded_at, instance_id, alarm_type,
+                          incident_change, body FROM events
+                   WHERE incident_id = $1 ORDER BY recorded_at DESC""",
+                incident_id,
+            )
+            actions = await tx.fetch(
+                "SELECT * FROM actions WHERE incident_id = $1 ORDER BY created_at DESC",
+                incident_id,
+            )
+        return incident, events, actions
+
+    # --- cooldown claims -------------------------------------------------------------------
+
+    async def try_claim(
+        self, scope: str, instance_id: str, owner: str, now: float, lease: float, cooldown: float
+    ) -> ClaimResult:
+        """Take the claim on ``scope`` in one conditional upsert (see ``claim_verdict``)."""
+        async with self.db.transaction() as tx:
+            row = await tx.fetchrow(
+                """INSERT INTO claims (scope, instance_id, status, owner, claimed_at,
+                       lease_until, cooldown_until)
+                   VALUES ($1, $2, 'held', $3, $4, $5, $6)
+                   ON CONFLICT (scope) DO UPDATE SET
+                       status = 'held', owner = excluded.owner,
+                       claimed_at = excluded.claimed_at, lease_until = excluded.lease_until,
+                       cooldown_until = excluded.cooldown_until
+                   WHERE claims.status = 'released'
+                      OR (claims.status = 'held' AND claims.lease_until <= excluded.claimed_at)
+                      OR (claims.status = 'done' AND claims.cooldown_until <= excluded.claimed_at)
+                   RETURNING scope""",
+                scope,
+                instance_id,
+                owner,
+                now,
+                now + lease,
+                now + cooldown,
+            )
+            if row is not None:
+                return ClaimResult(ClaimVerdict.GRANTED, None)
+            current = await tx.fetchrow("SELECT * FROM claims WHERE scope = $1", scope)
+        claim = _claim_row(current) if current else None
+        verdict = claim_verdict(claim, now)
+        # The upsert refused, so the rules cannot say "granted" for this row.
+        return ClaimResult(ClaimVerdict.HELD if verdict is ClaimVerdict.GRANTED else verdict, claim)
+
+    async def finish_claim(self, scope: str, owner: str, *, succeeded: bool) -> None:
+        """``done`` (cooldown runs from the claim) or ``released``; only by its owner."""
+        status = ClaimStatus.DONE if succeeded else ClaimStatus.RELEASED
+        async with self.db.transaction() as tx:
+            await tx.execute(
+                "UPDATE claims SET status = $1 WHERE scope = $2 AND owner = $3",
+                status.value,
+                scope,
+                owner,
+            )
+
+
+def _claim_row(row: Row) -> ClaimRow:
+    return ClaimRow(
+        scope=row["scope"],
+        status=ClaimStatus(row["status"]),
+        owner=row["owner"],
+        lease_until=float(row["lease_until"]),
+        cooldown_until=float(row["cooldown_until"]),
+    )

@@ -1,0 +1,141 @@
+"""Fixtures with real parts: RabbitMQ (a vhost per test), SQLite and PostgreSQL (a database
+per test), a stand-in CloudAMQP API on loopback, and the real processes under test."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+import pytest
+
+from tests.support import FakeCloudAmqp, Services, management_request
+
+CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _unavailable(what: str) -> None:
+    if CI:
+        pytest.fail(f"{what} is required under CI=true and does not answer", pytrace=False)
+    pytest.skip(f"{what} does not answer")
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[Services]:
+    """Where the broker and PostgreSQL are: the environment, local defaults, or containers."""
+    amqp = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    mgmt = os.environ.get("TEST_RABBITMQ_MANAGEMENT_URL", "http://guest:guest@127.0.0.1:15672")
+    pg = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    container = None
+    parts = urlsplit(amqp)
+    if not _port_open(parts.hostname or "127.0.0.1", parts.port or 5672) and not CI:
+        container = _start_rabbit_container()
+        if container is not None:
+            host = container.get_container_host_ip()
+            amqp = f"amqp://guest:guest@{host}:{container.get_exposed_port(5672)}/"
+            mgmt = f"http://guest:guest@{host}:{container.get_exposed_port(15672)}"
+    yield Services(amqp_url=amqp, management_url=mgmt, postgres_url=pg)
+    if container is not None:
+        container.stop()
+
+
+def _start_rabbit_container() -> Any:
+    """The Docker fallback, only where a Docker engine answers."""
+    try:
+        from testcontainers.rabbitmq import RabbitMqContainer
+
+        container = RabbitMqContainer("rabbitmq:4-management").with_exposed_ports(5672, 15672)
+        container.start()
+        return container
+    except Exception:
+        return None
+
+
+@pytest.fixture
+async def vhost(services: Services) -> AsyncIterator[str]:
+    """A fresh vhost for this test (deleted afterwards); yields its AMQP URL."""
+    base = urlsplit(services.amqp_url)
+    if not _port_open(base.hostname or "127.0.0.1", base.port or 5672):
+        _unavailable("RabbitMQ")
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    try:
+        await management_request(services, "PUT", f"/api/vhosts/{name}")
+        await management_request(
+            services, "PUT", f"/api/permissions/{name}/guest",
+            {"configure": ".*", "write": ".*", "read": ".*"},
+        )
+    except (aiohttp.ClientError, OSError):
+        _unavailable("the RabbitMQ management API")
+    yield base._replace(path="/" + quote(name, safe="")).geturl()
+    await management_request(services, "DELETE", f"/api/vhosts/{name}")
+
+
+def vhost_name(url: str) -> str:
+    return urlsplit(url).path.lstrip("/")
+
+
+async def _postgres_database(services: Services) -> AsyncIterator[str]:
+    import asyncpg
+
+    name = f"autopilot_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = await asyncpg.connect(services.postgres_url, timeout=5)
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        _unavailable("PostgreSQL")
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    yield urlsplit(services.postgres_url)._replace(path=f"/{name}").geturl()
+    admin = await asyncpg.connect(services.postgres_url, timeout=5)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path, services: Services) -> AsyncIterator[str]:
+    """The same test on both stores."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/autopilot.db"
+        return
+    async for url in _postgres_database(services):
+        yield url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/autopilot.db"
+
+
+@pytest.fixture
+async def fake_api() -> AsyncIterator[FakeCloudAmqp]:
+    api = FakeCloudAmqp()
+    await api.start()
+    yield api
+    await api.stop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.integration)
+
+
+__all__ = ["json", "asyncio", "vhost_name"]

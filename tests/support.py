@@ -1,0 +1,204 @@
+"""Test helpers: the stand-in CloudAMQP API, process runners, condition waits."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp import web
+
+ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Services:
+    amqp_url: str
+    management_url: str
+    postgres_url: str
+
+
+async def management_request(services: Services, method: str, path: str, body: Any = None) -> Any:
+    """Call the RabbitMQ management HTTP API (what the UI shows)."""
+    parts = urlsplit(services.management_url)
+    token = base64.b64encode(f"{parts.username or 'guest'}:{parts.password or 'guest'}".encode()).decode()
+    headers = {"Authorization": f"Basic {token}"}
+    base = f"{parts.scheme}://{parts.hostname}:{parts.port}"
+    async with (
+        aiohttp.ClientSession(headers=headers) as session,
+        session.request(method, base + path, json=body, timeout=aiohttp.ClientTimeout(total=10)) as resp,
+    ):
+        if resp.status >= 400 and not (method == "DELETE" and resp.status == 404):
+            raise aiohttp.ClientResponseError(
+                resp.request_info, (), status=resp.status, message=await resp.text()
+            )
+        text = await resp.text()
+        return json.loads(text) if text else None
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[T] | T], *, timeout: float = 15.0, interval: float = 0.05, what: str = ""
+) -> T:
+    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        result = check()
+        last = await result if asyncio.iscoroutine(result) else result
+        if last:
+            return last  # type: ignore[no-any-return]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or check}: last={last!r}")
+        await asyncio.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+@dataclass
+class FakeCloudAmqp:
+    """A local aiohttp server standing in for the CloudAMQP API.
+
+    It records every request; ``script`` lists responses to give in order (a status, or a
+    (status, headers) pair), then ``default_status``; ``hold`` (when set) keeps each
+    response waiting until the event is set.
+    """
+
+    script: list[Any] = field(default_factory=list)
+    default_status: int = 200
+    latency: float = 0.0
+    hold: asyncio.Event | None = None
+    requests: list[Recorded] = field(default_factory=list)
+    plans: dict[str, str] = field(default_factory=dict)
+    port: int = 0
+    _runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        self.port = free_port()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self.hold is not None:
+            self.hold.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def upgrade_requests(self) -> list[Recorded]:
+        return [r for r in self.requests if r.method in {"POST", "PUT"}]
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        try:
+            body = json.loads(raw) if raw else None
+        except json.JSONDecodeError:
+            body = raw.decode(errors="replace")
+        self.requests.append(Recorded(request.method, request.path, dict(request.headers), body))
+        if self.hold is not None:
+            await self.hold.wait()
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        step = self.script.pop(0) if self.script else self.default_status
+        status, headers = step if isinstance(step, tuple) else (step, {})
+        if status == "hang":
+            await asyncio.sleep(3600)
+        return web.json_response({"status": status}, status=status, headers=headers)
+
+
+class Proc:
+    """One of our processes (``python -m receiver`` / ``worker``), logging JSON to a file."""
+
+    def __init__(self, module: str, env: dict[str, str], log_path: Path, args: list[str] | None = None):
+        self.module = module
+        self.log_path = log_path
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}
+        full_env.update({"LOG_FORMAT": "json", "LOG_LEVEL": "info", "PYTHONUNBUFFERED": "1"})
+        full_env.update(env)
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in wait()
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", module, *(args or [])],
+            cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+
+    def lines(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                out.append({"event": "raw", "text": line})
+        return out
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [entry for entry in self.lines() if entry.get("event") == name]
+
+    async def wait_event(self, name: str, timeout: float = 20.0, count: int = 1) -> list[dict[str, Any]]:
+        def seen() -> list[dict[str, Any]]:
+            if self.popen.poll() is not None and len(self.events(name)) < count:
+                raise AssertionError(f"{self.module} exited ({self.popen.returncode}): {self.log_path.read_text()[-2000:]}")
+            found = self.events(name)
+            return found if len(found) >= count else []
+
+        return await wait_until(seen, timeout=timeout, what=f"{self.module} {name} x{count}")
+
+    def signal(self, sig: int) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+
+    async def stop(self, timeout: float = 20.0) -> int:
+        self.signal(signal.SIGTERM)
+        return await self.wait(timeout)
+
+    async def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        await self.wait(10)
+
+    async def wait(self, timeout: float = 20.0) -> int:
+        deadline = time.monotonic() + timeout
+        while self.popen.poll() is None:
+            if time.monotonic() > deadline:
+                self.popen.kill()
+                raise AssertionError(f"{self.module} did not exit within {timeout}s")
+            await asyncio.sleep(0.05)
+        self._log.close()
+        return self.popen.returncode
+
+
+def run_to_exit(module: str, env: dict[str, str], timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """Run one of our modules to its exit (for start-up failures)."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    full_env.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", module], cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout
+    )

@@ -1,0 +1,85 @@
+"""Settings from the environment: defaults, parsing, one-line errors, no secrets in them."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.settings import ConfigError, Settings
+from shared.topology import queue_arguments, retry_queue_name
+from worker.process import defer_delay, retry_delay
+
+
+def test_defaults_match_the_spec() -> None:
+    s = Settings.from_env({})
+
+    assert s.rabbitmq_url == "amqp://guest:guest@localhost:5672/"
+    assert (s.receiver_host, s.receiver_port) == ("0.0.0.0", 8080)
+    assert s.upgrade_api == "actions" and s.upgrade_plan == "bunny-2"
+    assert s.memory_threshold == 80 and s.cooldown_seconds == 1800
+    assert s.retry_delays == (10, 60, 300, 1800) and s.max_attempts == 5
+    assert s.database_url == "sqlite:///var/autopilot.db" and s.claim_lease_seconds == 120
+    assert s.effective_dry_run  # no API key
+
+
+def test_values_are_parsed() -> None:
+    s = Settings.from_env(
+        {"RETRY_DELAYS": "0.2, 0.5", "CLOUDAMQP_INSTANCE_ID": "a, b,", "DRY_RUN": "yes",
+         "CLOUDAMQP_API_KEY": "k", "CLOUDAMQP_API_URL": "http://127.0.0.1:9/"}
+    )
+
+    assert s.retry_delays == (0.2, 0.5)
+    assert s.instance_ids == ("a", "b")
+    assert s.dry_run and s.effective_dry_run
+    assert s.cloudamqp_api_url == "http://127.0.0.1:9"
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("RECEIVER_PORT", "abc"), ("RECEIVER_PORT", "70000"), ("MEMORY_THRESHOLD", "high"),
+        ("RETRY_DELAYS", "1,,2"), ("RETRY_DELAYS", "-1"), ("MAX_ATTEMPTS", "0"), ("DRY_RUN", "maybe"),
+        ("UPGRADE_API", "soap"), ("DATABASE_URL", "mysql://x/y"), ("RABBITMQ_URL", "http://x"),
+        ("COOLDOWN_SECONDS", "nan"), ("LOG_FORMAT", "xml"), ("WEBHOOK_TOKEN", "has space"),
+    ],
+)
+def test_a_bad_value_is_one_line_naming_the_variable(var: str, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({var: value})
+
+    message = str(info.value)
+    assert var in message and "\n" not in message
+
+
+def test_secrets_never_appear_in_errors_or_public_settings() -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"WEBHOOK_TOKEN": "top secret"})
+    assert "top secret" not in str(info.value)
+
+    s = Settings.from_env({"CLOUDAMQP_API_KEY": "k-123", "RABBITMQ_URL": "amqp://u:pw@h:5672/v"})
+    public = s.public_dict()
+    assert public["cloudamqp_api_key"] == "set"
+    assert "pw" not in public["rabbitmq_url"] and "k-123" not in repr(s)
+
+
+@pytest.mark.parametrize(
+    ("attempts", "retry_after", "expected"),
+    [(1, None, 10), (2, None, 60), (4, None, 1800), (9, None, 1800), (1, 45, 60), (1, 5000, 1800), (2, 30, 60)],
+)
+def test_retry_delay_follows_the_schedule_and_honours_retry_after(
+    attempts: int, retry_after: float | None, expected: float
+) -> None:
+    assert retry_delay((10, 60, 300, 1800), attempts, retry_after) == expected
+
+
+@pytest.mark.parametrize(("wait", "expected"), [(120, 60), (3, 10), (400, 300), (0, 10)])
+def test_defer_delay_does_not_overshoot_the_lease(wait: float, expected: float) -> None:
+    assert defer_delay((10, 60, 300, 1800), wait) == expected
+
+
+def test_delay_queues_are_named_by_their_ttl_and_dead_letter_back_to_work() -> None:
+    assert retry_queue_name(10) == "cloudamqp.alarms.retry.10s"
+    assert retry_queue_name(0.2) == "cloudamqp.alarms.retry.200ms"
+    args = queue_arguments("cloudamqp.alarms.retry.10s", 10)
+    assert args["x-message-ttl"] == 10000 and args["x-dead-letter-routing-key"] == "cloudamqp.alarms"
+    work = queue_arguments("cloudamqp.alarms")
+    assert work["x-queue-type"] == "quorum" and work["x-dead-letter-routing-key"] == "cloudamqp.alarms.dead"

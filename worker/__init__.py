@@ -1,0 +1,1 @@
+"""The worker: consumes alarms, keeps incidents, decides and carries out upgrades."""

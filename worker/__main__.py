@@ -1,0 +1,56 @@
+"""``python -m worker``: one worker process; start several for more throughput."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+
+import aiohttp
+import structlog
+
+from shared.errors import StoreError
+from shared.runtime import fail, install_stop_handlers, load_settings_or_exit
+from shared.settings import Settings
+from shared.store import Store
+from worker.cloudamqp import CloudAmqpClient
+from worker.consumer import Consumer
+from worker.process import Processor
+
+log = structlog.get_logger("worker")
+
+
+async def main(settings: Settings) -> None:
+    stop = asyncio.Event()
+    install_stop_handlers(stop, lambda name: log.info("worker.signal", signal=name))
+    if not settings.instance_ids:
+        log.warning("worker.no_instances", detail="CLOUDAMQP_INSTANCE_ID is unset: no upgrades")
+    if settings.effective_dry_run:
+        why = "DRY_RUN is set" if settings.dry_run else "CLOUDAMQP_API_KEY is unset"
+        log.warning("worker.dry_run", detail=f"dry run: {why}; decisions are recorded, no API call")
+    try:
+        store = await Store.open(settings.database_url)
+    except StoreError as exc:
+        fail("worker", f"state store error: {exc}")
+        return
+    worker_id = f"{socket.gethostname()}:{os.getpid()}"
+    async with aiohttp.ClientSession() as session:
+        client = None
+        if not settings.effective_dry_run and settings.cloudamqp_api_key:
+            client = CloudAmqpClient(
+                session,
+                base_url=settings.cloudamqp_api_url,
+                api_key=settings.cloudamqp_api_key,
+                timeout=settings.api_timeout_seconds,
+                quick_retries=settings.quick_retries,
+            )
+        processor = Processor(settings, store, client, worker_id=worker_id)
+        log.info("worker.starting", worker_id=worker_id, settings=settings.public_dict())
+        try:
+            await Consumer(settings, processor).run(stop)
+        finally:
+            await store.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(load_settings_or_exit("worker")))

@@ -1,0 +1,253 @@
+"""One alarm, start to finish: record it, update its incident, decide, claim, call, and say
+how the message is to be settled. Transport-free: it sees our ``Alarm``, never a message.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from shared.alarm import Alarm
+from shared.claims import ClaimVerdict
+from shared.errors import PermanentError, RetryableError
+from shared.incidents import plan_incident
+from shared.settings import Settings
+from shared.store import Store
+from worker.cloudamqp import CloudAmqpClient
+from worker.policy import DecisionState, Skip, SkipReason, Upgrade, decide, target_instance
+
+log = structlog.get_logger("worker")
+
+
+@dataclass(frozen=True)
+class Ack:
+    """Done (whatever was decided): acknowledge."""
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Try again later through a delay queue; ``attempts`` is the count after this one."""
+
+    error: str
+    attempts: int
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True)
+class Defer:
+    """Another worker holds the claim: wait in a delay queue without spending an attempt."""
+
+    delay: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class Park:
+    """Give up: move to the parking lot with an explanation."""
+
+    error: str
+    status: str
+    attempts: int
+
+
+Outcome = Ack | Retry | Defer | Park
+
+
+def defer_delay(retry_delays: tuple[float, ...], wait: float) -> float:
+    """The longest delay queue that does not overshoot ``wait``, else the shortest one."""
+    fitting = [d for d in retry_delays if d <= wait]
+    return max(fitting) if fitting else min(retry_delays)
+
+
+def retry_delay(retry_delays: tuple[float, ...], attempts: int, retry_after: float | None) -> float:
+    """Delay before the next attempt: the configured one for this attempt, or the shortest
+    configured delay that honours ``Retry-After`` (the longest when none is long enough)."""
+    base = retry_delays[min(max(attempts, 1), len(retry_delays)) - 1]
+    if retry_after is None or retry_after <= base:
+        return base
+    longer = [d for d in retry_delays if d >= retry_after]
+    return min(longer) if longer else max(retry_delays)
+
+
+class Processor:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        client: CloudAmqpClient | None,
+        *,
+        worker_id: str,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.settings = settings
+        self.store = store
+        self.client = client
+        self.worker_id = worker_id
+        self.clock = clock
+
+    @property
+    def dry_run(self) -> bool:
+        return self.client is None or self.settings.effective_dry_run
+
+    async def process(self, alarm: Alarm) -> Outcome:
+        now = self.clock()
+        instance = target_instance(alarm, self.settings)
+        bound = log.bind(
+            event_id=alarm.event_id,
+            instance=instance,
+            alarm_type=alarm.alarm_type,
+            attempt=alarm.attempts + 1,
+            replayed=alarm.replayed,
+        )
+        incident = plan_incident(alarm, instance)
+        record = await self.store.record_event(alarm, instance, incident, now)
+        if record.new:
+            bound.info(
+                f"incident.{record.incident_change}",
+                incident_id=record.incident_id,
+                key=incident.key,
+                reason=incident.reason,
+            )
+        if record.final_status is not None and not alarm.replayed:
+            bound.info("alarm.already_processed", status=record.final_status)
+            return Ack()
+        duplicate = not alarm.replayed and await self.store.key_already_decided(
+            alarm.event_key, alarm.event_id
+        )
+        decision = decide(alarm, DecisionState(duplicate=duplicate), self.settings, now)
+        if isinstance(decision, Skip):
+            await self._skip(alarm, record.incident_id, instance, decision, now, bound)
+            return Ack()
+        return await self._upgrade(alarm, record.incident_id, decision, now, bound)
+
+    async def _skip(
+        self,
+        alarm: Alarm,
+        incident_id: str | None,
+        instance: str | None,
+        skip: Skip,
+        now: float,
+        bound: structlog.typing.FilteringBoundLogger,
+    ) -> None:
+        bound.info("upgrade.skipped", reason=skip.reason.value, detail=skip.detail)
+        await self.store.save_action(
+            alarm,
+            incident_id=incident_id,
+            instance_id=instance,
+            status="skipped",
+            reason=skip.reason.value,
+            detail=skip.detail,
+            now=now,
+        )
+
+    async def _upgrade(
+        self,
+        alarm: Alarm,
+        incident_id: str | None,
+        upgrade: Upgrade,
+        now: float,
+        bound: structlog.typing.FilteringBoundLogger,
+    ) -> Outcome:
+        dry_run = self.dry_run
+        # Dry runs have their own claims, so that going live does not inherit a cooldown.
+        scope = f"dry-run:{upgrade.scope}" if dry_run else upgrade.scope
+        owner = f"{self.worker_id}/{alarm.event_id}/{uuid.uuid4().hex[:8]}"
+        claim = await self.store.try_claim(
+            scope,
+            upgrade.instance_id,
+            owner,
+            now,
+            self.settings.claim_lease_seconds,
+            upgrade.cooldown_seconds,
+        )
+        if claim.verdict is ClaimVerdict.COOLING_DOWN:
+            until = claim.row.cooldown_until if claim.row else now
+            skip = Skip(SkipReason.COOLING_DOWN, f"upgraded recently; cooldown ends in {until - now:.0f}s")
+            await self._skip(alarm, incident_id, upgrade.instance_id, skip, now, bound)
+            return Ack()
+        if claim.verdict is ClaimVerdict.HELD:
+            lease_left = (claim.row.lease_until - now) if claim.row else 0.0
+            delay = defer_delay(self.settings.retry_delays, lease_left)
+            bound.info("upgrade.deferred", scope=scope, lease_left_s=round(lease_left, 1), delay_s=delay)
+            return Defer(delay, "another worker holds the upgrade claim")
+        common = {"incident_id": incident_id, "instance_id": upgrade.instance_id, "plan": upgrade.plan}
+        if dry_run:
+            await self.store.finish_claim(scope, owner, succeeded=True)
+            await self.store.save_action(alarm, status="dry_run", detail=upgrade.reason, now=now, **common)
+            bound.info("upgrade.dry_run", plan=upgrade.plan, reason=upgrade.reason)
+            return Ack()
+        return await self._call_api(alarm, upgrade, scope, owner, common, bound)
+
+    async def _call_api(
+        self,
+        alarm: Alarm,
+        upgrade: Upgrade,
+        scope: str,
+        owner: str,
+        common: dict[str, str | None],
+        bound: structlog.typing.FilteringBoundLogger,
+    ) -> Outcome:
+        assert self.client is not None
+        attempts = alarm.attempts + 1
+
+        async def before_request() -> None:
+            bound.info("upgrade.requested", plan=upgrade.plan)
+
+        await self.store.save_action(
+            alarm, status="in_progress", attempts=attempts, now=self.clock(), **common
+        )
+        try:
+            await self.client.upgrade(upgrade.instance_id, upgrade.plan, upgrade.reason, before_request)
+        except RetryableError as exc:
+            await self.store.finish_claim(scope, owner, succeeded=False)
+            if attempts >= self.settings.max_attempts:
+                return await self._park(alarm, str(exc), "retries_exhausted", attempts, common, bound)
+            bound.warning("upgrade.retrying", error=str(exc), attempts=attempts)
+            await self.store.save_action(
+                alarm,
+                status="retrying",
+                detail=str(exc),
+                attempts=attempts,
+                now=self.clock(),
+                **common,
+            )
+            return Retry(str(exc), attempts, exc.retry_after)
+        except PermanentError as exc:
+            await self.store.finish_claim(scope, owner, succeeded=False)
+            return await self._park(alarm, str(exc), "permanent_error", attempts, common, bound)
+        await self.store.finish_claim(scope, owner, succeeded=True)
+        await self.store.save_action(
+            alarm,
+            status="succeeded",
+            detail=upgrade.reason,
+            attempts=attempts,
+            now=self.clock(),
+            **common,
+        )
+        bound.info("upgrade.succeeded", plan=upgrade.plan, attempts=attempts)
+        return Ack()
+
+    async def _park(
+        self,
+        alarm: Alarm,
+        error: str,
+        status: str,
+        attempts: int,
+        common: dict[str, str | None],
+        bound: structlog.typing.FilteringBoundLogger,
+    ) -> Park:
+        bound.error("upgrade.failed", error=error, status=status, attempts=attempts)
+        await self.store.save_action(
+            alarm,
+            status="failed",
+            reason=status,
+            detail=error,
+            attempts=attempts,
+            now=self.clock(),
+            **common,
+        )
+        return Park(error, status, attempts)
