@@ -132,7 +132,7 @@ async def receive_alarm(request: web.Request) -> web.Response:
     try:
         parsed = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise json_error(web.HTTPBadRequest, "invalid_json", f"the body is not valid JSON: {exc}")
+        raise json_error(web.HTTPBadRequest, "invalid_json", f"the body is not valid JSON: {exc}") from None
     if not isinstance(parsed, dict):
         raise json_error(
             web.HTTPBadRequest,

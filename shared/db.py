@@ -11,17 +11,18 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from shared.errors import StoreError
 from shared.settings import redact_url
 
 Row = dict[str, Any]
+R = TypeVar("R")
 
 
 class Tx(Protocol):
@@ -33,7 +34,7 @@ class Tx(Protocol):
 class Database(Protocol):
     dialect: str
 
-    def transaction(self, *, write: bool = True) -> Any: ...
+    def transaction(self, *, write: bool = True) -> AbstractAsyncContextManager[Tx]: ...
     async def close(self) -> None: ...
 
 
@@ -74,12 +75,12 @@ class SqliteDatabase:
             converted = self._sql_cache[text] = _PLACEHOLDER.sub(r"?\1", text)
         return converted
 
-    async def run(self, fn: Any) -> Any:
+    async def run(self, fn: Callable[[sqlite3.Connection], R]) -> R:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, self._conn)
+        return await loop.run_in_executor(self._executor, fn, self._conn)  # type: ignore[arg-type]
 
     async def open(self) -> None:
-        def connect(_: Any) -> sqlite3.Connection:
+        def connect(_: sqlite3.Connection) -> sqlite3.Connection:
             if self._path != ":memory:":
                 Path(self._path).parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
@@ -175,12 +176,3 @@ async def open_database(url: str) -> Database:
         )
     await db.open()
     return db
-
-
-def placeholders(start: int, count: int) -> str:
-    """``$start, …`` for an IN list."""
-    return ", ".join(f"${i}" for i in range(start, start + count))
-
-
-def as_args(values: Sequence[Any]) -> tuple[Any, ...]:
-    return tuple(values)

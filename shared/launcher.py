@@ -63,25 +63,8 @@ def ensure_broker(url: str) -> list[str] | None:
     return stop
 
 
-def main() -> int:
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        print(f"autopilot: configuration error: {exc}", file=sys.stderr)
-        return 2
-    stop_broker = ensure_broker(settings.rabbitmq_url)
-    env = dict(os.environ)
-    env.setdefault("LOG_FORMAT", "console")
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "receiver"], env=env),
-        subprocess.Popen([sys.executable, "-m", "worker"], env=env),
-    ]
-    host = "localhost" if settings.receiver_host in {"0.0.0.0", "::"} else settings.receiver_host
-    url = f"http://{host}:{settings.receiver_port}/cloudamqp/alarm"
-    if settings.webhook_token:
-        url += "/<WEBHOOK_TOKEN>"
-    _say(f"webhook URL for the CloudAMQP alarm recipient: {url}")
-    _say(f"incidents: http://{host}:{settings.receiver_port}/incidents — Ctrl-C stops everything")
+def supervise(procs: dict[str, subprocess.Popen[bytes]]) -> int:
+    """Run until Ctrl-C / SIGTERM or until one process exits; then stop the others."""
     stopping = False
 
     def request_stop(signum: int, _frame: object) -> None:
@@ -92,20 +75,40 @@ def main() -> int:
     signal.signal(signal.SIGTERM, request_stop)
     status = 0
     while not stopping:
-        for proc in procs:
+        for name, proc in procs.items():
             code = proc.poll()
             if code is not None:
-                _say(f"{proc.args[-1]} exited with status {code}; stopping")
+                _say(f"{name} exited with status {code}; stopping")
                 stopping, status = True, code or 1
         time.sleep(0.2)
-    for proc in procs:
+    for proc in procs.values():
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-    for proc in procs:
+    for proc in procs.values():
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+    return status
+
+
+def main() -> int:
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"autopilot: configuration error: {exc}", file=sys.stderr)
+        return 2
+    stop_broker = ensure_broker(settings.rabbitmq_url)
+    env = dict(os.environ)
+    env.setdefault("LOG_FORMAT", "console")
+    procs = {name: subprocess.Popen([sys.executable, "-m", name], env=env) for name in ("receiver", "worker")}
+    host = "localhost" if settings.receiver_host in {"0.0.0.0", "::"} else settings.receiver_host
+    url = f"http://{host}:{settings.receiver_port}/cloudamqp/alarm"
+    if settings.webhook_token:
+        url += "/<WEBHOOK_TOKEN>"
+    _say(f"webhook URL for the CloudAMQP alarm recipient: {url}")
+    _say(f"incidents: http://{host}:{settings.receiver_port}/incidents — Ctrl-C stops everything")
+    status = supervise(procs)
     if stop_broker:
         _say("stopping the broker this command started")
         subprocess.run(stop_broker, check=False, capture_output=True)

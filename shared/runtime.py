@@ -31,5 +31,10 @@ def fail(program: str, message: str) -> None:
 def install_stop_handlers(stop: asyncio.Event, on_signal: Callable[[str], None]) -> None:
     """SIGTERM and SIGINT set ``stop`` (graceful shutdown)."""
     loop = asyncio.get_running_loop()
+
+    def handle(sig: signal.Signals) -> None:
+        on_signal(sig.name)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda s=sig: (on_signal(s.name), stop.set()))
+        loop.add_signal_handler(sig, handle, sig)

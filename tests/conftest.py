@@ -76,7 +76,9 @@ async def vhost(services: Services) -> AsyncIterator[str]:
     try:
         await management_request(services, "PUT", f"/api/vhosts/{name}")
         await management_request(
-            services, "PUT", f"/api/permissions/{name}/guest",
+            services,
+            "PUT",
+            f"/api/permissions/{name}/guest",
             {"configure": ".*", "write": ".*", "read": ".*"},
         )
     except (aiohttp.ClientError, OSError):
@@ -110,7 +112,9 @@ async def _postgres_database(services: Services) -> AsyncIterator[str]:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-async def database_url(request: pytest.FixtureRequest, tmp_path: Path, services: Services) -> AsyncIterator[str]:
+async def database_url(
+    request: pytest.FixtureRequest, tmp_path: Path, services: Services
+) -> AsyncIterator[str]:
     """The same test on both stores."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/autopilot.db"

@@ -148,7 +148,10 @@ class Proc:
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in wait()
         self.popen = subprocess.Popen(
             [sys.executable, "-m", module, *(args or [])],
-            cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=full_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
 
     def lines(self) -> list[dict[str, Any]]:
@@ -166,7 +169,9 @@ class Proc:
     async def wait_event(self, name: str, timeout: float = 20.0, count: int = 1) -> list[dict[str, Any]]:
         def seen() -> list[dict[str, Any]]:
             if self.popen.poll() is not None and len(self.events(name)) < count:
-                raise AssertionError(f"{self.module} exited ({self.popen.returncode}): {self.log_path.read_text()[-2000:]}")
+                raise AssertionError(
+                    f"{self.module} exited ({self.popen.returncode}): {self.log_path.read_text()[-2000:]}"
+                )
             found = self.events(name)
             return found if len(found) >= count else []
 
@@ -200,5 +205,10 @@ def run_to_exit(module: str, env: dict[str, str], timeout: float = 30.0) -> subp
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     full_env.update(env)
     return subprocess.run(
-        [sys.executable, "-m", module], cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", module],
+        cwd=ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )

@@ -141,7 +141,7 @@ class Consumer:
             return
         try:
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-            self.channel = channel  # type: ignore[assignment]
+            self.channel = channel
             await channel.set_qos(prefetch_count=self.settings.worker_prefetch)
             await topology.declare_topology(channel, self.settings.retry_delays)
             queue = await channel.get_queue(topology.WORK_QUEUE, ensure=False)

@@ -64,14 +64,25 @@ def _format_value(value: float) -> str:
 
 
 def decide(alarm: Alarm, state: DecisionState, settings: Settings, now: float) -> Decision:
-    """Decide what to do about one alarm. Checks run from cheapest and most certain."""
+    """Decide what to do about one alarm: first whether it may be acted on at all, then
+    whether a rule fires."""
+    instance = target_instance(alarm, settings)
+    blocked = _not_actionable(alarm, state, settings, instance, now)
+    if blocked is not None:
+        return blocked
+    assert instance is not None
+    return _default_rule(alarm, settings, instance)
+
+
+def _not_actionable(
+    alarm: Alarm, state: DecisionState, settings: Settings, instance: str | None, now: float
+) -> Skip | None:
     if alarm.metadata_resolved:
         return Skip(SkipReason.METADATA_RESOLVED, "metadata.resolved is true: never remediate")
     if alarm.resolved:
         return Skip(SkipReason.RESOLVED, "resolved alarms never trigger remediation")
     if state.duplicate:
         return Skip(SkipReason.DUPLICATE, "an identical alarm was already decided")
-    instance = target_instance(alarm, settings)
     if instance is None:
         return Skip(SkipReason.NO_INSTANCE, "no instance_id and CLOUDAMQP_INSTANCE_ID is unset")
     if instance not in settings.instance_ids:
@@ -86,6 +97,11 @@ def decide(alarm: Alarm, state: DecisionState, settings: Settings, now: float) -
             SkipReason.STALE,
             f"alarm is {age:.0f}s old, older than MAX_ALARM_AGE_SECONDS={settings.max_alarm_age_seconds:g}",
         )
+    return None
+
+
+def _default_rule(alarm: Alarm, settings: Settings, instance: str) -> Decision:
+    """The seed's rule: a memory alarm strictly above MEMORY_THRESHOLD upgrades to UPGRADE_PLAN."""
     if alarm.alarm_type != "memory":
         return Skip(SkipReason.NO_RULE, f"no rule for alarm_type {alarm.alarm_type!r}")
     value = alarm.value

@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -73,6 +74,17 @@ def retry_delay(retry_delays: tuple[float, ...], attempts: int, retry_after: flo
     return min(longer) if longer else max(retry_delays)
 
 
+@dataclass
+class Job:
+    """One alarm being processed: what every record and log line of it shares."""
+
+    alarm: Alarm
+    instance_id: str | None
+    incident_id: str | None
+    log: structlog.typing.FilteringBoundLogger
+    plan: str | None = None
+
+
 class Processor:
     def __init__(
         self,
@@ -118,44 +130,34 @@ class Processor:
         duplicate = not alarm.replayed and await self.store.key_already_decided(
             alarm.event_key, alarm.event_id
         )
+        job = Job(alarm, instance, record.incident_id, bound)
         decision = decide(alarm, DecisionState(duplicate=duplicate), self.settings, now)
         if isinstance(decision, Skip):
-            await self._skip(alarm, record.incident_id, instance, decision, now, bound)
+            await self._skip(job, decision)
             return Ack()
-        return await self._upgrade(alarm, record.incident_id, decision, now, bound)
+        job.instance_id, job.plan = decision.instance_id, decision.plan
+        return await self._upgrade(job, decision, now)
 
-    async def _skip(
-        self,
-        alarm: Alarm,
-        incident_id: str | None,
-        instance: str | None,
-        skip: Skip,
-        now: float,
-        bound: structlog.typing.FilteringBoundLogger,
-    ) -> None:
-        bound.info("upgrade.skipped", reason=skip.reason.value, detail=skip.detail)
+    async def _record(self, job: Job, status: str, **fields: Any) -> None:
         await self.store.save_action(
-            alarm,
-            incident_id=incident_id,
-            instance_id=instance,
-            status="skipped",
-            reason=skip.reason.value,
-            detail=skip.detail,
-            now=now,
+            job.alarm,
+            incident_id=job.incident_id,
+            instance_id=job.instance_id,
+            plan=job.plan,
+            status=status,
+            now=self.clock(),
+            **fields,
         )
 
-    async def _upgrade(
-        self,
-        alarm: Alarm,
-        incident_id: str | None,
-        upgrade: Upgrade,
-        now: float,
-        bound: structlog.typing.FilteringBoundLogger,
-    ) -> Outcome:
+    async def _skip(self, job: Job, skip: Skip) -> None:
+        job.log.info("upgrade.skipped", reason=skip.reason.value, detail=skip.detail)
+        await self._record(job, "skipped", reason=skip.reason.value, detail=skip.detail)
+
+    async def _upgrade(self, job: Job, upgrade: Upgrade, now: float) -> Outcome:
         dry_run = self.dry_run
         # Dry runs have their own claims, so that going live does not inherit a cooldown.
         scope = f"dry-run:{upgrade.scope}" if dry_run else upgrade.scope
-        owner = f"{self.worker_id}/{alarm.event_id}/{uuid.uuid4().hex[:8]}"
+        owner = f"{self.worker_id}/{job.alarm.event_id}/{uuid.uuid4().hex[:8]}"
         claim = await self.store.try_claim(
             scope,
             upgrade.instance_id,
@@ -165,89 +167,49 @@ class Processor:
             upgrade.cooldown_seconds,
         )
         if claim.verdict is ClaimVerdict.COOLING_DOWN:
-            until = claim.row.cooldown_until if claim.row else now
-            skip = Skip(SkipReason.COOLING_DOWN, f"upgraded recently; cooldown ends in {until - now:.0f}s")
-            await self._skip(alarm, incident_id, upgrade.instance_id, skip, now, bound)
+            left = (claim.row.cooldown_until if claim.row else now) - now
+            await self._skip(
+                job, Skip(SkipReason.COOLING_DOWN, f"upgraded recently; cooldown ends in {left:.0f}s")
+            )
             return Ack()
         if claim.verdict is ClaimVerdict.HELD:
             lease_left = (claim.row.lease_until - now) if claim.row else 0.0
             delay = defer_delay(self.settings.retry_delays, lease_left)
-            bound.info("upgrade.deferred", scope=scope, lease_left_s=round(lease_left, 1), delay_s=delay)
+            job.log.info("upgrade.deferred", scope=scope, lease_left_s=round(lease_left, 1), delay_s=delay)
             return Defer(delay, "another worker holds the upgrade claim")
-        common = {"incident_id": incident_id, "instance_id": upgrade.instance_id, "plan": upgrade.plan}
         if dry_run:
             await self.store.finish_claim(scope, owner, succeeded=True)
-            await self.store.save_action(alarm, status="dry_run", detail=upgrade.reason, now=now, **common)
-            bound.info("upgrade.dry_run", plan=upgrade.plan, reason=upgrade.reason)
+            await self._record(job, "dry_run", detail=upgrade.reason)
+            job.log.info("upgrade.dry_run", plan=upgrade.plan, reason=upgrade.reason)
             return Ack()
-        return await self._call_api(alarm, upgrade, scope, owner, common, bound)
+        return await self._call_api(job, upgrade, scope, owner)
 
-    async def _call_api(
-        self,
-        alarm: Alarm,
-        upgrade: Upgrade,
-        scope: str,
-        owner: str,
-        common: dict[str, str | None],
-        bound: structlog.typing.FilteringBoundLogger,
-    ) -> Outcome:
+    async def _call_api(self, job: Job, upgrade: Upgrade, scope: str, owner: str) -> Outcome:
         assert self.client is not None
-        attempts = alarm.attempts + 1
+        attempts = job.alarm.attempts + 1
 
         async def before_request() -> None:
-            bound.info("upgrade.requested", plan=upgrade.plan)
+            job.log.info("upgrade.requested", plan=upgrade.plan)
 
-        await self.store.save_action(
-            alarm, status="in_progress", attempts=attempts, now=self.clock(), **common
-        )
+        await self._record(job, "in_progress", attempts=attempts)
         try:
             await self.client.upgrade(upgrade.instance_id, upgrade.plan, upgrade.reason, before_request)
         except RetryableError as exc:
             await self.store.finish_claim(scope, owner, succeeded=False)
             if attempts >= self.settings.max_attempts:
-                return await self._park(alarm, str(exc), "retries_exhausted", attempts, common, bound)
-            bound.warning("upgrade.retrying", error=str(exc), attempts=attempts)
-            await self.store.save_action(
-                alarm,
-                status="retrying",
-                detail=str(exc),
-                attempts=attempts,
-                now=self.clock(),
-                **common,
-            )
+                return await self._park(job, str(exc), "retries_exhausted", attempts)
+            job.log.warning("upgrade.retrying", error=str(exc), attempts=attempts)
+            await self._record(job, "retrying", detail=str(exc), attempts=attempts)
             return Retry(str(exc), attempts, exc.retry_after)
         except PermanentError as exc:
             await self.store.finish_claim(scope, owner, succeeded=False)
-            return await self._park(alarm, str(exc), "permanent_error", attempts, common, bound)
+            return await self._park(job, str(exc), "permanent_error", attempts)
         await self.store.finish_claim(scope, owner, succeeded=True)
-        await self.store.save_action(
-            alarm,
-            status="succeeded",
-            detail=upgrade.reason,
-            attempts=attempts,
-            now=self.clock(),
-            **common,
-        )
-        bound.info("upgrade.succeeded", plan=upgrade.plan, attempts=attempts)
+        await self._record(job, "succeeded", detail=upgrade.reason, attempts=attempts)
+        job.log.info("upgrade.succeeded", plan=upgrade.plan, attempts=attempts)
         return Ack()
 
-    async def _park(
-        self,
-        alarm: Alarm,
-        error: str,
-        status: str,
-        attempts: int,
-        common: dict[str, str | None],
-        bound: structlog.typing.FilteringBoundLogger,
-    ) -> Park:
-        bound.error("upgrade.failed", error=error, status=status, attempts=attempts)
-        await self.store.save_action(
-            alarm,
-            status="failed",
-            reason=status,
-            detail=error,
-            attempts=attempts,
-            now=self.clock(),
-            **common,
-        )
+    async def _park(self, job: Job, error: str, status: str, attempts: int) -> Park:
+        job.log.error("upgrade.failed", error=error, status=status, attempts=attempts)
+        await self._record(job, "failed", reason=status, detail=error, attempts=attempts)
         return Park(error, status, attempts)

@@ -72,7 +72,9 @@ class Stack:
         assert status == 200, body
         return list(body["actions"])
 
-    async def wait_actions(self, count: int, *, final: bool = True, timeout: float = 20.0) -> list[dict[str, Any]]:
+    async def wait_actions(
+        self, count: int, *, final: bool = True, timeout: float = 20.0
+    ) -> list[dict[str, Any]]:
         finals = {"succeeded", "skipped", "dry_run", "failed"}
 
         async def enough() -> list[dict[str, Any]]:

@@ -53,7 +53,15 @@ async def test_given_the_seed_alarm_when_posted_then_exactly_one_upgrade_request
         (seed_alarm(instance_id="someone-elses-instance"), "not_managed"),
         (seed_alarm(triggered_at=now_iso(-timedelta(days=2))), "stale"),
     ],
-    ids=["value-80", "cpu", "non-numeric", "resolved", "metadata-resolved", "unknown-instance", "two-days-old"],
+    ids=[
+        "value-80",
+        "cpu",
+        "non-numeric",
+        "resolved",
+        "metadata-resolved",
+        "unknown-instance",
+        "two-days-old",
+    ],
 )
 async def test_given_an_alarm_that_must_not_upgrade_then_no_request_and_a_recorded_skip_reason(
     make_stack: Any, fake_api: FakeCloudAmqp, alarm: dict[str, Any], reason: str
@@ -96,7 +104,10 @@ async def test_given_ten_alarms_for_one_instance_within_the_cooldown_then_one_up
         ({"data": b"{not json", "headers": {"Content-Type": "application/json"}}, 400, "invalid_json"),
         ({"data": b"[1, 2]", "headers": {"Content-Type": "application/json"}}, 400, "not_an_object"),
         (
-            {"data": b'{"pad": "' + b"x" * (70 * 1024) + b'"}', "headers": {"Content-Type": "application/json"}},
+            {
+                "data": b'{"pad": "' + b"x" * (70 * 1024) + b'"}',
+                "headers": {"Content-Type": "application/json"},
+            },
             413,
             "payload_too_large",
         ),
@@ -117,7 +128,9 @@ async def test_given_bad_input_then_a_clear_json_error_and_the_receiver_keeps_ac
     assert (await stack.post(seed_alarm()))[0] == 202
 
 
-async def test_given_a_webhook_token_then_requests_without_it_get_401_and_with_it_202(make_stack: Any) -> None:
+async def test_given_a_webhook_token_then_requests_without_it_get_401_and_with_it_202(
+    make_stack: Any,
+) -> None:
     token = "s3cret-token-for-tests"
     stack = make_stack(WEBHOOK_TOKEN=token)
     receiver = await stack.start_receiver()

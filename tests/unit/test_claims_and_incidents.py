@@ -39,13 +39,48 @@ def alarm(**body: Any) -> Alarm:
 @pytest.mark.parametrize(
     ("name", "body", "change", "key"),
     [
-        ("message opens or groups", {"message": "Queue depth high"}, IncidentChange.UPSERT, "Queue depth high"),
-        ("resolved resolves", {"message": "Queue depth high", "resolved": True}, IncidentChange.RESOLVE, "Queue depth high"),
-        ("metadata.resolved opens nothing", {"message": "m", "metadata": {"resolved": True}}, IncidentChange.NONE, "m"),
-        ("both flags: resolve wins", {"message": "m", "resolved": True, "metadata": {"resolved": True}}, IncidentChange.RESOLVE, "m"),
-        ("resolved must be true, not truthy", {"message": "m", "resolved": "yes"}, IncidentChange.UPSERT, "m"),
-        ("CloudAMQP alarm without message", {"alarm_type": "memory", "instance_id": "i1"}, IncidentChange.UPSERT, "memory alarm on i1"),
-        ("empty message falls back", {"message": "  ", "alarm_type": "disk"}, IncidentChange.UPSERT, "disk alarm on i9"),
+        (
+            "message opens or groups",
+            {"message": "Queue depth high"},
+            IncidentChange.UPSERT,
+            "Queue depth high",
+        ),
+        (
+            "resolved resolves",
+            {"message": "Queue depth high", "resolved": True},
+            IncidentChange.RESOLVE,
+            "Queue depth high",
+        ),
+        (
+            "metadata.resolved opens nothing",
+            {"message": "m", "metadata": {"resolved": True}},
+            IncidentChange.NONE,
+            "m",
+        ),
+        (
+            "both flags: resolve wins",
+            {"message": "m", "resolved": True, "metadata": {"resolved": True}},
+            IncidentChange.RESOLVE,
+            "m",
+        ),
+        (
+            "resolved must be true, not truthy",
+            {"message": "m", "resolved": "yes"},
+            IncidentChange.UPSERT,
+            "m",
+        ),
+        (
+            "CloudAMQP alarm without message",
+            {"alarm_type": "memory", "instance_id": "i1"},
+            IncidentChange.UPSERT,
+            "memory alarm on i1",
+        ),
+        (
+            "empty message falls back",
+            {"message": "  ", "alarm_type": "disk"},
+            IncidentChange.UPSERT,
+            "disk alarm on i9",
+        ),
         ("nothing to group by", {"value": 3}, IncidentChange.UNGROUPABLE, None),
     ],
 )

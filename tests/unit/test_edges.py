@@ -11,8 +11,18 @@ from worker.cloudamqp import classify, parse_retry_after
 
 @pytest.mark.parametrize(
     ("status", "expected"),
-    [(200, None), (202, None), (400, PermanentError), (401, PermanentError), (404, PermanentError),
-     (422, PermanentError), (429, RetryableError), (500, RetryableError), (502, RetryableError), (503, RetryableError)],
+    [
+        (200, None),
+        (202, None),
+        (400, PermanentError),
+        (401, PermanentError),
+        (404, PermanentError),
+        (422, PermanentError),
+        (429, RetryableError),
+        (500, RetryableError),
+        (502, RetryableError),
+        (503, RetryableError),
+    ],
 )
 def test_classify(status: int, expected: type[Exception] | None) -> None:
     if expected is None:

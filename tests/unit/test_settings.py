@@ -23,8 +23,13 @@ def test_defaults_match_the_spec() -> None:
 
 def test_values_are_parsed() -> None:
     s = Settings.from_env(
-        {"RETRY_DELAYS": "0.2, 0.5", "CLOUDAMQP_INSTANCE_ID": "a, b,", "DRY_RUN": "yes",
-         "CLOUDAMQP_API_KEY": "k", "CLOUDAMQP_API_URL": "http://127.0.0.1:9/"}
+        {
+            "RETRY_DELAYS": "0.2, 0.5",
+            "CLOUDAMQP_INSTANCE_ID": "a, b,",
+            "DRY_RUN": "yes",
+            "CLOUDAMQP_API_KEY": "k",
+            "CLOUDAMQP_API_URL": "http://127.0.0.1:9/",
+        }
     )
 
     assert s.retry_delays == (0.2, 0.5)
@@ -36,10 +41,19 @@ def test_values_are_parsed() -> None:
 @pytest.mark.parametrize(
     ("var", "value"),
     [
-        ("RECEIVER_PORT", "abc"), ("RECEIVER_PORT", "70000"), ("MEMORY_THRESHOLD", "high"),
-        ("RETRY_DELAYS", "1,,2"), ("RETRY_DELAYS", "-1"), ("MAX_ATTEMPTS", "0"), ("DRY_RUN", "maybe"),
-        ("UPGRADE_API", "soap"), ("DATABASE_URL", "mysql://x/y"), ("RABBITMQ_URL", "http://x"),
-        ("COOLDOWN_SECONDS", "nan"), ("LOG_FORMAT", "xml"), ("WEBHOOK_TOKEN", "has space"),
+        ("RECEIVER_PORT", "abc"),
+        ("RECEIVER_PORT", "70000"),
+        ("MEMORY_THRESHOLD", "high"),
+        ("RETRY_DELAYS", "1,,2"),
+        ("RETRY_DELAYS", "-1"),
+        ("MAX_ATTEMPTS", "0"),
+        ("DRY_RUN", "maybe"),
+        ("UPGRADE_API", "soap"),
+        ("DATABASE_URL", "mysql://x/y"),
+        ("RABBITMQ_URL", "http://x"),
+        ("COOLDOWN_SECONDS", "nan"),
+        ("LOG_FORMAT", "xml"),
+        ("WEBHOOK_TOKEN", "has space"),
     ],
 )
 def test_a_bad_value_is_one_line_naming_the_variable(var: str, value: str) -> None:
@@ -63,7 +77,15 @@ def test_secrets_never_appear_in_errors_or_public_settings() -> None:
 
 @pytest.mark.parametrize(
     ("attempts", "retry_after", "expected"),
-    [(1, None, 10), (2, None, 60), (4, None, 1800), (9, None, 1800), (1, 45, 60), (1, 5000, 1800), (2, 30, 60)],
+    [
+        (1, None, 10),
+        (2, None, 60),
+        (4, None, 1800),
+        (9, None, 1800),
+        (1, 45, 60),
+        (1, 5000, 1800),
+        (2, 30, 60),
+    ],
 )
 def test_retry_delay_follows_the_schedule_and_honours_retry_after(
     attempts: int, retry_after: float | None, expected: float
