@@ -18,14 +18,14 @@ log = structlog.get_logger("receiver")
 async def main(settings: Settings) -> None:
     stop = asyncio.Event()
     install_stop_handlers(stop, lambda name: log.info("receiver.signal", signal=name))
-    if not settings.webhook_token:
-        log.warning("receiver.no_token", detail="WEBHOOK_TOKEN is unset: anyone can post alarms")
     # No access log: the token may be part of the path.
     runner = web.AppRunner(create_app(settings), access_log=None)
     try:
         await runner.setup()
     except StoreError as exc:
         fail("receiver", f"state store error: {exc}")
+    if not settings.webhook_token:
+        log.warning("receiver.no_token", detail="WEBHOOK_TOKEN is unset: anyone can post alarms")
     site = web.TCPSite(runner, settings.receiver_host, settings.receiver_port)
     try:
         await site.start()

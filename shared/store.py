@@ -18,7 +18,9 @@ from shared.db import Database, Row, Tx, open_database
 from shared.errors import StoreError
 from shared.incidents import IncidentChange, IncidentPlan
 
-FINAL_STATUSES = ("succeeded", "skipped", "dry_run")
+# An event whose action reached one of these needs no more work when redelivered.
+DONE_STATUSES = frozenset({"succeeded", "skipped", "dry_run", "failed"})
+_DONE_SQL = ", ".join(f"'{status}'" for status in sorted(DONE_STATUSES))
 
 MIGRATIONS: list[list[str]] = [
     [
@@ -88,7 +90,7 @@ class EventRecord:
     new: bool
     incident_id: str | None
     incident_change: str | None
-    final_status: str | None  # status of this event's action when already decided
+    final_status: str | None  # this event's action status when no more work is due
 
 
 @dataclass(frozen=True)
@@ -174,7 +176,8 @@ class Store:
                     alarm.event_id,
                 )
                 assert row is not None
-                return EventRecord(False, row["incident_id"], row["incident_change"], row["status"])
+                done = row["status"] if row["status"] in DONE_STATUSES else None
+                return EventRecord(False, row["incident_id"], row["incident_change"], done)
             incident_id, change = await self._apply_incident(tx, alarm, instance_id, plan, now)
             await tx.execute(
                 "UPDATE events SET incident_id = $1, incident_change = $2 WHERE event_id = $3",
@@ -242,30 +245,22 @@ class Store:
         detail: str | None = None,
         plan: str | None = None,
         attempts: int | None = None,
-    ) -> None:
-        """Create or update the one action row of this event (its id is the event id)."""
-        attempts_value = alarm.attempts if attempts is None else attempts
+    ) -> bool:
+        """Create or update the one action row of this event (its id is the event id).
+
+        Returns False, changing nothing, when the row already holds a final status and this
+        is not a replay: the first final word about an event wins, so a second delivery of
+        the same event racing the first cannot overwrite "succeeded" with a skip.
+        """
+        attempts = alarm.attempts if attempts is None else attempts
+        return await self.write_action(
+            ActionRecord(alarm, status, now, incident_id, instance_id, reason, detail, plan, attempts)
+        )
+
+    async def write_action(self, record: ActionRecord) -> bool:
+        """``save_action`` for a prepared record."""
         async with self.db.transaction() as tx:
-            await tx.execute(
-                """INSERT INTO actions (action_id, event_id, event_key, incident_id, instance_id,
-                       alarm_type, status, reason, detail, plan, attempts, created_at, updated_at)
-                   VALUES ($1, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)
-                   ON CONFLICT (action_id) DO UPDATE SET
-                       status = excluded.status, reason = excluded.reason,
-                       detail = excluded.detail, plan = COALESCE(excluded.plan, actions.plan),
-                       attempts = excluded.attempts, updated_at = excluded.updated_at""",
-                alarm.event_id,
-                alarm.event_key,
-                incident_id,
-                instance_id,
-                alarm.alarm_type,
-                status,
-                reason,
-                detail,
-                plan,
-                attempts_value,
-                now,
-            )
+            return await _upsert_action(tx, record)
 
     async def list_actions(
         self, *, instance: str | None = None, limit: int = 100, offset: int = 0
@@ -356,8 +351,12 @@ class Store:
         # The upsert refused, so the rules cannot say "granted" for this row.
         return ClaimResult(ClaimVerdict.HELD if verdict is ClaimVerdict.GRANTED else verdict, claim)
 
-    async def finish_claim(self, scope: str, owner: str, *, succeeded: bool) -> None:
-        """``done`` (cooldown runs from the claim) or ``released``; only by its owner."""
+    async def finish_claim(
+        self, scope: str, owner: str, *, succeeded: bool, record: ActionRecord | None = None
+    ) -> bool:
+        """``done`` (cooldown runs from the claim) or ``released``, only by its owner, and the
+        action's outcome in the same transaction: no one sees the cooldown without the outcome.
+        Returns what ``save_action`` would (True when there is no record)."""
         status = ClaimStatus.DONE if succeeded else ClaimStatus.RELEASED
         async with self.db.transaction() as tx:
             await tx.execute(
@@ -366,6 +365,49 @@ class Store:
                 scope,
                 owner,
             )
+            return await _upsert_action(tx, record) if record is not None else True
+
+
+@dataclass(frozen=True)
+class ActionRecord:
+    """One write of an event's action row."""
+
+    alarm: Alarm
+    status: str
+    now: float
+    incident_id: str | None = None
+    instance_id: str | None = None
+    reason: str | None = None
+    detail: str | None = None
+    plan: str | None = None
+    attempts: int = 0
+
+
+async def _upsert_action(tx: Tx, r: ActionRecord) -> bool:
+    row = await tx.fetchrow(
+        f"""INSERT INTO actions (action_id, event_id, event_key, incident_id, instance_id,
+               alarm_type, status, reason, detail, plan, attempts, created_at, updated_at)
+           VALUES ($1, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)
+           ON CONFLICT (action_id) DO UPDATE SET
+               status = excluded.status, reason = excluded.reason,
+               detail = excluded.detail, plan = COALESCE(excluded.plan, actions.plan),
+               attempts = excluded.attempts, updated_at = excluded.updated_at
+           WHERE actions.status NOT IN ({_DONE_SQL}) OR $12
+           RETURNING action_id""",
+        r.alarm.event_id,
+        r.alarm.event_key,
+        r.incident_id,
+        r.instance_id,
+        r.alarm.alarm_type,
+        r.status,
+        r.reason,
+        r.detail,
+        r.plan,
+        r.attempts,
+        r.now,
+        r.alarm.replayed,
+    )
+    return row is not None
 
 
 def _claim_row(row: Row) -> ClaimRow:

@@ -23,16 +23,16 @@ log = structlog.get_logger("worker")
 async def main(settings: Settings) -> None:
     stop = asyncio.Event()
     install_stop_handlers(stop, lambda name: log.info("worker.signal", signal=name))
-    if not settings.instance_ids:
-        log.warning("worker.no_instances", detail="CLOUDAMQP_INSTANCE_ID is unset: no upgrades")
-    if settings.effective_dry_run:
-        why = "DRY_RUN is set" if settings.dry_run else "CLOUDAMQP_API_KEY is unset"
-        log.warning("worker.dry_run", detail=f"dry run: {why}; decisions are recorded, no API call")
     try:
         store = await Store.open(settings.database_url)
     except StoreError as exc:
         fail("worker", f"state store error: {exc}")
         return
+    if not settings.instance_ids:
+        log.warning("worker.no_instances", detail="CLOUDAMQP_INSTANCE_ID is unset: no upgrades")
+    if settings.effective_dry_run:
+        why = "DRY_RUN is set" if settings.dry_run else "CLOUDAMQP_API_KEY is unset"
+        log.warning("worker.dry_run", detail=f"dry run: {why}; decisions are recorded, no API call")
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
     async with aiohttp.ClientSession() as session:
         client = None

@@ -17,7 +17,7 @@ from shared.claims import ClaimVerdict
 from shared.errors import PermanentError, RetryableError
 from shared.incidents import plan_incident
 from shared.settings import Settings
-from shared.store import Store
+from shared.store import ActionRecord, Store
 from worker.cloudamqp import CloudAmqpClient
 from worker.policy import DecisionState, Skip, SkipReason, Upgrade, decide, target_instance
 
@@ -138,20 +138,36 @@ class Processor:
         job.instance_id, job.plan = decision.instance_id, decision.plan
         return await self._upgrade(job, decision, now)
 
-    async def _record(self, job: Job, status: str, **fields: Any) -> None:
-        await self.store.save_action(
+    def _action(self, job: Job, status: str, **fields: Any) -> ActionRecord:
+        return ActionRecord(
             job.alarm,
-            incident_id=job.incident_id,
-            instance_id=job.instance_id,
+            status,
+            self.clock(),
+            job.incident_id,
+            job.instance_id,
             plan=job.plan,
-            status=status,
-            now=self.clock(),
+            attempts=fields.pop("attempts", job.alarm.attempts),
             **fields,
         )
 
+    async def _record(self, job: Job, status: str, **fields: Any) -> bool:
+        written = await self.store.write_action(self._action(job, status, **fields))
+        if not written:
+            job.log.info("alarm.already_processed", detail="another delivery of this event decided first")
+        return written
+
+    async def _finish(
+        self, job: Job, scope: str, owner: str, succeeded: bool, status: str, **fields: Any
+    ) -> None:
+        written = await self.store.finish_claim(
+            scope, owner, succeeded=succeeded, record=self._action(job, status, **fields)
+        )
+        if not written:
+            job.log.info("alarm.already_processed", detail="another delivery of this event decided first")
+
     async def _skip(self, job: Job, skip: Skip) -> None:
-        job.log.info("upgrade.skipped", reason=skip.reason.value, detail=skip.detail)
-        await self._record(job, "skipped", reason=skip.reason.value, detail=skip.detail)
+        if await self._record(job, "skipped", reason=skip.reason.value, detail=skip.detail):
+            job.log.info("upgrade.skipped", reason=skip.reason.value, detail=skip.detail)
 
     async def _upgrade(self, job: Job, upgrade: Upgrade, now: float) -> Outcome:
         dry_run = self.dry_run
@@ -178,8 +194,7 @@ class Processor:
             job.log.info("upgrade.deferred", scope=scope, lease_left_s=round(lease_left, 1), delay_s=delay)
             return Defer(delay, "another worker holds the upgrade claim")
         if dry_run:
-            await self.store.finish_claim(scope, owner, succeeded=True)
-            await self._record(job, "dry_run", detail=upgrade.reason)
+            await self._finish(job, scope, owner, True, "dry_run", detail=upgrade.reason)
             job.log.info("upgrade.dry_run", plan=upgrade.plan, reason=upgrade.reason)
             return Ack()
         return await self._call_api(job, upgrade, scope, owner)
@@ -195,21 +210,18 @@ class Processor:
         try:
             await self.client.upgrade(upgrade.instance_id, upgrade.plan, upgrade.reason, before_request)
         except RetryableError as exc:
-            await self.store.finish_claim(scope, owner, succeeded=False)
             if attempts >= self.settings.max_attempts:
-                return await self._park(job, str(exc), "retries_exhausted", attempts)
+                return await self._park(job, scope, owner, str(exc), "retries_exhausted", attempts)
             job.log.warning("upgrade.retrying", error=str(exc), attempts=attempts)
-            await self._record(job, "retrying", detail=str(exc), attempts=attempts)
+            await self._finish(job, scope, owner, False, "retrying", detail=str(exc), attempts=attempts)
             return Retry(str(exc), attempts, exc.retry_after)
         except PermanentError as exc:
-            await self.store.finish_claim(scope, owner, succeeded=False)
-            return await self._park(job, str(exc), "permanent_error", attempts)
-        await self.store.finish_claim(scope, owner, succeeded=True)
-        await self._record(job, "succeeded", detail=upgrade.reason, attempts=attempts)
+            return await self._park(job, scope, owner, str(exc), "permanent_error", attempts)
         job.log.info("upgrade.succeeded", plan=upgrade.plan, attempts=attempts)
+        await self._finish(job, scope, owner, True, "succeeded", detail=upgrade.reason, attempts=attempts)
         return Ack()
 
-    async def _park(self, job: Job, error: str, status: str, attempts: int) -> Park:
+    async def _park(self, job: Job, scope: str, owner: str, error: str, status: str, attempts: int) -> Park:
         job.log.error("upgrade.failed", error=error, status=status, attempts=attempts)
-        await self._record(job, "failed", reason=status, detail=error, attempts=attempts)
+        await self._finish(job, scope, owner, False, "failed", reason=status, detail=error, attempts=attempts)
         return Park(error, status, attempts)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from tests.integration.conftest import API_KEY, SEED_INSTANCE
-from tests.support import FakeCloudAmqp, free_port, run_to_exit, wait_until
+from tests.support import FakeCloudAmqp, TcpProxy, free_port, run_to_exit, wait_until
 
 
 def now_iso(delta: timedelta = timedelta()) -> str:
@@ -145,44 +144,6 @@ async def test_given_a_webhook_token_then_requests_without_it_get_401_and_with_i
     assert (await stack.post(seed_alarm(), path=f"/cloudamqp/alarm/{token}"))[0] == 202
     assert (await stack.get("/actions"))[0] == 401
     assert token not in receiver.log_path.read_text()
-
-
-class TcpProxy:
-    """A loopback TCP proxy to the broker that the test can cut and restore: a broker
-    outage for this receiver only, leaving the machine's broker alone."""
-
-    def __init__(self, target_port: int):
-        self.target_port = target_port
-        self.port = free_port()
-        self.server: asyncio.Server | None = None
-        self.writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
-
-    async def cut(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        await self.server.wait_closed()
-        for writer in list(self.writers):
-            writer.transport.abort()
-        self.writers.clear()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        self.writers.update({writer, up_writer})
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                dst.transport.abort()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
 
 async def test_given_the_broker_goes_away_then_503_and_after_it_returns_202_without_restart(
