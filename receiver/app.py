@@ -211,6 +211,18 @@ def action_json(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def event_json(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["event_id"],
+        "received_at": iso(row["received_at"]),
+        "recorded_at": iso(row["recorded_at"]),
+        "instance": row["instance_id"],
+        "alarm_type": row["alarm_type"],
+        "change": row["incident_change"],
+        "body": _loads(row["body"]),
+    }
+
+
 async def list_incidents(request: web.Request) -> web.Response:
     check_token(request)
     limit, offset = _page(request)
@@ -232,19 +244,27 @@ async def get_incident(request: web.Request) -> web.Response:
         raise json_error(web.HTTPNotFound, "not_found", "no incident with this id")
     incident, events, actions = found
     body = incident_json(incident)
-    body["events"] = [
-        {
-            "id": e["event_id"],
-            "received_at": iso(e["received_at"]),
-            "instance": e["instance_id"],
-            "alarm_type": e["alarm_type"],
-            "change": e["incident_change"],
-            "body": _loads(e["body"]),
-        }
-        for e in events
-    ]
+    body["events"] = [event_json(e) for e in events]
     body["actions"] = [action_json(a) for a in actions]
     return web.json_response(body)
+
+
+async def list_events(request: web.Request) -> web.Response:
+    """Recent events with the incident change each made, including the ones that made none
+    (and why, for an alarm with nothing to group by)."""
+    check_token(request)
+    limit, offset = _page(request)
+    rows = await request.app[STORE].list_events(limit=limit, offset=offset)
+    events = [
+        {
+            **event_json(r),
+            "incident_id": r["incident_id"],
+            "incident_key": r["incident_key"],
+            "ungroupable": r["ungroupable"],
+        }
+        for r in rows
+    ]
+    return web.json_response({"events": events, "limit": limit, "offset": offset})
 
 
 async def list_actions(request: web.Request) -> web.Response:
@@ -284,6 +304,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/incidents", list_incidents)
     app.router.add_get("/incidents/{incident_id}", get_incident)
     app.router.add_get("/actions", list_actions)
+    app.router.add_get("/events", list_events)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
 

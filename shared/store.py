@@ -71,6 +71,7 @@ MIGRATIONS: list[list[str]] = [
             updated_at DOUBLE PRECISION NOT NULL
         )""",
         "CREATE INDEX actions_key ON actions (event_key, status)",
+        "CREATE INDEX events_recorded ON events (recorded_at)",
         "CREATE INDEX actions_created ON actions (created_at)",
         """CREATE TABLE claims (
             scope TEXT PRIMARY KEY,
@@ -308,14 +309,26 @@ class Store:
             events = await tx.fetch(
                 """SELECT event_id, received_at, recorded_at, instance_id, alarm_type,
                           incident_change, body FROM events
-                   WHERE incident_id = $1 ORDER BY recorded_at DESC""",
+                   WHERE incident_id = $1 ORDER BY recorded_at DESC, event_id DESC""",
                 incident_id,
             )
             actions = await tx.fetch(
-                "SELECT * FROM actions WHERE incident_id = $1 ORDER BY created_at DESC",
+                "SELECT * FROM actions WHERE incident_id = $1 ORDER BY created_at DESC, action_id DESC",
                 incident_id,
             )
         return incident, events, actions
+
+    async def list_events(self, *, limit: int = 100, offset: int = 0) -> list[Row]:
+        """Recorded events, newest first, with the incident change each made (or why none):
+        a resolve with nothing open, ``metadata.resolved``, or nothing to group by."""
+        async with self.db.transaction(write=False) as tx:
+            return await tx.fetch(
+                """SELECT event_id, received_at, recorded_at, instance_id, alarm_type, incident_key,
+                          incident_id, incident_change, ungroupable, body
+                   FROM events ORDER BY recorded_at DESC, event_id DESC LIMIT $1 OFFSET $2""",
+                limit,
+                offset,
+            )
 
     # --- cooldown claims -------------------------------------------------------------------
 
