@@ -41,6 +41,7 @@ class Settings:
     retry_delays: tuple[float, ...] = (10.0, 60.0, 300.0, 1800.0)
     max_attempts: int = 5
     quick_retries: int = 2
+    upgrade_confirm_timeout_seconds: float = 3600.0
     api_timeout_seconds: float = 10.0
     database_url: str = "sqlite:///var/autopilot.db"
     claim_lease_seconds: float = 120.0
@@ -218,6 +219,12 @@ def _parse(env: Mapping[str, str]) -> dict[str, Any]:
         "retry_delays": _get(env, "RETRY_DELAYS", _delays, d.retry_delays),
         "max_attempts": _get(env, "MAX_ATTEMPTS", _int_range(1, 1000), d.max_attempts),
         "quick_retries": _get(env, "QUICK_RETRIES", _int_range(0, 10), d.quick_retries),
+        "upgrade_confirm_timeout_seconds": _get(
+            env,
+            "UPGRADE_CONFIRM_TIMEOUT_SECONDS",
+            _number(0, allow_equal=False),
+            d.upgrade_confirm_timeout_seconds,
+        ),
         "api_timeout_seconds": _get(
             env, "CLOUDAMQP_API_TIMEOUT", _number(0, allow_equal=False), d.api_timeout_seconds
         ),

@@ -19,8 +19,16 @@ from shared.errors import StoreError
 from shared.incidents import IncidentChange, IncidentPlan
 
 # An event whose action reached one of these needs no more work when redelivered.
-DONE_STATUSES = frozenset({"succeeded", "skipped", "dry_run", "failed"})
+DONE_STATUSES = frozenset({"succeeded", "skipped", "dry_run", "failed", "unconfirmed"})
 _DONE_SQL = ", ".join(f"'{status}'" for status in sorted(DONE_STATUSES))
+# An upgrade CloudAMQP accepted and that a check message now follows: "in_progress" with this
+# reason. The alarm's own work is done; only the check may change the row.
+AWAITING_CONFIRMATION = "awaiting_confirmation"
+
+
+def _is_done(status: str | None, reason: str | None) -> bool:
+    return status in DONE_STATUSES or (status == "in_progress" and reason == AWAITING_CONFIRMATION)
+
 
 MIGRATIONS: list[list[str]] = [
     [
@@ -171,13 +179,13 @@ class Store:
             )
             if inserted is None:
                 row = await tx.fetchrow(
-                    """SELECT e.incident_id, e.incident_change, a.status
+                    """SELECT e.incident_id, e.incident_change, a.status, a.reason
                        FROM events e LEFT JOIN actions a ON a.action_id = e.event_id
                        WHERE e.event_id = $1""",
                     alarm.event_id,
                 )
                 assert row is not None
-                done = row["status"] if row["status"] in DONE_STATUSES else None
+                done = row["status"] if _is_done(row["status"], row["reason"]) else None
                 return EventRecord(False, row["incident_id"], row["incident_change"], done)
             incident_id, change = await self._apply_incident(tx, alarm, instance_id, plan, now)
             await tx.execute(
@@ -262,6 +270,21 @@ class Store:
         """``save_action`` for a prepared record."""
         async with self.db.transaction() as tx:
             return await _upsert_action(tx, record)
+
+    async def confirm_action(self, action_id: str, status: str, detail: str, now: float) -> bool:
+        """Close an upgrade that was awaiting confirmation (``succeeded`` / ``unconfirmed``)."""
+        async with self.db.transaction() as tx:
+            row = await tx.fetchrow(
+                """UPDATE actions SET status = $1, reason = NULL, detail = $2, updated_at = $3
+                   WHERE action_id = $4 AND status = 'in_progress' AND reason = $5
+                   RETURNING action_id""",
+                status,
+                detail,
+                now,
+                action_id,
+                AWAITING_CONFIRMATION,
+            )
+        return row is not None
 
     async def list_actions(
         self, *, instance: str | None = None, limit: int = 100, offset: int = 0
@@ -405,7 +428,8 @@ async def _upsert_action(tx: Tx, r: ActionRecord) -> bool:
                status = excluded.status, reason = excluded.reason,
                detail = excluded.detail, plan = COALESCE(excluded.plan, actions.plan),
                attempts = excluded.attempts, updated_at = excluded.updated_at
-           WHERE actions.status NOT IN ({_DONE_SQL}) OR $12
+           WHERE (actions.status NOT IN ({_DONE_SQL})
+                  AND COALESCE(actions.reason, '') <> '{AWAITING_CONFIRMATION}') OR $12
            RETURNING action_id""",
         r.alarm.event_id,
         r.alarm.event_key,

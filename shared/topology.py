@@ -26,6 +26,7 @@ H_REPLAYED = "x-autopilot-replayed"
 H_ERROR = "x-autopilot-error"
 H_STATUS = "x-autopilot-status"
 H_FAILED_AT = "x-autopilot-failed-at"
+H_CHECK = "x-autopilot-check"  # marks a follow-up check of an accepted upgrade, not an alarm
 
 
 def retry_queue_name(delay_seconds: float) -> str:

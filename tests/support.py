@@ -94,6 +94,7 @@ class FakeCloudAmqp:
     hold: asyncio.Event | None = None
     requests: list[Recorded] = field(default_factory=list)
     plans: dict[str, str] = field(default_factory=dict)
+    plan_change_delay: float = 0.0
     port: int = 0
     _runner: web.AppRunner | None = None
 
@@ -118,6 +119,9 @@ class FakeCloudAmqp:
     def upgrade_requests(self) -> list[Recorded]:
         return [r for r in self.requests if r.method in {"POST", "PUT"}]
 
+    def reads(self) -> list[Recorded]:
+        return [r for r in self.requests if r.method == "GET"]
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
         try:
@@ -125,6 +129,12 @@ class FakeCloudAmqp:
         except json.JSONDecodeError:
             body = raw.decode(errors="replace")
         self.requests.append(Recorded(request.method, request.path, dict(request.headers), body))
+        instance = request.path.removeprefix("/api/instances/")
+        if request.method == "GET" and "/" not in instance:
+            # The customer API's instance read: what plan is it on now?
+            if instance not in self.plans:
+                return web.json_response({"error": "not found"}, status=404)
+            return web.json_response({"id": instance, "plan": self.plans[instance]})
         if self.hold is not None:
             await self.hold.wait()
         if self.latency:
@@ -133,6 +143,10 @@ class FakeCloudAmqp:
         status, headers = step if isinstance(step, tuple) else (step, {})
         if status == "hang":
             await asyncio.sleep(3600)
+        if request.method == "PUT" and 200 <= status < 300 and isinstance(body, dict):
+            # CloudAMQP upgrades asynchronously: the new plan shows a little later.
+            loop = asyncio.get_running_loop()
+            loop.call_later(self.plan_change_delay, self.plans.__setitem__, instance, body["plan"])
         return web.json_response({"status": status}, status=status, headers=headers)
 
 

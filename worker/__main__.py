@@ -15,6 +15,8 @@ from shared.settings import Settings
 from shared.store import Store
 from worker.cloudamqp import CloudAmqpClient
 from worker.consumer import Consumer
+from worker.policy import Policy, off_ladder_warnings
+from worker.policy_file import PolicyError, load_policy
 from worker.process import Processor
 
 log = structlog.get_logger("worker")
@@ -24,10 +26,18 @@ async def main(settings: Settings) -> None:
     stop = asyncio.Event()
     install_stop_handlers(stop, lambda name: log.info("worker.signal", signal=name))
     try:
+        policy = load_policy(settings.policy_file) if settings.policy_file else Policy.default(settings)
+    except PolicyError as exc:
+        fail("worker", str(exc))
+        return
+    try:
         store = await Store.open(settings.database_url)
     except StoreError as exc:
         fail("worker", f"state store error: {exc}")
         return
+    log.info("policy.loaded", file=settings.policy_file, rules=[r.name for r in policy.rules])
+    for warning in off_ladder_warnings(policy):
+        log.warning("policy.plan_not_on_ladder", detail=warning)
     if not settings.instance_ids:
         log.warning("worker.no_instances", detail="CLOUDAMQP_INSTANCE_ID is unset: no upgrades")
     if settings.effective_dry_run:
@@ -43,8 +53,9 @@ async def main(settings: Settings) -> None:
                 api_key=settings.cloudamqp_api_key,
                 timeout=settings.api_timeout_seconds,
                 quick_retries=settings.quick_retries,
+                mode=settings.upgrade_api,
             )
-        processor = Processor(settings, store, client, worker_id=worker_id)
+        processor = Processor(settings, store, client, worker_id=worker_id, policy=policy)
         log.info("worker.starting", worker_id=worker_id, settings=settings.public_dict())
         try:
             await Consumer(settings, processor).run(stop)

@@ -7,7 +7,9 @@ happen here; longer waits are the worker's durable retries through RabbitMQ.
 
 from __future__ import annotations
 
+import base64
 import email.utils
+import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -74,7 +76,12 @@ def _quick_retry_allowed(exc: BaseException) -> bool:
 
 
 class CloudAmqpClient:
-    """Calls the upgrade endpoint (``actions`` mode) with an aiohttp session."""
+    """Reads an instance's plan and asks for an upgrade, in either API mode.
+
+    ``actions``: ``POST /api/instances/{id}/actions/upgrade`` with a Bearer key (the
+    CloudAMQP blog's endpoint). ``instances``: the documented customer API —
+    ``GET``/``PUT /api/instances/{id}`` with HTTP Basic auth, empty user, key as password.
+    """
 
     def __init__(
         self,
@@ -84,30 +91,55 @@ class CloudAmqpClient:
         api_key: str,
         timeout: float,
         quick_retries: int,
+        mode: str = "actions",
     ):
         self._session = session
         self._base_url = base_url.rstrip("/")
-        self._api_key = api_key
+        self._mode = mode
+        if mode == "instances":
+            token = base64.b64encode(f":{api_key}".encode()).decode()
+            self._auth = {"Authorization": f"Basic {token}"}
+        else:
+            self._auth = {"Authorization": f"Bearer {api_key}"}
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._quick_retries = quick_retries
 
-    async def upgrade(
-        self, instance_id: str, plan: str, reason: str, on_request: Callable[[], Awaitable[None]]
-    ) -> None:
-        """``POST /api/instances/{id}/actions/upgrade``; ``on_request`` runs before each try."""
-        url = f"{self._base_url}/api/instances/{instance_id}/actions/upgrade"
-        headers = {"Authorization": f"Bearer {self._api_key}"}
-        payload = {"plan": plan, "reason": reason}
-        retrying = AsyncRetrying(
+    def _retrying(self) -> AsyncRetrying:
+        return AsyncRetrying(
             stop=stop_after_attempt(self._quick_retries + 1),
             wait=_wait,
             retry=retry_if_exception(_quick_retry_allowed),
             reraise=True,
         )
-        async for attempt in retrying:
+
+    async def current_plan(self, instance_id: str) -> str:
+        """``GET /api/instances/{id}`` → its ``plan``."""
+        url = f"{self._base_url}/api/instances/{instance_id}"
+        async for attempt in self._retrying():
+            with attempt:
+                body = await self._send("GET", url, headers=self._auth)
+        try:
+            plan = json.loads(body).get("plan")
+        except (ValueError, AttributeError):
+            plan = None
+        if not isinstance(plan, str) or not plan:
+            raise PermanentError("CloudAMQP API answered the instance read without a 'plan'")
+        return plan
+
+    async def upgrade(
+        self, instance_id: str, plan: str, reason: str, on_request: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Ask for ``plan``; ``on_request`` runs before each try."""
+        if self._mode == "instances":
+            method, url = "PUT", f"{self._base_url}/api/instances/{instance_id}"
+            payload: dict[str, str] = {"plan": plan}
+        else:
+            method, url = "POST", f"{self._base_url}/api/instances/{instance_id}/actions/upgrade"
+            payload = {"plan": plan, "reason": reason}
+        async for attempt in self._retrying():
             with attempt:
                 await on_request()
-                await self._send("POST", url, headers=headers, json=payload)
+                await self._send(method, url, headers=self._auth, json=payload)
 
     async def _send(self, method: str, url: str, **kwargs: Any) -> str:
         started = time.monotonic()

@@ -8,6 +8,7 @@ leaves a duplicate (which the store recognises), never a lost alarm.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +21,7 @@ from shared import topology
 from shared.alarm import decode_alarm
 from shared.errors import DecodeError
 from shared.settings import Settings
-from worker.process import Defer, Outcome, Park, Processor, Retry, retry_delay
+from worker.process import Check, Defer, Follow, Outcome, Park, Processor, Retry, retry_delay
 
 log = structlog.get_logger("worker")
 
@@ -83,6 +84,8 @@ class Consumer:
                 self._idle.set()
 
     async def handle(self, message: AbstractIncomingMessage) -> Outcome:
+        if (message.headers or {}).get(topology.H_CHECK):
+            return await self.handle_check(message)
         try:
             alarm = decode_alarm(message.body, message.headers or {}, message.message_id, time.time())
         except DecodeError as exc:
@@ -92,6 +95,17 @@ class Consumer:
             return await self.processor.process(alarm)
         except Exception as exc:
             log.exception("alarm.processing_failed", event_id=alarm.event_id)
+            return failure_outcome(message, exc)
+
+    async def handle_check(self, message: AbstractIncomingMessage) -> Outcome:
+        try:
+            check = Check.from_json(json.loads(message.body))
+        except (ValueError, DecodeError) as exc:
+            return Park(f"cannot decode: {exc}", "decode_error", 0)
+        try:
+            return await self.processor.check(check)
+        except Exception as exc:
+            log.exception("upgrade.check_error", action_id=check.action_id)
             return failure_outcome(message, exc)
 
     async def settle(self, message: AbstractIncomingMessage, outcome: Outcome) -> None:
@@ -114,6 +128,8 @@ class Consumer:
             elif isinstance(outcome, Defer):
                 await self._publish(copy_message(message), topology.retry_queue_name(outcome.delay))
                 log.info("message.deferred", message_id=message.message_id, delay_s=outcome.delay)
+            elif isinstance(outcome, Follow):
+                await self._publish(check_message(outcome.check), topology.retry_queue_name(outcome.delay))
             elif isinstance(outcome, Park):
                 await self._publish(copy_message(message, **park_headers(outcome)), topology.DEAD_QUEUE)
                 log.error(
@@ -154,6 +170,16 @@ class Consumer:
         finally:
             await connection.close()
         log.info("worker.stopped")
+
+
+def check_message(check: Check) -> aio_pika.Message:
+    return aio_pika.Message(
+        body=json.dumps(check.to_json()).encode(),
+        headers={topology.H_CHECK: "1"},
+        content_type="application/json",
+        message_id=f"check-{check.action_id}-{check.checks}",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+    )
 
 
 def park_headers(outcome: Park) -> dict[str, Any]:

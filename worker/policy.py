@@ -1,16 +1,25 @@
-"""Where remediation is decided: a pure function of (alarm, state, settings, now).
+"""Where remediation is decided: pure functions of (alarm, state, policy, now).
 
 No I/O here. The worker gathers the state, calls ``decide`` and carries the decision out;
 every ``Skip`` has a reason that ends up in the log, in ``GET /actions`` and in metrics.
+After the worker has read the instance's current plan, ``resolve_plan`` turns the decided
+target (a fixed plan, or ``next`` on the ladder) into the plan to ask for — or a skip.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from shared.alarm import Alarm
 from shared.settings import Settings
+from worker.plans import DEFAULT_LADDER, Ladder, Plan, parse_plan
+
+ALARM_TYPES = frozenset(
+    {"cpu", "memory", "disk", "queue", "connection", "flow", "consumer", "netsplit",
+     "server_unreachable", "notice"}
+)  # fmt: skip
+NEXT = "next"
 
 
 class SkipReason(StrEnum):
@@ -22,9 +31,60 @@ class SkipReason(StrEnum):
     INVALID_TRIGGERED_AT = "invalid_triggered_at"
     STALE = "stale"
     NO_RULE = "no_rule"
+    NO_ACTION = "no_action"
     VALUE_NOT_NUMERIC = "value_not_numeric"
     BELOW_THRESHOLD = "below_threshold"
     COOLING_DOWN = "cooling_down"
+    AT_CEILING = "at_ceiling"
+    PLAN_NOT_ON_LADDER = "plan_not_on_ladder"
+    PLAN_UNKNOWN = "plan_unknown"
+    ALREADY_AT_OR_ABOVE_TARGET = "already_at_or_above_target"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One rule of the policy: which alarms it matches and what it does about them."""
+
+    name: str
+    alarm_type: str
+    action: str = "upgrade"  # or "none"
+    plan: str = NEXT
+    above: float | None = None
+    below: float | None = None
+    instances: tuple[str, ...] = ()
+    max_plan: Plan | None = None
+    ladder: Ladder = field(default_factory=lambda: Ladder.of(DEFAULT_LADDER))
+    cooldown_seconds: float | None = None
+
+    @property
+    def has_threshold(self) -> bool:
+        return self.above is not None or self.below is not None
+
+
+@dataclass(frozen=True)
+class Policy:
+    rules: tuple[Rule, ...]
+
+    @classmethod
+    def default(cls, settings: Settings) -> Policy:
+        """The seed's rule: memory strictly above MEMORY_THRESHOLD → UPGRADE_PLAN."""
+        return cls((Rule("default", "memory", plan=settings.upgrade_plan, above=settings.memory_threshold),))
+
+
+def off_ladder_warnings(policy: Policy) -> list[str]:
+    """Fixed target plans that are not on their rule's ladder: passed through as given
+    (CloudAMQP validates plan names), but worth a warning at start."""
+    warnings = []
+    for number, rule in enumerate(policy.rules, start=1):
+        if rule.action != "upgrade" or rule.plan == NEXT:
+            continue
+        plan = parse_plan(rule.plan)
+        if plan is None or rule.ladder.position(plan) is None:
+            warnings.append(
+                f"rule {number} ({rule.name}): plan {rule.plan!r} is not on the ladder; "
+                "it is passed to CloudAMQP as given"
+            )
+    return warnings
 
 
 @dataclass(frozen=True)
@@ -43,10 +103,13 @@ class Skip:
 @dataclass(frozen=True)
 class Upgrade:
     instance_id: str
-    plan: str
+    plan: str  # a plan name, or "next"
     reason: str
     scope: str
     cooldown_seconds: float
+    rule: str = "default"
+    ladder: Ladder = field(default_factory=lambda: Ladder.of(DEFAULT_LADDER))
+    max_plan: Plan | None = None
 
 
 Decision = Skip | Upgrade
@@ -63,15 +126,17 @@ def _format_value(value: float) -> str:
     return f"{value:g}"
 
 
-def decide(alarm: Alarm, state: DecisionState, settings: Settings, now: float) -> Decision:
+def decide(
+    alarm: Alarm, state: DecisionState, settings: Settings, now: float, policy: Policy | None = None
+) -> Decision:
     """Decide what to do about one alarm: first whether it may be acted on at all, then
-    whether a rule fires."""
+    which rule fires (first match wins)."""
     instance = target_instance(alarm, settings)
     blocked = _not_actionable(alarm, state, settings, instance, now)
     if blocked is not None:
         return blocked
     assert instance is not None
-    return _default_rule(alarm, settings, instance)
+    return _apply_rules(alarm, policy or Policy.default(settings), settings, instance)
 
 
 def _not_actionable(
@@ -100,22 +165,85 @@ def _not_actionable(
     return None
 
 
-def _default_rule(alarm: Alarm, settings: Settings, instance: str) -> Decision:
-    """The seed's rule: a memory alarm strictly above MEMORY_THRESHOLD upgrades to UPGRADE_PLAN."""
-    if alarm.alarm_type != "memory":
+def _rule_misses(rule: Rule, alarm: Alarm, instance: str) -> Skip | None:
+    """None when ``rule`` matches; otherwise why not (None-like misses are NO_RULE)."""
+    if rule.alarm_type != alarm.alarm_type or (rule.instances and instance not in rule.instances):
         return Skip(SkipReason.NO_RULE, f"no rule for alarm_type {alarm.alarm_type!r}")
+    if not rule.has_threshold:
+        return None
     value = alarm.value
     if value is None:
         return Skip(SkipReason.VALUE_NOT_NUMERIC, f"value {alarm.body.get('value')!r} is not a number")
-    if value <= settings.memory_threshold:
+    if rule.above is not None and value <= rule.above:
         return Skip(
             SkipReason.BELOW_THRESHOLD,
-            f"memory {_format_value(value)}% is not above {_format_value(settings.memory_threshold)}%",
+            f"{alarm.alarm_type} {_format_value(value)}% is not above {_format_value(rule.above)}%",
         )
+    if rule.below is not None and value >= rule.below:
+        return Skip(
+            SkipReason.BELOW_THRESHOLD,
+            f"{alarm.alarm_type} {_format_value(value)}% is not below {_format_value(rule.below)}%",
+        )
+    return None
+
+
+def _apply_rules(alarm: Alarm, policy: Policy, settings: Settings, instance: str) -> Decision:
+    closest: Skip | None = None
+    for rule in policy.rules:
+        miss = _rule_misses(rule, alarm, instance)
+        if miss is None:
+            return _act(rule, alarm, settings, instance)
+        if miss.reason is not SkipReason.NO_RULE and closest is None:
+            closest = miss  # the most telling reason: a rule for this alarm type did not fire
+    return closest or Skip(SkipReason.NO_RULE, f"no rule for alarm_type {alarm.alarm_type!r}")
+
+
+def _act(rule: Rule, alarm: Alarm, settings: Settings, instance: str) -> Decision:
+    if rule.action == "none":
+        return Skip(SkipReason.NO_ACTION, f"rule {rule.name!r} records the alarm and does nothing")
+    value = alarm.value
+    shown = f" ({_format_value(value)}%)" if value is not None else ""
     return Upgrade(
         instance_id=instance,
-        plan=settings.upgrade_plan,
-        reason=f"Automatic upgrade triggered by memory alarm ({_format_value(value)}%)",
-        scope=instance,
-        cooldown_seconds=settings.cooldown_seconds,
+        plan=rule.plan,
+        reason=f"Automatic upgrade triggered by {alarm.alarm_type} alarm{shown}",
+        # One claim per instance and alarm type: a disk rule and a memory rule act independently.
+        scope=f"{instance}/{alarm.alarm_type}",
+        cooldown_seconds=settings.cooldown_seconds
+        if rule.cooldown_seconds is None
+        else rule.cooldown_seconds,
+        rule=rule.name,
+        ladder=rule.ladder,
+        max_plan=rule.max_plan,
     )
+
+
+def needs_current_plan(upgrade: Upgrade) -> bool:
+    """``next`` can only be resolved from the instance's current plan."""
+    return upgrade.plan == NEXT
+
+
+def resolve_plan(upgrade: Upgrade, current: str | None) -> str | Skip:
+    """The plan to ask for, given the current plan (None when it could not be read)."""
+    current_plan = parse_plan(current) if current else None
+    if upgrade.plan != NEXT:
+        target = parse_plan(upgrade.plan)
+        if (
+            current_plan is not None
+            and target is not None
+            and upgrade.ladder.at_or_above(current_plan, target)
+        ):
+            return Skip(
+                SkipReason.ALREADY_AT_OR_ABOVE_TARGET, f"instance is on {current}, target {upgrade.plan}"
+            )
+        return upgrade.plan
+    if current is None:
+        return Skip(SkipReason.PLAN_UNKNOWN, "the current plan could not be read, so 'next' is unknown")
+    if current_plan is None or upgrade.ladder.position(current_plan) is None:
+        return Skip(SkipReason.PLAN_NOT_ON_LADDER, f"current plan {current!r} is not on the ladder")
+    step = upgrade.ladder.next_step(current_plan)
+    if step is None:
+        return Skip(SkipReason.AT_CEILING, f"{current} is the top of the ladder")
+    if upgrade.max_plan is not None and upgrade.ladder.above(step, upgrade.max_plan):
+        return Skip(SkipReason.AT_CEILING, f"{step} would pass max_plan {upgrade.max_plan}")
+    return str(step)

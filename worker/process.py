@@ -7,19 +7,30 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import structlog
 
 from shared.alarm import Alarm
 from shared.claims import ClaimVerdict
-from shared.errors import PermanentError, RetryableError
+from shared.errors import DecodeError, PermanentError, RetryableError
 from shared.incidents import plan_incident
 from shared.settings import Settings
-from shared.store import ActionRecord, Store
+from shared.store import AWAITING_CONFIRMATION, ActionRecord, Store
 from worker.cloudamqp import CloudAmqpClient
-from worker.policy import DecisionState, Skip, SkipReason, Upgrade, decide, target_instance
+from worker.plans import parse_plan
+from worker.policy import (
+    DecisionState,
+    Policy,
+    Skip,
+    SkipReason,
+    Upgrade,
+    decide,
+    needs_current_plan,
+    resolve_plan,
+    target_instance,
+)
 
 log = structlog.get_logger("worker")
 
@@ -55,7 +66,43 @@ class Park:
     attempts: int
 
 
-Outcome = Ack | Retry | Defer | Park
+@dataclass(frozen=True)
+class Check:
+    """A follow-up on an upgrade CloudAMQP accepted: read the instance until ``plan`` shows,
+    or give up at ``deadline`` (the upgrade itself runs asynchronously at CloudAMQP)."""
+
+    action_id: str
+    instance_id: str
+    plan: str
+    deadline: float
+    checks: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any) -> Check:
+        try:
+            return cls(
+                str(data["action_id"]),
+                str(data["instance_id"]),
+                str(data["plan"]),
+                float(data["deadline"]),
+                int(data.get("checks", 0)),
+            )
+        except (TypeError, KeyError, ValueError) as exc:
+            raise DecodeError(f"not an upgrade check: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Follow:
+    """Acknowledge, and send ``check`` through a delay queue of ``delay`` seconds."""
+
+    check: Check
+    delay: float
+
+
+Outcome = Ack | Retry | Defer | Park | Follow
 
 
 def defer_delay(retry_delays: tuple[float, ...], wait: float) -> float:
@@ -93,9 +140,11 @@ class Processor:
         client: CloudAmqpClient | None,
         *,
         worker_id: str,
+        policy: Policy | None = None,
         clock: Callable[[], float] = time.time,
     ):
         self.settings = settings
+        self.policy = policy or Policy.default(settings)
         self.store = store
         self.client = client
         self.worker_id = worker_id
@@ -131,7 +180,7 @@ class Processor:
             alarm.event_key, alarm.event_id
         )
         job = Job(alarm, instance, record.incident_id, bound)
-        decision = decide(alarm, DecisionState(duplicate=duplicate), self.settings, now)
+        decision = decide(alarm, DecisionState(duplicate=duplicate), self.settings, now, self.policy)
         if isinstance(decision, Skip):
             await self._skip(job, decision)
             return Ack()
@@ -199,16 +248,25 @@ class Processor:
             return Ack()
         return await self._call_api(job, upgrade, scope, owner)
 
+    @property
+    def check_interval(self) -> float:
+        """Seconds between plan reads while an upgrade runs at CloudAMQP (about a minute)."""
+        return defer_delay(self.settings.retry_delays, 60.0)
+
     async def _call_api(self, job: Job, upgrade: Upgrade, scope: str, owner: str) -> Outcome:
         assert self.client is not None
         attempts = job.alarm.attempts + 1
 
         async def before_request() -> None:
-            job.log.info("upgrade.requested", plan=upgrade.plan)
+            job.log.info("upgrade.requested", plan=job.plan, rule=upgrade.rule)
 
         await self._record(job, "in_progress", attempts=attempts)
         try:
-            await self.client.upgrade(upgrade.instance_id, upgrade.plan, upgrade.reason, before_request)
+            plan = await self._target_plan(upgrade)
+            if isinstance(plan, Skip):
+                return await self._skip_after_read(job, scope, owner, plan, attempts)
+            job.plan = plan
+            await self.client.upgrade(upgrade.instance_id, plan, upgrade.reason, before_request)
         except RetryableError as exc:
             if attempts >= self.settings.max_attempts:
                 return await self._park(job, scope, owner, str(exc), "retries_exhausted", attempts)
@@ -217,9 +275,73 @@ class Processor:
             return Retry(str(exc), attempts, exc.retry_after)
         except PermanentError as exc:
             return await self._park(job, scope, owner, str(exc), "permanent_error", attempts)
-        job.log.info("upgrade.succeeded", plan=upgrade.plan, attempts=attempts)
-        await self._finish(job, scope, owner, True, "succeeded", detail=upgrade.reason, attempts=attempts)
+        if self.settings.upgrade_api != "instances":
+            job.log.info("upgrade.succeeded", plan=plan, attempts=attempts)
+            await self._finish(job, scope, owner, True, "succeeded", detail=upgrade.reason, attempts=attempts)
+            return Ack()
+        job.log.info("upgrade.accepted", plan=plan, attempts=attempts)
+        await self._finish(
+            job,
+            scope,
+            owner,
+            True,
+            "in_progress",
+            reason=AWAITING_CONFIRMATION,
+            detail=f"CloudAMQP accepted the upgrade to {plan}; waiting for the plan to show",
+            attempts=attempts,
+        )
+        deadline = self.clock() + self.settings.upgrade_confirm_timeout_seconds
+        return Follow(Check(job.alarm.event_id, upgrade.instance_id, plan, deadline), self.check_interval)
+
+    async def _target_plan(self, upgrade: Upgrade) -> str | Skip:
+        """Read the current plan where possible (always in ``instances`` mode; for ``next``
+        in both), so that a repeat after a crash or a lost response is harmless."""
+        assert self.client is not None
+        current = None
+        if self.settings.upgrade_api == "instances" or needs_current_plan(upgrade):
+            current = await self.client.current_plan(upgrade.instance_id)
+        return resolve_plan(upgrade, current)
+
+    async def _skip_after_read(self, job: Job, scope: str, owner: str, skip: Skip, attempts: int) -> Outcome:
+        """Nothing to upgrade after all: release the claim (no cooldown) and record why."""
+        job.log.info("upgrade.skipped", reason=skip.reason.value, detail=skip.detail)
+        await self._finish(
+            job,
+            scope,
+            owner,
+            False,
+            "skipped",
+            reason=skip.reason.value,
+            detail=skip.detail,
+            attempts=attempts,
+        )
         return Ack()
+
+    async def check(self, check: Check) -> Outcome:
+        """Follow an accepted upgrade: ``succeeded`` once the plan shows, else check again,
+        until the deadline records ``unconfirmed``."""
+        assert self.client is not None
+        bound = log.bind(action_id=check.action_id, instance=check.instance_id, plan=check.plan)
+        now = self.clock()
+        try:
+            current: str | None = await self.client.current_plan(check.instance_id)
+        except (RetryableError, PermanentError) as exc:
+            bound.warning("upgrade.check_failed", error=str(exc))
+            current = None
+        target, shown = parse_plan(check.plan), parse_plan(current) if current else None
+        if current is not None and (current == check.plan or (target and shown and shown == target)):
+            await self.store.confirm_action(
+                check.action_id, "succeeded", f"instance is now on {current}", now
+            )
+            bound.info("upgrade.succeeded", checks=check.checks + 1)
+            return Ack()
+        if now >= check.deadline:
+            detail = f"plan {check.plan} did not show before the deadline (last seen: {current or 'unknown'})"
+            await self.store.confirm_action(check.action_id, "unconfirmed", detail, now)
+            bound.error("upgrade.unconfirmed", detail=detail)
+            return Ack()
+        bound.info("upgrade.waiting", current=current, checks=check.checks + 1)
+        return Follow(replace(check, checks=check.checks + 1), self.check_interval)
 
     async def _park(self, job: Job, scope: str, owner: str, error: str, status: str, attempts: int) -> Park:
         job.log.error("upgrade.failed", error=error, status=status, attempts=attempts)

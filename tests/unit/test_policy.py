@@ -101,6 +101,6 @@ def test_the_upgrade_carries_the_seed_plan_reason_scope_and_cooldown() -> None:
         instance_id=INSTANCE,
         plan="bunny-2",
         reason="Automatic upgrade triggered by memory alarm (85%)",
-        scope=INSTANCE,
+        scope=f"{INSTANCE}/memory",
         cooldown_seconds=1800.0,
     )

@@ -1,0 +1,184 @@
+"""Operator policies and the documented customer API (``UPGRADE_API=instances``)."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import API_KEY, SEED_INSTANCE
+from tests.support import FakeCloudAmqp, run_to_exit, wait_until
+
+
+def alarm(alarm_type: str = "memory", value: float = 85) -> dict[str, Any]:
+    now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return {"alarm_type": alarm_type, "value": value, "instance_id": SEED_INSTANCE, "triggered_at": now}
+
+
+BASIC = "Basic " + base64.b64encode(f":{API_KEY}".encode()).decode()
+
+
+async def test_given_instances_mode_then_one_read_and_one_put_with_basic_auth_and_a_repeat_is_skipped(
+    make_stack: Any, fake_api: FakeCloudAmqp
+) -> None:
+    fake_api.plans[SEED_INSTANCE] = "bunny-1"
+    stack = make_stack(UPGRADE_API="instances", UPGRADE_PLAN="rabbit-1", COOLDOWN_SECONDS="0")
+    await stack.start_receiver()
+    worker = await stack.start_worker()
+
+    assert (await stack.post(alarm()))[0] == 202
+    await worker.wait_event("upgrade.succeeded")
+
+    path = f"/api/instances/{SEED_INSTANCE}"
+    calls = [(r.method, r.path) for r in fake_api.requests]
+    assert calls[:2] == [("GET", path), ("PUT", path)]
+    [put] = fake_api.upgrade_requests()
+    assert put.headers["Authorization"] == BASIC
+    assert put.body == {"plan": "rabbit-1"}
+    assert all(r.headers["Authorization"] == BASIC for r in fake_api.requests)
+    [action] = await stack.actions()
+    assert action["status"] == "succeeded" and action["plan"] == "rabbit-1"
+
+    assert (await stack.post(alarm(value=90)))[0] == 202
+
+    [second, _] = await stack.wait_actions(2)
+    assert (second["status"], second["reason"]) == ("skipped", "already_at_or_above_target")
+    assert len(fake_api.upgrade_requests()) == 1
+
+
+async def test_given_an_accepted_upgrade_then_it_is_in_progress_until_the_plan_shows(
+    make_stack: Any, fake_api: FakeCloudAmqp
+) -> None:
+    fake_api.plans[SEED_INSTANCE] = "hare-3"
+    fake_api.plan_change_delay = 1.5
+    stack = make_stack(UPGRADE_API="instances", UPGRADE_PLAN="next")
+    await stack.start_receiver()
+    worker = await stack.start_worker()
+
+    assert (await stack.post(alarm()))[0] == 202
+
+    await worker.wait_event("upgrade.accepted")
+    [pending] = await stack.actions()
+    assert (pending["status"], pending["reason"]) == ("in_progress", "awaiting_confirmation")
+    await worker.wait_event("upgrade.waiting")
+    await worker.wait_event("upgrade.succeeded")
+    [done] = await stack.actions()
+    assert (done["status"], done["plan"]) == ("succeeded", "rabbit-3")
+    assert fake_api.upgrade_requests()[0].body == {"plan": "rabbit-3"}
+
+
+async def test_given_a_plan_that_never_shows_then_the_upgrade_is_recorded_unconfirmed(
+    make_stack: Any, fake_api: FakeCloudAmqp
+) -> None:
+    fake_api.plans[SEED_INSTANCE] = "bunny-1"
+    fake_api.plan_change_delay = 3600
+    stack = make_stack(UPGRADE_API="instances", UPGRADE_PLAN="next", UPGRADE_CONFIRM_TIMEOUT_SECONDS="1")
+    await stack.start_receiver()
+    await stack.start_worker()
+
+    assert (await stack.post(alarm()))[0] == 202
+
+    async def unconfirmed() -> bool:
+        actions = await stack.actions()
+        return bool(actions) and actions[0]["status"] == "unconfirmed"
+
+    await wait_until(unconfirmed, timeout=20, what="the upgrade to be recorded unconfirmed")
+    assert len(fake_api.upgrade_requests()) == 1
+
+
+POLICY = """
+[[rules]]
+name = "memory"
+alarm_type = "memory"
+above = 80
+plan = "next"
+ladder = ["bunny-1", "hare-1", "rabbit-1"]
+cooldown_seconds = 3600
+
+[[rules]]
+name = "disk"
+alarm_type = "disk"
+above = 90
+plan = "next"
+ladder = ["bunny-1", "panda-1", "hippo-1"]
+max_plan = "hippo-1"
+cooldown_seconds = 0
+
+[[rules]]
+name = "queue"
+alarm_type = "queue"
+action = "none"
+"""
+
+
+async def test_given_disk_and_memory_rules_then_they_act_independently_on_one_instance(
+    make_stack: Any, fake_api: FakeCloudAmqp, tmp_path: Path
+) -> None:
+    policy = tmp_path / "policy.toml"
+    policy.write_text(POLICY)
+    fake_api.plans[SEED_INSTANCE] = "bunny-1"
+    stack = make_stack(POLICY_FILE=str(policy), UPGRADE_API="instances")
+    await stack.start_receiver()
+    worker = await stack.start_worker()
+
+    assert (await stack.post(alarm("memory", 85)))[0] == 202  # memory ladder: bunny → hare
+    await worker.wait_event("upgrade.succeeded", count=1)
+    assert (await stack.post(alarm("disk", 95)))[0] == 202  # own claim: hare is not on its ladder
+    await stack.wait_actions(2)
+    fake_api.plans[SEED_INSTANCE] = "bunny-1"
+    assert (await stack.post(alarm("disk", 96)))[0] == 202  # disk ladder: bunny → panda
+    await worker.wait_event("upgrade.succeeded", count=2)
+    assert (await stack.post(alarm("memory", 87)))[0] == 202  # memory still cooling down
+    assert (await stack.post(alarm("queue", 5000)))[0] == 202  # queue alarms: incident only
+
+    actions = await stack.wait_actions(5)
+    by_time = sorted(actions, key=lambda a: a["created_at"])
+    outcomes = [(a["alarm_type"], a["status"], a["reason"] or a["plan"]) for a in by_time]
+    assert outcomes[:3] == [
+        ("memory", "succeeded", "hare-1"),
+        ("disk", "skipped", "plan_not_on_ladder"),
+        ("disk", "succeeded", "panda-1"),
+    ]
+    assert sorted(outcomes[3:]) == [("memory", "skipped", "cooling_down"), ("queue", "skipped", "no_action")]
+    assert [r.body for r in fake_api.upgrade_requests()] == [{"plan": "hare-1"}, {"plan": "panda-1"}]
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (
+            '[[rules]]\nalarm_type = "memory"\nabove = 80\n\n[[rules]]\nalarm_typ = "disk"\n',
+            "rule 2: key 'alarm_typ'",
+        ),
+        ('[[rules]]\nalarm_type = "ram"\n', "rule 1: key 'alarm_type'"),
+        ('[[rules]]\nalarm_type = "memory"\nabove = 90\nbelow = 80\n', "rule 1: key 'below'"),
+        ('ladder = ["bunny-1", "big"]\n[[rules]]\nalarm_type = "memory"\n', "key 'ladder'"),
+        ('[[rules]]\nalarm_type = "memory"\nmax_plan = "galaxy"\n', "rule 1: key 'max_plan'"),
+        ("rules = [ not toml", "not valid TOML"),
+        (None, "cannot read it"),
+    ],
+    ids=[
+        "unknown-key",
+        "unknown-alarm-type",
+        "below-under-above",
+        "bad-ladder",
+        "bad-max-plan",
+        "bad-toml",
+        "unreadable",
+    ],
+)
+def test_given_a_policy_file_mistake_then_the_worker_stops_naming_file_rule_and_key(
+    tmp_path: Path, content: str | None, fragment: str
+) -> None:
+    path = tmp_path / "policy.toml"
+    if content is not None:
+        path.write_text(content)
+
+    result = run_to_exit("worker", {"POLICY_FILE": str(path), "DATABASE_URL": f"sqlite:///{tmp_path}/x.db"})
+
+    assert result.returncode != 0
+    [line] = result.stderr.strip().splitlines()
+    assert str(path) in line and fragment in line, line

@@ -1,0 +1,155 @@
+"""Reading and validating ``POLICY_FILE`` (TOML) into a ``Policy``.
+
+Every mistake is one ``PolicyError`` line naming the file, the rule number and the key, so
+the worker can stop at start with exactly that line. See ``policy.example.toml``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from worker.plans import DEFAULT_LADDER, Ladder, Plan, parse_plan
+from worker.policy import ALARM_TYPES, NEXT, Policy, Rule
+
+TOP_KEYS = frozenset({"ladder", "max_plan", "rules"})
+RULE_KEYS = frozenset(
+    {"name", "alarm_type", "above", "below", "instances", "action", "plan", "max_plan", "ladder",
+     "cooldown_seconds"}
+)  # fmt: skip
+
+
+class PolicyError(Exception):
+    """A policy file mistake; the message is one line naming file, rule and key."""
+
+
+def load_policy(path: str) -> Policy:
+    """The policy in ``path``."""
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise PolicyError(f"POLICY_FILE {path}: cannot read it: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise PolicyError(f"POLICY_FILE {path}: not valid TOML: {exc}") from None
+    return parse_policy(data, path)
+
+
+def parse_policy(data: dict[str, Any], path: str = "<policy>") -> Policy:
+    """Validate parsed TOML; pure, so every mistake has a table test."""
+
+    def fail(where: str, message: str) -> PolicyError:
+        return PolicyError(f"POLICY_FILE {path}: {where}: {message}")
+
+    for key in data:
+        if key not in TOP_KEYS:
+            raise fail(f"key {key!r}", f"unknown key (known: {', '.join(sorted(TOP_KEYS))})")
+    try:
+        ladder = _ladder(data.get("ladder", list(DEFAULT_LADDER)))
+    except ValueError as exc:
+        raise fail("key 'ladder'", str(exc)) from None
+    default_max = data.get("max_plan")
+    rules_data = data.get("rules")
+    if not isinstance(rules_data, list) or not rules_data:
+        raise fail("key 'rules'", "expected at least one [[rules]] table")
+    rules: list[Rule] = []
+    for number, raw in enumerate(rules_data, start=1):
+        where = f"rule {number}"
+        if not isinstance(raw, dict):
+            raise fail(where, "expected a [[rules]] table")
+        try:
+            rule = _rule(raw, number, ladder, default_max)
+        except _KeyProblem as exc:
+            raise fail(f"{where}: key {exc.key!r}", exc.message) from None
+        rules.append(rule)
+    return Policy(tuple(rules))
+
+
+class _KeyProblem(Exception):
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key, self.message = key, message
+
+
+def _ladder(raw: Any) -> Ladder:
+    if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+        raise ValueError("expected a list of plan names")
+    return Ladder.of(tuple(raw))
+
+
+def _number(raw: dict[str, Any], key: str) -> float | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _KeyProblem(key, "expected a number")
+    return float(value)
+
+
+def _max_plan(value: Any, ladder: Ladder) -> Plan | None:
+    if value is None:
+        return None
+    plan = parse_plan(value) if isinstance(value, str) else None
+    if plan is None:
+        raise _KeyProblem("max_plan", f"{value!r} is not a plan name (like panda-1)")
+    if ladder.position(plan) is None:
+        raise _KeyProblem("max_plan", f"{value!r} is not on the ladder")
+    return plan
+
+
+def _thresholds(raw: dict[str, Any]) -> tuple[float | None, float | None]:
+    above, below = _number(raw, "above"), _number(raw, "below")
+    if above is not None and below is not None and below <= above:
+        raise _KeyProblem(
+            "below", f"below ({below:g}) must be greater than above ({above:g}): the rule never matches"
+        )
+    return above, below
+
+
+def _instances(raw: dict[str, Any]) -> tuple[str, ...]:
+    instances = raw.get("instances", [])
+    if not isinstance(instances, list) or not all(isinstance(i, str) and i for i in instances):
+        raise _KeyProblem("instances", "expected a list of instance ids")
+    return tuple(instances)
+
+
+def _rule(raw: dict[str, Any], number: int, top_ladder: Ladder, default_max: Any) -> Rule:
+    for key in raw:
+        if key not in RULE_KEYS:
+            raise _KeyProblem(key, f"unknown key (known: {', '.join(sorted(RULE_KEYS))})")
+    alarm_type = raw.get("alarm_type")
+    if alarm_type not in ALARM_TYPES:
+        raise _KeyProblem("alarm_type", f"{alarm_type!r} is not one of {', '.join(sorted(ALARM_TYPES))}")
+    above, below = _number(raw, "above"), _number(raw, "below")
+    if above is not None and below is not None and below <= above:
+        raise _KeyProblem(
+            "below", f"below ({below:g}) must be greater than above ({above:g}): the rule never matches"
+        )
+    action = raw.get("action", "upgrade")
+    if action not in {"upgrade", "none"}:
+        raise _KeyProblem("action", "expected 'upgrade' or 'none'")
+    plan = raw.get("plan", NEXT)
+    if not isinstance(plan, str) or not plan.strip():
+        raise _KeyProblem("plan", "expected a plan name or 'next'")
+    try:
+        ladder = _ladder(raw["ladder"]) if "ladder" in raw else top_ladder
+    except ValueError as exc:
+        raise _KeyProblem("ladder", str(exc)) from None
+    cooldown = _number(raw, "cooldown_seconds")
+    if cooldown is not None and cooldown < 0:
+        raise _KeyProblem("cooldown_seconds", "expected a number >= 0")
+    name = raw.get("name", f"rule-{number}")
+    if not isinstance(name, str) or not name:
+        raise _KeyProblem("name", "expected a non-empty string")
+    return Rule(
+        name=name,
+        alarm_type=alarm_type,
+        action=action,
+        plan=plan.strip(),
+        above=above,
+        below=below,
+        instances=_instances(raw),
+        max_plan=_max_plan(raw.get("max_plan", default_max), ladder),
+        ladder=ladder,
+        cooldown_seconds=cooldown,
+    )
