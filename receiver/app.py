@@ -11,12 +11,14 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import structlog
 from aiohttp import web
 
 from receiver.publisher import Publisher
+from shared import metrics
 from shared.alarm import iso
 from shared.errors import BrokerUnavailable, StoreError
 from shared.settings import Settings
@@ -26,10 +28,12 @@ log = structlog.get_logger("receiver")
 
 MAX_BODY = 64 * 1024
 RETRY_AFTER_SECONDS = 5
+MAX_OFFSET = 1_000_000_000
 
 SETTINGS = web.AppKey("settings", Settings)
 PUBLISHER = web.AppKey("publisher", Publisher)
 STORE = web.AppKey("store", Store)
+OPENAPI = web.AppKey("openapi", bytes)
 
 _ERROR_NAMES = {
     400: "bad_request",
@@ -55,6 +59,24 @@ def json_error(
         headers=headers,
         **kwargs,
     )
+
+
+def _route_name(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def metrics_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        metrics.RECEIVER_REQUESTS.labels(_route_name(request), str(exc.status)).inc()
+        raise
+    metrics.RECEIVER_REQUESTS.labels(_route_name(request), str(response.status)).inc()
+    return response
 
 
 @web.middleware
@@ -113,6 +135,7 @@ def _is_json_type(content_type: str) -> bool:
 
 
 async def receive_alarm(request: web.Request) -> web.Response:
+    started = time.perf_counter()
     check_token(request)
     if not _is_json_type(request.content_type):
         raise json_error(
@@ -144,6 +167,7 @@ async def receive_alarm(request: web.Request) -> web.Response:
     try:
         await request.app[PUBLISHER].publish(body, event_id, received_at)
     except BrokerUnavailable as exc:
+        metrics.PUBLISH_FAILURES.inc()
         log.warning("alarm.rejected", reason="broker_unavailable", error=str(exc))
         raise json_error(
             web.HTTPServiceUnavailable,
@@ -157,6 +181,7 @@ async def receive_alarm(request: web.Request) -> web.Response:
         alarm_type=parsed.get("alarm_type"),
         instance=parsed.get("instance_id"),
     )
+    metrics.ACCEPT_LATENCY.observe(time.perf_counter() - started)
     return web.json_response({"status": "accepted", "id": event_id}, status=202)
 
 
@@ -169,8 +194,8 @@ def _page(request: web.Request) -> tuple[int, int]:
         offset = int(request.query.get("offset", "0"))
     except ValueError:
         raise json_error(web.HTTPBadRequest, "bad_query", "limit and offset must be integers") from None
-    if not 1 <= limit <= 500 or offset < 0:
-        raise json_error(web.HTTPBadRequest, "bad_query", "limit must be 1..500 and offset >= 0")
+    if not 1 <= limit <= 500 or not 0 <= offset <= MAX_OFFSET:
+        raise json_error(web.HTTPBadRequest, "bad_query", f"limit must be 1..500 and offset 0..{MAX_OFFSET}")
     return limit, offset
 
 
@@ -298,6 +323,19 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready"})
 
 
+OPENAPI_PATH = Path(__file__).with_name("openapi.json")
+
+
+async def openapi_view(request: web.Request) -> web.Response:
+    """The checked-in OpenAPI document describing every endpoint."""
+    return web.Response(body=request.app[OPENAPI], content_type="application/json")
+
+
+async def metrics_view(request: web.Request) -> web.Response:
+    body, content_type = metrics.render()
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
 def setup_routes(app: web.Application) -> None:
     app.router.add_post("/cloudamqp/alarm", receive_alarm)
     app.router.add_post("/cloudamqp/alarm/{token}", receive_alarm)
@@ -307,12 +345,15 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/events", list_events)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_view)
+    app.router.add_get("/openapi.json", openapi_view)
 
 
 def create_app(settings: Settings) -> web.Application:
     """The receiver application; broker and store are opened when it starts."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[metrics_middleware, error_middleware], client_max_size=MAX_BODY)
     app[SETTINGS] = settings
+    app[OPENAPI] = OPENAPI_PATH.read_bytes()
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         store = await Store.open(settings.database_url)

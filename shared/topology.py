@@ -17,6 +17,10 @@ RETRY_QUEUE_PREFIX = "cloudamqp.alarms.retry."
 
 # A poison message that kills its worker every time is parked after this many deliveries.
 DELIVERY_LIMIT = 20
+# The parking lot has no dead-letter target, so it must never hit a delivery limit: RabbitMQ 4
+# sets 20 by default, and every look at a message in the UI counts as a delivery there.
+# (-1, "unlimited" on 4.x, drops the message on its first return on 3.x; this works on both.)
+PARKING_DELIVERY_LIMIT = 2**31 - 1
 
 # Headers of our own; RabbitMQ 4 no longer counts x-death on re-publish, so we carry ours.
 H_EVENT_ID = "x-autopilot-event-id"
@@ -50,7 +54,9 @@ def _dead_letter_to(queue: str) -> dict[str, Any]:
 def queue_arguments(name: str, delay_seconds: float | None = None) -> dict[str, Any]:
     """Arguments for one of our queues; the single place where they are decided."""
     args: dict[str, Any] = {"x-queue-type": "quorum"}
-    if name == WORK_QUEUE:
+    if name == DEAD_QUEUE:
+        args["x-delivery-limit"] = PARKING_DELIVERY_LIMIT
+    elif name == WORK_QUEUE:
         args.update(_dead_letter_to(DEAD_QUEUE))
         args["x-delivery-limit"] = DELIVERY_LIMIT
     elif name.startswith(RETRY_QUEUE_PREFIX):

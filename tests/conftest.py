@@ -124,6 +124,13 @@ async def database_url(
 
 
 @pytest.fixture
+async def postgres_url(services: Services) -> AsyncIterator[str]:
+    """A fresh PostgreSQL database for this test."""
+    async for url in _postgres_database(services):
+        yield url
+
+
+@pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path}/autopilot.db"
 

@@ -95,6 +95,7 @@ class FakeCloudAmqp:
     requests: list[Recorded] = field(default_factory=list)
     plans: dict[str, str] = field(default_factory=dict)
     plan_change_delay: float = 0.0
+    echo_headers: bool = False  # a careless API that repeats the credentials in its errors
     port: int = 0
     _runner: web.AppRunner | None = None
 
@@ -147,7 +148,10 @@ class FakeCloudAmqp:
             # CloudAMQP upgrades asynchronously: the new plan shows a little later.
             loop = asyncio.get_running_loop()
             loop.call_later(self.plan_change_delay, self.plans.__setitem__, instance, body["plan"])
-        return web.json_response({"status": status}, status=status, headers=headers)
+        answer: dict[str, Any] = {"status": status}
+        if self.echo_headers:
+            answer["you_sent"] = dict(request.headers)
+        return web.json_response(answer, status=status, headers=headers)
 
 
 class Proc:

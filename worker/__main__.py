@@ -8,7 +8,9 @@ import socket
 
 import aiohttp
 import structlog
+from aiohttp import web
 
+from shared import metrics
 from shared.errors import StoreError
 from shared.runtime import fail, install_stop_handlers, load_settings_or_exit
 from shared.settings import Settings
@@ -56,11 +58,40 @@ async def main(settings: Settings) -> None:
                 mode=settings.upgrade_api,
             )
         processor = Processor(settings, store, client, worker_id=worker_id, policy=policy)
+        consumer = Consumer(settings, processor)
         log.info("worker.starting", worker_id=worker_id, settings=settings.public_dict())
+        runner = await serve_metrics(settings, consumer) if settings.worker_metrics_port else None
         try:
-            await Consumer(settings, processor).run(stop)
+            await consumer.run(stop)
         finally:
+            if runner is not None:
+                await runner.cleanup()
             await store.close()
+
+
+async def serve_metrics(settings: Settings, consumer: Consumer) -> web.AppRunner:
+    """``/metrics`` and ``/healthz`` on WORKER_METRICS_PORT (one port per worker process)."""
+
+    async def metrics_view(request: web.Request) -> web.Response:
+        body, content_type = metrics.render()
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def healthz(request: web.Request) -> web.Response:
+        ok = consumer.consuming
+        return web.json_response({"status": "ok" if ok else "broker_disconnected"}, status=200 if ok else 503)
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics_view)
+    app.router.add_get("/healthz", healthz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, settings.receiver_host, settings.worker_metrics_port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        fail("worker", f"cannot listen on WORKER_METRICS_PORT={settings.worker_metrics_port}: {exc}")
+    log.info("worker.metrics", port=settings.worker_metrics_port)
+    return runner
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from shared import metrics
 from shared.errors import PermanentError, RetryableError
 
 log = structlog.get_logger("worker.api")
@@ -96,11 +97,10 @@ class CloudAmqpClient:
         self._session = session
         self._base_url = base_url.rstrip("/")
         self._mode = mode
-        if mode == "instances":
-            token = base64.b64encode(f":{api_key}".encode()).decode()
-            self._auth = {"Authorization": f"Basic {token}"}
-        else:
-            self._auth = {"Authorization": f"Bearer {api_key}"}
+        token = base64.b64encode(f":{api_key}".encode()).decode()
+        self._auth = {"Authorization": f"Basic {token}" if mode == "instances" else f"Bearer {api_key}"}
+        # Whatever the API echoes back must not carry the key into our logs or errors.
+        self._secrets = (api_key, token)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._quick_retries = quick_retries
 
@@ -141,23 +141,33 @@ class CloudAmqpClient:
                 await on_request()
                 await self._send(method, url, headers=self._auth, json=payload)
 
+    def _redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
     async def _send(self, method: str, url: str, **kwargs: Any) -> str:
         started = time.monotonic()
         try:
             async with self._session.request(method, url, timeout=self._timeout, **kwargs) as resp:
-                body = await resp.text(errors="replace")
+                body = self._redact(await resp.text(errors="replace"))
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"), time.time())
                 status = resp.status
         except TimeoutError as exc:
+            metrics.API_RESPONSES.labels("timeout").inc()
             raise RetryableError(f"CloudAMQP API did not answer within {self._timeout.total:g}s") from exc
         except aiohttp.ClientError as exc:
+            metrics.API_RESPONSES.labels("network").inc()
             # str() of aiohttp's connection errors names host and port, never headers.
             raise RetryableError(f"CloudAMQP API unreachable: {type(exc).__name__}: {exc}") from exc
+        elapsed = time.monotonic() - started
+        metrics.API_LATENCY.labels(method).observe(elapsed)
+        metrics.API_RESPONSES.labels(str(status)).inc()
         log.info(
             "api.response",
             method=method,
             status=status,
-            latency_ms=round((time.monotonic() - started) * 1000, 1),
+            latency_ms=round(elapsed * 1000, 1),
         )
         classify(status, body, retry_after)
         return body

@@ -15,13 +15,13 @@ from typing import Any
 
 import aio_pika
 import structlog
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from shared import topology
+from shared import metrics, topology
 from shared.alarm import decode_alarm
 from shared.errors import DecodeError
 from shared.settings import Settings
-from worker.process import Check, Defer, Follow, Outcome, Park, Processor, Retry, retry_delay
+from worker.process import Ack, Check, Defer, Follow, Outcome, Park, Processor, Retry, retry_delay
 
 log = structlog.get_logger("worker")
 
@@ -36,6 +36,14 @@ _BROKER_HEADERS = (
     "x-last-death-reason",
     "x-delivery-count",
 )
+
+
+_SETTLED_AS: dict[type, str] = {
+    Retry: "retried",
+    Defer: "deferred",
+    Park: "parked",
+    Follow: "check_scheduled",
+}
 
 
 def copy_message(message: AbstractIncomingMessage, **headers: Any) -> aio_pika.Message:
@@ -66,19 +74,27 @@ class Consumer:
     def __init__(self, settings: Settings, processor: Processor):
         self.settings = settings
         self.processor = processor
-        self.channel: AbstractRobustChannel | None = None
+        self.channel: AbstractChannel | None = None
         self._inflight: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._connection: Any = None
+
+    @property
+    def consuming(self) -> bool:
+        """Connected to the broker and consuming."""
+        return self._connection is not None and not self._connection.is_closed
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._inflight.add(task)
         self._idle.clear()
+        metrics.IN_FLIGHT.inc()
         try:
             await self.settle(message, await self.handle(message))
         finally:
+            metrics.IN_FLIGHT.dec()
             self._inflight.discard(task)
             if not self._inflight:
                 self._idle.set()
@@ -139,22 +155,44 @@ class Consumer:
                     error=outcome.error,
                     attempts=outcome.attempts,
                 )
+            if not isinstance(outcome, Ack):
+                metrics.MESSAGES.labels(_SETTLED_AS[type(outcome)]).inc()
         except Exception:
             # Not confirmed: hand the message back rather than lose it.
             log.exception("message.settle_failed", message_id=message.message_id)
-            await message.nack(requeue=True)
+            await _quietly(message.nack(requeue=True))
             return
-        await message.ack()
+        # On a lost channel the ack fails and the broker redelivers: a duplicate, never a loss.
+        await _quietly(message.ack())
 
     async def _publish(self, msg: aio_pika.Message, queue: str) -> None:
         assert self.channel is not None
         await self.channel.default_exchange.publish(msg, routing_key=queue, mandatory=True)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until ``stop`` is set, then finish in-flight work and return."""
-        connection = await connect_with_backoff(self.settings.rabbitmq_url, stop)
-        if connection is None:
-            return
+        """Consume until ``stop`` is set, then finish in-flight work and return.
+
+        A lost connection (broker restart, network, an operator closing it in the UI) is
+        re-opened here, with backoff, and consuming resumes; unacknowledged messages of the
+        lost connection are redelivered by the broker, and the store makes that harmless.
+        """
+        while not stop.is_set():
+            connection = await connect_with_backoff(self.settings.rabbitmq_url, stop)
+            if connection is None:
+                break
+            lost = asyncio.Event()
+            connection.close_callbacks.add(lambda *_, event=lost: event.set())
+            try:
+                if await self._consume(connection, stop, lost):
+                    break
+            finally:
+                self._connection = None
+                if not connection.is_closed:
+                    await connection.close()
+        log.info("worker.stopped")
+
+    async def _consume(self, connection: Any, stop: asyncio.Event, lost: asyncio.Event) -> bool:
+        """One connection's life; True when stopped on request, False when the connection was lost."""
         try:
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
             self.channel = channel
@@ -162,14 +200,37 @@ class Consumer:
             await topology.declare_topology(channel, self.settings.retry_delays)
             queue = await channel.get_queue(topology.WORK_QUEUE, ensure=False)
             tag = await queue.consume(self.on_message)
-            log.info("worker.ready", queue=topology.WORK_QUEUE, prefetch=self.settings.worker_prefetch)
-            await stop.wait()
-            log.info("worker.stopping", in_flight=len(self._inflight))
+        except Exception as exc:
+            log.warning("broker.setup_failed", error=f"{type(exc).__name__}: {exc}")
+            return False
+        self._connection = connection
+        log.info("worker.ready", queue=topology.WORK_QUEUE, prefetch=self.settings.worker_prefetch)
+        await _first(stop.wait(), lost.wait())
+        if not stop.is_set():
+            log.warning("broker.connection_lost", in_flight=len(self._inflight))
+            return False
+        log.info("worker.stopping", in_flight=len(self._inflight))
+        if not lost.is_set():
             await queue.cancel(tag)
-            await self._idle.wait()
-        finally:
-            await connection.close()
-        log.info("worker.stopped")
+        await self._idle.wait()
+        return True
+
+
+async def _quietly(settling: Any) -> None:
+    try:
+        await settling
+    except Exception as exc:
+        log.warning("message.settle_lost", error=f"{type(exc).__name__}: {exc}")
+
+
+async def _first(*waits: Any) -> None:
+    """Wait until the first of ``waits`` completes; cancel the rest."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 def check_message(check: Check) -> aio_pika.Message:
@@ -192,11 +253,11 @@ def park_headers(outcome: Park) -> dict[str, Any]:
 
 
 async def connect_with_backoff(url: str, stop: asyncio.Event) -> Any:
-    """A robust connection (it reconnects and re-consumes by itself once established)."""
+    """A connection, retried with backoff until the broker answers or ``stop`` is set."""
     delay = 0.5
     while not stop.is_set():
         try:
-            return await aio_pika.connect_robust(url, timeout=5)
+            return await aio_pika.connect(url, timeout=5)
         except Exception as exc:
             log.warning("broker.unavailable", error=f"{type(exc).__name__}: {exc}", retry_in_s=delay)
             try:

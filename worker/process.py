@@ -12,6 +12,7 @@ from typing import Any
 
 import structlog
 
+from shared import metrics
 from shared.alarm import Alarm
 from shared.claims import ClaimVerdict
 from shared.errors import DecodeError, PermanentError, RetryableError
@@ -121,6 +122,11 @@ def retry_delay(retry_delays: tuple[float, ...], attempts: int, retry_after: flo
     return min(longer) if longer else max(retry_delays)
 
 
+def _already_processed(job: Job) -> None:
+    job.log.info("alarm.already_processed", detail="another delivery of this event decided first")
+    metrics.MESSAGES.labels("already_processed").inc()
+
+
 @dataclass
 class Job:
     """One alarm being processed: what every record and log line of it shares."""
@@ -175,6 +181,7 @@ class Processor:
             )
         if record.final_status is not None and not alarm.replayed:
             bound.info("alarm.already_processed", status=record.final_status)
+            metrics.MESSAGES.labels("already_processed").inc()
             return Ack()
         duplicate = not alarm.replayed and await self.store.key_already_decided(
             alarm.event_key, alarm.event_id
@@ -202,7 +209,7 @@ class Processor:
     async def _record(self, job: Job, status: str, **fields: Any) -> bool:
         written = await self.store.write_action(self._action(job, status, **fields))
         if not written:
-            job.log.info("alarm.already_processed", detail="another delivery of this event decided first")
+            _already_processed(job)
         return written
 
     async def _finish(
@@ -212,11 +219,12 @@ class Processor:
             scope, owner, succeeded=succeeded, record=self._action(job, status, **fields)
         )
         if not written:
-            job.log.info("alarm.already_processed", detail="another delivery of this event decided first")
+            _already_processed(job)
 
     async def _skip(self, job: Job, skip: Skip) -> None:
         if await self._record(job, "skipped", reason=skip.reason.value, detail=skip.detail):
             job.log.info("upgrade.skipped", reason=skip.reason.value, detail=skip.detail)
+            metrics.MESSAGES.labels(skip.reason.value).inc()
 
     async def _upgrade(self, job: Job, upgrade: Upgrade, now: float) -> Outcome:
         dry_run = self.dry_run
@@ -245,6 +253,7 @@ class Processor:
         if dry_run:
             await self._finish(job, scope, owner, True, "dry_run", detail=upgrade.reason)
             job.log.info("upgrade.dry_run", plan=upgrade.plan, reason=upgrade.reason)
+            metrics.MESSAGES.labels("dry_run").inc()
             return Ack()
         return await self._call_api(job, upgrade, scope, owner)
 
@@ -275,6 +284,8 @@ class Processor:
             return Retry(str(exc), attempts, exc.retry_after)
         except PermanentError as exc:
             return await self._park(job, scope, owner, str(exc), "permanent_error", attempts)
+        metrics.MESSAGES.labels("upgraded").inc()
+        metrics.LAST_UPGRADE.labels(upgrade.instance_id).set(self.clock())
         if self.settings.upgrade_api != "instances":
             job.log.info("upgrade.succeeded", plan=plan, attempts=attempts)
             await self._finish(job, scope, owner, True, "succeeded", detail=upgrade.reason, attempts=attempts)
@@ -305,6 +316,7 @@ class Processor:
     async def _skip_after_read(self, job: Job, scope: str, owner: str, skip: Skip, attempts: int) -> Outcome:
         """Nothing to upgrade after all: release the claim (no cooldown) and record why."""
         job.log.info("upgrade.skipped", reason=skip.reason.value, detail=skip.detail)
+        metrics.MESSAGES.labels(skip.reason.value).inc()
         await self._finish(
             job,
             scope,
@@ -334,11 +346,13 @@ class Processor:
                 check.action_id, "succeeded", f"instance is now on {current}", now
             )
             bound.info("upgrade.succeeded", checks=check.checks + 1)
+            metrics.MESSAGES.labels("upgrade_confirmed").inc()
             return Ack()
         if now >= check.deadline:
             detail = f"plan {check.plan} did not show before the deadline (last seen: {current or 'unknown'})"
             await self.store.confirm_action(check.action_id, "unconfirmed", detail, now)
             bound.error("upgrade.unconfirmed", detail=detail)
+            metrics.MESSAGES.labels("upgrade_unconfirmed").inc()
             return Ack()
         bound.info("upgrade.waiting", current=current, checks=check.checks + 1)
         return Follow(replace(check, checks=check.checks + 1), self.check_interval)

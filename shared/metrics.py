@@ -1,0 +1,50 @@
+"""Prometheus metrics of both processes, defined in one place.
+
+Each process exposes only what it touches: a metric family appears in a scrape once it has
+a sample. Label values are bounded: HTTP statuses, skip reasons, outcome names, instance ids
+of managed instances.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+# --- receiver ------------------------------------------------------------------------------
+RECEIVER_REQUESTS = Counter(
+    "autopilot_receiver_requests", "HTTP requests answered by the receiver", ["route", "status"]
+)
+ACCEPT_LATENCY = Histogram(
+    "autopilot_receiver_accept_seconds",
+    "Time from request to 202 (validation, publish, broker confirm)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+PUBLISH_FAILURES = Counter(
+    "autopilot_receiver_publish_failures", "Alarms the broker did not take (answered 503)"
+)
+
+# --- worker --------------------------------------------------------------------------------
+MESSAGES = Counter(
+    "autopilot_worker_messages",
+    "Messages settled by outcome: upgraded, dry_run, each skip reason, retried, deferred, parked, …",
+    ["outcome"],
+)
+API_LATENCY = Histogram(
+    "autopilot_worker_api_request_seconds",
+    "CloudAMQP API request latency",
+    ["method"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+API_RESPONSES = Counter(
+    "autopilot_worker_api_responses", "CloudAMQP API responses by status (or network/timeout)", ["status"]
+)
+IN_FLIGHT = Gauge("autopilot_worker_in_flight", "Messages being processed right now")
+LAST_UPGRADE = Gauge(
+    "autopilot_worker_last_upgrade_timestamp_seconds",
+    "Unix time of the last upgrade CloudAMQP accepted, per instance",
+    ["instance"],
+)
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text and its content type."""
+    return generate_latest(), CONTENT_TYPE_LATEST
