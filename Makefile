@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-unit lint demo bench chaos clean
+.PHONY: install run test test-unit lint demo clean
 
 install: $(STAMP)
 
@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml
 
 run: install ## RabbitMQ if needed, then a receiver and a worker in the foreground (Ctrl-C stops all)
 	$(PY) -m shared.launcher
+
+demo: install ## post sample alarms to the receiver `make run` started, and show the results
+	$(PY) -m shared.demo
 
 test: install ## every test (needs RabbitMQ with management, and PostgreSQL)
 	$(PY) -m pytest

@@ -195,46 +195,45 @@ def _secret(raw: str) -> str:
     return raw
 
 
+def _url_no_slash(*schemes: str) -> Callable[[str], str]:
+    check = _url(*schemes)
+    return lambda raw: check(raw).rstrip("/")
+
+
+# (field, variable, parser): the one table of every variable the processes read.
+_VARIABLES: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
+    ("rabbitmq_url", "RABBITMQ_URL", _url("amqp", "amqps")),
+    ("receiver_host", "RECEIVER_HOST", str),
+    ("receiver_port", "RECEIVER_PORT", _int_range(1, 65535)),
+    ("webhook_token", "WEBHOOK_TOKEN", _secret),
+    ("cloudamqp_api_url", "CLOUDAMQP_API_URL", _url_no_slash("http", "https")),
+    ("cloudamqp_api_key", "CLOUDAMQP_API_KEY", _secret),
+    ("instance_ids", "CLOUDAMQP_INSTANCE_ID", _ids),
+    ("upgrade_api", "UPGRADE_API", _choice("actions", "instances")),
+    ("upgrade_plan", "UPGRADE_PLAN", str),
+    ("memory_threshold", "MEMORY_THRESHOLD", _number(0)),
+    ("policy_file", "POLICY_FILE", str),
+    ("cooldown_seconds", "COOLDOWN_SECONDS", _number(0)),
+    ("max_alarm_age_seconds", "MAX_ALARM_AGE_SECONDS", _number(0, allow_equal=False)),
+    ("retry_delays", "RETRY_DELAYS", _delays),
+    ("max_attempts", "MAX_ATTEMPTS", _int_range(1, 1000)),
+    ("quick_retries", "QUICK_RETRIES", _int_range(0, 10)),
+    ("upgrade_confirm_timeout_seconds", "UPGRADE_CONFIRM_TIMEOUT_SECONDS", _number(0, allow_equal=False)),
+    ("api_timeout_seconds", "CLOUDAMQP_API_TIMEOUT", _number(0, allow_equal=False)),
+    ("database_url", "DATABASE_URL", _url("sqlite", "postgresql", "postgres")),
+    ("claim_lease_seconds", "CLAIM_LEASE_SECONDS", _number(0, allow_equal=False)),
+    ("worker_metrics_port", "WORKER_METRICS_PORT", _int_range(1, 65535)),
+    ("worker_prefetch", "WORKER_PREFETCH", _int_range(1, 1000)),
+    ("dry_run", "DRY_RUN", _bool),
+    ("log_format", "LOG_FORMAT", _choice("console", "json")),
+    ("log_level", "LOG_LEVEL", _choice("debug", "info", "warning", "error")),
+)
+VARIABLES: frozenset[str] = frozenset(name for _, name, _ in _VARIABLES)
+
+
 def _parse(env: Mapping[str, str]) -> dict[str, Any]:
-    d = Settings()
-    tty = sys.stderr.isatty()
-    return {
-        "rabbitmq_url": _get(env, "RABBITMQ_URL", _url("amqp", "amqps"), d.rabbitmq_url),
-        "receiver_host": _get(env, "RECEIVER_HOST", str, d.receiver_host),
-        "receiver_port": _get(env, "RECEIVER_PORT", _int_range(1, 65535), d.receiver_port),
-        "webhook_token": _get(env, "WEBHOOK_TOKEN", _secret, None),
-        "cloudamqp_api_url": _get(
-            env, "CLOUDAMQP_API_URL", _url("http", "https"), d.cloudamqp_api_url
-        ).rstrip("/"),
-        "cloudamqp_api_key": _get(env, "CLOUDAMQP_API_KEY", _secret, None),
-        "instance_ids": _get(env, "CLOUDAMQP_INSTANCE_ID", _ids, d.instance_ids),
-        "upgrade_api": _get(env, "UPGRADE_API", _choice("actions", "instances"), d.upgrade_api),
-        "upgrade_plan": _get(env, "UPGRADE_PLAN", str, d.upgrade_plan),
-        "memory_threshold": _get(env, "MEMORY_THRESHOLD", _number(0), d.memory_threshold),
-        "policy_file": _get(env, "POLICY_FILE", str, None),
-        "cooldown_seconds": _get(env, "COOLDOWN_SECONDS", _number(0), d.cooldown_seconds),
-        "max_alarm_age_seconds": _get(
-            env, "MAX_ALARM_AGE_SECONDS", _number(0, allow_equal=False), d.max_alarm_age_seconds
-        ),
-        "retry_delays": _get(env, "RETRY_DELAYS", _delays, d.retry_delays),
-        "max_attempts": _get(env, "MAX_ATTEMPTS", _int_range(1, 1000), d.max_attempts),
-        "quick_retries": _get(env, "QUICK_RETRIES", _int_range(0, 10), d.quick_retries),
-        "upgrade_confirm_timeout_seconds": _get(
-            env,
-            "UPGRADE_CONFIRM_TIMEOUT_SECONDS",
-            _number(0, allow_equal=False),
-            d.upgrade_confirm_timeout_seconds,
-        ),
-        "api_timeout_seconds": _get(
-            env, "CLOUDAMQP_API_TIMEOUT", _number(0, allow_equal=False), d.api_timeout_seconds
-        ),
-        "database_url": _get(env, "DATABASE_URL", _url("sqlite", "postgresql", "postgres"), d.database_url),
-        "claim_lease_seconds": _get(
-            env, "CLAIM_LEASE_SECONDS", _number(0, allow_equal=False), d.claim_lease_seconds
-        ),
-        "worker_metrics_port": _get(env, "WORKER_METRICS_PORT", _int_range(1, 65535), None),
-        "worker_prefetch": _get(env, "WORKER_PREFETCH", _int_range(1, 1000), d.worker_prefetch),
-        "dry_run": _get(env, "DRY_RUN", _bool, d.dry_run),
-        "log_format": _get(env, "LOG_FORMAT", _choice("console", "json"), "console" if tty else "json"),
-        "log_level": _get(env, "LOG_LEVEL", _choice("debug", "info", "warning", "error"), d.log_level),
-    }
+    defaults = Settings()
+    parsed = {field: _get(env, name, parse, getattr(defaults, field)) for field, name, parse in _VARIABLES}
+    if not env.get("LOG_FORMAT", "").strip():
+        parsed["log_format"] = "console" if sys.stderr.isatty() else "json"
+    return parsed
