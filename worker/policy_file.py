@@ -118,7 +118,7 @@ def _rule(raw: dict[str, Any], number: int, top_ladder: Ladder, default_max: Any
         if key not in RULE_KEYS:
             raise _KeyProblem(key, f"unknown key (known: {', '.join(sorted(RULE_KEYS))})")
     alarm_type = raw.get("alarm_type")
-    if alarm_type not in ALARM_TYPES:
+    if not isinstance(alarm_type, str) or alarm_type not in ALARM_TYPES:
         raise _KeyProblem("alarm_type", f"{alarm_type!r} is not one of {', '.join(sorted(ALARM_TYPES))}")
     above, below = _number(raw, "above"), _number(raw, "below")
     if above is not None and below is not None and below <= above:
@@ -126,7 +126,7 @@ def _rule(raw: dict[str, Any], number: int, top_ladder: Ladder, default_max: Any
             "below", f"below ({below:g}) must be greater than above ({above:g}): the rule never matches"
         )
     action = raw.get("action", "upgrade")
-    if action not in {"upgrade", "none"}:
+    if not isinstance(action, str) or action not in {"upgrade", "none"}:
         raise _KeyProblem("action", "expected 'upgrade' or 'none'")
     plan = raw.get("plan", NEXT)
     if not isinstance(plan, str) or not plan.strip():
