@@ -65,6 +65,17 @@ async def wait_until(
         await asyncio.sleep(interval)
 
 
+async def queue_depth(amqp_url: str, queue: str) -> int:
+    """Messages ready in ``queue`` (held by no consumer), straight from the broker."""
+    import aio_pika
+
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        declared = await channel.declare_queue(queue, passive=True)
+        return int(declared.declaration_result.message_count or 0)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,17 @@ from tests.support import FakeCloudAmqp, Proc, free_port, wait_until
 
 SEED_INSTANCE = "3555175d-4055-46e9-81b1-288a17846b9a"
 API_KEY = "test-api-key-5f1c9a"
+
+
+def now_iso(delta: timedelta = timedelta()) -> str:
+    return (datetime.now(UTC) + delta).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def seed_alarm(**changes: Any) -> dict[str, Any]:
+    """The CloudAMQP blog's example alarm for the managed instance, triggered now."""
+    alarm = {"alarm_type": "memory", "value": 85, "instance_id": SEED_INSTANCE, "triggered_at": now_iso()}
+    alarm.update(changes)
+    return alarm
 
 
 class Stack:

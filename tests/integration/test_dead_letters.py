@@ -17,15 +17,8 @@ import aio_pika
 
 from shared import topology
 from tests.conftest import vhost_name
-from tests.integration.conftest import SEED_INSTANCE
-from tests.support import ROOT, FakeCloudAmqp, Services, management_request, wait_until
-
-
-def seed_alarm(**changes: Any) -> dict[str, Any]:
-    now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    alarm = {"alarm_type": "memory", "value": 85, "instance_id": SEED_INSTANCE, "triggered_at": now}
-    alarm.update(changes)
-    return alarm
+from tests.integration.conftest import SEED_INSTANCE, seed_alarm
+from tests.support import ROOT, FakeCloudAmqp, Services, management_request, queue_depth, wait_until
 
 
 async def peek_dead(services: Services, amqp_url: str) -> list[dict[str, Any]]:
@@ -33,15 +26,6 @@ async def peek_dead(services: Services, amqp_url: str) -> list[dict[str, Any]]:
     path = f"/api/queues/{quote(vhost_name(amqp_url), safe='')}/{topology.DEAD_QUEUE}/get"
     body = {"count": 50, "ackmode": "ack_requeue_true", "encoding": "auto", "truncate": 100_000}
     return list(await management_request(services, "POST", path, body))
-
-
-async def ready_messages(amqp_url: str, queue: str) -> int:
-    """Messages waiting in ``queue`` and held by no one, straight from the broker."""
-    connection = await aio_pika.connect(amqp_url)
-    async with connection:
-        channel = await connection.channel()
-        declared = await channel.declare_queue(queue, passive=True)
-        return int(declared.declaration_result.message_count or 0)
 
 
 async def wait_parked(services: Services, amqp_url: str, count: int = 1) -> list[dict[str, Any]]:
@@ -54,7 +38,7 @@ async def wait_parked(services: Services, amqp_url: str, count: int = 1) -> list
     messages = await wait_until(parked, what=f"{count} parked message(s)")
 
     async def all_ready() -> bool:
-        return await ready_messages(amqp_url, topology.DEAD_QUEUE) == count
+        return await queue_depth(amqp_url, topology.DEAD_QUEUE) == count
 
     await wait_until(all_ready, what="the peeked messages back in the queue")
     return messages

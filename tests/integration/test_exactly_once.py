@@ -12,7 +12,7 @@ import pytest
 
 from shared import topology
 from tests.integration.conftest import SEED_INSTANCE
-from tests.support import FakeCloudAmqp, TcpProxy, free_port, run_to_exit, wait_until
+from tests.support import FakeCloudAmqp, TcpProxy, free_port, queue_depth, run_to_exit, wait_until
 
 
 def at(seconds_ago: float) -> str:
@@ -77,14 +77,6 @@ async def publish_raw(url: str, body: bytes, event_id: str) -> None:
         await channel.default_exchange.publish(message, routing_key=topology.WORK_QUEUE)
 
 
-async def queue_depth(url: str, name: str = topology.WORK_QUEUE) -> int:
-    connection = await aio_pika.connect(url)
-    async with connection:
-        channel = await connection.channel()
-        queue = await channel.declare_queue(name, passive=True)
-        return int(queue.declaration_result.message_count or 0)
-
-
 async def test_given_the_same_envelope_published_twice_then_one_upgrade(
     make_stack: Any, fake_api: FakeCloudAmqp, vhost: str
 ) -> None:
@@ -121,7 +113,7 @@ async def test_given_a_worker_killed_after_upgrading_but_before_acking_then_the_
     await stack.wait_actions(1)  # the store says succeeded …
     await doomed.kill()  # … and the worker dies before the broker saw an ack
     await proxy.cut()
-    assert await queue_depth(vhost) == 1  # redelivered: back on the queue
+    assert await queue_depth(vhost, topology.WORK_QUEUE) == 1  # redelivered: back on the queue
 
     survivor = await stack.start_worker()
 
@@ -131,7 +123,7 @@ async def test_given_a_worker_killed_after_upgrading_but_before_acking_then_the_
 
 
 async def _drained(url: str) -> bool:
-    return await queue_depth(url) == 0
+    return await queue_depth(url, topology.WORK_QUEUE) == 0
 
 
 async def test_given_a_worker_killed_during_its_api_call_then_another_finishes_after_the_lease(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -13,19 +12,8 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from tests.conftest import vhost_name
-from tests.integration.conftest import API_KEY, SEED_INSTANCE
+from tests.integration.conftest import API_KEY, SEED_INSTANCE, seed_alarm
 from tests.support import ROOT, FakeCloudAmqp, Services, TcpProxy, free_port, management_request, wait_until
-
-
-def alarm(value: float = 85, **extra: Any) -> dict[str, Any]:
-    now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    return {
-        "alarm_type": "memory",
-        "value": value,
-        "instance_id": SEED_INSTANCE,
-        "triggered_at": now,
-        **extra,
-    }
 
 
 async def scrape(url: str) -> dict[str, float]:
@@ -49,8 +37,8 @@ async def test_given_traffic_then_receiver_and_worker_counters_move(
     await stack.start_receiver()
     await stack.start_worker()
 
-    assert (await stack.post(alarm(85)))[0] == 202
-    assert (await stack.post(alarm(50)))[0] == 202
+    assert (await stack.post(seed_alarm(value=85)))[0] == 202
+    assert (await stack.post(seed_alarm(value=50)))[0] == 202
     assert (await stack.post([1]))[0] == 400
     await stack.wait_actions(2)
 
@@ -71,7 +59,7 @@ async def test_given_the_broker_is_unreachable_then_publish_failures_are_counted
     stack = make_stack(RABBITMQ_URL=f"amqp://guest:guest@127.0.0.1:{free_port()}/")
     await stack.start_receiver()
 
-    assert (await stack.post(alarm()))[0] == 503
+    assert (await stack.post(seed_alarm()))[0] == 503
 
     samples = await scrape(stack.base + "/metrics")
     assert samples["autopilot_receiver_publish_failures_total"] == 1
@@ -120,7 +108,7 @@ async def test_given_the_workers_connection_is_dropped_then_it_reconnects_and_co
         await management_request(services, "DELETE", f"/api/connections/{connection}")
 
     async def processed() -> bool:
-        if (await stack.post(alarm(value=50)))[0] != 202:
+        if (await stack.post(seed_alarm(value=50)))[0] != 202:
             return False
         return any(a["reason"] == "below_threshold" for a in await stack.actions())
 
@@ -139,9 +127,9 @@ async def test_given_a_failing_run_then_neither_the_api_key_nor_the_token_appear
     receiver = await stack.start_receiver()
     worker = await stack.start_worker()
 
-    status, _ = await stack.post(alarm(), path=f"/cloudamqp/alarm/{token}")
+    status, _ = await stack.post(seed_alarm(), path=f"/cloudamqp/alarm/{token}")
     assert status == 202
-    assert (await stack.post(alarm(), path="/cloudamqp/alarm/wrong-token"))[0] == 401
+    assert (await stack.post(seed_alarm(), path="/cloudamqp/alarm/wrong-token"))[0] == 401
     await worker.wait_event("message.parked")
     _, actions = await stack.get(f"/actions?token={token}")
 

@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
-from tests.integration.conftest import API_KEY, SEED_INSTANCE
+from tests.integration.conftest import API_KEY, SEED_INSTANCE, now_iso, seed_alarm
 from tests.support import FakeCloudAmqp, TcpProxy, free_port, run_to_exit, wait_until
-
-
-def now_iso(delta: timedelta = timedelta()) -> str:
-    return (datetime.now(UTC) + delta).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def seed_alarm(**changes: Any) -> dict[str, Any]:
-    alarm = {"alarm_type": "memory", "value": 85, "instance_id": SEED_INSTANCE, "triggered_at": now_iso()}
-    alarm.update(changes)
-    return alarm
 
 
 async def test_given_the_seed_alarm_when_posted_then_exactly_one_upgrade_request_as_specified(

@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import base64
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.conftest import API_KEY, SEED_INSTANCE
+from tests.integration.conftest import API_KEY, SEED_INSTANCE, seed_alarm
 from tests.support import FakeCloudAmqp, run_to_exit, wait_until
-
-
-def alarm(alarm_type: str = "memory", value: float = 85) -> dict[str, Any]:
-    now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    return {"alarm_type": alarm_type, "value": value, "instance_id": SEED_INSTANCE, "triggered_at": now}
-
 
 BASIC = "Basic " + base64.b64encode(f":{API_KEY}".encode()).decode()
 
@@ -29,7 +22,7 @@ async def test_given_instances_mode_then_one_read_and_one_put_with_basic_auth_an
     await stack.start_receiver()
     worker = await stack.start_worker()
 
-    assert (await stack.post(alarm()))[0] == 202
+    assert (await stack.post(seed_alarm()))[0] == 202
     await worker.wait_event("upgrade.succeeded")
 
     path = f"/api/instances/{SEED_INSTANCE}"
@@ -42,7 +35,7 @@ async def test_given_instances_mode_then_one_read_and_one_put_with_basic_auth_an
     [action] = await stack.actions()
     assert action["status"] == "succeeded" and action["plan"] == "rabbit-1"
 
-    assert (await stack.post(alarm(value=90)))[0] == 202
+    assert (await stack.post(seed_alarm(value=90)))[0] == 202
 
     [second, _] = await stack.wait_actions(2)
     assert (second["status"], second["reason"]) == ("skipped", "already_at_or_above_target")
@@ -58,7 +51,7 @@ async def test_given_an_accepted_upgrade_then_it_is_in_progress_until_the_plan_s
     await stack.start_receiver()
     worker = await stack.start_worker()
 
-    assert (await stack.post(alarm()))[0] == 202
+    assert (await stack.post(seed_alarm()))[0] == 202
 
     await worker.wait_event("upgrade.accepted")
     [pending] = await stack.actions()
@@ -79,7 +72,7 @@ async def test_given_a_plan_that_never_shows_then_the_upgrade_is_recorded_unconf
     await stack.start_receiver()
     await stack.start_worker()
 
-    assert (await stack.post(alarm()))[0] == 202
+    assert (await stack.post(seed_alarm()))[0] == 202
 
     async def unconfirmed() -> bool:
         actions = await stack.actions()
@@ -124,15 +117,23 @@ async def test_given_disk_and_memory_rules_then_they_act_independently_on_one_in
     await stack.start_receiver()
     worker = await stack.start_worker()
 
-    assert (await stack.post(alarm("memory", 85)))[0] == 202  # memory ladder: bunny → hare
+    assert (await stack.post(seed_alarm(alarm_type="memory", value=85)))[
+        0
+    ] == 202  # memory ladder: bunny → hare
     await worker.wait_event("upgrade.succeeded", count=1)
-    assert (await stack.post(alarm("disk", 95)))[0] == 202  # own claim: hare is not on its ladder
+    assert (await stack.post(seed_alarm(alarm_type="disk", value=95)))[
+        0
+    ] == 202  # own claim: hare is not on its ladder
     await stack.wait_actions(2)
     fake_api.plans[SEED_INSTANCE] = "bunny-1"
-    assert (await stack.post(alarm("disk", 96)))[0] == 202  # disk ladder: bunny → panda
+    assert (await stack.post(seed_alarm(alarm_type="disk", value=96)))[0] == 202  # disk ladder: bunny → panda
     await worker.wait_event("upgrade.succeeded", count=2)
-    assert (await stack.post(alarm("memory", 87)))[0] == 202  # memory still cooling down
-    assert (await stack.post(alarm("queue", 5000)))[0] == 202  # queue alarms: incident only
+    assert (await stack.post(seed_alarm(alarm_type="memory", value=87)))[
+        0
+    ] == 202  # memory still cooling down
+    assert (await stack.post(seed_alarm(alarm_type="queue", value=5000)))[
+        0
+    ] == 202  # queue alarms: incident only
 
     actions = await stack.wait_actions(5)
     by_time = sorted(actions, key=lambda a: a["created_at"])

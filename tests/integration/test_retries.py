@@ -3,32 +3,13 @@ with the attempt count in our own header, until it answers — exactly one upgra
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
-import aio_pika
-
 from shared import topology
-from tests.integration.conftest import SEED_INSTANCE
-from tests.support import FakeCloudAmqp
+from tests.integration.conftest import seed_alarm
+from tests.support import FakeCloudAmqp, queue_depth
 
 FLAKY_THEN_OK = [503, 502, (429, {"Retry-After": "1"}), 200]
-
-
-def seed_alarm(**changes: Any) -> dict[str, Any]:
-    now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    alarm = {"alarm_type": "memory", "value": 85, "instance_id": SEED_INSTANCE, "triggered_at": now}
-    alarm.update(changes)
-    return alarm
-
-
-async def ready_messages(amqp_url: str, queue: str) -> int:
-    """Messages waiting in ``queue`` (not held by any consumer), straight from the broker."""
-    connection = await aio_pika.connect(amqp_url)
-    async with connection:
-        channel = await connection.channel()
-        declared = await channel.declare_queue(queue, passive=True)
-        return int(declared.declaration_result.message_count or 0)
 
 
 async def test_given_503_502_429_then_200_without_quick_retries_then_four_attempts_and_one_upgrade(
@@ -89,7 +70,7 @@ async def test_given_a_retry_in_a_delay_queue_when_the_worker_stops_then_a_new_w
     assert await first.stop() == 0
 
     # The retry lives in the broker, not in the stopped process.
-    assert await ready_messages(vhost, topology.retry_queue_name(5)) == 1
+    assert await queue_depth(vhost, topology.retry_queue_name(5)) == 1
     assert len(fake_api.upgrade_requests()) == 1
     second = await stack.start_worker()
     [succeeded] = await second.wait_event("upgrade.succeeded", timeout=30)
