@@ -122,8 +122,8 @@ def retry_delay(retry_delays: tuple[float, ...], attempts: int, retry_after: flo
     return min(longer) if longer else max(retry_delays)
 
 
-def _already_processed(job: Job) -> None:
-    job.log.info("alarm.already_processed", detail="another delivery of this event decided first")
+def _already_processed(job: Job, detail: str = "another delivery of this event decided first") -> None:
+    job.log.info("alarm.already_processed", detail=detail)
     metrics.MESSAGES.labels("already_processed").inc()
 
 
@@ -179,14 +179,13 @@ class Processor:
                 key=incident.key,
                 reason=incident.reason,
             )
+        job = Job(alarm, instance, record.incident_id, bound)
         if record.final_status is not None and not alarm.replayed:
-            bound.info("alarm.already_processed", status=record.final_status)
-            metrics.MESSAGES.labels("already_processed").inc()
+            _already_processed(job, f"its action is already {record.final_status}")
             return Ack()
         duplicate = not alarm.replayed and await self.store.key_already_decided(
             alarm.event_key, alarm.event_id
         )
-        job = Job(alarm, instance, record.incident_id, bound)
         decision = decide(alarm, DecisionState(duplicate=duplicate), self.settings, now, self.policy)
         if isinstance(decision, Skip):
             await self._skip(job, decision)
