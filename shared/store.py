@@ -100,6 +100,7 @@ class EventRecord:
     incident_id: str | None
     incident_change: str | None
     final_status: str | None  # this event's action status when no more work is due
+    awaiting_plan: str | None = None  # the plan of an accepted upgrade still to be confirmed
 
 
 @dataclass(frozen=True)
@@ -179,14 +180,15 @@ class Store:
             )
             if inserted is None:
                 row = await tx.fetchrow(
-                    """SELECT e.incident_id, e.incident_change, a.status, a.reason
+                    """SELECT e.incident_id, e.incident_change, a.status, a.reason, a.plan
                        FROM events e LEFT JOIN actions a ON a.action_id = e.event_id
                        WHERE e.event_id = $1""",
                     alarm.event_id,
                 )
                 assert row is not None
                 done = row["status"] if _is_done(row["status"], row["reason"]) else None
-                return EventRecord(False, row["incident_id"], row["incident_change"], done)
+                awaiting = row["plan"] if row["reason"] == AWAITING_CONFIRMATION else None
+                return EventRecord(False, row["incident_id"], row["incident_change"], done, awaiting)
             incident_id, change = await self._apply_incident(tx, alarm, instance_id, plan, now)
             await tx.execute(
                 "UPDATE events SET incident_id = $1, incident_change = $2 WHERE event_id = $3",

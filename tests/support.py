@@ -76,6 +76,25 @@ async def queue_depth(amqp_url: str, queue: str) -> int:
         return int(declared.declaration_result.message_count or 0)
 
 
+async def publish_raw(amqp_url: str, body: bytes, event_id: str) -> None:
+    """Publish an alarm envelope onto the work queue the way the receiver does (confirmed)."""
+    import aio_pika
+
+    from shared import topology
+
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        message = aio_pika.Message(
+            body,
+            message_id=event_id,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            headers={topology.H_EVENT_ID: event_id},
+        )
+        await channel.default_exchange.publish(message, routing_key=topology.WORK_QUEUE)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

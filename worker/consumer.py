@@ -86,18 +86,27 @@ class Consumer:
         return self._connection is not None and not self._connection.is_closed
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
-        task = asyncio.current_task()
-        assert task is not None
+        # The client library cancels its delivery tasks when the connection drops. The work
+        # must not be abandoned with it: an upgrade call in flight would go unrecorded and be
+        # repeated after the lease. So it runs in a task of ours, shielded; its ack then fails
+        # and the broker redelivers, which the store recognises as already processed.
+        task = asyncio.ensure_future(self._work(message))
         self._inflight.add(task)
         self._idle.clear()
+        task.add_done_callback(self._done)
+        await asyncio.shield(task)
+
+    async def _work(self, message: AbstractIncomingMessage) -> None:
         metrics.IN_FLIGHT.inc()
         try:
             await self.settle(message, await self.handle(message))
         finally:
             metrics.IN_FLIGHT.dec()
-            self._inflight.discard(task)
-            if not self._inflight:
-                self._idle.set()
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        if not self._inflight:
+            self._idle.set()
 
     async def handle(self, message: AbstractIncomingMessage) -> Outcome:
         if (message.headers or {}).get(topology.H_CHECK):

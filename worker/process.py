@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import structlog
+from tenacity import AsyncRetrying, stop_after_delay, wait_exponential
 
 from shared import metrics
 from shared.alarm import Alarm
@@ -180,6 +181,11 @@ class Processor:
                 reason=incident.reason,
             )
         job = Job(alarm, instance, record.incident_id, bound)
+        if record.awaiting_plan is not None and instance is not None and not alarm.replayed:
+            # Accepted by CloudAMQP, but its confirmation check may have been lost with the
+            # connection that delivered this alarm: schedule one (a second one is harmless).
+            bound.info("upgrade.check_rescheduled", plan=record.awaiting_plan)
+            return self._follow(alarm.event_id, instance, record.awaiting_plan)
         if record.final_status is not None and not alarm.replayed:
             _already_processed(job, f"its action is already {record.final_status}")
             return Ack()
@@ -287,21 +293,43 @@ class Processor:
         metrics.LAST_UPGRADE.labels(upgrade.instance_id).set(self.clock())
         if self.settings.upgrade_api != "instances":
             job.log.info("upgrade.succeeded", plan=plan, attempts=attempts)
-            await self._finish(job, scope, owner, True, "succeeded", detail=upgrade.reason, attempts=attempts)
+            await self._finish_after_call(
+                job, scope, owner, "succeeded", detail=upgrade.reason, attempts=attempts
+            )
             return Ack()
         job.log.info("upgrade.accepted", plan=plan, attempts=attempts)
-        await self._finish(
+        await self._finish_after_call(
             job,
             scope,
             owner,
-            True,
             "in_progress",
             reason=AWAITING_CONFIRMATION,
             detail=f"CloudAMQP accepted the upgrade to {plan}; waiting for the plan to show",
             attempts=attempts,
         )
+        return self._follow(job.alarm.event_id, upgrade.instance_id, plan)
+
+    def _follow(self, action_id: str, instance_id: str, plan: str) -> Follow:
         deadline = self.clock() + self.settings.upgrade_confirm_timeout_seconds
-        return Follow(Check(job.alarm.event_id, upgrade.instance_id, plan, deadline), self.check_interval)
+        return Follow(Check(action_id, instance_id, plan, deadline), self.check_interval)
+
+    async def _finish_after_call(self, job: Job, scope: str, owner: str, status: str, **fields: Any) -> None:
+        """Record an upgrade CloudAMQP accepted. Only this worker knows it happened, so a store
+        outage is waited out (at least as long as the claim's lease keeps others off) rather
+        than turned into a retry that would forget the call and repeat it."""
+        retrying = AsyncRetrying(
+            stop=stop_after_delay(max(self.settings.claim_lease_seconds, 300.0)),
+            wait=wait_exponential(multiplier=0.2, max=5),
+            reraise=True,
+            before_sleep=lambda state: job.log.warning(
+                "store.write_retrying",
+                error=repr(state.outcome.exception()) if state.outcome else None,
+                attempt=state.attempt_number,
+            ),
+        )
+        async for attempt in retrying:
+            with attempt:
+                await self._finish(job, scope, owner, True, status, **fields)
 
     async def _target_plan(self, upgrade: Upgrade) -> str | Skip:
         """Read the current plan where possible (always in ``instances`` mode; for ``next``

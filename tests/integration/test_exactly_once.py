@@ -7,12 +7,19 @@ import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import aio_pika
 import pytest
 
 from shared import topology
 from tests.integration.conftest import SEED_INSTANCE
-from tests.support import FakeCloudAmqp, TcpProxy, free_port, queue_depth, run_to_exit, wait_until
+from tests.support import (
+    FakeCloudAmqp,
+    TcpProxy,
+    free_port,
+    publish_raw,
+    queue_depth,
+    run_to_exit,
+    wait_until,
+)
 
 
 def at(seconds_ago: float) -> str:
@@ -61,20 +68,6 @@ async def test_given_four_workers_and_400_alarms_for_20_instances_then_exactly_2
     assert len(upgrades) == 20
     assert sorted(r.path.split("/")[3] for r in upgrades) == instances
     assert sum(a["status"] == "succeeded" for a in actions) == 20
-
-
-async def publish_raw(url: str, body: bytes, event_id: str) -> None:
-    connection = await aio_pika.connect(url)
-    async with connection:
-        channel = await connection.channel(publisher_confirms=True)
-        message = aio_pika.Message(
-            body,
-            message_id=event_id,
-            content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            headers={topology.H_EVENT_ID: event_id},
-        )
-        await channel.default_exchange.publish(message, routing_key=topology.WORK_QUEUE)
 
 
 async def test_given_the_same_envelope_published_twice_then_one_upgrade(

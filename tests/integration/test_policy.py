@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.integration.conftest import API_KEY, SEED_INSTANCE, seed_alarm
-from tests.support import FakeCloudAmqp, run_to_exit, wait_until
+from tests.support import FakeCloudAmqp, publish_raw, run_to_exit, wait_until
 
 BASIC = "Basic " + base64.b64encode(f":{API_KEY}".encode()).decode()
 
@@ -61,6 +62,28 @@ async def test_given_an_accepted_upgrade_then_it_is_in_progress_until_the_plan_s
     [done] = await stack.actions()
     assert (done["status"], done["plan"]) == ("succeeded", "rabbit-3")
     assert fake_api.upgrade_requests()[0].body == {"plan": "rabbit-3"}
+
+
+async def test_given_an_accepted_upgrade_redelivered_before_its_check_then_the_check_is_rescheduled(
+    make_stack: Any, fake_api: FakeCloudAmqp, vhost: str
+) -> None:
+    fake_api.plans[SEED_INSTANCE] = "bunny-1"
+    fake_api.plan_change_delay = 1.0
+    stack = make_stack(UPGRADE_API="instances", UPGRADE_PLAN="next")
+    await stack.start_receiver()
+    worker = await stack.start_worker()
+    body = json.dumps(seed_alarm()).encode()
+    await publish_raw(vhost, body, "ev-accepted")
+    await worker.wait_event("upgrade.accepted")
+
+    # The same delivery again, as after a connection lost between the call and the ack.
+    await publish_raw(vhost, body, "ev-accepted")
+
+    await worker.wait_event("upgrade.check_rescheduled")
+    await worker.wait_event("upgrade.succeeded")
+    [action] = await stack.actions()
+    assert (action["status"], action["plan"]) == ("succeeded", "hare-1")
+    assert len(fake_api.upgrade_requests()) == 1
 
 
 async def test_given_a_plan_that_never_shows_then_the_upgrade_is_recorded_unconfirmed(
