@@ -33,3 +33,9 @@ lint: install
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+
+bench: install ## benchmarks against the limits, ratios vs baselines in the same run (docs/benchmarks.md)
+	$(PY) -m bench $(BENCH_ARGS)
+
+chaos: install ## the long fault-injection run (tests/chaos); its short run is part of `make test`
+	$(PY) -m tests.chaos $(CHAOS_ARGS)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -42,5 +44,15 @@ async def main(settings: Settings) -> None:
     log.info("receiver.stopped")
 
 
+def _runner() -> Callable[[Coroutine[Any, Any, None]], None]:
+    """uvloop where it is installed (a cheaper event loop and socket transport under load; see
+    docs/benchmarks.md), plain asyncio otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    return uvloop.run
+
+
 if __name__ == "__main__":
-    asyncio.run(main(load_settings_or_exit("receiver")))
+    _runner()(main(load_settings_or_exit("receiver")))

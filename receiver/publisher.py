@@ -4,17 +4,25 @@ The connection is opened lazily and re-opened after any failure, so the receiver
 itself when the broker returns. While the broker is down, reconnects are attempted at most
 once per ``reconnect_interval`` so that requests fail fast with a 503 instead of each waiting
 for a connect timeout.
+
+Throughput (docs/benchmarks.md): aio-pika's ``Exchange.publish`` has aiormq hold the channel's
+lock until the frame is written to the socket, so under HTTP load each publish queued behind
+the previous ones for a few event-loop turns. The publisher hands the frame to aiormq without
+waiting for the socket write (``wait=False``) and builds the AMQP properties itself; it still
+waits for the broker's confirm, so a 202 still means "the broker has it".
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, cast
 
 import aio_pika
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractConnection
+from aiormq import Channel, spec
 
 from shared import topology
 from shared.alarm import iso
@@ -40,6 +48,7 @@ class Publisher:
         self._reconnect_interval = reconnect_interval
         self._connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
+        self._raw: Channel | None = None  # the aiormq channel under ``_channel``
         self._lock = asyncio.Lock()
         self._next_attempt = 0.0
         self._last_error = "not connected yet"
@@ -52,12 +61,12 @@ class Publisher:
     def last_error(self) -> str:
         return self._last_error
 
-    async def _channel_or_raise(self) -> AbstractChannel:
-        if self._channel is not None and not self._channel.is_closed:
-            return self._channel
+    async def _channel_or_raise(self) -> Channel:
+        if self._raw is not None and not self._raw.is_closed:
+            return self._raw
         async with self._lock:
-            if self._channel is not None and not self._channel.is_closed:
-                return self._channel
+            if self._raw is not None and not self._raw.is_closed:
+                return self._raw
             await self._reset()
             if time.monotonic() < self._next_attempt:
                 raise BrokerUnavailable(f"broker unavailable: {self._last_error}")
@@ -65,12 +74,13 @@ class Publisher:
                 connection = await aio_pika.connect(self._url, timeout=self._connect_timeout)
                 channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
                 await topology.declare_topology(channel, self._retry_delays)
+                raw = cast(Channel, await channel.get_underlay_channel())
             except Exception as exc:
                 self._fail(exc)
                 raise BrokerUnavailable(f"broker unavailable: {self._last_error}") from None
-            self._connection, self._channel = connection, channel
+            self._connection, self._channel, self._raw = connection, channel, raw
             log.info("broker.connected")
-            return channel
+            return raw
 
     def _fail(self, exc: BaseException) -> None:
         self._last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -78,7 +88,7 @@ class Publisher:
         log.warning("broker.unavailable", error=self._last_error)
 
     async def _reset(self) -> None:
-        connection, self._connection, self._channel = self._connection, None, None
+        connection, self._connection, self._channel, self._raw = self._connection, None, None, None
         if connection is not None and not connection.is_closed:
             try:
                 await connection.close()
@@ -88,18 +98,24 @@ class Publisher:
     async def publish(self, body: bytes, event_id: str, received_at: float) -> None:
         """Return only once the broker has confirmed the message onto the work queue."""
         channel = await self._channel_or_raise()
-        message = aio_pika.Message(
-            body=body,
+        # What aio_pika.Message(...).properties would be, without building the Message.
+        properties = spec.Basic.Properties(
             content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT.value,
+            priority=0,
             message_id=event_id,
-            timestamp=received_at,
+            timestamp=datetime.fromtimestamp(received_at, tz=UTC),
             headers={topology.H_EVENT_ID: event_id, topology.H_RECEIVED_AT: iso(received_at)},
         )
         try:
-            await asyncio.wait_for(
-                channel.default_exchange.publish(message, routing_key=topology.WORK_QUEUE, mandatory=True),
+            # The timeout covers the broker's confirm, not only the write.
+            await channel.basic_publish(
+                body,
+                routing_key=topology.WORK_QUEUE,
+                properties=properties,
+                mandatory=True,
                 timeout=self._publish_timeout,
+                wait=False,
             )
         except aio_pika.exceptions.DeliveryError as exc:
             # Returned (unroutable) or nacked: the broker did not take it.
@@ -109,7 +125,7 @@ class Publisher:
         except Exception as exc:
             self._fail(exc)
             async with self._lock:
-                if self._channel is channel:
+                if self._raw is channel:
                     await self._reset()
             raise BrokerUnavailable(f"broker unavailable: {self._last_error}") from None
 

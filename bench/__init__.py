@@ -1,0 +1,1 @@
+"""Benchmarks against the limits (``make bench``); see docs/benchmarks.md."""

@@ -1,0 +1,93 @@
+"""``python -m bench [--quick] [--only accept,workers,e2e,footprint,flask] [--profile]``.
+
+Runs the benchmarks against the local RabbitMQ (a fresh vhost per run) and PostgreSQL (a fresh
+database per run), prints a table of ratios against the baselines measured in the same run,
+and writes the raw numbers to ``var/bench/<timestamp>.json``. Stops everything it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import report, suite
+from bench.harness import ROOT, git_revision, machine_facts
+
+ALL = ("footprint", "accept", "flask", "e2e", "workers")
+
+
+async def run(cfg: suite.Config, only: tuple[str, ...]) -> dict[str, Any]:
+    results: dict[str, Any] = {"machine": machine_facts(), "revision": git_revision(), "argv": sys.argv[1:]}
+    started = time.monotonic()
+    for name in ALL:
+        if name not in only:
+            continue
+        print(f"[bench] {name} …", file=sys.stderr, flush=True)
+        t0 = time.monotonic()
+        if name == "flask":
+            receiver_rate = results.get("accept", {}).get("receiver", {}).get("rate_per_s")
+            results[name] = await suite.bench_flask(cfg, receiver_rate)
+        else:
+            results[name] = await getattr(suite, f"bench_{name}")(cfg)
+        results.setdefault("seconds", {})[name] = round(time.monotonic() - t0, 1)
+    results["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["total_seconds"] = round(time.monotonic() - started, 1)
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--only", default=",".join(ALL), help=f"comma-separated subset of {','.join(ALL)}")
+    parser.add_argument("--profile", action="store_true", help="py-spy the receiver during the c=64 run")
+    parser.add_argument("--keep", action="store_true", help="keep the process logs")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds of the accept-rate runs")
+    parser.add_argument(
+        "--compare-receiver",
+        type=Path,
+        metavar="DIR",
+        help="also measure the receiver of another checkout (e.g. `git archive HEAD` unpacked)",
+    )
+    args = parser.parse_args()
+    only = tuple(part.strip() for part in args.only.split(",") if part.strip())
+    unknown = set(only) - set(ALL)
+    if unknown:
+        parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
+    try:
+        import uvloop
+
+        uvloop.install()  # the load generator should cost as little CPU as it can
+    except ImportError:
+        pass
+    workdir = Path(tempfile.mkdtemp(prefix="autopilot-bench-"))
+    cfg = suite.Config.quick(workdir) if args.quick else suite.Config(workdir)
+    cfg.profile = args.profile
+    cfg.compare_root = args.compare_receiver.resolve() if args.compare_receiver else None
+    if args.rounds:
+        cfg.rounds = args.rounds
+    try:
+        results = asyncio.run(run(cfg, only))
+    finally:
+        if args.keep:
+            print(f"[bench] logs kept in {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    out_dir = ROOT / "var" / "bench"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / time.strftime("%Y%m%dT%H%M%S.json")
+    out.write_text(json.dumps(results, indent=2, default=str))
+    print(report.markdown(results))
+    print(f"\n[bench] raw numbers: {out.relative_to(ROOT)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

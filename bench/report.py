@@ -1,0 +1,203 @@
+"""The results of a run as the Markdown table docs/benchmarks.md shows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _fmt(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        value = f"{value:,.2f}" if abs(value) < 10 else f"{value:,.0f}"
+    return f"{value}{unit}"
+
+
+def _verdict(ok: bool | None) -> str:
+    return "–" if ok is None else ("meets" if ok else "**misses**")
+
+
+def _row(*cells: Any) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _accept_rows(r: dict[str, Any]) -> list[str]:
+    rec, raw, bare = r["receiver"], r["raw_publish_confirm"], r["bare_aiohttp"]
+    fixed = r["receiver_fixed_rate"]
+    rawf = r.get("raw_publish_fixed_rate") or {"p50_ms": None, "p99_ms": None}
+    baref = r.get("bare_fixed_rate") or {"p50_ms": None, "p99_ms": None}
+    ratio = r["ratio_vs_raw_publish"]
+    return [
+        _row(
+            "1 accept rate, c=64",
+            f"receiver {_fmt(rec['rate_per_s'])}/s "
+            f"(p99 {_fmt(rec['p99_ms'])} ms, {rec['server_cpu_cores']} cores, "
+            f"{_fmt(rec.get('cpu_us_per_request'))} µs CPU/req)",
+            f"raw publish+confirm {_fmt(raw['rate_per_s'])}/s "
+            f"({_fmt(raw.get('cpu_us_per_request'))} µs CPU/msg)",
+            _fmt(ratio, "×"),
+            "≥ 0.5×",
+            _verdict(ratio >= 0.5 if ratio is not None else None),
+        ),
+        _row(
+            "1 accept rate, c=64",
+            "receiver",
+            f"bare aiohttp JSON→202 {_fmt(bare['rate_per_s'])}/s ({bare['server_cpu_cores']} cores, "
+            f"{_fmt(bare.get('cpu_us_per_request'))} µs CPU/req)",
+            _fmt(r["ratio_vs_bare_aiohttp"], "×"),
+            "–",
+            "–",
+        ),
+        *_compare_rows(r),
+        _row(
+            f"1 accept latency at {_fmt(fixed['target_rate'])}/s",
+            f"p50 {_fmt(fixed['p50_ms'])} ms, p99 {_fmt(fixed['p99_ms'])} ms "
+            f"({fixed['completed']} requests, statuses {fixed['statuses']}, "
+            f"{_fmt(fixed.get('cpu_us_per_request'))} µs CPU/req; in the receiver: "
+            f"p99 ≤ {_fmt((fixed.get('in_server') or {}).get('p99_ms_at_most'))} ms)",
+            f"same rate: raw publish+confirm p50 {_fmt(rawf['p50_ms'])} ms, p99 {_fmt(rawf['p99_ms'])} ms; "
+            f"bare aiohttp p50 {_fmt(baref['p50_ms'])} ms, p99 {_fmt(baref['p99_ms'])} ms",
+            _fmt(round(fixed["p99_ms"] / rawf["p99_ms"], 1) if rawf["p99_ms"] else None, "× (p99)"),
+            "p99 ≤ 10 ms",
+            _verdict(fixed["p99_ms"] <= 10),
+        ),
+    ]
+
+
+def _compare_rows(r: dict[str, Any]) -> list[str]:
+    if "receiver_compare" not in r:
+        return []
+    before, after = r["receiver_compare"], r["receiver"]
+    fixed = r["receiver_compare_fixed_rate"]
+    return [
+        _row(
+            "1 before/after, c=64",
+            f"this checkout {_fmt(after['rate_per_s'])}/s, rounds {after['rounds']}, "
+            f"{_fmt(after.get('cpu_us_per_request'))} µs CPU/req",
+            f"{r['compare_root']}: {_fmt(before['rate_per_s'])}/s, rounds {before['rounds']}, "
+            f"{_fmt(before.get('cpu_us_per_request'))} µs CPU/req",
+            _fmt(round(after["rate_per_s"] / before["rate_per_s"], 2), "×"),
+            "–",
+            f"before: {_fmt(r['compare_ratio_vs_raw_publish'], '×')} raw",
+        ),
+        _row(
+            f"1 before, latency at {_fmt(fixed['target_rate'])}/s",
+            f"p50 {_fmt(fixed['p50_ms'])} ms, p99 {_fmt(fixed['p99_ms'])} ms, "
+            f"{_fmt(fixed.get('cpu_us_per_request'))} µs CPU/req",
+            "–",
+            "–",
+            "p99 ≤ 10 ms",
+            _verdict(fixed["p99_ms"] <= 10),
+        ),
+    ]
+
+
+def _worker_rows(r: dict[str, Any]) -> list[str]:
+    rows = []
+    for kind, scales in r["worker"].items():
+        for k, res in scales.items():
+            raw = r["raw"][k]
+            ratio = res.get("ratio_vs_raw")
+            rows.append(
+                _row(
+                    f"2 worker throughput, {kind}, {k} proc",
+                    f"{_fmt(res['rate_per_s'])}/s ({_fmt(res['per_process'])}/s per process)",
+                    f"raw consume+ack, {k} proc: {_fmt(raw['rate_per_s'])}/s",
+                    _fmt(ratio, "×"),
+                    "≥ 0.3×",
+                    _verdict(ratio >= 0.3 if ratio is not None else None),
+                )
+            )
+    return rows
+
+
+def _e2e_rows(r: dict[str, Any]) -> list[str]:
+    ours, raw = r["ours"], r["raw_publish_to_consume"]
+    return [
+        _row(
+            f"3 end-to-end at {_fmt(r['rate_per_s'])}/s",
+            f"p50 {_fmt(ours['p50_ms'])} ms, p99 {_fmt(ours['p99_ms'])} ms ({ours['n']} upgrades)",
+            f"raw publish→consume p50 {_fmt(raw['p50_ms'])} ms, p99 {_fmt(raw['p99_ms'])} ms",
+            f"{_fmt(r['ratio_p50'], '×')} / {_fmt(r['ratio_p99'], '×')}",
+            "p50 ≤ 20 ms, p99 ≤ 100 ms",
+            _verdict(ours["p50_ms"] <= 20 and ours["p99_ms"] <= 100),
+        )
+    ]
+
+
+def _footprint_rows(r: dict[str, Any]) -> list[str]:
+    rows = []
+    for ours, base, label in (
+        ("receiver", "bare_aiohttp", "bare aiohttp"),
+        ("worker", "raw_consumer", "raw consumer"),
+    ):
+        o, b = r[ours], r[base]
+        rows.append(
+            _row(
+                f"4 idle RSS, {ours}",
+                f"{_fmt(o['rss_mb'])} MiB",
+                f"{label} {_fmt(b['rss_mb'])} MiB",
+                _fmt(o["rss_ratio"], "×"),
+                "≤ 80 MB",
+                _verdict(o["rss_mb"] * 1.048576 <= 80),
+            )
+        )
+        rows.append(
+            _row(
+                f"4 start-to-ready, {ours}",
+                f"{_fmt(o['start_to_ready_s'])} s",
+                f"{label} {_fmt(b['start_to_ready_s'])} s",
+                _fmt(o["start_ratio"], "×"),
+                "–",
+                "–",
+            )
+        )
+    return rows
+
+
+def _flask_rows(r: dict[str, Any], accept: dict[str, Any] | None) -> list[str]:
+    flask = r["flask_sync"]
+    ours = accept["receiver"]["rate_per_s"] if accept else None
+    return [
+        _row(
+            "5 blog's sync Flask handler, c=64, API 200 ms",
+            f"receiver {_fmt(ours)}/s" if ours else "receiver (not run)",
+            f"Flask threaded {_fmt(flask['rate_per_s'])}/s (p99 {_fmt(flask['p99_ms'])} ms)",
+            _fmt(r.get("receiver_vs_flask"), "×"),
+            "context",
+            "–",
+        )
+    ]
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [
+        _row("benchmark", "ours", "baseline (same run)", "ratio", "target", "verdict"),
+        _row(*["---"] * 6),
+    ]
+    if "accept" in results:
+        lines += _accept_rows(results["accept"])
+    if "workers" in results:
+        lines += _worker_rows(results["workers"])
+    if "e2e" in results:
+        lines += _e2e_rows(results["e2e"])
+    if "footprint" in results:
+        lines += _footprint_rows(results["footprint"])
+    if "flask" in results:
+        lines += _flask_rows(results["flask"], results.get("accept"))
+    m = results["machine"]
+    lines += [
+        "",
+        f"Machine: {m['cores']} × {m['cpu']}, {m['memory_gib']} GiB, Linux {m['kernel']}, "
+        f"Python {m['python']}, "
+        f"aiohttp {m['aiohttp']}, aio-pika {m['aio_pika']}, RabbitMQ {m['rabbitmq']}; "
+        f"load average {m['loadavg_at_start']} at start, {m.get('loadavg_at_end')} at end; "
+        f"revision {results['revision']}; {results.get('total_seconds')} s in all.",
+    ]
+    accept = results.get("accept", {})
+    for key, label in (("receiver", "this checkout"), ("receiver_compare", "compared checkout")):
+        profile = accept.get(key, {}).get("profile")
+        if profile and profile.get("top_inclusive"):
+            lines += ["", f"py-spy, receiver ({label}) at c=64, share of samples containing the frame:", ""]
+            lines += [f"- {pct}% {name}" for name, pct in profile["top_inclusive"]]
+    return "\n".join(lines)
