@@ -121,6 +121,12 @@ class Publisher:
             # Returned (unroutable) or nacked: the broker did not take it.
             reason = _delivery_reason(exc)
             log.warning("broker.not_confirmed", reason=reason)
+            if reason.startswith("unroutable"):
+                # The work queue is gone (deleted by hand?): the next publish opens a fresh
+                # channel, which declares the topology again.
+                async with self._lock:
+                    if self._raw is channel:
+                        await self._reset()
             raise BrokerUnavailable(f"broker did not take the message: {reason}") from None
         except Exception as exc:
             self._fail(exc)

@@ -4,11 +4,22 @@ from __future__ import annotations
 
 from datetime import timedelta
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
+from tests.conftest import vhost_name
 from tests.integration.conftest import API_KEY, SEED_INSTANCE, now_iso, seed_alarm
-from tests.support import FakeCloudAmqp, TcpProxy, free_port, run_to_exit, wait_until
+from tests.support import (
+    FakeCloudAmqp,
+    Services,
+    TcpProxy,
+    free_port,
+    management_request,
+    queue_depth,
+    run_to_exit,
+    wait_until,
+)
 
 
 async def test_given_the_seed_alarm_when_posted_then_exactly_one_upgrade_request_as_specified(
@@ -159,6 +170,22 @@ async def test_given_the_broker_goes_away_then_503_and_after_it_returns_202_with
     await wait_until(accepted, timeout=15, interval=0.3, what="a 202 after the broker returned")
     assert (await stack.get("/readyz"))[0] == 200
     await proxy.cut()
+
+
+async def test_given_the_work_queue_deleted_then_503_unroutable_and_then_202_once_it_is_declared_again(
+    make_stack: Any, services: Services, vhost: str
+) -> None:
+    stack = make_stack()
+    await stack.start_receiver()
+    assert (await stack.post(seed_alarm()))[0] == 202
+    name = quote(vhost_name(vhost), safe="")
+
+    await management_request(services, "DELETE", f"/api/queues/{name}/cloudamqp.alarms")
+    status, body = await stack.post(seed_alarm())
+
+    assert status == 503 and body["error"] == "broker_unavailable"
+    assert (await stack.post(seed_alarm()))[0] == 202  # the receiver re-declared its topology
+    assert await queue_depth(vhost, "cloudamqp.alarms") == 1
 
 
 async def test_given_a_closed_broker_port_then_503_with_retry_after_never_202(make_stack: Any) -> None:
