@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 
-from shared.settings import ConfigError, Settings
+from shared.runtime import load_settings_or_exit
+from shared.settings import Settings
 
 
 def _samples() -> list[dict[str, Any]]:
@@ -58,11 +58,7 @@ async def run(settings: Settings) -> int:
 
 
 def main() -> int:
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        print(f"demo: configuration error: {exc}", file=sys.stderr)
-        return 2
+    settings = load_settings_or_exit("demo")
     return asyncio.run(run(settings))
 
 

@@ -12,7 +12,7 @@ import sys
 import time
 from urllib.parse import urlsplit
 
-from shared.settings import ConfigError, Settings
+from shared.runtime import load_settings_or_exit
 
 
 def _port_open(host: str, port: int) -> bool:
@@ -93,11 +93,7 @@ def supervise(procs: dict[str, subprocess.Popen[bytes]]) -> int:
 
 
 def main() -> int:
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        print(f"autopilot: configuration error: {exc}", file=sys.stderr)
-        return 2
+    settings = load_settings_or_exit("autopilot")
     stop_broker = ensure_broker(settings.rabbitmq_url)
     env = dict(os.environ)
     env.setdefault("LOG_FORMAT", "console")
