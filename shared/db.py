@@ -9,6 +9,7 @@ SQL written once, with PostgreSQL's ``$1`` placeholders (SQLite gets them as ``?
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Callable
@@ -42,21 +43,26 @@ _PLACEHOLDER = re.compile(r"\$(\d+)")
 
 
 class _SqliteTx:
+    """Statements of an open SQLite transaction, run on the event loop's thread: once
+    ``BEGIN IMMEDIATE`` holds the write lock (or a WAL read has its snapshot) nothing waits on
+    another process, and each statement takes microseconds — far less than a thread hop."""
+
     def __init__(self, db: SqliteDatabase):
         self._db = db
 
+    def _cursor(self, sql: str, args: tuple[Any, ...]) -> sqlite3.Cursor:
+        assert self._db.conn is not None
+        return self._db.conn.execute(self._db.sql(sql), args)
+
     async def execute(self, sql: str, *args: Any) -> None:
-        await self._db.run(lambda c: c.execute(self._db.sql(sql), args))
+        self._cursor(sql, args)
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
-        return await self._db.run(lambda c: [dict(r) for r in c.execute(self._db.sql(sql), args).fetchall()])
+        return [dict(r) for r in self._cursor(sql, args).fetchall()]
 
     async def fetchrow(self, sql: str, *args: Any) -> Row | None:
-        def one(c: sqlite3.Connection) -> Row | None:
-            row = c.execute(self._db.sql(sql), args).fetchone()
-            return dict(row) if row is not None else None
-
-        return await self._db.run(one)
+        row = self._cursor(sql, args).fetchone()
+        return dict(row) if row is not None else None
 
 
 class SqliteDatabase:
@@ -95,17 +101,35 @@ class SqliteDatabase:
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open SQLite database {self._path!r}: {exc}") from exc
 
+    @property
+    def conn(self) -> sqlite3.Connection | None:
+        return self._conn
+
     @asynccontextmanager
     async def transaction(self, *, write: bool = True) -> AsyncIterator[Tx]:
         async with self._lock:
-            await self.run(lambda c: c.execute("BEGIN IMMEDIATE" if write else "BEGIN"))
+            assert self._conn is not None
+            if write:
+                # The only step that can wait (for another process's write lock, up to the
+                # busy timeout): on the database thread, never blocking the event loop.
+                begin = asyncio.ensure_future(self.run(lambda c: c.execute("BEGIN IMMEDIATE")))
+                try:
+                    await asyncio.shield(begin)
+                except asyncio.CancelledError:
+                    # The thread finishes the BEGIN regardless: end that transaction, then go.
+                    with contextlib.suppress(sqlite3.Error):
+                        await begin
+                        self._conn.execute("ROLLBACK")
+                    raise
+            else:
+                self._conn.execute("BEGIN")
             try:
                 yield _SqliteTx(self)
+                self._conn.execute("COMMIT")
             except BaseException:
-                await asyncio.shield(self.run(lambda c: c.execute("ROLLBACK")))
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
                 raise
-            else:
-                await asyncio.shield(self.run(lambda c: c.execute("COMMIT")))
 
     async def close(self) -> None:
         if self._conn is not None:
