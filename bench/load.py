@@ -9,7 +9,7 @@ import shutil
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,6 +164,27 @@ def have_wrk() -> bool:
     return shutil.which("wrk") is not None
 
 
+async def paced(
+    total: int,
+    rate: float,
+    start_one: Callable[[int, float], Coroutine[Any, Any, None]],
+    on_late: Callable[[int], None],
+) -> None:
+    """Start ``start_one(i, due)`` at ``due = start + i / rate`` whatever happened before
+    (open loop), then wait for all of them; ``on_late(i)`` when a start slipped past its due."""
+    tasks: list[asyncio.Task[None]] = []
+    start = time.monotonic()
+    for i in range(total):
+        due = start + i / rate
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        elif delay < -0.001:
+            on_late(i)
+        tasks.append(asyncio.create_task(start_one(i, due)))
+    await asyncio.gather(*tasks)
+
+
 async def fixed_rate_http(
     url: str, body: BodyFn, *, rate: float, duration: float, warmup: float
 ) -> LoadResult:
@@ -172,7 +193,6 @@ async def fixed_rate_http(
     connector = aiohttp.TCPConnector(limit=0)
     result = LoadResult(seconds=duration)
     headers = {"Content-Type": "application/json"}
-    tasks: list[asyncio.Task[None]] = []
     total = int((warmup + duration) * rate)
     warm = int(warmup * rate)
 
@@ -188,17 +208,13 @@ async def fixed_rate_http(
             result.latencies_ms.append((time.monotonic() - due) * 1000)
 
     timeout = aiohttp.ClientTimeout(total=30)
+
+    def late(i: int) -> None:
+        if i >= warm:
+            result.late_starts += 1
+
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        start = time.monotonic()
-        for i in range(total):
-            due = start + i / rate
-            delay = due - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            elif delay < -0.001 and i >= warm:
-                result.late_starts += 1
-            tasks.append(asyncio.create_task(one(session, i, due)))
-        await asyncio.gather(*tasks)
+        await paced(total, rate, lambda i, due: one(session, i, due), late)
     return result
 
 
@@ -268,15 +284,7 @@ async def fixed_rate_raw_publish(
                 result.statuses["confirmed"] += 1
                 result.latencies_ms.append((time.monotonic() - due) * 1000)
 
-        tasks = []
-        start = time.monotonic()
-        for i in range(total):
-            due = start + i / rate
-            delay = due - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(i, due)))
-        await asyncio.gather(*tasks)
+        await paced(total, rate, one, lambda i: None)
     return result
 
 
