@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
-from typing import Any
 
 import structlog
 from aiohttp import web
 
 from receiver.app import create_app
 from shared.errors import StoreError
-from shared.runtime import fail, install_stop_handlers, load_settings_or_exit
+from shared.runtime import fail, install_stop_handlers, load_settings_or_exit, run_main
 from shared.settings import Settings
 
 log = structlog.get_logger("receiver")
@@ -44,15 +42,5 @@ async def main(settings: Settings) -> None:
     log.info("receiver.stopped")
 
 
-def _runner() -> Callable[[Coroutine[Any, Any, None]], None]:
-    """uvloop where it is installed (a cheaper event loop and socket transport under load; see
-    docs/benchmarks.md), plain asyncio otherwise."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run
-    return uvloop.run
-
-
 if __name__ == "__main__":
-    _runner()(main(load_settings_or_exit("receiver")))
+    run_main(main(load_settings_or_exit("receiver")))

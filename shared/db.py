@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import re
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -40,6 +42,32 @@ class Database(Protocol):
 
 
 _PLACEHOLDER = re.compile(r"\$(\d+)")
+# How long an SQLite write waits for another process's write lock before failing.
+BUSY_TIMEOUT_MS = 30000
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return "locked" in str(exc)
+
+
+def _set_wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL mode. Two processes opening a new database at the same instant can
+    deadlock on the switch, and SQLite then answers "locked" at once instead of waiting:
+    try again, for as long as a write would wait."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    pause = 0.005
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause * (1 + random.random()))  # on the database thread, not the event loop
+        pause = min(pause * 2, 0.2)
 
 
 class _SqliteTx:
@@ -91,8 +119,8 @@ class SqliteDatabase:
                 Path(self._path).parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
             conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA busy_timeout = 30000")
-            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            _set_wal(conn)
             conn.execute("PRAGMA synchronous = NORMAL")
             return conn
 
@@ -105,13 +133,29 @@ class SqliteDatabase:
     def conn(self) -> sqlite3.Connection | None:
         return self._conn
 
+    def _try_begin_immediate(self) -> bool:
+        """Take the write lock on the event loop's thread if it is free right now (the usual
+        case: one process, or no other writer this instant) — no thread hop at all. False,
+        with nothing begun, when another process holds it."""
+        assert self._conn is not None
+        self._conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc):
+                raise
+            return False
+        finally:
+            self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        return True
+
     @asynccontextmanager
     async def transaction(self, *, write: bool = True) -> AsyncIterator[Tx]:
         async with self._lock:
             assert self._conn is not None
-            if write:
-                # The only step that can wait (for another process's write lock, up to the
-                # busy timeout): on the database thread, never blocking the event loop.
+            if write and not self._try_begin_immediate():
+                # Another process holds the write lock: wait for it (up to the busy timeout)
+                # on the database thread, never blocking the event loop.
                 begin = asyncio.ensure_future(self.run(lambda c: c.execute("BEGIN IMMEDIATE")))
                 try:
                     await asyncio.shield(begin)
@@ -121,7 +165,7 @@ class SqliteDatabase:
                         await begin
                         self._conn.execute("ROLLBACK")
                     raise
-            else:
+            elif not write:
                 self._conn.execute("BEGIN")
             try:
                 yield _SqliteTx(self)

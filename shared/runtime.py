@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from shared.logs import configure_logging
 from shared.settings import ConfigError, Settings
@@ -38,3 +39,14 @@ def install_stop_handlers(stop: asyncio.Event, on_signal: Callable[[str], None])
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, handle, sig)
+
+
+def run_main(main: Coroutine[Any, Any, None]) -> None:
+    """Run a process's main coroutine on uvloop where it is installed (a cheaper event loop and
+    socket transport under load; see docs/benchmarks.md), plain asyncio otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    uvloop.run(main)

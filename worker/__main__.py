@@ -12,7 +12,7 @@ from aiohttp import web
 
 from shared import metrics
 from shared.errors import StoreError
-from shared.runtime import fail, install_stop_handlers, load_settings_or_exit
+from shared.runtime import fail, install_stop_handlers, load_settings_or_exit, run_main
 from shared.settings import Settings
 from shared.store import Store
 from worker.cloudamqp import CloudAmqpClient
@@ -95,4 +95,4 @@ async def serve_metrics(settings: Settings, consumer: Consumer) -> web.AppRunner
 
 
 if __name__ == "__main__":
-    asyncio.run(main(load_settings_or_exit("worker")))
+    run_main(main(load_settings_or_exit("worker")))

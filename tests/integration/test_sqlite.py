@@ -1,0 +1,71 @@
+"""The SQLite adapter's locking, against real SQLite files and a second connection that stands
+in for another process (SQLite locks connections, not processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from pathlib import Path
+
+from shared.db import BUSY_TIMEOUT_MS, SqliteDatabase, _set_wal
+from shared.incidents import plan_incident
+from shared.store import Store
+from tests.integration.test_store import alarm
+from tests.support import wait_until
+
+
+async def test_a_write_waits_for_another_writer_without_blocking_the_event_loop(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    store = await Store.open(url)
+    other = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    ticking = asyncio.ensure_future(ticker())
+    try:
+        other.execute("BEGIN IMMEDIATE")  # the other process holds the write lock
+        a = alarm()
+        write = asyncio.ensure_future(store.record_event(a, "i1", plan_incident(a, "i1"), 100.0))
+        await wait_until(lambda: ticks >= 20, timeout=10, what="the event loop to keep running")
+        assert not write.done()
+
+        other.execute("COMMIT")
+        record = await asyncio.wait_for(write, timeout=10)
+
+        assert record.new
+        db = store.db
+        assert isinstance(db, SqliteDatabase) and db.conn is not None
+        # The attempt without waiting must leave the connection's normal busy timeout behind.
+        assert db.conn.execute("PRAGMA busy_timeout").fetchone()[0] == BUSY_TIMEOUT_MS
+        assert len(await store.list_events()) == 1
+    finally:
+        ticking.cancel()
+        other.close()
+        await store.close()
+
+
+def test_switching_to_wal_tries_again_while_another_connection_holds_the_lock(tmp_path: Path) -> None:
+    # Two processes creating the database at once can deadlock on the switch to WAL, and
+    # SQLite then fails at once without waiting; a connection with no busy timeout shows the
+    # same immediate "locked" on every attempt until the other lets go.
+    path = tmp_path / "new.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN EXCLUSIVE")
+    opener = sqlite3.connect(path, isolation_level=None)
+    opener.execute("PRAGMA busy_timeout = 0")
+    release = threading.Timer(0.3, lambda: holder.execute("COMMIT"))
+    release.start()
+    try:
+        _set_wal(opener)
+        assert opener.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        release.join()
+        opener.close()
+        holder.close()
