@@ -1,6 +1,6 @@
 """Baseline for the worker: a bare aio-pika consume-and-ack loop on the same quorum queue.
 
-``python -m bench.raw_consumer URL --prefetch 16 --out FILE [--go GOFILE]``: connects, says
+``python -m bench.raw_consumer URL --prefetch N --out FILE [--go GOFILE]``: connects, says
 ``consumer.ready``, waits for ``GOFILE`` to exist (so that several consumers start together),
 acks everything it gets, and after ``--idle`` seconds without a message writes the epoch
 second of every ack to ``FILE``.
@@ -17,6 +17,7 @@ import time
 import aio_pika
 
 from shared import topology
+from shared.settings import Settings
 
 
 async def run(url: str, prefetch: int, idle: float, out: str, go: str | None) -> None:
@@ -62,7 +63,7 @@ def _write(out: str, acks: list[float]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("url")
-    parser.add_argument("--prefetch", type=int, default=16)
+    parser.add_argument("--prefetch", type=int, default=Settings().worker_prefetch)
     parser.add_argument("--idle", type=float, default=1.5)
     parser.add_argument("--out", required=True)
     parser.add_argument("--go")

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
+import structlog
+
 from shared.errors import StoreError
 from shared.settings import redact_url
 
@@ -44,6 +46,11 @@ class Database(Protocol):
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 # How long an SQLite write waits for another process's write lock before failing.
 BUSY_TIMEOUT_MS = 30000
+# When the WAL is checkpointed: after this many commits, or this long after the first.
+CHECKPOINT_COMMITS = 200
+CHECKPOINT_SECONDS = 1.0
+
+log = structlog.get_logger("store")
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:
@@ -102,6 +109,7 @@ class SqliteDatabase:
         self._lock = asyncio.Lock()
         self._conn: sqlite3.Connection | None = None
         self._sql_cache: dict[str, str] = {}
+        self._checkpointer: _Checkpointer | None = None
 
     def sql(self, text: str) -> str:
         converted = self._sql_cache.get(text)
@@ -122,12 +130,31 @@ class SqliteDatabase:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             _set_wal(conn)
             conn.execute("PRAGMA synchronous = NORMAL")
+            # Checkpoints (copying the WAL back into the database, with an fsync) would run
+            # inside a COMMIT on the event loop's thread; ``_Checkpointer`` runs them on the
+            # database thread instead.
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
+            # Cut a WAL that grew during a long burst back to this size after a checkpoint.
+            conn.execute("PRAGMA journal_size_limit = 67108864")
             return conn
 
         try:
             self._conn = await self.run(connect)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open SQLite database {self._path!r}: {exc}") from exc
+        self._checkpointer = _Checkpointer(self)
+
+    async def checkpoint(self) -> None:
+        """Copy the WAL back into the database file, off the event loop's thread."""
+        async with self._lock:
+            done = asyncio.ensure_future(self.run(lambda c: c.execute("PRAGMA wal_checkpoint(RESTART)")))
+            try:
+                await asyncio.shield(done)
+            except asyncio.CancelledError:
+                # The thread finishes it regardless: keep the connection ours until it has.
+                with contextlib.suppress(sqlite3.Error):
+                    await done
+                raise
 
     @property
     def conn(self) -> sqlite3.Connection | None:
@@ -170,16 +197,59 @@ class SqliteDatabase:
             try:
                 yield _SqliteTx(self)
                 self._conn.execute("COMMIT")
+                if write and self._checkpointer is not None:
+                    self._checkpointer.committed()
             except BaseException:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
                 raise
 
     async def close(self) -> None:
+        if self._checkpointer is not None:
+            await self._checkpointer.stop()
+            self._checkpointer = None
         if self._conn is not None:
             await self.run(lambda c: c.close())
             self._conn = None
         self._executor.shutdown(wait=False)
+
+
+class _Checkpointer:
+    """Checkpoints the WAL after ``CHECKPOINT_COMMITS`` commits, or ``CHECKPOINT_SECONDS``
+    after the first one, on the database thread while this process's transactions wait
+    (without blocking the event loop). RESTART mode waits for other processes' writer and
+    readers (through the busy handler), so the checkpoint completes even under steady
+    writes and the next write starts the WAL from its beginning: it stays bounded."""
+
+    def __init__(self, db: SqliteDatabase):
+        self._db = db
+        self._commits = 0
+        self._due = asyncio.Event()
+        self._task = asyncio.ensure_future(self._run())
+
+    def committed(self) -> None:
+        self._commits += 1
+        if self._commits >= CHECKPOINT_COMMITS:
+            self._due.set()
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._due.wait(), CHECKPOINT_SECONDS)
+            self._due.clear()
+            if not self._commits:
+                continue
+            self._commits = 0
+            try:
+                await self._db.checkpoint()
+            except sqlite3.Error as exc:
+                # The next one catches up; SQLite stays correct with a longer WAL meanwhile.
+                log.warning("store.checkpoint_failed", error=str(exc))
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
 
 
 class _PgTx:

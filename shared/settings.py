@@ -46,7 +46,7 @@ class Settings:
     database_url: str = "sqlite:///var/autopilot.db"
     claim_lease_seconds: float = 120.0
     worker_metrics_port: int | None = None
-    worker_prefetch: int = 16
+    worker_prefetch: int = 64
     dry_run: bool = False
     log_format: str = "console"
     log_level: str = "info"

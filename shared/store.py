@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +93,11 @@ MIGRATIONS: list[list[str]] = [
             cooldown_until DOUBLE PRECISION NOT NULL
         )""",
     ],
+    [
+        # Nothing looks events up by content (duplicates are found through actions): one
+        # index less to maintain on every alarm.
+        "DROP INDEX IF EXISTS events_key",
+    ],
 ]
 
 
@@ -101,6 +108,7 @@ class EventRecord:
     incident_change: str | None
     final_status: str | None  # this event's action status when no more work is due
     awaiting_plan: str | None = None  # the plan of an accepted upgrade still to be confirmed
+    duplicate: bool = False  # another event with identical content already has a decision
 
 
 @dataclass(frozen=True)
@@ -155,94 +163,24 @@ class Store:
         async with self.db.transaction(write=False) as tx:
             await tx.fetchrow("SELECT 1 AS ok")
 
-    # --- events and incidents -------------------------------------------------------------
+    @asynccontextmanager
+    async def unit(self) -> AsyncIterator[Unit]:
+        """One write transaction for several operations: what one step of an alarm writes
+        (its event, incident change, claim and decision) commits together, or not at all."""
+        async with self.db.transaction() as tx:
+            yield Unit(tx)
+
+    # Single operations, each in a transaction of its own (see ``Unit`` for what they do).
 
     async def record_event(
         self, alarm: Alarm, instance_id: str | None, plan: IncidentPlan, now: float
     ) -> EventRecord:
-        """Record the event once (by event id) and apply its incident change in the same
-        transaction, so a redelivery neither double-counts nor loses the incident update."""
-        async with self.db.transaction() as tx:
-            inserted = await tx.fetchrow(
-                """INSERT INTO events (event_id, event_key, received_at, recorded_at,
-                       instance_id, alarm_type, incident_key, ungroupable, body)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-                   ON CONFLICT (event_id) DO NOTHING RETURNING event_id""",
-                alarm.event_id,
-                alarm.event_key,
-                alarm.received_at,
-                now,
-                instance_id,
-                alarm.alarm_type,
-                plan.key,
-                plan.reason if plan.change is IncidentChange.UNGROUPABLE else None,
-                json.dumps(alarm.body, ensure_ascii=False),
-            )
-            if inserted is None:
-                row = await tx.fetchrow(
-                    """SELECT e.incident_id, e.incident_change, a.status, a.reason, a.plan
-                       FROM events e LEFT JOIN actions a ON a.action_id = e.event_id
-                       WHERE e.event_id = $1""",
-                    alarm.event_id,
-                )
-                assert row is not None
-                done = row["status"] if _is_done(row["status"], row["reason"]) else None
-                awaiting = row["plan"] if row["reason"] == AWAITING_CONFIRMATION else None
-                return EventRecord(False, row["incident_id"], row["incident_change"], done, awaiting)
-            incident_id, change = await self._apply_incident(tx, alarm, instance_id, plan, now)
-            await tx.execute(
-                "UPDATE events SET incident_id = $1, incident_change = $2 WHERE event_id = $3",
-                incident_id,
-                change,
-                alarm.event_id,
-            )
-            return EventRecord(True, incident_id, change, None)
-
-    async def _apply_incident(
-        self, tx: Tx, alarm: Alarm, instance_id: str | None, plan: IncidentPlan, now: float
-    ) -> tuple[str | None, str]:
-        if plan.change is IncidentChange.UPSERT:
-            value = None if alarm.body.get("value") is None else json.dumps(alarm.body["value"])
-            row = await tx.fetchrow(
-                """INSERT INTO incidents (incident_id, incident_key, title, status, instance_id,
-                       alarm_type, first_seen, last_seen, event_count, last_value)
-                   VALUES ($1, $2, $2, 'open', $3, $4, $5, $5, 1, $6)
-                   ON CONFLICT (incident_key) WHERE status = 'open' DO UPDATE SET
-                       event_count = incidents.event_count + 1,
-                       last_seen = excluded.last_seen,
-                       last_value = COALESCE(excluded.last_value, incidents.last_value)
-                   RETURNING incident_id, event_count""",
-                _new_id(),
-                plan.key,
-                instance_id,
-                alarm.alarm_type,
-                now,
-                value,
-            )
-            assert row is not None
-            return row["incident_id"], "opened" if row["event_count"] == 1 else "grouped"
-        if plan.change is IncidentChange.RESOLVE:
-            row = await tx.fetchrow(
-                """UPDATE incidents SET status = 'resolved', resolved_at = $1, last_seen = $1
-                   WHERE incident_key = $2 AND status = 'open' RETURNING incident_id""",
-                now,
-                plan.key,
-            )
-            return (row["incident_id"], "resolved") if row else (None, "none")
-        return None, plan.change.value
+        async with self.unit() as unit:
+            return await unit.record_event(alarm, instance_id, plan, now)
 
     async def key_already_decided(self, event_key: str, event_id: str) -> bool:
-        """Has another event with identical content already been decided?"""
         async with self.db.transaction(write=False) as tx:
-            row = await tx.fetchrow(
-                """SELECT 1 AS hit FROM actions WHERE event_key = $1 AND event_id <> $2
-                   AND status IN ('succeeded', 'skipped', 'dry_run') LIMIT 1""",
-                event_key,
-                event_id,
-            )
-        return row is not None
-
-    # --- actions ----------------------------------------------------------------------------
+            return await Unit(tx).key_already_decided(event_key, event_id)
 
     async def save_action(
         self,
@@ -257,26 +195,32 @@ class Store:
         plan: str | None = None,
         attempts: int | None = None,
     ) -> bool:
-        """Create or update the one action row of this event (its id is the event id).
-
-        Returns False, changing nothing, when the row already holds a final status and this
-        is not a replay: the first final word about an event wins, so a second delivery of
-        the same event racing the first cannot overwrite "succeeded" with a skip.
-        """
+        """``Unit.write_action`` from its fields."""
         attempts = alarm.attempts if attempts is None else attempts
         return await self.write_action(
             ActionRecord(alarm, status, now, incident_id, instance_id, reason, detail, plan, attempts)
         )
 
     async def write_action(self, record: ActionRecord) -> bool:
-        """``save_action`` for a prepared record."""
-        async with self.db.transaction() as tx:
-            return await _upsert_action(tx, record)
+        async with self.unit() as unit:
+            return await unit.write_action(record)
+
+    async def try_claim(
+        self, scope: str, instance_id: str, owner: str, now: float, lease: float, cooldown: float
+    ) -> ClaimResult:
+        async with self.unit() as unit:
+            return await unit.try_claim(scope, instance_id, owner, now, lease, cooldown)
+
+    async def finish_claim(
+        self, scope: str, owner: str, *, succeeded: bool, record: ActionRecord | None = None
+    ) -> bool:
+        async with self.unit() as unit:
+            return await unit.finish_claim(scope, owner, succeeded=succeeded, record=record)
 
     async def confirm_action(self, action_id: str, status: str, detail: str, now: float) -> bool:
         """Close an upgrade that was awaiting confirmation (``succeeded`` / ``unconfirmed``)."""
-        async with self.db.transaction() as tx:
-            row = await tx.fetchrow(
+        async with self.unit() as unit:
+            row = await unit.tx.fetchrow(
                 """UPDATE actions SET status = $1, reason = NULL, detail = $2, updated_at = $3
                    WHERE action_id = $4 AND status = 'in_progress' AND reason = $5
                    RETURNING action_id""",
@@ -287,6 +231,8 @@ class Store:
                 AWAITING_CONFIRMATION,
             )
         return row is not None
+
+    # --- reads ----------------------------------------------------------------------------
 
     async def list_actions(
         self, *, instance: str | None = None, limit: int = 100, offset: int = 0
@@ -355,35 +301,168 @@ class Store:
                 offset,
             )
 
+
+class Unit:
+    """The store's writes inside one open transaction (``Store.unit()``)."""
+
+    def __init__(self, tx: Tx):
+        self.tx = tx
+
+    # --- events and incidents -------------------------------------------------------------
+
+    async def record_event(
+        self, alarm: Alarm, instance_id: str | None, plan: IncidentPlan, now: float
+    ) -> EventRecord:
+        """Record the event once (by event id) and apply its incident change in the same
+        transaction, so a redelivery neither double-counts nor loses the incident update.
+        When the event still needs a decision, also say whether identical content already
+        has one (``duplicate``)."""
+        inserted = await self.tx.fetchrow(
+            """INSERT INTO events (event_id, event_key, received_at, recorded_at,
+                   instance_id, alarm_type, incident_key, ungroupable, body)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+               ON CONFLICT (event_id) DO NOTHING RETURNING event_id""",
+            alarm.event_id,
+            alarm.event_key,
+            alarm.received_at,
+            now,
+            instance_id,
+            alarm.alarm_type,
+            plan.key,
+            plan.reason if plan.change is IncidentChange.UNGROUPABLE else None,
+            json.dumps(alarm.body, ensure_ascii=False),
+        )
+        if inserted is None:
+            row = await self.tx.fetchrow(
+                """SELECT e.incident_id, e.incident_change, a.status, a.reason, a.plan
+                   FROM events e LEFT JOIN actions a ON a.action_id = e.event_id
+                   WHERE e.event_id = $1""",
+                alarm.event_id,
+            )
+            assert row is not None
+            done = row["status"] if _is_done(row["status"], row["reason"]) else None
+            awaiting = row["plan"] if row["reason"] == AWAITING_CONFIRMATION else None
+            duplicate = done is None and awaiting is None and await self._duplicate(alarm)
+            return EventRecord(False, row["incident_id"], row["incident_change"], done, awaiting, duplicate)
+        incident_id, change = await self._apply_incident(alarm, instance_id, plan, now)
+        await self.tx.execute(
+            "UPDATE events SET incident_id = $1, incident_change = $2 WHERE event_id = $3",
+            incident_id,
+            change,
+            alarm.event_id,
+        )
+        return EventRecord(True, incident_id, change, None, duplicate=await self._duplicate(alarm))
+
+    async def _duplicate(self, alarm: Alarm) -> bool:
+        # A replay is decided afresh, whatever identical alarms were.
+        return not alarm.replayed and await self.key_already_decided(alarm.event_key, alarm.event_id)
+
+    async def _apply_incident(
+        self, alarm: Alarm, instance_id: str | None, plan: IncidentPlan, now: float
+    ) -> tuple[str | None, str]:
+        if plan.change is IncidentChange.UPSERT:
+            value = None if alarm.body.get("value") is None else json.dumps(alarm.body["value"])
+            row = await self.tx.fetchrow(
+                """INSERT INTO incidents (incident_id, incident_key, title, status, instance_id,
+                       alarm_type, first_seen, last_seen, event_count, last_value)
+                   VALUES ($1, $2, $2, 'open', $3, $4, $5, $5, 1, $6)
+                   ON CONFLICT (incident_key) WHERE status = 'open' DO UPDATE SET
+                       event_count = incidents.event_count + 1,
+                       last_seen = excluded.last_seen,
+                       last_value = COALESCE(excluded.last_value, incidents.last_value)
+                   RETURNING incident_id, event_count""",
+                _new_id(),
+                plan.key,
+                instance_id,
+                alarm.alarm_type,
+                now,
+                value,
+            )
+            assert row is not None
+            return row["incident_id"], "opened" if row["event_count"] == 1 else "grouped"
+        if plan.change is IncidentChange.RESOLVE:
+            row = await self.tx.fetchrow(
+                """UPDATE incidents SET status = 'resolved', resolved_at = $1, last_seen = $1
+                   WHERE incident_key = $2 AND status = 'open' RETURNING incident_id""",
+                now,
+                plan.key,
+            )
+            return (row["incident_id"], "resolved") if row else (None, "none")
+        return None, plan.change.value
+
+    async def key_already_decided(self, event_key: str, event_id: str) -> bool:
+        """Has another event with identical content already been decided?"""
+        row = await self.tx.fetchrow(
+            """SELECT 1 AS hit FROM actions WHERE event_key = $1 AND event_id <> $2
+               AND status IN ('succeeded', 'skipped', 'dry_run') LIMIT 1""",
+            event_key,
+            event_id,
+        )
+        return row is not None
+
+    # --- actions ----------------------------------------------------------------------------
+
+    async def write_action(self, record: ActionRecord) -> bool:
+        """Create or update the one action row of this event (its id is the event id).
+
+        Returns False, changing nothing, when the row already holds a final status and this
+        is not a replay: the first final word about an event wins, so a second delivery of
+        the same event racing the first cannot overwrite "succeeded" with a skip.
+        """
+        row = await self.tx.fetchrow(
+            f"""INSERT INTO actions (action_id, event_id, event_key, incident_id, instance_id,
+                   alarm_type, status, reason, detail, plan, attempts, created_at, updated_at)
+               VALUES ($1, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)
+               ON CONFLICT (action_id) DO UPDATE SET
+                   status = excluded.status, reason = excluded.reason,
+                   detail = excluded.detail, plan = COALESCE(excluded.plan, actions.plan),
+                   attempts = excluded.attempts, updated_at = excluded.updated_at
+               WHERE (actions.status NOT IN ({_DONE_SQL})
+                      AND COALESCE(actions.reason, '') <> '{AWAITING_CONFIRMATION}') OR $12
+               RETURNING action_id""",
+            record.alarm.event_id,
+            record.alarm.event_key,
+            record.incident_id,
+            record.instance_id,
+            record.alarm.alarm_type,
+            record.status,
+            record.reason,
+            record.detail,
+            record.plan,
+            record.attempts,
+            record.now,
+            record.alarm.replayed,
+        )
+        return row is not None
+
     # --- cooldown claims -------------------------------------------------------------------
 
     async def try_claim(
         self, scope: str, instance_id: str, owner: str, now: float, lease: float, cooldown: float
     ) -> ClaimResult:
         """Take the claim on ``scope`` in one conditional upsert (see ``claim_verdict``)."""
-        async with self.db.transaction() as tx:
-            row = await tx.fetchrow(
-                """INSERT INTO claims (scope, instance_id, status, owner, claimed_at,
-                       lease_until, cooldown_until)
-                   VALUES ($1, $2, 'held', $3, $4, $5, $6)
-                   ON CONFLICT (scope) DO UPDATE SET
-                       status = 'held', owner = excluded.owner,
-                       claimed_at = excluded.claimed_at, lease_until = excluded.lease_until,
-                       cooldown_until = excluded.cooldown_until
-                   WHERE claims.status = 'released'
-                      OR (claims.status = 'held' AND claims.lease_until <= excluded.claimed_at)
-                      OR (claims.status = 'done' AND claims.cooldown_until <= excluded.claimed_at)
-                   RETURNING scope""",
-                scope,
-                instance_id,
-                owner,
-                now,
-                now + lease,
-                now + cooldown,
-            )
-            if row is not None:
-                return ClaimResult(ClaimVerdict.GRANTED, None)
-            current = await tx.fetchrow("SELECT * FROM claims WHERE scope = $1", scope)
+        row = await self.tx.fetchrow(
+            """INSERT INTO claims (scope, instance_id, status, owner, claimed_at,
+                   lease_until, cooldown_until)
+               VALUES ($1, $2, 'held', $3, $4, $5, $6)
+               ON CONFLICT (scope) DO UPDATE SET
+                   status = 'held', owner = excluded.owner,
+                   claimed_at = excluded.claimed_at, lease_until = excluded.lease_until,
+                   cooldown_until = excluded.cooldown_until
+               WHERE claims.status = 'released'
+                  OR (claims.status = 'held' AND claims.lease_until <= excluded.claimed_at)
+                  OR (claims.status = 'done' AND claims.cooldown_until <= excluded.claimed_at)
+               RETURNING scope""",
+            scope,
+            instance_id,
+            owner,
+            now,
+            now + lease,
+            now + cooldown,
+        )
+        if row is not None:
+            return ClaimResult(ClaimVerdict.GRANTED, None)
+        current = await self.tx.fetchrow("SELECT * FROM claims WHERE scope = $1", scope)
         claim = _claim_row(current) if current else None
         verdict = claim_verdict(claim, now)
         # The upsert refused, so the rules cannot say "granted" for this row.
@@ -394,16 +473,15 @@ class Store:
     ) -> bool:
         """``done`` (cooldown runs from the claim) or ``released``, only by its owner, and the
         action's outcome in the same transaction: no one sees the cooldown without the outcome.
-        Returns what ``save_action`` would (True when there is no record)."""
+        Returns what ``write_action`` would (True when there is no record)."""
         status = ClaimStatus.DONE if succeeded else ClaimStatus.RELEASED
-        async with self.db.transaction() as tx:
-            await tx.execute(
-                "UPDATE claims SET status = $1 WHERE scope = $2 AND owner = $3",
-                status.value,
-                scope,
-                owner,
-            )
-            return await _upsert_action(tx, record) if record is not None else True
+        await self.tx.execute(
+            "UPDATE claims SET status = $1 WHERE scope = $2 AND owner = $3",
+            status.value,
+            scope,
+            owner,
+        )
+        return await self.write_action(record) if record is not None else True
 
 
 @dataclass(frozen=True)
@@ -419,34 +497,6 @@ class ActionRecord:
     detail: str | None = None
     plan: str | None = None
     attempts: int = 0
-
-
-async def _upsert_action(tx: Tx, r: ActionRecord) -> bool:
-    row = await tx.fetchrow(
-        f"""INSERT INTO actions (action_id, event_id, event_key, incident_id, instance_id,
-               alarm_type, status, reason, detail, plan, attempts, created_at, updated_at)
-           VALUES ($1, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)
-           ON CONFLICT (action_id) DO UPDATE SET
-               status = excluded.status, reason = excluded.reason,
-               detail = excluded.detail, plan = COALESCE(excluded.plan, actions.plan),
-               attempts = excluded.attempts, updated_at = excluded.updated_at
-           WHERE (actions.status NOT IN ({_DONE_SQL})
-                  AND COALESCE(actions.reason, '') <> '{AWAITING_CONFIRMATION}') OR $12
-           RETURNING action_id""",
-        r.alarm.event_id,
-        r.alarm.event_key,
-        r.incident_id,
-        r.instance_id,
-        r.alarm.alarm_type,
-        r.status,
-        r.reason,
-        r.detail,
-        r.plan,
-        r.attempts,
-        r.now,
-        r.alarm.replayed,
-    )
-    return row is not None
 
 
 def _claim_row(row: Row) -> ClaimRow:

@@ -19,7 +19,7 @@ from shared.claims import ClaimVerdict
 from shared.errors import DecodeError, PermanentError, RetryableError
 from shared.incidents import plan_incident
 from shared.settings import Settings
-from shared.store import AWAITING_CONFIRMATION, ActionRecord, Store
+from shared.store import AWAITING_CONFIRMATION, ActionRecord, EventRecord, Store, Unit
 from worker.cloudamqp import CloudAmqpClient
 from worker.plans import parse_plan
 from worker.policy import (
@@ -139,6 +139,52 @@ class Job:
     plan: str | None = None
 
 
+@dataclass(frozen=True)
+class _Granted:
+    """The claim is ours and the upgrade recorded as in progress: call the API."""
+
+    upgrade: Upgrade
+    scope: str
+    owner: str
+
+
+@dataclass(frozen=True)
+class _Skipped:
+    skip: Skip
+
+
+@dataclass(frozen=True)
+class _Held:
+    """Another worker holds the claim."""
+
+    scope: str
+    lease_left: float
+
+
+@dataclass(frozen=True)
+class _DryRun:
+    upgrade: Upgrade
+
+
+@dataclass(frozen=True)
+class _Reschedule:
+    """An accepted upgrade whose confirmation check is to be scheduled again."""
+
+    instance_id: str
+    plan: str
+
+
+@dataclass(frozen=True)
+class _Decided:
+    """Another delivery of this event got there first."""
+
+    detail: str = "another delivery of this event decided first"
+
+
+# What the first transaction of an alarm did.
+_Step = _Granted | _Skipped | _Held | _DryRun | _Reschedule | _Decided
+
+
 class Processor:
     def __init__(
         self,
@@ -172,7 +218,12 @@ class Processor:
             replayed=alarm.replayed,
         )
         incident = plan_incident(alarm, instance)
-        record = await self.store.record_event(alarm, instance, incident, now)
+        # Recording the event, deciding, claiming and the decision's record commit together:
+        # one transaction for most alarms, and logs only say what was committed.
+        async with self.store.unit() as unit:
+            record = await unit.record_event(alarm, instance, incident, now)
+            job = Job(alarm, instance, record.incident_id, bound)
+            step = await self._first_step(unit, job, record, now)
         if record.new:
             bound.info(
                 f"incident.{record.incident_change}",
@@ -180,24 +231,77 @@ class Processor:
                 key=incident.key,
                 reason=incident.reason,
             )
-        job = Job(alarm, instance, record.incident_id, bound)
-        if record.awaiting_plan is not None and instance is not None and not alarm.replayed:
+        return await self._next_step(job, step)
+
+    async def _first_step(self, unit: Unit, job: Job, record: EventRecord, now: float) -> _Step:
+        alarm = job.alarm
+        if record.awaiting_plan is not None and job.instance_id is not None and not alarm.replayed:
             # Accepted by CloudAMQP, but its confirmation check may have been lost with the
             # connection that delivered this alarm: schedule one (a second one is harmless).
-            bound.info("upgrade.check_rescheduled", plan=record.awaiting_plan)
-            return self._follow(alarm.event_id, instance, record.awaiting_plan)
+            return _Reschedule(job.instance_id, record.awaiting_plan)
         if record.final_status is not None and not alarm.replayed:
-            _already_processed(job, f"its action is already {record.final_status}")
-            return Ack()
-        duplicate = not alarm.replayed and await self.store.key_already_decided(
-            alarm.event_key, alarm.event_id
-        )
-        decision = decide(alarm, DecisionState(duplicate=duplicate), self.settings, now, self.policy)
+            return _Decided(f"its action is already {record.final_status}")
+        decision = decide(alarm, DecisionState(duplicate=record.duplicate), self.settings, now, self.policy)
         if isinstance(decision, Skip):
-            await self._skip(job, decision)
-            return Ack()
+            return await self._skip(unit, job, decision)
         job.instance_id, job.plan = decision.instance_id, decision.plan
-        return await self._upgrade(job, decision, now)
+        return await self._claim(unit, job, decision, now)
+
+    async def _claim(self, unit: Unit, job: Job, upgrade: Upgrade, now: float) -> _Step:
+        dry_run = self.dry_run
+        # Dry runs have their own claims, so that going live does not inherit a cooldown.
+        scope = f"dry-run:{upgrade.scope}" if dry_run else upgrade.scope
+        owner = f"{self.worker_id}/{job.alarm.event_id}/{uuid.uuid4().hex[:8]}"
+        claim = await unit.try_claim(
+            scope,
+            upgrade.instance_id,
+            owner,
+            now,
+            self.settings.claim_lease_seconds,
+            upgrade.cooldown_seconds,
+        )
+        if claim.verdict is ClaimVerdict.COOLING_DOWN:
+            left = (claim.row.cooldown_until if claim.row else now) - now
+            skip = Skip(SkipReason.COOLING_DOWN, f"upgraded recently; cooldown ends in {left:.0f}s")
+            return await self._skip(unit, job, skip)
+        if claim.verdict is ClaimVerdict.HELD:
+            lease_left = (claim.row.lease_until - now) if claim.row else 0.0
+            return _Held(scope, lease_left)
+        if dry_run:
+            record = self._action(job, "dry_run", detail=upgrade.reason)
+            if not await unit.finish_claim(scope, owner, succeeded=True, record=record):
+                return _Decided()
+            return _DryRun(upgrade)
+        await unit.write_action(self._action(job, "in_progress", attempts=job.alarm.attempts + 1))
+        return _Granted(upgrade, scope, owner)
+
+    async def _skip(self, unit: Unit, job: Job, skip: Skip) -> _Step:
+        record = self._action(job, "skipped", reason=skip.reason.value, detail=skip.detail)
+        return _Skipped(skip) if await unit.write_action(record) else _Decided()
+
+    async def _next_step(self, job: Job, step: _Step) -> Outcome:
+        """Say what the committed first step did, and go on from it."""
+        if isinstance(step, _Granted):
+            return await self._call_api(job, step.upgrade, step.scope, step.owner)
+        if isinstance(step, _Skipped):
+            job.log.info("upgrade.skipped", reason=step.skip.reason.value, detail=step.skip.detail)
+            metrics.MESSAGES.labels(step.skip.reason.value).inc()
+            return Ack()
+        if isinstance(step, _Held):
+            delay = defer_delay(self.settings.retry_delays, step.lease_left)
+            job.log.info(
+                "upgrade.deferred", scope=step.scope, lease_left_s=round(step.lease_left, 1), delay_s=delay
+            )
+            return Defer(delay, "another worker holds the upgrade claim")
+        if isinstance(step, _DryRun):
+            job.log.info("upgrade.dry_run", plan=step.upgrade.plan, reason=step.upgrade.reason)
+            metrics.MESSAGES.labels("dry_run").inc()
+            return Ack()
+        if isinstance(step, _Reschedule):
+            job.log.info("upgrade.check_rescheduled", plan=step.plan)
+            return self._follow(job.alarm.event_id, step.instance_id, step.plan)
+        _already_processed(job, step.detail)
+        return Ack()
 
     def _action(self, job: Job, status: str, **fields: Any) -> ActionRecord:
         return ActionRecord(
@@ -211,12 +315,6 @@ class Processor:
             **fields,
         )
 
-    async def _record(self, job: Job, status: str, **fields: Any) -> bool:
-        written = await self.store.write_action(self._action(job, status, **fields))
-        if not written:
-            _already_processed(job)
-        return written
-
     async def _finish(
         self, job: Job, scope: str, owner: str, succeeded: bool, status: str, **fields: Any
     ) -> None:
@@ -225,42 +323,6 @@ class Processor:
         )
         if not written:
             _already_processed(job)
-
-    async def _skip(self, job: Job, skip: Skip) -> None:
-        if await self._record(job, "skipped", reason=skip.reason.value, detail=skip.detail):
-            job.log.info("upgrade.skipped", reason=skip.reason.value, detail=skip.detail)
-            metrics.MESSAGES.labels(skip.reason.value).inc()
-
-    async def _upgrade(self, job: Job, upgrade: Upgrade, now: float) -> Outcome:
-        dry_run = self.dry_run
-        # Dry runs have their own claims, so that going live does not inherit a cooldown.
-        scope = f"dry-run:{upgrade.scope}" if dry_run else upgrade.scope
-        owner = f"{self.worker_id}/{job.alarm.event_id}/{uuid.uuid4().hex[:8]}"
-        claim = await self.store.try_claim(
-            scope,
-            upgrade.instance_id,
-            owner,
-            now,
-            self.settings.claim_lease_seconds,
-            upgrade.cooldown_seconds,
-        )
-        if claim.verdict is ClaimVerdict.COOLING_DOWN:
-            left = (claim.row.cooldown_until if claim.row else now) - now
-            await self._skip(
-                job, Skip(SkipReason.COOLING_DOWN, f"upgraded recently; cooldown ends in {left:.0f}s")
-            )
-            return Ack()
-        if claim.verdict is ClaimVerdict.HELD:
-            lease_left = (claim.row.lease_until - now) if claim.row else 0.0
-            delay = defer_delay(self.settings.retry_delays, lease_left)
-            job.log.info("upgrade.deferred", scope=scope, lease_left_s=round(lease_left, 1), delay_s=delay)
-            return Defer(delay, "another worker holds the upgrade claim")
-        if dry_run:
-            await self._finish(job, scope, owner, True, "dry_run", detail=upgrade.reason)
-            job.log.info("upgrade.dry_run", plan=upgrade.plan, reason=upgrade.reason)
-            metrics.MESSAGES.labels("dry_run").inc()
-            return Ack()
-        return await self._call_api(job, upgrade, scope, owner)
 
     @property
     def check_interval(self) -> float:
@@ -274,7 +336,6 @@ class Processor:
         async def before_request() -> None:
             job.log.info("upgrade.requested", plan=job.plan, rule=upgrade.rule)
 
-        await self._record(job, "in_progress", attempts=attempts)
         try:
             plan = await self._target_plan(upgrade)
             if isinstance(plan, Skip):
@@ -317,6 +378,11 @@ class Processor:
         """Record an upgrade CloudAMQP accepted. Only this worker knows it happened, so a store
         outage is waited out (at least as long as the claim's lease keeps others off) rather
         than turned into a retry that would forget the call and repeat it."""
+        try:
+            await self._finish(job, scope, owner, True, status, **fields)
+            return
+        except Exception as exc:
+            job.log.warning("store.write_retrying", error=repr(exc), attempt=1)
         retrying = AsyncRetrying(
             stop=stop_after_delay(max(self.settings.claim_lease_seconds, 300.0)),
             wait=wait_exponential(multiplier=0.2, max=5),
@@ -324,7 +390,7 @@ class Processor:
             before_sleep=lambda state: job.log.warning(
                 "store.write_retrying",
                 error=repr(state.outcome.exception()) if state.outcome else None,
-                attempt=state.attempt_number,
+                attempt=state.attempt_number + 1,
             ),
         )
         async for attempt in retrying:
