@@ -46,6 +46,9 @@ class Database(Protocol):
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 # How long an SQLite write waits for another process's write lock before failing.
 BUSY_TIMEOUT_MS = 30000
+_BEGIN_WRITE = "BEGIN IMMEDIATE"  # the write lock up front: nothing in the transaction waits
+_BEGIN_READ = "BEGIN"
+_SNAPSHOT = "SELECT 1 FROM sqlite_master LIMIT 1"  # a read transaction takes its snapshot here
 # When the WAL is checkpointed: after this many commits, or this long after the first.
 CHECKPOINT_COMMITS = 200
 CHECKPOINT_SECONDS = 1.0
@@ -136,6 +139,7 @@ class SqliteDatabase:
             conn.execute("PRAGMA wal_autocheckpoint = 0")
             # Cut a WAL that grew during a long burst back to this size after a checkpoint.
             conn.execute("PRAGMA journal_size_limit = 67108864")
+            conn.execute("PRAGMA busy_timeout = 0")  # see _waiting
             return conn
 
         try:
@@ -147,53 +151,65 @@ class SqliteDatabase:
     async def checkpoint(self) -> None:
         """Copy the WAL back into the database file, off the event loop's thread."""
         async with self._lock:
-            done = asyncio.ensure_future(self.run(lambda c: c.execute("PRAGMA wal_checkpoint(RESTART)")))
-            try:
-                await asyncio.shield(done)
-            except asyncio.CancelledError:
-                # The thread finishes it regardless: keep the connection ours until it has.
-                with contextlib.suppress(sqlite3.Error):
-                    await done
-                raise
+            await self._on_thread(lambda c: self._waiting(c, "PRAGMA wal_checkpoint(RESTART)"))
 
     @property
     def conn(self) -> sqlite3.Connection | None:
         return self._conn
 
-    def _try_begin_immediate(self) -> bool:
-        """Take the write lock on the event loop's thread if it is free right now (the usual
-        case: one process, or no other writer this instant) — no thread hop at all. False,
-        with nothing begun, when another process holds it."""
-        assert self._conn is not None
-        self._conn.execute("PRAGMA busy_timeout = 0")
+    @staticmethod
+    def _waiting(conn: sqlite3.Connection, *statements: str) -> None:
+        """Run ``statements`` waiting for other processes' locks (up to the busy timeout); on
+        the database thread only. The connection's own timeout is zero: the event loop's
+        thread never waits for a lock."""
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         try:
-            self._conn.execute("BEGIN IMMEDIATE")
+            for statement in statements:
+                conn.execute(statement)
+        finally:
+            conn.execute("PRAGMA busy_timeout = 0")
+
+    def _begin_now(self, write: bool) -> bool:
+        """Begin on the event loop's thread if no other process is in the way right now (the
+        usual case) — no thread hop at all. False, with nothing begun, when one is."""
+        assert self._conn is not None
+        try:
+            self._conn.execute(_BEGIN_WRITE if write else _BEGIN_READ)
+            if not write:
+                self._conn.execute(_SNAPSHOT)
         except sqlite3.OperationalError as exc:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
             if not _is_busy(exc):
                 raise
             return False
-        finally:
-            self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         return True
+
+    async def _on_thread(self, fn: Callable[[sqlite3.Connection], None]) -> None:
+        """``fn`` on the database thread; if cancelled, the connection stays ours until the
+        thread is done with it."""
+        done = asyncio.ensure_future(self.run(fn))
+        try:
+            await asyncio.shield(done)
+        except asyncio.CancelledError:
+            with contextlib.suppress(sqlite3.Error):
+                await done
+            raise
 
     @asynccontextmanager
     async def transaction(self, *, write: bool = True) -> AsyncIterator[Tx]:
         async with self._lock:
             assert self._conn is not None
-            if write and not self._try_begin_immediate():
-                # Another process holds the write lock: wait for it (up to the busy timeout)
-                # on the database thread, never blocking the event loop.
-                begin = asyncio.ensure_future(self.run(lambda c: c.execute("BEGIN IMMEDIATE")))
+            if not self._begin_now(write):
+                # Another process holds the write lock (or, rarely, the read marks): wait for
+                # it on the database thread, never blocking the event loop.
+                statements = (_BEGIN_WRITE,) if write else (_BEGIN_READ, _SNAPSHOT)
                 try:
-                    await asyncio.shield(begin)
-                except asyncio.CancelledError:
-                    # The thread finishes the BEGIN regardless: end that transaction, then go.
-                    with contextlib.suppress(sqlite3.Error):
-                        await begin
+                    await self._on_thread(lambda c: self._waiting(c, *statements))
+                except BaseException:
+                    if self._conn.in_transaction:
                         self._conn.execute("ROLLBACK")
                     raise
-            elif not write:
-                self._conn.execute("BEGIN")
             try:
                 yield _SqliteTx(self)
                 self._conn.execute("COMMIT")
