@@ -9,17 +9,17 @@ from __future__ import annotations
 import hmac
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import structlog
 from aiohttp import web
 
 from receiver.publisher import Publisher
 from shared import metrics
-from shared.alarm import iso
+from shared.alarm import iso, new_id
 from shared.errors import BrokerUnavailable, StoreError
 from shared.settings import Settings
 from shared.store import Store
@@ -162,7 +162,7 @@ async def receive_alarm(request: web.Request) -> web.Response:
             "not_an_object",
             f"the body is a JSON {type(parsed).__name__}; send one JSON object per alarm",
         )
-    event_id = uuid.uuid4().hex
+    event_id = new_id()
     received_at = time.time()
     try:
         await request.app[PUBLISHER].publish(body, event_id, received_at)
@@ -182,7 +182,9 @@ async def receive_alarm(request: web.Request) -> web.Response:
         instance=parsed.get("instance_id"),
     )
     metrics.ACCEPT_LATENCY.observe(time.perf_counter() - started)
-    return web.json_response({"status": "accepted", "id": event_id}, status=202)
+    return web.Response(
+        body=orjson.dumps({"status": "accepted", "id": event_id}), status=202, content_type="application/json"
+    )
 
 
 # --- read-only views -------------------------------------------------------------------------

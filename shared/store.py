@@ -8,13 +8,12 @@ incident upsert, the claim upsert), never a read followed by a write.
 from __future__ import annotations
 
 import json
-import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from shared.alarm import Alarm
+from shared.alarm import Alarm, new_id
 from shared.claims import ClaimRow, ClaimStatus, ClaimVerdict, claim_verdict
 from shared.db import Database, Row, Tx, open_database
 from shared.errors import StoreError
@@ -115,10 +114,6 @@ class EventRecord:
 class ClaimResult:
     verdict: ClaimVerdict
     row: ClaimRow | None
-
-
-def _new_id() -> str:
-    return secrets.token_hex(16)  # as unique as a uuid4, without building one
 
 
 class Store:
@@ -371,7 +366,7 @@ class Unit:
                        last_seen = excluded.last_seen,
                        last_value = COALESCE(excluded.last_value, incidents.last_value)
                    RETURNING incident_id, event_count""",
-                _new_id(),
+                new_id(),
                 plan.key,
                 instance_id,
                 alarm.alarm_type,

@@ -5,7 +5,6 @@ how the message is to be settled. Transport-free: it sees our ``Alarm``, never a
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -14,7 +13,7 @@ import structlog
 from tenacity import AsyncRetrying, stop_after_delay, wait_exponential
 
 from shared import metrics
-from shared.alarm import Alarm
+from shared.alarm import Alarm, new_id
 from shared.claims import ClaimVerdict
 from shared.errors import DecodeError, PermanentError, RetryableError
 from shared.incidents import plan_incident
@@ -251,7 +250,7 @@ class Processor:
         dry_run = self.dry_run
         # Dry runs have their own claims, so that going live does not inherit a cooldown.
         scope = f"dry-run:{upgrade.scope}" if dry_run else upgrade.scope
-        owner = f"{self.worker_id}/{job.alarm.event_id}/{uuid.uuid4().hex[:8]}"
+        owner = f"{self.worker_id}/{job.alarm.event_id}/{new_id()[:8]}"
         claim = await unit.try_claim(
             scope,
             upgrade.instance_id,
