@@ -93,6 +93,13 @@ def cpu_seconds(pid: int) -> float:
     return float(times.user + times.system)
 
 
+def machine_cpu() -> tuple[float, float]:
+    """Busy and total CPU seconds of the whole machine so far (all cores)."""
+    times = psutil.cpu_times()
+    total = float(sum(times))
+    return total - float(times.idle + getattr(times, "iowait", 0.0)), total
+
+
 @dataclass
 class Processes:
     """Our processes and the baselines', all stopped when the run ends."""

@@ -3,7 +3,7 @@
 ``python -m bench.raw_consumer URL --prefetch N --out FILE [--go GOFILE]``: connects, says
 ``consumer.ready``, waits for ``GOFILE`` to exist (so that several consumers start together),
 acks everything it gets, and after ``--idle`` seconds without a message writes the epoch
-second of every ack to ``FILE``.
+second of every ack, and the CPU seconds it used from the start to its last ack, to ``FILE``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import time
+from typing import Any
 
 import aio_pika
 
@@ -22,6 +23,7 @@ from shared.settings import Settings
 
 async def run(url: str, prefetch: int, idle: float, out: str, go: str | None) -> None:
     acks: list[float] = []
+    cpu = {"start": 0.0, "last": 0.0}
     last = asyncio.Event()
     connection = await aio_pika.connect(url)
     async with connection:
@@ -32,11 +34,13 @@ async def run(url: str, prefetch: int, idle: float, out: str, go: str | None) ->
         async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
             await message.ack()
             acks.append(time.time())
+            cpu["last"] = time.process_time()
             last.set()
 
         print(json.dumps({"event": "consumer.ready", "t": time.time()}), flush=True)
         if go is not None:
             await _starting_gun(go)
+        cpu["start"] = time.process_time()
         await queue.consume(on_message)
         while True:
             last.clear()
@@ -44,7 +48,7 @@ async def run(url: str, prefetch: int, idle: float, out: str, go: str | None) ->
                 await asyncio.wait_for(last.wait(), timeout=idle)
             except TimeoutError:
                 break  # the others took what was left, or it is all done
-    _write(out, acks)
+    _write(out, {"acks": acks, "cpu_s": max(cpu["last"] - cpu["start"], 0.0)})
 
 
 async def _starting_gun(go: str) -> None:
@@ -55,9 +59,9 @@ async def _starting_gun(go: str) -> None:
         await asyncio.sleep(0.002)
 
 
-def _write(out: str, acks: list[float]) -> None:
+def _write(out: str, result: dict[str, Any]) -> None:
     with open(out, "w") as f:
-        json.dump(acks, f)
+        json.dump(result, f)
 
 
 def main() -> None:

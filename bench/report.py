@@ -92,6 +92,10 @@ def _compare_rows(r: dict[str, Any]) -> list[str]:
     ]
 
 
+def _percent(fraction: float | None) -> float | None:
+    return None if fraction is None else round(fraction * 100)
+
+
 def _worker_rows(r: dict[str, Any]) -> list[str]:
     rows = []
     for kind, scales in r["worker"].items():
@@ -101,8 +105,11 @@ def _worker_rows(r: dict[str, Any]) -> list[str]:
             rows.append(
                 _row(
                     f"2 worker throughput, {kind}, {k} proc",
-                    f"{_fmt(res['rate_per_s'])}/s ({_fmt(res['per_process'])}/s per process)",
-                    f"raw consume+ack, {k} proc: {_fmt(raw['rate_per_s'])}/s",
+                    f"{_fmt(res['rate_per_s'])}/s ({_fmt(res['per_process'])}/s per process, "
+                    f"{_fmt(res.get('cpu_us_per_alarm'))} µs CPU/alarm, "
+                    f"machine {_fmt(_percent(res.get('machine_cpu_busy')))} % busy)",
+                    f"raw consume+ack, {k} proc: {_fmt(raw['rate_per_s'])}/s "
+                    f"({_fmt(raw.get('cpu_us_per_message'))} µs CPU/msg)",
                     _fmt(ratio, "×"),
                     "≥ 0.3×",
                     _verdict(ratio >= 0.3 if ratio is not None else None),

@@ -28,6 +28,7 @@ from bench.harness import (
     free_port,
     fresh_postgres,
     fresh_vhost,
+    machine_cpu,
     percentile,
     rss_mb,
     wait_http_ready,
@@ -403,13 +404,19 @@ async def run_workers(cfg: Config, api_url: str, kind: str, k: int) -> dict[str,
             "RETRY_DELAYS": "0.2,0.5",
         }
         workers = [procs.spawn("worker", env) for _ in range(k)]
-        ready = [(await w.wait_event("worker.ready", timeout=60))[0] for w in workers]
+        machine_before = machine_cpu()
+        ready, cpu_before = [], 0.0
+        for worker in workers:
+            ready.append((await worker.wait_event("worker.ready", timeout=60))[0])
+            cpu_before += cpu_seconds(worker.popen.pid)  # start-up (imports) excluded
         all_ready = max(log_time(r) for r in ready)
 
         async def done() -> bool:
             return await decided_count(db_url) >= len(bodies)
 
-        await wait_until(done, timeout=180, interval=0.25, what=f"{len(bodies)} decisions")
+        await wait_until(done, timeout=180, interval=0.1, what=f"{len(bodies)} decisions")
+        cpu = sum(cpu_seconds(w.popen.pid) for w in workers) - cpu_before
+        busy, elapsed = (after - before for after, before in zip(machine_cpu(), machine_before, strict=True))
         for worker in workers:
             await worker.stop()
         first_decision: dict[str, float] = {}
@@ -421,6 +428,10 @@ async def run_workers(cfg: Config, api_url: str, kind: str, k: int) -> dict[str,
     return rate_after(first_decision.values(), all_ready) | {
         "messages": len(bodies),
         "upgrades": len(instances),
+        # Approximate (from each worker's "ready" to the poll that saw the last decision):
+        # where the time went, and whether the machine had anything left to give.
+        "cpu_us_per_alarm": round(cpu / len(bodies) * 1e6),
+        "machine_cpu_busy": round(busy / elapsed, 2) if elapsed else None,
     }
 
 
@@ -454,10 +465,15 @@ async def run_raw_consumers(cfg: Config, k: int) -> dict[str, Any]:
         go.touch()
         for consumer in consumers:
             await consumer.wait(timeout=120)
-    acks = [t for out in outs for t in json.loads(out.read_text())]
+    results = [json.loads(out.read_text()) for out in outs]
     for path in (*outs, go):
         path.unlink()
-    return rate_after(acks, started) | {"messages": len(bodies)}
+    acks = [t for result in results for t in result["acks"]]
+    cpu = sum(result["cpu_s"] for result in results)
+    return rate_after(acks, started) | {
+        "messages": len(bodies),
+        "cpu_us_per_message": round(cpu / len(bodies) * 1e6),
+    }
 
 
 async def bench_workers(cfg: Config) -> dict[str, Any]:

@@ -1,8 +1,10 @@
 """Thin database adapters with one interface: ``transaction()`` yields a ``Tx`` that runs
 SQL written once, with PostgreSQL's ``$1`` placeholders (SQLite gets them as ``?1``).
 
-- SQLite: one connection on one thread per process, WAL mode, ``BEGIN IMMEDIATE`` for writes
-  so that several processes on one host queue for the write lock instead of failing.
+- SQLite: one connection per process, used on the event loop's thread (statements take
+  microseconds), WAL mode, ``BEGIN IMMEDIATE`` for writes; waiting for another process's
+  write lock happens on the event loop without blocking it, and WAL checkpoints (which
+  fsync) on a thread of their own.
 - PostgreSQL: an asyncpg pool; schema changes are serialised with an advisory lock.
 """
 
@@ -158,14 +160,13 @@ class SqliteDatabase:
         return self._conn
 
     @staticmethod
-    def _waiting(conn: sqlite3.Connection, *statements: str) -> None:
-        """Run ``statements`` waiting for other processes' locks (up to the busy timeout); on
+    def _waiting(conn: sqlite3.Connection, statement: str) -> None:
+        """Run ``statement`` waiting for other processes' locks (up to the busy timeout); on
         the database thread only. The connection's own timeout is zero: the event loop's
         thread never waits for a lock."""
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         try:
-            for statement in statements:
-                conn.execute(statement)
+            conn.execute(statement)
         finally:
             conn.execute("PRAGMA busy_timeout = 0")
 
@@ -185,6 +186,23 @@ class SqliteDatabase:
             return False
         return True
 
+    async def _begin_when_free(self, write: bool) -> None:
+        """Another process holds the write lock (or, rarely, the read marks): try again after
+        short jittered pauses — on the event loop, which stays free meanwhile — up to the
+        busy timeout. (SQLite's own busy handler would sleep on a thread, up to 100 ms a
+        try: a second worker process then mostly slept.)"""
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        pause = 0.0002
+        while True:
+            await asyncio.sleep(pause * (0.5 + random.random()))
+            if self._begin_now(write):
+                return
+            if time.monotonic() >= deadline:
+                raise sqlite3.OperationalError(f"database is locked (waited {BUSY_TIMEOUT_MS / 1000:g}s)")
+            # A try costs microseconds and other writers hold the lock for about as long:
+            # keep trying often rather than sleep through the moments it is free.
+            pause = min(pause * 1.5, 0.002)
+
     async def _on_thread(self, fn: Callable[[sqlite3.Connection], None]) -> None:
         """``fn`` on the database thread; if cancelled, the connection stays ours until the
         thread is done with it."""
@@ -201,15 +219,7 @@ class SqliteDatabase:
         async with self._lock:
             assert self._conn is not None
             if not self._begin_now(write):
-                # Another process holds the write lock (or, rarely, the read marks): wait for
-                # it on the database thread, never blocking the event loop.
-                statements = (_BEGIN_WRITE,) if write else (_BEGIN_READ, _SNAPSHOT)
-                try:
-                    await self._on_thread(lambda c: self._waiting(c, *statements))
-                except BaseException:
-                    if self._conn.in_transaction:
-                        self._conn.execute("ROLLBACK")
-                    raise
+                await self._begin_when_free(write)
             try:
                 yield _SqliteTx(self)
                 self._conn.execute("COMMIT")
