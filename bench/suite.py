@@ -346,8 +346,8 @@ def worker_mix(n: int, seed: int = 8) -> tuple[list[bytes], list[str]]:
             rest.append(firsts[rng.randrange(upgrades)])
         elif kind < 11:
             rest.append(alarm_body(k, instances[rng.randrange(upgrades)], value=90 + rng.random()))
-        else:
-            rest.append(alarm_body(k, f"low-{k}", value=50))
+        else:  # a managed instance, below the threshold
+            rest.append(alarm_body(k, instances[rng.randrange(upgrades)], value=40 + rng.random()))
     rng.shuffle(rest)
     return firsts + rest, instances
 
