@@ -54,6 +54,9 @@ _SNAPSHOT = "SELECT 1 FROM sqlite_master LIMIT 1"  # a read transaction takes it
 # When the WAL is checkpointed: after this many commits, or this long after the first.
 CHECKPOINT_COMMITS = 200
 CHECKPOINT_SECONDS = 1.0
+# How long a checkpoint waits for other processes' readers and writer (it holds this process's
+# transactions meanwhile); one that could not finish is simply tried again later.
+CHECKPOINT_WAIT_MS = 1000
 
 log = structlog.get_logger("store")
 
@@ -153,18 +156,20 @@ class SqliteDatabase:
     async def checkpoint(self) -> None:
         """Copy the WAL back into the database file, off the event loop's thread."""
         async with self._lock:
-            await self._on_thread(lambda c: self._waiting(c, "PRAGMA wal_checkpoint(RESTART)"))
+            await self._on_thread(
+                lambda c: self._waiting(c, "PRAGMA wal_checkpoint(RESTART)", CHECKPOINT_WAIT_MS)
+            )
 
     @property
     def conn(self) -> sqlite3.Connection | None:
         return self._conn
 
     @staticmethod
-    def _waiting(conn: sqlite3.Connection, statement: str) -> None:
-        """Run ``statement`` waiting for other processes' locks (up to the busy timeout); on
-        the database thread only. The connection's own timeout is zero: the event loop's
-        thread never waits for a lock."""
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    def _waiting(conn: sqlite3.Connection, statement: str, wait_ms: int) -> None:
+        """Run ``statement`` waiting up to ``wait_ms`` for other processes' locks; on the
+        database thread only. The connection's own timeout is zero: the event loop's thread
+        never waits for a lock."""
+        conn.execute(f"PRAGMA busy_timeout = {wait_ms}")
         try:
             conn.execute(statement)
         finally:
@@ -243,8 +248,8 @@ class SqliteDatabase:
 class _Checkpointer:
     """Checkpoints the WAL after ``CHECKPOINT_COMMITS`` commits, or ``CHECKPOINT_SECONDS``
     after the first one, on the database thread while this process's transactions wait
-    (without blocking the event loop). RESTART mode waits for other processes' writer and
-    readers (through the busy handler), so the checkpoint completes even under steady
+    (without blocking the event loop). RESTART mode waits (up to ``CHECKPOINT_WAIT_MS``) for
+    other processes' writer and readers, so the checkpoint completes even under steady
     writes and the next write starts the WAL from its beginning: it stays bounded."""
 
     def __init__(self, db: SqliteDatabase):

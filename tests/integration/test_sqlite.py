@@ -7,6 +7,7 @@ import asyncio
 import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 from shared.db import SqliteDatabase, _set_wal
@@ -86,4 +87,32 @@ async def test_the_wal_is_checkpointed_in_the_background_and_stays_bounded(tmp_p
         assert wal < 12 * 2**20, f"WAL is {wal} bytes"
         assert len(await store.list_events(limit=2000)) == 1500
     finally:
+        await store.close()
+
+
+async def test_a_checkpoint_gives_up_soon_while_another_process_keeps_reading(tmp_path: Path) -> None:
+    # A checkpoint holds this process's transactions while it waits; a reader elsewhere that
+    # keeps an old snapshot open (an operator's sqlite3 shell) must not stall them for long.
+    path = tmp_path / "state.db"
+    store = await Store.open(f"sqlite:///{path}")
+    reader = sqlite3.connect(path, isolation_level=None)
+    try:
+        for n in range(3):
+            a = alarm(f"e{n}")
+            await store.record_event(a, "i1", plan_incident(a, "i1"), 100.0)
+        reader.execute("BEGIN")
+        reader.execute("SELECT COUNT(*) FROM events").fetchone()
+        later = alarm("e-later")
+        await store.record_event(later, "i1", plan_incident(later, "i1"), 100.0)
+        db = store.db
+        assert isinstance(db, SqliteDatabase)
+
+        started = time.monotonic()
+        await asyncio.wait_for(db.checkpoint(), timeout=10)
+
+        assert time.monotonic() - started < 5
+        last = alarm("e-last")
+        assert (await store.record_event(last, "i1", plan_incident(last, "i1"), 100.0)).new
+    finally:
+        reader.close()
         await store.close()
