@@ -624,22 +624,10 @@ async def bench_footprint(cfg: Config, idle: float = 3.0) -> dict[str, Any]:
         # (no --go: it consumes at once, from an empty queue)
         start_raw = (await raw.wait_event("consumer.ready", timeout=60))[0]["t"] - spawned
         await asyncio.sleep(idle)  # idle, by definition: nothing to wait for
-        out["receiver"] = {
-            "rss_mb": round(rss_mb(receiver.popen.pid), 1),
-            "start_to_ready_s": round(start_receiver, 2),
-        }
-        out["worker"] = {
-            "rss_mb": round(rss_mb(worker.popen.pid), 1),
-            "start_to_ready_s": round(start_worker, 2),
-        }
-        out["bare_aiohttp"] = {
-            "rss_mb": round(rss_mb(bare.popen.pid), 1),
-            "start_to_ready_s": round(start_bare, 2),
-        }
-        out["raw_consumer"] = {
-            "rss_mb": round(rss_mb(raw.popen.pid), 1),
-            "start_to_ready_s": round(start_raw, 2),
-        }
+        started = {"receiver": (receiver, start_receiver), "worker": (worker, start_worker)}
+        started |= {"bare_aiohttp": (bare, start_bare), "raw_consumer": (raw, start_raw)}
+        for name, (proc, start) in started.items():
+            out[name] = {"rss_mb": round(rss_mb(proc.popen.pid), 1), "start_to_ready_s": round(start, 2)}
     for ours, base in (("receiver", "bare_aiohttp"), ("worker", "raw_consumer")):
         out[ours]["rss_ratio"] = round(out[ours]["rss_mb"] / out[base]["rss_mb"], 2)
         out[ours]["start_ratio"] = round(out[ours]["start_to_ready_s"] / out[base]["start_to_ready_s"], 2)

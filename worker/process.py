@@ -377,11 +377,6 @@ class Processor:
         """Record an upgrade CloudAMQP accepted. Only this worker knows it happened, so a store
         outage is waited out (at least as long as the claim's lease keeps others off) rather
         than turned into a retry that would forget the call and repeat it."""
-        try:
-            await self._finish(job, scope, owner, True, status, **fields)
-            return
-        except Exception as exc:
-            job.log.warning("store.write_retrying", error=repr(exc), attempt=1)
         retrying = AsyncRetrying(
             stop=stop_after_delay(max(self.settings.claim_lease_seconds, 300.0)),
             wait=wait_exponential(multiplier=0.2, max=5),
@@ -389,7 +384,7 @@ class Processor:
             before_sleep=lambda state: job.log.warning(
                 "store.write_retrying",
                 error=repr(state.outcome.exception()) if state.outcome else None,
-                attempt=state.attempt_number + 1,
+                attempt=state.attempt_number,
             ),
         )
         async for attempt in retrying:
