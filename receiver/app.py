@@ -61,49 +61,50 @@ def json_error(
     )
 
 
-def _route_name(request: web.Request) -> str:
+# (route, status) → its counter: labels() costs a lock and a lookup on every request.
+_REQUEST_COUNTERS: dict[tuple[str, int], Any] = {}
+
+
+def _count(request: web.Request, status: int) -> None:
     resource = request.match_info.route.resource
-    return resource.canonical if resource is not None else "unmatched"
+    route = resource.canonical if resource is not None else "unmatched"
+    child = _REQUEST_COUNTERS.get((route, status))
+    if child is None:
+        child = _REQUEST_COUNTERS[route, status] = metrics.RECEIVER_REQUESTS.labels(route, str(status))
+    child.inc()
 
 
 @web.middleware
-async def metrics_middleware(
+async def middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
+    """Every answer is counted, and every error is JSON — aiohttp's own (404, 405, 413 from
+    ``client_max_size``, …) and unexpected exceptions (500, never a traceback) included.
+    One middleware, not two: each layer costs every request a coroutine (docs/benchmarks.md)."""
     try:
         response = await handler(request)
     except web.HTTPException as exc:
-        metrics.RECEIVER_REQUESTS.labels(_route_name(request), str(exc.status)).inc()
-        raise
-    metrics.RECEIVER_REQUESTS.labels(_route_name(request), str(response.status)).inc()
-    return response
-
-
-@web.middleware
-async def error_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/json":
+            _count(request, exc.status)
             raise
         # aiohttp's own errors (404, 405, 413 from client_max_size, …) become JSON too.
         detail = exc.text or exc.reason
         if exc.status == 413:
             detail = f"the body must be at most {MAX_BODY} bytes"
         headers = {k: v for k, v in exc.headers.items() if k.lower() in {"allow", "retry-after"}}
-        return web.json_response(
+        response = web.json_response(
             {"error": _ERROR_NAMES.get(exc.status, "error"), "detail": detail},
             status=exc.status,
             headers=headers,
         )
     except Exception:
         log.exception("request.failed", path=request.path)
-        return web.json_response(
+        response = web.json_response(
             {"error": "internal_error", "detail": "unexpected error; see the receiver log"},
             status=500,
         )
+    _count(request, response.status)
+    return response
 
 
 def check_token(request: web.Request) -> None:
@@ -153,8 +154,8 @@ async def receive_alarm(request: web.Request) -> web.Response:
         )
     body = await request.read()
     try:
-        parsed = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
         raise json_error(web.HTTPBadRequest, "invalid_json", f"the body is not valid JSON: {exc}") from None
     if not isinstance(parsed, dict):
         raise json_error(
@@ -353,7 +354,7 @@ def setup_routes(app: web.Application) -> None:
 
 def create_app(settings: Settings) -> web.Application:
     """The receiver application; broker and store are opened when it starts."""
-    app = web.Application(middlewares=[metrics_middleware, error_middleware], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[middleware], client_max_size=MAX_BODY)
     app[SETTINGS] = settings
     app[OPENAPI] = OPENAPI_PATH.read_bytes()
 

@@ -25,7 +25,6 @@ def configure_logging(log_format: str, level: str) -> None:
     logging.basicConfig(stream=sys.stderr, level=max(numeric, logging.WARNING), format="%(message)s")
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,

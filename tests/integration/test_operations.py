@@ -40,12 +40,21 @@ async def test_given_traffic_then_receiver_and_worker_counters_move(
     assert (await stack.post(seed_alarm(value=85)))[0] == 202
     assert (await stack.post(seed_alarm(value=50)))[0] == 202
     assert (await stack.post([1]))[0] == 400
+    async with aiohttp.ClientSession() as session:
+        # aiohttp's own errors: JSON like ours, and counted like ours.
+        async with session.get(stack.base + "/nowhere") as resp:
+            assert resp.status == 404 and (await resp.json())["error"] == "not_found"
+        async with session.get(stack.base + "/cloudamqp/alarm") as resp:
+            assert resp.status == 405 and (await resp.json())["error"] == "method_not_allowed"
+            assert "POST" in resp.headers["Allow"]
     await stack.wait_actions(2)
 
     receiver = await scrape(stack.base + "/metrics")
     worker = await scrape(f"http://127.0.0.1:{port}/metrics")
     assert receiver['autopilot_receiver_requests_total{route="/cloudamqp/alarm",status="202"}'] == 2
     assert receiver['autopilot_receiver_requests_total{route="/cloudamqp/alarm",status="400"}'] == 1
+    assert receiver['autopilot_receiver_requests_total{route="unmatched",status="404"}'] == 1
+    assert receiver['autopilot_receiver_requests_total{route="unmatched",status="405"}'] == 1
     assert receiver["autopilot_receiver_accept_seconds_count"] == 2
     assert worker['autopilot_worker_messages_total{outcome="upgraded"}'] == 1
     assert worker['autopilot_worker_messages_total{outcome="below_threshold"}'] == 1
