@@ -48,6 +48,7 @@ def _accept_rows(r: dict[str, Any]) -> list[str]:
             "–",
             "–",
         ),
+        *_least_rows(r),
         *_compare_rows(r),
         _row(
             f"1 accept latency at {_fmt(fixed['target_rate'])}/s",
@@ -61,6 +62,23 @@ def _accept_rows(r: dict[str, Any]) -> list[str]:
             "p99 ≤ 10 ms",
             _verdict(fixed["p99_ms"] <= 10),
         ),
+    ]
+
+
+def _least_rows(r: dict[str, Any]) -> list[str]:
+    if "least_receiver" not in r:
+        return []
+    least = r["least_receiver"]
+    return [
+        _row(
+            "1 accept rate, c=64",
+            "receiver",
+            f"least receiver (read, parse, publish+confirm, 202) {_fmt(least['rate_per_s'])}/s "
+            f"({least['server_cpu_cores']} cores, {_fmt(least.get('cpu_us_per_request'))} µs CPU/req)",
+            _fmt(r["ratio_vs_least_receiver"], "×"),
+            "–",
+            f"least receiver: {_fmt(r['least_ratio_vs_raw_publish'], '×')} raw",
+        )
     ]
 
 

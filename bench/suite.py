@@ -152,6 +152,18 @@ async def accept_bare(cfg: Config, fixed_rate: float | None = None) -> dict[str,
     return {**result.summary(), "server_cpu_cores": cores, "cpu_us_per_request": _per_request(cores, result)}
 
 
+async def accept_least(cfg: Config) -> dict[str, Any]:
+    """Baseline (c): read, parse, publish with the receiver's ``Publisher``, 202 — nothing else."""
+    async with fresh_vhost() as amqp_url, running(cfg) as procs:
+        port = free_port()
+        least, _ = await procs.start(
+            "bench.least_receiver", {}, "least_receiver.ready", [amqp_url, "--port", str(port)]
+        )
+        url = f"http://127.0.0.1:{port}/cloudamqp/alarm"
+        result, cores = await measure_http(cfg, url, least.popen.pid)
+    return {**result.summary(), "server_cpu_cores": cores, "cpu_us_per_request": _per_request(cores, result)}
+
+
 def _per_request(cores: float, result: LoadResult) -> float | None:
     """Server CPU microseconds per answered request (the measure that a busy machine moves least)."""
     rate = result.rate()
@@ -199,12 +211,18 @@ async def accept_receiver(
 async def bench_accept(cfg: Config) -> dict[str, Any]:
     """Receiver vs raw publish-confirm vs bare aiohttp, interleaved over ``cfg.rounds`` rounds
     (the machine is shared: interleaving spreads its noise evenly); medians reported."""
-    runs: dict[str, list[dict[str, Any]]] = {"bare_aiohttp": [], "raw_publish_confirm": [], "receiver": []}
+    runs: dict[str, list[dict[str, Any]]] = {
+        "bare_aiohttp": [],
+        "raw_publish_confirm": [],
+        "least_receiver": [],
+        "receiver": [],
+    }
     if cfg.compare_root:
         runs["receiver_compare"] = []
     for n in range(cfg.rounds):
         runs["bare_aiohttp"].append(await accept_bare(cfg))
         runs["raw_publish_confirm"].append(await accept_raw(cfg))
+        runs["least_receiver"].append(await accept_least(cfg))
         profile = "receiver-c64" if n == 0 and cfg.profile else None
         runs["receiver"].append(await accept_receiver(cfg, None, profile=profile))
         if cfg.compare_root:
@@ -228,6 +246,9 @@ async def bench_accept(cfg: Config) -> dict[str, Any]:
     ours = out["receiver"]["rate_per_s"]
     out["ratio_vs_raw_publish"] = round(ours / raw, 3) if raw else None
     out["ratio_vs_bare_aiohttp"] = round(ours / bare_rate, 3) if bare_rate else None
+    least = out["least_receiver"]["rate_per_s"]
+    out["least_ratio_vs_raw_publish"] = round(least / raw, 3) if least and raw else None
+    out["ratio_vs_least_receiver"] = round(ours / least, 3) if least else None
     if cfg.compare_root and raw:
         out["compare_ratio_vs_raw_publish"] = round(out["receiver_compare"]["rate_per_s"] / raw, 3)
     return out
