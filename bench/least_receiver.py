@@ -2,7 +2,8 @@
 own ``Publisher`` (persistent, mandatory, confirmed), answer 202. No token, no validation
 beyond "is JSON", no log line, no metrics, no middleware.
 
-``python -m bench.least_receiver AMQP_URL --port P``. What is left between it and the receiver
+``python -m bench.least_receiver [AMQP_URL] [--port P]`` (defaults: ``RABBITMQ_URL`` and
+``RECEIVER_PORT`` from the environment, as the receiver reads them). What is left between it and the receiver
 is what the receiver does for its operators; what is left between it and the raw publisher is
 the HTTP server's share.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from collections.abc import AsyncIterator
 
@@ -35,14 +37,21 @@ async def accept(request: web.Request) -> web.Response:
     )
 
 
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("url")
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("url", nargs="?", default=os.environ.get("RABBITMQ_URL"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("RECEIVER_PORT", "8080")))
     args = parser.parse_args()
+    if not args.url:
+        parser.error("no AMQP URL (argument or RABBITMQ_URL)")
     uvloop.install()
     app = web.Application()
     app.router.add_post("/cloudamqp/alarm", accept)
+    app.router.add_get("/healthz", healthz)
 
     async def publisher(app: web.Application) -> AsyncIterator[None]:
         app[PUBLISHER] = Publisher(args.url, Settings().retry_delays)
