@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from shared.alarm import decode_alarm, event_key
+from shared.alarm import decode_alarm, event_key, new_id
 from shared.errors import DecodeError, PermanentError, RetryableError
 from worker.cloudamqp import classify, parse_retry_after
 
@@ -63,3 +65,18 @@ def test_garbage_is_a_decode_error(body: bytes) -> None:
 def test_event_key_is_content_based_and_order_independent() -> None:
     assert event_key({"a": 1, "b": 2}) == event_key({"b": 2, "a": 1})
     assert event_key({"a": 1}) != event_key({"a": 2})
+
+
+def test_ids_are_32_hex_digits_and_a_forked_child_does_not_repeat_its_parent() -> None:
+    first, second = new_id(), new_id()
+    assert first != second and len(first) == 32 and int(first, 16) >= 0
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next id, to the parent
+        os.write(write, new_id().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    assert child != new_id()
