@@ -28,9 +28,9 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.harness import ROOT, fresh_vhost
-from bench.suite import alarm_body
-from tests.support import free_port, wait_until
+from bench.harness import ROOT, fresh_vhost, wait_http_ready
+from bench.suite import alarm_body, code_root_env, receiver_env
+from tests.support import free_port
 
 WARM_UP = 300
 
@@ -51,14 +51,6 @@ async def _load(url: str, n: int, concurrency: int) -> int:
 
         await asyncio.gather(*(client() for _ in range(concurrency)))
     return bad
-
-
-async def _answers(url: str) -> bool:
-    try:
-        async with aiohttp.ClientSession() as session, session.get(url) as resp:
-            return resp.status == 200
-    except aiohttp.ClientError:
-        return False
 
 
 def _toggle(pid: int, on: bool) -> None:
@@ -93,21 +85,15 @@ async def count(root: Path, module: str, requests: int, concurrency: int) -> dic
             port = free_port()
             env = {
                 **os.environ,
-                "RABBITMQ_URL": amqp_url,
-                "DATABASE_URL": f"sqlite:///{workdir}/receiver.db",
-                "RECEIVER_HOST": "127.0.0.1",
-                "RECEIVER_PORT": str(port),
-                "WEBHOOK_TOKEN": "",
                 "LOG_FORMAT": "json",
                 "LOG_LEVEL": "info",
-                "PYTHONPATH": str(root),
-                "PYTHONSAFEPATH": "1",
+                **receiver_env(amqp_url, workdir, port, **code_root_env(root)),
             }
             out = workdir / "callgrind.out"
             proc = _start(root, module, env, out, workdir / "process.log")
             try:
                 base = f"http://127.0.0.1:{port}"
-                await wait_until(lambda: _answers(f"{base}/healthz"), timeout=300, what="receiver up")
+                await wait_http_ready(f"{base}/healthz", timeout=300)
                 url = f"{base}/cloudamqp/alarm"
                 if await _load(url, WARM_UP, concurrency):
                     raise RuntimeError("warm-up requests were not accepted")
