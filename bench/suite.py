@@ -209,8 +209,9 @@ async def accept_receiver(
 
 
 async def bench_accept(cfg: Config) -> dict[str, Any]:
-    """Receiver vs raw publish-confirm vs bare aiohttp, interleaved over ``cfg.rounds`` rounds
-    (the machine is shared: interleaving spreads its noise evenly); medians reported."""
+    """Receiver vs raw publish-confirm, bare aiohttp and the least receiver, interleaved over
+    ``cfg.rounds`` rounds (the machine is shared: interleaving spreads its noise evenly);
+    medians reported."""
     runs: dict[str, list[dict[str, Any]]] = {
         "bare_aiohttp": [],
         "raw_publish_confirm": [],
