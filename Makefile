@@ -15,10 +15,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: install ## RabbitMQ if needed, then a receiver and a worker in the foreground (Ctrl-C stops all)
-	$(PY) -m shared.launcher
+	$(PY) -m tools.launcher
 
 demo: install ## post sample alarms to the receiver `make run` started, and show the results
-	$(PY) -m shared.demo
+	$(PY) -m tools.demo
 
 test: install ## every test (needs RabbitMQ with management, and PostgreSQL)
 	$(PY) -m pytest
