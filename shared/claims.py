@@ -2,8 +2,16 @@
 conditional upsert, so that the check and the take are a single atomic step.
 
 A claim on a scope (an instance, or an instance and a rule) is one row:
-``held`` while a worker is calling the API (until ``lease_until``), ``done`` after the
-upgrade started (no other until ``cooldown_until``), ``released`` after a retryable failure.
+``held`` while a worker is calling the API (until ``lease_until``, which the holder renews
+while it works), ``done`` after the upgrade started (no other until ``cooldown_until``),
+``released`` after a retryable failure.
+
+A lease that ran out is not taken over at once. Its holder may be alive, with an upgrade
+CloudAMQP already carried out, unable to say so because the store was away: after the outage
+it and a taker race for the store, and a taker that wins calls the API a second time. So the
+first worker to find the lease run out only marks the claim ``stale`` and gives the holder one
+more lease — counted from a moment the store answered — to report (its outcome, or a renewal,
+ends the notice). Only a ``stale`` claim whose extra lease also ran out is taken over.
 """
 
 from __future__ import annotations
@@ -14,12 +22,14 @@ from enum import StrEnum
 
 class ClaimStatus(StrEnum):
     HELD = "held"
+    STALE = "stale"  # the lease ran out and a taker is waiting one more lease for the holder
     DONE = "done"
     RELEASED = "released"
 
 
 class ClaimVerdict(StrEnum):
     GRANTED = "granted"
+    NOTICED = "noticed"  # the lease ran out: marked stale, the holder has one more lease
     HELD = "held"  # another worker is on it and its lease has not expired: defer
     COOLING_DOWN = "cooling_down"
 
@@ -34,9 +44,11 @@ class ClaimRow:
 
 
 def claim_verdict(existing: ClaimRow | None, now: float) -> ClaimVerdict:
-    """May a worker take the claim now? Mirrors the WHERE clause of ``Store.try_claim``."""
+    """What asking for the claim now does. Mirrors the upsert of ``Unit.try_claim``."""
     if existing is None or existing.status is ClaimStatus.RELEASED:
         return ClaimVerdict.GRANTED
-    if existing.status is ClaimStatus.HELD:
-        return ClaimVerdict.GRANTED if existing.lease_until <= now else ClaimVerdict.HELD
+    if existing.status in (ClaimStatus.HELD, ClaimStatus.STALE):
+        if existing.lease_until > now:
+            return ClaimVerdict.HELD
+        return ClaimVerdict.GRANTED if existing.status is ClaimStatus.STALE else ClaimVerdict.NOTICED
     return ClaimVerdict.GRANTED if existing.cooldown_until <= now else ClaimVerdict.COOLING_DOWN

@@ -206,6 +206,10 @@ class Store:
         async with self.unit() as unit:
             return await unit.try_claim(scope, instance_id, owner, now, lease, cooldown)
 
+    async def renew_claim(self, scope: str, owner: str, lease_until: float) -> bool:
+        async with self.unit() as unit:
+            return await unit.renew_claim(scope, owner, lease_until)
+
     async def finish_claim(
         self, scope: str, owner: str, *, succeeded: bool, record: ActionRecord | None = None
     ) -> bool:
@@ -435,19 +439,26 @@ class Unit:
     async def try_claim(
         self, scope: str, instance_id: str, owner: str, now: float, lease: float, cooldown: float
     ) -> ClaimResult:
-        """Take the claim on ``scope`` in one conditional upsert (see ``claim_verdict``)."""
+        """Take the claim on ``scope`` in one conditional upsert (see ``claim_verdict``).
+
+        A held lease that ran out is not taken: the same statement marks it ``stale`` and
+        gives its holder (still the owner) one more lease from now, and says ``NOTICED``."""
         row = await self.tx.fetchrow(
             """INSERT INTO claims (scope, instance_id, status, owner, claimed_at,
                    lease_until, cooldown_until)
                VALUES ($1, $2, 'held', $3, $4, $5, $6)
                ON CONFLICT (scope) DO UPDATE SET
-                   status = 'held', owner = excluded.owner,
-                   claimed_at = excluded.claimed_at, lease_until = excluded.lease_until,
-                   cooldown_until = excluded.cooldown_until
+                   status = CASE WHEN claims.status = 'held' THEN 'stale' ELSE 'held' END,
+                   owner = CASE WHEN claims.status = 'held' THEN claims.owner ELSE excluded.owner END,
+                   claimed_at = CASE WHEN claims.status = 'held'
+                                THEN claims.claimed_at ELSE excluded.claimed_at END,
+                   lease_until = excluded.lease_until,
+                   cooldown_until = CASE WHEN claims.status = 'held'
+                                    THEN claims.cooldown_until ELSE excluded.cooldown_until END
                WHERE claims.status = 'released'
-                  OR (claims.status = 'held' AND claims.lease_until <= excluded.claimed_at)
+                  OR (claims.status IN ('held', 'stale') AND claims.lease_until <= excluded.claimed_at)
                   OR (claims.status = 'done' AND claims.cooldown_until <= excluded.claimed_at)
-               RETURNING scope""",
+               RETURNING scope, status, owner, lease_until, cooldown_until""",
             scope,
             instance_id,
             owner,
@@ -456,12 +467,28 @@ class Unit:
             now + cooldown,
         )
         if row is not None:
-            return ClaimResult(ClaimVerdict.GRANTED, None)
+            if row["owner"] == owner:
+                return ClaimResult(ClaimVerdict.GRANTED, None)
+            return ClaimResult(ClaimVerdict.NOTICED, _claim_row(row))
         current = await self.tx.fetchrow("SELECT * FROM claims WHERE scope = $1", scope)
         claim = _claim_row(current) if current else None
         verdict = claim_verdict(claim, now)
-        # The upsert refused, so the rules cannot say "granted" for this row.
-        return ClaimResult(ClaimVerdict.HELD if verdict is ClaimVerdict.GRANTED else verdict, claim)
+        # The upsert refused, so the rules cannot say "granted" (or "noticed") for this row.
+        if verdict in (ClaimVerdict.GRANTED, ClaimVerdict.NOTICED):
+            verdict = ClaimVerdict.HELD
+        return ClaimResult(verdict, claim)
+
+    async def renew_claim(self, scope: str, owner: str, lease_until: float) -> bool:
+        """The holder is still at work: extend its lease (and end a takeover notice)."""
+        row = await self.tx.fetchrow(
+            """UPDATE claims SET status = 'held', lease_until = $3
+               WHERE scope = $1 AND owner = $2 AND status IN ('held', 'stale')
+               RETURNING scope""",
+            scope,
+            owner,
+            lease_until,
+        )
+        return row is not None
 
     async def finish_claim(
         self, scope: str, owner: str, *, succeeded: bool, record: ActionRecord | None = None

@@ -4,8 +4,11 @@ how the message is to be settled. Transport-free: it sees our ``Alarm``, never a
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -154,10 +157,12 @@ class _Skipped:
 
 @dataclass(frozen=True)
 class _Held:
-    """Another worker holds the claim."""
+    """Another worker holds the claim (``noticed``: its lease had run out, and it now has one
+    more lease to report before the claim can be taken over)."""
 
     scope: str
     lease_left: float
+    noticed: bool = False
 
 
 @dataclass(frozen=True)
@@ -263,9 +268,9 @@ class Processor:
             left = (claim.row.cooldown_until if claim.row else now) - now
             skip = Skip(SkipReason.COOLING_DOWN, f"upgraded recently; cooldown ends in {left:.0f}s")
             return await self._skip(unit, job, skip)
-        if claim.verdict is ClaimVerdict.HELD:
+        if claim.verdict in (ClaimVerdict.HELD, ClaimVerdict.NOTICED):
             lease_left = (claim.row.lease_until - now) if claim.row else 0.0
-            return _Held(scope, lease_left)
+            return _Held(scope, lease_left, noticed=claim.verdict is ClaimVerdict.NOTICED)
         if dry_run:
             record = self._action(job, "dry_run", detail=upgrade.reason)
             if not await unit.finish_claim(scope, owner, succeeded=True, record=record):
@@ -281,7 +286,8 @@ class Processor:
     async def _next_step(self, job: Job, step: _Step) -> Outcome:
         """Say what the committed first step did, and go on from it."""
         if isinstance(step, _Granted):
-            return await self._call_api(job, step.upgrade, step.scope, step.owner)
+            async with self._renewing(job, step.scope, step.owner):
+                return await self._call_api(job, step.upgrade, step.scope, step.owner)
         if isinstance(step, _Skipped):
             job.log.info("upgrade.skipped", reason=step.skip.reason.value, detail=step.skip.detail)
             metrics.MESSAGES.labels(step.skip.reason.value).inc()
@@ -289,7 +295,11 @@ class Processor:
         if isinstance(step, _Held):
             delay = defer_delay(self.settings.retry_delays, step.lease_left)
             job.log.info(
-                "upgrade.deferred", scope=step.scope, lease_left_s=round(step.lease_left, 1), delay_s=delay
+                "upgrade.deferred",
+                scope=step.scope,
+                lease_left_s=round(step.lease_left, 1),
+                delay_s=delay,
+                stale_claim=step.noticed,
             )
             return Defer(delay, "another worker holds the upgrade claim")
         if isinstance(step, _DryRun):
@@ -322,6 +332,29 @@ class Processor:
         )
         if not written:
             _already_processed(job)
+
+    @asynccontextmanager
+    async def _renewing(self, job: Job, scope: str, owner: str) -> AsyncIterator[None]:
+        """Renew the claim's lease every third of it while this worker calls the API and
+        records the outcome: a slow call or a slow write never lets the lease run out under
+        a worker that is alive (``shared.claims`` covers a store that cannot be reached)."""
+        lease = self.settings.claim_lease_seconds
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(lease / 3)
+                try:
+                    await self.store.renew_claim(scope, owner, self.clock() + lease)
+                except Exception as exc:
+                    job.log.warning("claim.renew_failed", error=f"{type(exc).__name__}: {exc}")
+
+        task = asyncio.ensure_future(renew())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     @property
     def check_interval(self) -> float:
@@ -379,7 +412,9 @@ class Processor:
         than turned into a retry that would forget the call and repeat it."""
         retrying = AsyncRetrying(
             stop=stop_after_delay(max(self.settings.claim_lease_seconds, 300.0)),
-            wait=wait_exponential(multiplier=0.2, max=5),
+            # Tried well within a lease: once the store is back, a worker that found the lease
+            # run out gives this one a single lease to report (see ``shared.claims``).
+            wait=wait_exponential(multiplier=0.2, max=min(5.0, self.settings.claim_lease_seconds / 4)),
             reraise=True,
             before_sleep=lambda state: job.log.warning(
                 "store.write_retrying",

@@ -97,12 +97,27 @@ async def test_the_first_final_word_about_an_event_wins_unless_replayed(store: S
         # (action, at) steps before the final claim at t=100; owner "w1" takes the first claim at t=0.
         ([], ClaimVerdict.GRANTED),
         ([("claim", 0)], ClaimVerdict.HELD),  # lease 120 still running at 100
-        ([("claim", -30)], ClaimVerdict.GRANTED),  # lease ran out at 90
+        ([("claim", -30)], ClaimVerdict.NOTICED),  # lease ran out at 90: marked stale, not taken
+        ([("claim", -300), ("notice", -150)], ClaimVerdict.GRANTED),  # stale, extra lease over at -30
+        ([("claim", -200), ("notice", 0)], ClaimVerdict.HELD),  # the holder's extra lease runs
+        ([("claim", -300), ("notice", -150), ("done", 0)], ClaimVerdict.COOLING_DOWN),  # it reported
+        ([("claim", -300), ("notice", -150), ("renew", -10)], ClaimVerdict.HELD),  # it is alive
         ([("claim", 0), ("done", 0)], ClaimVerdict.COOLING_DOWN),  # cooldown 1800
         ([("claim", -2000), ("done", 0)], ClaimVerdict.GRANTED),  # cooldown over
         ([("claim", 0), ("release", 0)], ClaimVerdict.GRANTED),  # released after a retryable failure
     ],
-    ids=["free", "held", "lease-expired", "cooling-down", "cooldown-over", "released"],
+    ids=[
+        "free",
+        "held",
+        "lease-expired",
+        "stale-expired",
+        "stale-running",
+        "stale-then-reported",
+        "stale-then-renewed",
+        "cooling-down",
+        "cooldown-over",
+        "released",
+    ],
 )
 async def test_claim_rules_in_the_store(
     store: Store, steps: list[tuple[str, float]], expected: ClaimVerdict
@@ -110,6 +125,10 @@ async def test_claim_rules_in_the_store(
     for action, at in steps:
         if action == "claim":
             await store.try_claim("i1", "i1", "w1", at, 120, 1800)
+        elif action == "notice":
+            assert (await store.try_claim("i1", "i1", "w0", at, 120, 1800)).verdict is ClaimVerdict.NOTICED
+        elif action == "renew":
+            assert await store.renew_claim("i1", "w1", at + 120)
         else:
             await store.finish_claim("i1", "w1", succeeded=action == "done")
 

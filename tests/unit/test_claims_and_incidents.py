@@ -22,7 +22,9 @@ def row(status: ClaimStatus, lease_until: float = 0.0, cooldown_until: float = 0
     [
         ("claim free", None, ClaimVerdict.GRANTED),
         ("claim held, lease running", row(ClaimStatus.HELD, lease_until=NOW + 1), ClaimVerdict.HELD),
-        ("lease expired", row(ClaimStatus.HELD, lease_until=NOW), ClaimVerdict.GRANTED),
+        ("lease expired: notice first", row(ClaimStatus.HELD, lease_until=NOW), ClaimVerdict.NOTICED),
+        ("stale, the holder's extra lease running", row(ClaimStatus.STALE, NOW + 1), ClaimVerdict.HELD),
+        ("stale, extra lease over", row(ClaimStatus.STALE, lease_until=NOW), ClaimVerdict.GRANTED),
         ("cooling down", row(ClaimStatus.DONE, cooldown_until=NOW + 1), ClaimVerdict.COOLING_DOWN),
         ("cooldown over", row(ClaimStatus.DONE, cooldown_until=NOW - 1), ClaimVerdict.GRANTED),
         ("released after failure", row(ClaimStatus.RELEASED, NOW + 100, NOW + 100), ClaimVerdict.GRANTED),
