@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from dotenv import dotenv_values
+
 T = TypeVar("T")
 
 
@@ -91,17 +93,12 @@ def redact_url(url: str) -> str:
 
 
 def read_dotenv(path: Path) -> dict[str, str]:
-    """``KEY=value`` lines of an optional ``.env`` file; the process environment wins."""
+    """The variables of an optional ``.env`` file, read by python-dotenv: quotes, ``export``,
+    inline comments, escapes and ``${VAR}`` as shells and docker compose read them (a key
+    without ``=`` is left out). The process environment wins over them (``from_env``)."""
     if not path.is_file():
         return {}
-    out: dict[str, str] = {}
-    for raw in path.read_text(encoding="utf-8").splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.removeprefix("export ").partition("=")
-        out[key.strip()] = value.strip().strip("'\"")
-    return out
+    return {key: value for key, value in dotenv_values(path).items() if value is not None}
 
 
 _SECRET_VARS = frozenset({"WEBHOOK_TOKEN", "CLOUDAMQP_API_KEY", "RABBITMQ_URL", "DATABASE_URL"})

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
-from shared.settings import ConfigError, Settings
+from shared.settings import ConfigError, Settings, read_dotenv
 from shared.topology import queue_arguments, retry_queue_name
 from worker.process import defer_delay, retry_delay
 
@@ -105,3 +108,46 @@ def test_delay_queues_are_named_by_their_ttl_and_dead_letter_back_to_work() -> N
     assert args["x-message-ttl"] == 10000 and args["x-dead-letter-routing-key"] == "cloudamqp.alarms"
     work = queue_arguments("cloudamqp.alarms")
     assert work["x-queue-type"] == "quorum" and work["x-dead-letter-routing-key"] == "cloudamqp.alarms.dead"
+
+
+def test_dotenv_values_are_read_like_a_shell_reads_them(tmp_path: Path) -> None:
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(
+        "# a comment\n"
+        'A="x y" # note\n'
+        "export B='single quoted'\n"
+        "C=plain # note\n"
+        'D="a \\"quoted\\" word"\n'
+        "EMPTY=\n"
+        "NO_EQUALS\n",
+        encoding="utf-8",
+    )
+
+    assert read_dotenv(dotenv) == {
+        "A": "x y",
+        "B": "single quoted",
+        "C": "plain",
+        "D": 'a "quoted" word',
+        "EMPTY": "",
+    }
+
+
+def test_the_process_environment_wins_over_dotenv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / ".env").write_text('RECEIVER_PORT=9001\nUPGRADE_PLAN="rabbit-1" # bigger\n', encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RECEIVER_PORT", "9002")
+    monkeypatch.delenv("UPGRADE_PLAN", raising=False)
+
+    s = Settings.from_env()
+
+    assert s.receiver_port == 9002 and s.upgrade_plan == "rabbit-1"
+
+
+@pytest.mark.parametrize(("tty", "expected"), [(True, "console"), (False, "json")])
+def test_log_format_defaults_to_console_on_a_tty_and_json_elsewhere(
+    tty: bool, expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: tty)
+
+    assert Settings.from_env({}).log_format == expected
+    assert Settings.from_env({"LOG_FORMAT": "json" if tty else "console"}).log_format != expected
