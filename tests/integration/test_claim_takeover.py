@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -50,7 +51,11 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 def processor(
-    store: Store, api: FakeCloudAmqp, session: aiohttp.ClientSession, name: str, clock: Clock
+    store: Store,
+    api: FakeCloudAmqp,
+    session: aiohttp.ClientSession,
+    name: str,
+    clock: Callable[[], float],
 ) -> Processor:
     settings = Settings(
         cloudamqp_api_url=api.url,
@@ -133,3 +138,35 @@ async def test_given_a_holder_that_never_reports_when_its_extra_lease_also_runs_
         assert len(fake_api.upgrade_requests()) == 1
     finally:
         await store.close()
+
+
+async def test_given_an_upgrade_call_slower_than_the_lease_then_its_worker_renews_the_claim(
+    database_url: str, fake_api: FakeCloudAmqp, session: aiohttp.ClientSession
+) -> None:
+    store = await Store.open(database_url)
+    worker = processor(store, fake_api, session, "worker-a", time.time)
+    worker.settings = replace(worker.settings, claim_lease_seconds=0.6)  # renewed every 0.2 s
+    fake_api.hold = asyncio.Event()
+    scope = f"{INSTANCE}/memory"
+    try:
+        call = asyncio.ensure_future(worker.process(memory_alarm(85, time.time())))
+        await wait_until(lambda: fake_api.upgrade_requests(), timeout=10, what="the upgrade request")
+        [claimed] = await store_claims(store, scope)
+
+        async def renewed() -> bool:
+            [row] = await store_claims(store, scope)
+            return bool(row["lease_until"] > claimed["lease_until"] and row["status"] == "held")
+
+        await wait_until(renewed, timeout=10, what="the lease to be renewed while the call runs")
+        fake_api.hold.set()
+        assert isinstance(await asyncio.wait_for(call, timeout=10), Ack)
+        [done] = await store_claims(store, scope)
+        assert done["status"] == "done"
+    finally:
+        fake_api.hold.set()
+        await store.close()
+
+
+async def store_claims(store: Store, scope: str) -> list[dict[str, Any]]:
+    async with store.db.transaction(write=False) as tx:
+        return await tx.fetch("SELECT * FROM claims WHERE scope = $1", scope)
