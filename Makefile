@@ -1,41 +1,65 @@
-# cloudamqp-autopilot — the two commands a newcomer needs are `make run` and `make test`.
+# cloudamqp-autopilot — the two commands a newcomer needs are `make run` and `make test`;
+# `make help` lists the others.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+# Two installs, each redone when pyproject.toml changes: the runtime dependencies (`make run`)
+# and those plus the dev extras (tests, lint, benchmarks).
+RUNTIME_STAMP := $(VENV)/.installed-runtime
+DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: install run test test-unit lint demo clean
+.DEFAULT_GOAL := help
+.PHONY: help install install-dev services run demo test test-unit lint bench chaos clean
 
-install: $(STAMP)
+help: ## list the targets
+	@awk -F ':.*## ' '/^[a-z][a-z-]*:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(STAMP): pyproject.toml
+$(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
 
-run: install ## RabbitMQ if needed, then a receiver and a worker in the foreground (Ctrl-C stops all)
+$(RUNTIME_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(DEV_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@ $(RUNTIME_STAMP)
+
+install: $(RUNTIME_STAMP) ## .venv with the runtime dependencies (and the autopilot-dlq command)
+
+install-dev: $(DEV_STAMP) ## .venv with the runtime and the development dependencies
+
+services: $(RUNTIME_STAMP) ## start what the tests need where it is missing: RabbitMQ, management, PostgreSQL
+	$(PY) -m tools.services
+
+run: $(RUNTIME_STAMP) ## RabbitMQ if needed, then a receiver and a worker in the foreground (Ctrl-C stops all)
 	$(PY) -m tools.launcher
 
-demo: install ## post sample alarms to the receiver `make run` started, and show the results
+demo: $(RUNTIME_STAMP) ## post sample alarms to the receiver `make run` started, and show the results
 	$(PY) -m tools.demo
 
-test: install ## every test (needs RabbitMQ with management, and PostgreSQL)
+# A service that cannot be brought up stops here with one line saying what to install; any
+# non-zero pytest status fails the target, 5 (no test collected) included.
+test: $(DEV_STAMP) ## every test; starts RabbitMQ, its management plugin and PostgreSQL where missing
+	$(PY) -m tools.services
 	$(PY) -m pytest
 
-test-unit: install
+test-unit: $(DEV_STAMP) ## the unit tests only (no services needed)
 	$(PY) -m pytest tests/unit
 
-lint: install
+lint: $(DEV_STAMP) ## ruff, ruff format --check, mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
-
-bench: install ## benchmarks against the limits, ratios vs baselines in the same run (docs/benchmarks.md)
+bench: $(DEV_STAMP) ## benchmarks against the limits, ratios vs baselines in the same run (docs/benchmarks.md)
+	$(PY) -m tools.services
 	$(PY) -m bench $(BENCH_ARGS)
 
-chaos: install ## the long fault-injection run (tests/chaos); its short run is part of `make test`
+chaos: $(DEV_STAMP) ## the long fault-injection run (tests/chaos); its short run is part of `make test`
+	$(PY) -m tools.services
 	$(PY) -m tests.chaos $(CHAOS_ARGS)
+
+clean: ## remove .venv, var/ (the local SQLite store) and the caches
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
