@@ -6,10 +6,15 @@ without one: the files parse, and every variable they set is one the processes a
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import re
+import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from shared.settings import VARIABLES, Settings
@@ -70,3 +75,74 @@ def test_the_readme_configuration_table_lists_exactly_the_variables_the_settings
     names = {n for pair in documented for n in pair if n}
 
     assert names == VARIABLES
+
+
+def test_the_receiver_and_worker_healthchecks_probe_their_own_ports_with_the_images_python() -> None:
+    services = compose()["services"]
+    receiver, worker = services["receiver"], services["worker"]
+
+    probes = {
+        "receiver": (receiver, f"http://127.0.0.1:{receiver['environment']['RECEIVER_PORT']}/readyz"),
+        "worker": (worker, f"http://127.0.0.1:{worker['environment']['WORKER_METRICS_PORT']}/healthz"),
+    }
+    for name, (service, url) in probes.items():
+        test = service["healthcheck"]["test"]
+        assert test[:3] == ["CMD", "python", "-c"], f"{name}: python -c (python:3.11-slim has no curl)"
+        assert url in test[3], f"{name}'s healthcheck should probe {url}"
+        compile(test[3], f"{name}-healthcheck", "exec")
+
+
+def _requirement_names(requirements: list[str]) -> set[str]:
+    names = (re.match(r"[A-Za-z0-9._-]+", requirement) for requirement in requirements)
+    return {re.sub(r"[-_.]+", "-", m.group(0)).lower() for m in names if m}
+
+
+def _third_party_imports(*folders: str) -> dict[str, str]:
+    """Top-level modules imported under ``folders`` that are neither stdlib nor ours, with a
+    file that imports each."""
+    own = {"receiver", "worker", "shared", "tools", "tests", "bench"}
+    found: dict[str, str] = {}
+    for folder in folders:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Import):
+                    modules = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    modules = [node.module]
+                else:
+                    continue
+                for module in modules:
+                    top = module.split(".")[0]
+                    if top not in sys.stdlib_module_names and top not in own:
+                        found.setdefault(top, str(path.relative_to(ROOT)))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("folders", "extras"),
+    [
+        # `make run` and `make demo` install the runtime dependencies only.
+        (("receiver", "worker", "shared", "tools"), ()),
+        (("tests", "bench"), ("dev",)),
+    ],
+    ids=["runtime", "dev"],
+)
+def test_every_module_imported_comes_from_a_declared_dependency(
+    folders: tuple[str, ...], extras: tuple[str, ...]
+) -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = _requirement_names(project["dependencies"])
+    for extra in extras:
+        declared |= _requirement_names(project["optional-dependencies"][extra])
+    distributions = importlib.metadata.packages_distributions()
+
+    for module, where in _third_party_imports(*folders).items():
+        provided_by = _requirement_names(distributions.get(module, [module]))
+        assert provided_by & declared, f"{where} imports {module}, which no declared dependency provides"
+
+
+def test_the_dev_tools_are_not_installed_with_the_packages() -> None:
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+
+    assert not any(pattern.startswith(("tools", "tests", "bench")) for pattern in find["include"])
+    assert "COPY tools" not in (ROOT / "Dockerfile").read_text()
