@@ -1,4 +1,5 @@
-"""Prometheus metrics of both processes, defined in one place.
+"""Prometheus metrics of both processes, defined in one place, and the one ``/metrics`` view
+that the receiver's and each worker's HTTP server answer with.
 
 Each process exposes only what it touches: a metric family appears in a scrape once it has
 a sample. Label values are bounded: HTTP statuses, skip reasons, outcome names, instance ids
@@ -7,6 +8,7 @@ of managed instances.
 
 from __future__ import annotations
 
+from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 # --- receiver ------------------------------------------------------------------------------
@@ -48,3 +50,9 @@ LAST_UPGRADE = Gauge(
 def render() -> tuple[bytes, str]:
     """The exposition text and its content type."""
     return generate_latest(), CONTENT_TYPE_LATEST
+
+
+async def metrics_view(request: web.Request) -> web.Response:
+    """``GET /metrics``: this process's samples in the Prometheus text format."""
+    body, content_type = render()
+    return web.Response(body=body, headers={"Content-Type": content_type})

@@ -1,0 +1,281 @@
+"""The receiver's handlers and the JSON they answer with.
+
+Handlers read what they need from the request and the app's typed keys (``receiver.keys``);
+the shaping of store rows into JSON (``incident_json``, ``action_json``, ``event_json``) is
+kept apart from the handlers so that other views of the same rows can reuse it. Every error
+a handler raises is JSON ``{"error", "detail"}`` that says what to fix.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+
+from receiver.keys import OPENAPI, PUBLISHER, SETTINGS, STORE
+from shared import metrics
+from shared.alarm import iso, new_id
+from shared.errors import BrokerUnavailable
+
+log = structlog.get_logger("receiver")
+
+MAX_BODY = 64 * 1024
+RETRY_AFTER_SECONDS = 5
+MAX_OFFSET = 1_000_000_000
+
+
+# --- errors and the token ---------------------------------------------------------------------
+
+
+def json_error(
+    cls: type[web.HTTPException],
+    error: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    **kwargs: Any,
+) -> web.HTTPException:
+    """An HTTP error to raise whose body is JSON ``{"error", "detail"}``."""
+    return cls(
+        text=json.dumps({"error": error, "detail": detail}),
+        content_type="application/json",
+        headers=headers,
+        **kwargs,
+    )
+
+
+def check_token(request: web.Request) -> None:
+    """401 unless the configured token is in the path, ``?token=`` or a Bearer header."""
+    expected = request.app[SETTINGS].webhook_token
+    if not expected:
+        return
+    header = request.headers.get("Authorization", "")
+    candidates = [
+        request.match_info.get("token"),
+        request.query.get("token"),
+        header[7:] if header[:7].lower() == "bearer " else None,
+    ]
+    ok = False
+    for given in candidates:
+        if given is not None:
+            # Compare every candidate in constant time; never short-circuit on content.
+            ok |= hmac.compare_digest(given.encode(), expected.encode())
+    if not ok:
+        raise json_error(
+            web.HTTPUnauthorized,
+            "unauthorized",
+            "missing or wrong token: pass it as ?token=, 'Authorization: Bearer', or in the path",
+        )
+
+
+# --- the webhook ------------------------------------------------------------------------------
+
+
+def _is_json_type(content_type: str) -> bool:
+    return content_type == "application/json" or content_type.endswith("+json")
+
+
+async def receive_alarm(request: web.Request) -> web.Response:
+    started = time.perf_counter()
+    check_token(request)
+    if not _is_json_type(request.content_type):
+        raise json_error(
+            web.HTTPUnsupportedMediaType,
+            "unsupported_media_type",
+            f"Content-Type is {request.content_type!r}; send application/json",
+        )
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise json_error(
+            web.HTTPRequestEntityTooLarge,
+            "payload_too_large",
+            f"the body must be at most {MAX_BODY} bytes",
+            max_size=MAX_BODY,
+            actual_size=request.content_length,
+        )
+    body = await request.read()
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise json_error(web.HTTPBadRequest, "invalid_json", f"the body is not valid JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise json_error(
+            web.HTTPBadRequest,
+            "not_an_object",
+            f"the body is a JSON {type(parsed).__name__}; send one JSON object per alarm",
+        )
+    event_id = new_id()
+    received_at = time.time()
+    try:
+        await request.app[PUBLISHER].publish(body, event_id, received_at)
+    except BrokerUnavailable as exc:
+        metrics.PUBLISH_FAILURES.inc()
+        log.warning("alarm.rejected", reason="broker_unavailable", error=str(exc))
+        raise json_error(
+            web.HTTPServiceUnavailable,
+            "broker_unavailable",
+            "the alarm was not stored; retry later",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        ) from None
+    log.info(
+        "alarm.accepted",
+        event_id=event_id,
+        alarm_type=parsed.get("alarm_type"),
+        instance=parsed.get("instance_id"),
+    )
+    metrics.ACCEPT_LATENCY.observe(time.perf_counter() - started)
+    return web.Response(
+        body=orjson.dumps({"status": "accepted", "id": event_id}), status=202, content_type="application/json"
+    )
+
+
+# --- JSON shaping of store rows ---------------------------------------------------------------
+
+
+def _loads(text: Any) -> Any:
+    return json.loads(text) if isinstance(text, str) else text
+
+
+def incident_json(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["incident_id"],
+        "key": row["incident_key"],
+        "title": row["title"],
+        "status": row["status"],
+        "instance": row["instance_id"],
+        "alarm_type": row["alarm_type"],
+        "first_seen": iso(row["first_seen"]),
+        "last_seen": iso(row["last_seen"]),
+        "count": row["event_count"],
+        "last_value": _loads(row["last_value"]),
+        "resolved_at": iso(row["resolved_at"]),
+    }
+
+
+def action_json(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["action_id"],
+        "event_id": row["event_id"],
+        "incident_id": row["incident_id"],
+        "instance": row["instance_id"],
+        "alarm_type": row["alarm_type"],
+        "status": row["status"],
+        "reason": row["reason"],
+        "detail": row["detail"],
+        "plan": row["plan"],
+        "attempts": row["attempts"],
+        "created_at": iso(row["created_at"]),
+        "updated_at": iso(row["updated_at"]),
+    }
+
+
+def event_json(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["event_id"],
+        "received_at": iso(row["received_at"]),
+        "recorded_at": iso(row["recorded_at"]),
+        "instance": row["instance_id"],
+        "alarm_type": row["alarm_type"],
+        "change": row["incident_change"],
+        "body": _loads(row["body"]),
+    }
+
+
+# --- read-only views of the store -------------------------------------------------------------
+
+
+def _page(request: web.Request) -> tuple[int, int]:
+    try:
+        limit = int(request.query.get("limit", "100"))
+        offset = int(request.query.get("offset", "0"))
+    except ValueError:
+        raise json_error(web.HTTPBadRequest, "bad_query", "limit and offset must be integers") from None
+    if not 1 <= limit <= 500 or not 0 <= offset <= MAX_OFFSET:
+        raise json_error(web.HTTPBadRequest, "bad_query", f"limit must be 1..500 and offset 0..{MAX_OFFSET}")
+    return limit, offset
+
+
+async def list_incidents(request: web.Request) -> web.Response:
+    check_token(request)
+    limit, offset = _page(request)
+    status = request.query.get("status")
+    if status not in (None, "open", "resolved"):
+        raise json_error(web.HTTPBadRequest, "bad_query", "status must be open or resolved")
+    rows = await request.app[STORE].list_incidents(
+        status=status, instance=request.query.get("instance"), limit=limit, offset=offset
+    )
+    return web.json_response(
+        {"incidents": [incident_json(r) for r in rows], "limit": limit, "offset": offset}
+    )
+
+
+async def get_incident(request: web.Request) -> web.Response:
+    check_token(request)
+    found = await request.app[STORE].get_incident(request.match_info["incident_id"])
+    if found is None:
+        raise json_error(web.HTTPNotFound, "not_found", "no incident with this id")
+    incident, events, actions = found
+    body = incident_json(incident)
+    body["events"] = [event_json(e) for e in events]
+    body["actions"] = [action_json(a) for a in actions]
+    return web.json_response(body)
+
+
+async def list_events(request: web.Request) -> web.Response:
+    """Recent events with the incident change each made, including the ones that made none
+    (and why, for an alarm with nothing to group by)."""
+    check_token(request)
+    limit, offset = _page(request)
+    rows = await request.app[STORE].list_events(limit=limit, offset=offset)
+    events = [
+        {
+            **event_json(r),
+            "incident_id": r["incident_id"],
+            "incident_key": r["incident_key"],
+            "ungroupable": r["ungroupable"],
+        }
+        for r in rows
+    ]
+    return web.json_response({"events": events, "limit": limit, "offset": offset})
+
+
+async def list_actions(request: web.Request) -> web.Response:
+    check_token(request)
+    limit, offset = _page(request)
+    rows = await request.app[STORE].list_actions(
+        instance=request.query.get("instance"), limit=limit, offset=offset
+    )
+    return web.json_response({"actions": [action_json(r) for r in rows], "limit": limit, "offset": offset})
+
+
+# --- the process itself -----------------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    problems: dict[str, str] = {}
+    broker = await request.app[PUBLISHER].check()
+    if broker is not None:
+        problems["broker"] = broker
+    try:
+        await request.app[STORE].ping()
+    except Exception as exc:
+        problems["store"] = f"{type(exc).__name__}: {exc}"
+    if problems:
+        return web.json_response(
+            {"error": "not_ready", "detail": "; ".join(f"{k}: {v}" for k, v in problems.items())},
+            status=503,
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+    return web.json_response({"status": "ready"})
+
+
+async def openapi_view(request: web.Request) -> web.Response:
+    """The checked-in OpenAPI document describing every endpoint."""
+    return web.Response(body=request.app[OPENAPI], content_type="application/json")
