@@ -72,16 +72,12 @@ async def main(settings: Settings) -> None:
 async def serve_metrics(settings: Settings, consumer: Consumer) -> web.AppRunner:
     """``/metrics`` and ``/healthz`` on WORKER_METRICS_PORT (one port per worker process)."""
 
-    async def metrics_view(request: web.Request) -> web.Response:
-        body, content_type = metrics.render()
-        return web.Response(body=body, headers={"Content-Type": content_type})
-
     async def healthz(request: web.Request) -> web.Response:
         ok = consumer.consuming
         return web.json_response({"status": "ok" if ok else "broker_disconnected"}, status=200 if ok else 503)
 
     app = web.Application()
-    app.router.add_get("/metrics", metrics_view)
+    app.router.add_get("/metrics", metrics.metrics_view)
     app.router.add_get("/healthz", healthz)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
