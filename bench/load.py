@@ -19,7 +19,7 @@ import aiohttp
 
 from bench.harness import percentile
 from shared import topology
-from shared.alarm import iso
+from shared.envelope import alarm_headers
 
 BodyFn = Callable[[int], bytes]
 
@@ -228,7 +228,7 @@ def envelope(body: bytes, event_id: str | None = None) -> aio_pika.Message:
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         message_id=event_id,
         timestamp=now,
-        headers={topology.H_EVENT_ID: event_id, topology.H_RECEIVED_AT: iso(now)},
+        headers=alarm_headers(event_id, now),
     )
 
 

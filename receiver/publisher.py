@@ -24,8 +24,7 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from aiormq import Channel, spec
 
-from shared import topology
-from shared.alarm import iso
+from shared import envelope, topology
 from shared.errors import BrokerUnavailable
 
 log = structlog.get_logger("receiver.publisher")
@@ -105,7 +104,7 @@ class Publisher:
             priority=0,
             message_id=event_id,
             timestamp=datetime.fromtimestamp(received_at, tz=UTC),
-            headers={topology.H_EVENT_ID: event_id, topology.H_RECEIVED_AT: iso(received_at)},
+            headers=envelope.alarm_headers(event_id, received_at),
         )
         try:
             # The timeout covers the broker's confirm, not only the write.

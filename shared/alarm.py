@@ -1,8 +1,6 @@
-"""Our own ``Alarm`` type, and the one function that builds it from what travelled.
+"""Our own ``Alarm`` type and the small helpers around it (ids, timestamps, content key).
 
-The message on the broker is the envelope: its body is the alarm exactly as CloudAMQP posted
-it (so the management UI and the parking lot show the original), and the event id,
-received-at and attempt count travel as message properties and headers.
+``shared.envelope`` builds an ``Alarm`` from what travelled on the broker.
 """
 
 from __future__ import annotations
@@ -16,9 +14,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-
-from shared import topology
-from shared.errors import DecodeError
 
 
 @dataclass(frozen=True)
@@ -108,48 +103,3 @@ def event_key(body: Mapping[str, Any]) -> str:
     """Deterministic key of an alarm's content: an identical re-send has the same key."""
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def _header_str(headers: Mapping[str, Any], name: str) -> str | None:
-    value = headers.get(name)
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "replace")
-    return value if isinstance(value, str) and value else None
-
-
-def _header_int(headers: Mapping[str, Any], name: str) -> int:
-    value = headers.get(name)
-    if isinstance(value, bytes):
-        value = value.decode("ascii", "replace")
-    try:
-        return max(int(value), 0) if value is not None else 0
-    except (TypeError, ValueError):
-        return 0
-
-
-def decode_alarm(
-    body: bytes, headers: Mapping[str, Any], message_id: str | None, fallback_time: float
-) -> Alarm:
-    """Turn a broker message into an ``Alarm``; raise ``DecodeError`` when it is not one."""
-    try:
-        parsed = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DecodeError(f"body is not JSON: {exc}") from exc
-    if not isinstance(parsed, dict):
-        raise DecodeError(f"body is JSON {type(parsed).__name__}, expected an object")
-    event_id = _header_str(headers, topology.H_EVENT_ID) or message_id
-    key = event_key(parsed)
-    received_raw = _header_str(headers, topology.H_RECEIVED_AT)
-    try:
-        received_at = parse_timestamp(received_raw) if received_raw else fallback_time
-    except ValueError:
-        received_at = fallback_time
-    return Alarm(
-        # A message published by hand without our headers still gets a stable id.
-        event_id=event_id or f"key-{key[:32]}",
-        received_at=received_at,
-        body=parsed,
-        event_key=key,
-        attempts=_header_int(headers, topology.H_ATTEMPTS),
-        replayed=_header_str(headers, topology.H_REPLAYED) is not None,
-    )

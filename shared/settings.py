@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -19,6 +20,13 @@ from urllib.parse import urlsplit
 from dotenv import dotenv_values
 
 T = TypeVar("T")
+
+
+class UpgradeApi(StrEnum):
+    """Which CloudAMQP API an upgrade goes through (``UPGRADE_API``)."""
+
+    ACTIONS = "actions"  # POST /api/instances/{id}/actions/upgrade, Bearer key (the blog's)
+    INSTANCES = "instances"  # GET/PUT /api/instances/{id}, Basic auth (the documented one)
 
 
 class ConfigError(Exception):
@@ -34,7 +42,7 @@ class Settings:
     cloudamqp_api_url: str = "https://customer.cloudamqp.com"
     cloudamqp_api_key: str | None = field(default=None, repr=False)
     instance_ids: tuple[str, ...] = ()
-    upgrade_api: str = "actions"
+    upgrade_api: UpgradeApi = UpgradeApi.ACTIONS
     upgrade_plan: str = "bunny-2"
     memory_threshold: float = 80.0
     policy_file: str | None = None
@@ -57,11 +65,6 @@ class Settings:
     def effective_dry_run(self) -> bool:
         """Dry run when asked for, and always when there is no API key to call with."""
         return self.dry_run or not self.cloudamqp_api_key
-
-    def retry_delay(self, attempt: int) -> float:
-        """Seconds to wait before attempt ``attempt + 1`` (the last delay repeats)."""
-        index = min(max(attempt, 1), len(self.retry_delays)) - 1
-        return self.retry_delays[index]
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -206,7 +209,7 @@ _VARIABLES: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("cloudamqp_api_url", "CLOUDAMQP_API_URL", _url_no_slash("http", "https")),
     ("cloudamqp_api_key", "CLOUDAMQP_API_KEY", _secret),
     ("instance_ids", "CLOUDAMQP_INSTANCE_ID", _ids),
-    ("upgrade_api", "UPGRADE_API", _choice("actions", "instances")),
+    ("upgrade_api", "UPGRADE_API", lambda raw: UpgradeApi(_choice(*UpgradeApi)(raw))),
     ("upgrade_plan", "UPGRADE_PLAN", str),
     ("memory_threshold", "MEMORY_THRESHOLD", _number(0)),
     ("policy_file", "POLICY_FILE", str),

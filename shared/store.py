@@ -11,6 +11,7 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from shared.alarm import Alarm, new_id
@@ -19,16 +20,48 @@ from shared.db import Database, Row, Tx, open_database
 from shared.errors import StoreError
 from shared.incidents import IncidentChange, IncidentPlan
 
+
+class ActionStatus(StrEnum):
+    """Where an event's one action row stands."""
+
+    IN_PROGRESS = "in_progress"  # claimed and calling (or, with AWAITING_CONFIRMATION, accepted)
+    RETRYING = "retrying"  # a retryable failure; the message waits in a delay queue
+    SUCCEEDED = "succeeded"
+    SKIPPED = "skipped"
+    DRY_RUN = "dry_run"
+    FAILED = "failed"  # parked
+    UNCONFIRMED = "unconfirmed"  # accepted, but the plan did not show before the deadline
+
+
 # An event whose action reached one of these needs no more work when redelivered.
-DONE_STATUSES = frozenset({"succeeded", "skipped", "dry_run", "failed", "unconfirmed"})
-_DONE_SQL = ", ".join(f"'{status}'" for status in sorted(DONE_STATUSES))
+DONE_STATUSES = frozenset(
+    {
+        ActionStatus.SUCCEEDED,
+        ActionStatus.SKIPPED,
+        ActionStatus.DRY_RUN,
+        ActionStatus.FAILED,
+        ActionStatus.UNCONFIRMED,
+    }
+)
+# An identical re-send of an event whose action reached one of these is a ``duplicate``. Fewer
+# than DONE_STATUSES: a failed or unconfirmed upgrade is no decision that stands, so the same
+# alarm sent again deserves its own try (the cooldown claim still guards against a repeat).
+DECIDED_STATUSES = frozenset({ActionStatus.SUCCEEDED, ActionStatus.SKIPPED, ActionStatus.DRY_RUN})
+
+
+def _sql_list(statuses: frozenset[ActionStatus]) -> str:
+    return ", ".join(f"'{status.value}'" for status in sorted(statuses))
+
+
+_DONE_SQL = _sql_list(DONE_STATUSES)
+_DECIDED_SQL = _sql_list(DECIDED_STATUSES)
 # An upgrade CloudAMQP accepted and that a check message now follows: "in_progress" with this
 # reason. The alarm's own work is done; only the check may change the row.
 AWAITING_CONFIRMATION = "awaiting_confirmation"
 
 
 def _is_done(status: str | None, reason: str | None) -> bool:
-    return status in DONE_STATUSES or (status == "in_progress" and reason == AWAITING_CONFIRMATION)
+    return status in DONE_STATUSES or (status == ActionStatus.IN_PROGRESS and reason == AWAITING_CONFIRMATION)
 
 
 MIGRATIONS: list[list[str]] = [
@@ -165,46 +198,7 @@ class Store:
         async with self.db.transaction() as tx:
             yield Unit(tx)
 
-    # Single operations, each in a transaction of its own (see ``Unit`` for what they do).
-
-    async def record_event(
-        self, alarm: Alarm, instance_id: str | None, plan: IncidentPlan, now: float
-    ) -> EventRecord:
-        async with self.unit() as unit:
-            return await unit.record_event(alarm, instance_id, plan, now)
-
-    async def key_already_decided(self, event_key: str, event_id: str) -> bool:
-        async with self.db.transaction(write=False) as tx:
-            return await Unit(tx).key_already_decided(event_key, event_id)
-
-    async def save_action(
-        self,
-        alarm: Alarm,
-        *,
-        incident_id: str | None,
-        instance_id: str | None,
-        status: str,
-        now: float,
-        reason: str | None = None,
-        detail: str | None = None,
-        plan: str | None = None,
-        attempts: int | None = None,
-    ) -> bool:
-        """``Unit.write_action`` from its fields."""
-        attempts = alarm.attempts if attempts is None else attempts
-        return await self.write_action(
-            ActionRecord(alarm, status, now, incident_id, instance_id, reason, detail, plan, attempts)
-        )
-
-    async def write_action(self, record: ActionRecord) -> bool:
-        async with self.unit() as unit:
-            return await unit.write_action(record)
-
-    async def try_claim(
-        self, scope: str, instance_id: str, owner: str, now: float, lease: float, cooldown: float
-    ) -> ClaimResult:
-        async with self.unit() as unit:
-            return await unit.try_claim(scope, instance_id, owner, now, lease, cooldown)
+    # The single operations the worker runs outside an alarm's first step.
 
     async def renew_claim(self, scope: str, owner: str, lease_until: float) -> bool:
         async with self.unit() as unit:
@@ -216,20 +210,9 @@ class Store:
         async with self.unit() as unit:
             return await unit.finish_claim(scope, owner, succeeded=succeeded, record=record)
 
-    async def confirm_action(self, action_id: str, status: str, detail: str, now: float) -> bool:
-        """Close an upgrade that was awaiting confirmation (``succeeded`` / ``unconfirmed``)."""
+    async def confirm_action(self, action_id: str, status: ActionStatus, detail: str, now: float) -> bool:
         async with self.unit() as unit:
-            row = await unit.tx.fetchrow(
-                """UPDATE actions SET status = $1, reason = NULL, detail = $2, updated_at = $3
-                   WHERE action_id = $4 AND status = 'in_progress' AND reason = $5
-                   RETURNING action_id""",
-                status,
-                detail,
-                now,
-                action_id,
-                AWAITING_CONFIRMATION,
-            )
-        return row is not None
+            return await unit.confirm_action(action_id, status, detail, now)
 
     # --- reads ----------------------------------------------------------------------------
 
@@ -392,8 +375,8 @@ class Unit:
     async def key_already_decided(self, event_key: str, event_id: str) -> bool:
         """Has another event with identical content already been decided?"""
         row = await self.tx.fetchrow(
-            """SELECT 1 AS hit FROM actions WHERE event_key = $1 AND event_id <> $2
-               AND status IN ('succeeded', 'skipped', 'dry_run') LIMIT 1""",
+            f"""SELECT 1 AS hit FROM actions WHERE event_key = $1 AND event_id <> $2
+               AND status IN ({_DECIDED_SQL}) LIMIT 1""",
             event_key,
             event_id,
         )
@@ -424,13 +407,27 @@ class Unit:
             record.incident_id,
             record.instance_id,
             record.alarm.alarm_type,
-            record.status,
+            record.status.value,
             record.reason,
             record.detail,
             record.plan,
             record.attempts,
             record.now,
             record.alarm.replayed,
+        )
+        return row is not None
+
+    async def confirm_action(self, action_id: str, status: ActionStatus, detail: str, now: float) -> bool:
+        """Close an upgrade that was awaiting confirmation (``succeeded`` / ``unconfirmed``)."""
+        row = await self.tx.fetchrow(
+            """UPDATE actions SET status = $1, reason = NULL, detail = $2, updated_at = $3
+               WHERE action_id = $4 AND status = 'in_progress' AND reason = $5
+               RETURNING action_id""",
+            status.value,
+            detail,
+            now,
+            action_id,
+            AWAITING_CONFIRMATION,
         )
         return row is not None
 
@@ -511,7 +508,7 @@ class ActionRecord:
     """One write of an event's action row."""
 
     alarm: Alarm
-    status: str
+    status: ActionStatus
     now: float
     incident_id: str | None = None
     instance_id: str | None = None

@@ -22,16 +22,6 @@ DELIVERY_LIMIT = 20
 # (-1, "unlimited" on 4.x, drops the message on its first return on 3.x; this works on both.)
 PARKING_DELIVERY_LIMIT = 2**31 - 1
 
-# Headers of our own; RabbitMQ 4 no longer counts x-death on re-publish, so we carry ours.
-H_EVENT_ID = "x-autopilot-event-id"
-H_RECEIVED_AT = "x-autopilot-received-at"
-H_ATTEMPTS = "x-autopilot-attempts"
-H_REPLAYED = "x-autopilot-replayed"
-H_ERROR = "x-autopilot-error"
-H_STATUS = "x-autopilot-status"
-H_FAILED_AT = "x-autopilot-failed-at"
-H_CHECK = "x-autopilot-check"  # marks a follow-up check of an accepted upgrade, not an alarm
-
 
 def retry_queue_name(delay_seconds: float) -> str:
     """``cloudamqp.alarms.retry.10s`` / ``….retry.200ms``: the TTL is in the name so that a

@@ -80,7 +80,7 @@ async def publish_raw(amqp_url: str, body: bytes, event_id: str) -> None:
     """Publish an alarm envelope onto the work queue the way the receiver does (confirmed)."""
     import aio_pika
 
-    from shared import topology
+    from shared import envelope, topology
 
     connection = await aio_pika.connect(amqp_url)
     async with connection:
@@ -90,7 +90,7 @@ async def publish_raw(amqp_url: str, body: bytes, event_id: str) -> None:
             message_id=event_id,
             content_type="application/json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            headers={topology.H_EVENT_ID: event_id},
+            headers={envelope.H_EVENT_ID: event_id},
         )
         await channel.default_exchange.publish(message, routing_key=topology.WORK_QUEUE)
 
@@ -312,3 +312,18 @@ class TcpProxy:
                 dst.transport.abort()
 
         await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
+
+
+class OneByOne:
+    """The store's ``Unit`` operations, each in a transaction of its own: how the store tests
+    exercise them one at a time (the worker groups them in ``Store.unit()``)."""
+
+    def __init__(self, store: Any):
+        self._store = store
+
+    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            async with self._store.unit() as unit:
+                return await getattr(unit, name)(*args, **kwargs)
+
+        return call

@@ -26,6 +26,7 @@ from tenacity import (
 
 from shared import metrics
 from shared.errors import PermanentError, RetryableError
+from shared.settings import UpgradeApi
 
 log = structlog.get_logger("worker.api")
 
@@ -92,13 +93,15 @@ class CloudAmqpClient:
         api_key: str,
         timeout: float,
         quick_retries: int,
-        mode: str = "actions",
+        mode: UpgradeApi = UpgradeApi.ACTIONS,
     ):
         self._session = session
         self._base_url = base_url.rstrip("/")
         self._mode = mode
         token = base64.b64encode(f":{api_key}".encode()).decode()
-        self._auth = {"Authorization": f"Basic {token}" if mode == "instances" else f"Bearer {api_key}"}
+        self._auth = {
+            "Authorization": f"Basic {token}" if mode is UpgradeApi.INSTANCES else f"Bearer {api_key}"
+        }
         # Whatever the API echoes back must not carry the key into our logs or errors.
         self._secrets = (api_key, token)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
@@ -130,7 +133,7 @@ class CloudAmqpClient:
         self, instance_id: str, plan: str, reason: str, on_request: Callable[[], Awaitable[None]]
     ) -> None:
         """Ask for ``plan``; ``on_request`` runs before each try."""
-        if self._mode == "instances":
+        if self._mode is UpgradeApi.INSTANCES:
             method, url = "PUT", f"{self._base_url}/api/instances/{instance_id}"
             payload: dict[str, str] = {"plan": plan}
         else:

@@ -8,66 +8,26 @@ leaves a duplicate (which the store recognises), never a lost alarm.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from shared import metrics, topology
-from shared.alarm import decode_alarm
+from shared import envelope, metrics, topology
 from shared.errors import DecodeError
 from shared.settings import Settings
-from worker.process import Ack, Check, Defer, Follow, Outcome, Park, Processor, Retry, retry_delay
+from worker.outcomes import DECODE_ERROR, Outcome, Park, Retries
+from worker.process import Processor
 
 log = structlog.get_logger("worker")
 
-# Headers the broker writes; a copy we publish must not carry stale ones.
-_BROKER_HEADERS = (
-    "x-death",
-    "x-first-death-exchange",
-    "x-first-death-queue",
-    "x-first-death-reason",
-    "x-last-death-exchange",
-    "x-last-death-queue",
-    "x-last-death-reason",
-    "x-delivery-count",
-)
 
-
-_SETTLED_AS: dict[type, str] = {
-    Retry: "retried",
-    Defer: "deferred",
-    Park: "parked",
-    Follow: "check_scheduled",
-}
-
-
-def copy_message(message: AbstractIncomingMessage, **headers: Any) -> aio_pika.Message:
-    """The same body and identity, persistent, with our headers updated."""
-    merged = {k: v for k, v in (message.headers or {}).items() if k not in _BROKER_HEADERS}
-    merged.update(headers)
-    return aio_pika.Message(
-        body=message.body,
-        headers=merged,
-        content_type=message.content_type or "application/json",
-        message_id=message.message_id,
-        timestamp=message.timestamp,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-    )
-
-
-def failure_outcome(message: AbstractIncomingMessage, exc: BaseException) -> Outcome:
+def failure_outcome(retries: Retries, message: AbstractIncomingMessage, exc: BaseException) -> Outcome:
     """An unexpected error (store down, a bug): a durable retry that spends an attempt."""
-    headers = message.headers or {}
-    try:
-        attempts = int(str(headers.get(topology.H_ATTEMPTS, 0))) + 1
-    except ValueError:
-        attempts = 1
-    return Retry(f"internal error: {type(exc).__name__}: {exc}", attempts)
+    attempts = envelope.attempts(message.headers or {}) + 1
+    return retries.after_failure(f"internal error: {type(exc).__name__}: {exc}", attempts)
 
 
 class Consumer:
@@ -109,63 +69,41 @@ class Consumer:
             self._idle.set()
 
     async def handle(self, message: AbstractIncomingMessage) -> Outcome:
-        if (message.headers or {}).get(topology.H_CHECK):
+        headers = message.headers or {}
+        if envelope.is_check(headers):
             return await self.handle_check(message)
         try:
-            alarm = decode_alarm(message.body, message.headers or {}, message.message_id, time.time())
+            alarm = envelope.decode_alarm(message.body, headers, message.message_id, time.time())
         except DecodeError as exc:
             log.error("message.undecodable", error=str(exc), message_id=message.message_id)
-            return Park(f"cannot decode: {exc}", "decode_error", 0)
+            return Park(f"cannot decode: {exc}", DECODE_ERROR, 0)
         try:
             return await self.processor.process(alarm)
         except Exception as exc:
             log.exception("alarm.processing_failed", event_id=alarm.event_id)
-            return failure_outcome(message, exc)
+            return failure_outcome(self.processor.retries, message, exc)
 
     async def handle_check(self, message: AbstractIncomingMessage) -> Outcome:
         try:
-            check = Check.from_json(json.loads(message.body))
-        except (ValueError, DecodeError) as exc:
-            return Park(f"cannot decode: {exc}", "decode_error", 0)
+            check = envelope.decode_check(message.body)
+        except DecodeError as exc:
+            return Park(f"cannot decode: {exc}", DECODE_ERROR, 0)
         try:
             return await self.processor.check(check)
         except Exception as exc:
             log.exception("upgrade.check_error", action_id=check.action_id)
-            return failure_outcome(message, exc)
+            return failure_outcome(self.processor.retries, message, exc)
 
     async def settle(self, message: AbstractIncomingMessage, outcome: Outcome) -> None:
-        """Ack, or publish to a delay queue or the parking lot and then ack."""
-        if isinstance(outcome, Retry) and outcome.attempts >= self.settings.max_attempts:
-            outcome = Park(outcome.error, "retries_exhausted", outcome.attempts)
+        """The one place a message is settled: publish its outcome's copy (to a delay queue or
+        the parking lot) with a confirm, then ack."""
         try:
-            if isinstance(outcome, Retry):
-                delay = retry_delay(self.settings.retry_delays, outcome.attempts, outcome.retry_after)
-                await self._publish(
-                    copy_message(message, **{topology.H_ATTEMPTS: outcome.attempts}),
-                    topology.retry_queue_name(delay),
-                )
-                log.info(
-                    "message.retry_scheduled",
-                    message_id=message.message_id,
-                    attempts=outcome.attempts,
-                    delay_s=delay,
-                )
-            elif isinstance(outcome, Defer):
-                await self._publish(copy_message(message), topology.retry_queue_name(outcome.delay))
-                log.info("message.deferred", message_id=message.message_id, delay_s=outcome.delay)
-            elif isinstance(outcome, Follow):
-                await self._publish(check_message(outcome.check), topology.retry_queue_name(outcome.delay))
-            elif isinstance(outcome, Park):
-                await self._publish(copy_message(message, **park_headers(outcome)), topology.DEAD_QUEUE)
-                log.error(
-                    "message.parked",
-                    message_id=message.message_id,
-                    status=outcome.status,
-                    error=outcome.error,
-                    attempts=outcome.attempts,
-                )
-            if not isinstance(outcome, Ack):
-                metrics.MESSAGES.labels(_SETTLED_AS[type(outcome)]).inc()
+            route = outcome.route(message, time.time())
+            if route is not None:
+                await self._publish(route.message, route.queue)
+                outcome.announce(message)
+            if outcome.label is not None:
+                metrics.MESSAGES.labels(outcome.label).inc()
         except Exception:
             # Not confirmed: hand the message back rather than lose it.
             log.exception("message.settle_failed", message_id=message.message_id)
@@ -240,25 +178,6 @@ async def _first(*waits: Any) -> None:
     finally:
         for task in tasks:
             task.cancel()
-
-
-def check_message(check: Check) -> aio_pika.Message:
-    return aio_pika.Message(
-        body=json.dumps(check.to_json()).encode(),
-        headers={topology.H_CHECK: "1"},
-        content_type="application/json",
-        message_id=f"check-{check.action_id}-{check.checks}",
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-    )
-
-
-def park_headers(outcome: Park) -> dict[str, Any]:
-    return {
-        topology.H_ERROR: outcome.error[:1000],
-        topology.H_ATTEMPTS: outcome.attempts,
-        topology.H_STATUS: outcome.status,
-        topology.H_FAILED_AT: datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-    }
 
 
 async def connect_with_backoff(url: str, stop: asyncio.Event) -> Any:

@@ -39,7 +39,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
-from shared import topology
+from shared import envelope, topology
 from shared.alarm import iso
 from shared.errors import BrokerUnavailable
 from shared.runtime import load_settings_or_exit
@@ -48,10 +48,6 @@ from shared.settings import Settings, redact_url
 PROGRAM = "autopilot-dlq"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
-# The parking explanation does not travel with a replayed copy: it is no longer parked.
-_PARK_HEADERS = frozenset({topology.H_ERROR, topology.H_STATUS, topology.H_FAILED_AT})
-# Written by the broker on dead-lettering and redelivery; stale on a copy we publish.
-_BROKER_HEADER_PREFIXES = ("x-death", "x-first-death-", "x-last-death-", "x-delivery-count")
 _ERROR_WIDTH = 70
 
 
@@ -75,24 +71,12 @@ def json_safe(value: Any) -> Any:
 
 def message_ref(message_id: str | None, headers: Mapping[str, Any], body: bytes) -> str:
     """The ID an operator types: message id, else our event-id header, else a body hash."""
-    event_id = json_safe(headers.get(topology.H_EVENT_ID))
+    event_id = json_safe(headers.get(envelope.H_EVENT_ID))
     if message_id:
         return message_id
     if isinstance(event_id, str) and event_id:
         return event_id
     return f"body-{hashlib.sha256(body).hexdigest()[:16]}"
-
-
-def replay_headers(headers: Mapping[str, Any], replayed_at: str) -> dict[str, Any]:
-    """Headers of a replayed copy: ours kept, parking and broker ones dropped, attempts reset."""
-    kept = {
-        name: value
-        for name, value in headers.items()
-        if name not in _PARK_HEADERS and not name.startswith(_BROKER_HEADER_PREFIXES)
-    }
-    kept[topology.H_ATTEMPTS] = 0
-    kept[topology.H_REPLAYED] = replayed_at
-    return kept
 
 
 def parse_body(body: bytes) -> Any:
@@ -141,18 +125,18 @@ def summary_row(ref: str, headers: Mapping[str, Any], body: bytes) -> Row:
         return "-" if value is None or value == "" else str(value)
 
     instance, alarm = alarm_summary(parse_body(body))
-    status = header(topology.H_STATUS)
+    status = header(envelope.H_STATUS)
     if status == "-" and headers.get("x-first-death-reason"):
         # Dead-lettered by the broker itself (the work queue's delivery limit), not parked by us.
         status = f"broker:{header('x-first-death-reason')}"
     return Row(
-        failed_at=header(topology.H_FAILED_AT),
+        failed_at=header(envelope.H_FAILED_AT),
         ref=ref,
         instance=instance,
         alarm=alarm,
-        attempts=header(topology.H_ATTEMPTS),
+        attempts=header(envelope.H_ATTEMPTS),
         status=status,
-        error=_one_line(header(topology.H_ERROR), _ERROR_WIDTH),
+        error=_one_line(header(envelope.H_ERROR), _ERROR_WIDTH),
     )
 
 
@@ -190,7 +174,7 @@ def _ref(message: AbstractIncomingMessage) -> str:
 
 def _names(message: AbstractIncomingMessage) -> set[str]:
     """Every ID the operator may have copied for this message (UI, list, receiver's 202)."""
-    event_id = json_safe((message.headers or {}).get(topology.H_EVENT_ID))
+    event_id = json_safe((message.headers or {}).get(envelope.H_EVENT_ID))
     names = {_ref(message), message.message_id, event_id if isinstance(event_id, str) else None}
     return {name for name in names if name}
 
@@ -258,14 +242,7 @@ class ParkingLot:
 
     async def replay(self, message: AbstractIncomingMessage, replayed_at: str) -> None:
         """Publish a fresh copy to the work queue; ack the parked one once it is confirmed."""
-        copy = aio_pika.Message(
-            body=message.body,
-            headers=replay_headers(message.headers or {}, replayed_at),
-            content_type=message.content_type or "application/json",
-            message_id=message.message_id,
-            timestamp=message.timestamp,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        )
+        copy = envelope.replay_copy(message, replayed_at)
         try:
             await self._channel.default_exchange.publish(
                 copy, routing_key=topology.WORK_QUEUE, mandatory=True, timeout=10

@@ -79,3 +79,14 @@ class Ladder:
         """Is ``plan`` past ``ceiling`` on this ladder?"""
         pos, top = self.position(plan), self.position(ceiling)
         return pos is not None and top is not None and pos > top
+
+
+def plan_shows(target: str, current: str | None) -> bool:
+    """Does the instance's ``current`` plan show the ``target`` an upgrade asked for? Names
+    compare as plans (``Hare-3`` is ``hare-3``), and as text when either is no plan name."""
+    if current is None:
+        return False
+    if current == target:
+        return True
+    wanted, shown = parse_plan(target), parse_plan(current)
+    return wanted is not None and shown is not None and shown == wanted

@@ -25,7 +25,8 @@ from shared.settings import Settings
 from shared.store import Store
 from tests.support import FakeCloudAmqp, TcpProxy, wait_until
 from worker.cloudamqp import CloudAmqpClient
-from worker.process import Ack, Defer, Processor
+from worker.outcomes import Ack, Defer
+from worker.process import Processor
 
 INSTANCE = "takeover-1"
 LEASE = 120.0

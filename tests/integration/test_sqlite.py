@@ -14,7 +14,7 @@ from shared.db import SqliteDatabase, _set_wal
 from shared.incidents import plan_incident
 from shared.store import Store
 from tests.integration.test_store import alarm
-from tests.support import wait_until
+from tests.support import OneByOne, wait_until
 
 
 async def test_a_write_waits_for_another_writer_without_blocking_the_event_loop(tmp_path: Path) -> None:
@@ -33,7 +33,7 @@ async def test_a_write_waits_for_another_writer_without_blocking_the_event_loop(
     try:
         other.execute("BEGIN IMMEDIATE")  # the other process holds the write lock
         a = alarm()
-        write = asyncio.ensure_future(store.record_event(a, "i1", plan_incident(a, "i1"), 100.0))
+        write = asyncio.ensure_future(OneByOne(store).record_event(a, "i1", plan_incident(a, "i1"), 100.0))
         await wait_until(lambda: ticks >= 20, timeout=10, what="the event loop to keep running")
         assert not write.done()
 
@@ -81,7 +81,7 @@ async def test_the_wal_is_checkpointed_in_the_background_and_stays_bounded(tmp_p
     try:
         for n in range(1500):
             a = alarm(f"e{n}", alarm_type="memory", value=85, instance_id=f"i{n % 50}")
-            await store.record_event(a, "i1", plan_incident(a, "i1"), 100.0)
+            await OneByOne(store).record_event(a, "i1", plan_incident(a, "i1"), 100.0)
             await asyncio.sleep(0)  # let the checkpointer run, as message I/O would
         wal = await asyncio.to_thread(os.path.getsize, f"{path}-wal")
         assert wal < 12 * 2**20, f"WAL is {wal} bytes"
@@ -99,11 +99,11 @@ async def test_a_checkpoint_gives_up_soon_while_another_process_keeps_reading(tm
     try:
         for n in range(3):
             a = alarm(f"e{n}")
-            await store.record_event(a, "i1", plan_incident(a, "i1"), 100.0)
+            await OneByOne(store).record_event(a, "i1", plan_incident(a, "i1"), 100.0)
         reader.execute("BEGIN")
         reader.execute("SELECT COUNT(*) FROM events").fetchone()
         later = alarm("e-later")
-        await store.record_event(later, "i1", plan_incident(later, "i1"), 100.0)
+        await OneByOne(store).record_event(later, "i1", plan_incident(later, "i1"), 100.0)
         db = store.db
         assert isinstance(db, SqliteDatabase)
 
@@ -112,7 +112,7 @@ async def test_a_checkpoint_gives_up_soon_while_another_process_keeps_reading(tm
 
         assert time.monotonic() - started < 5
         last = alarm("e-last")
-        assert (await store.record_event(last, "i1", plan_incident(last, "i1"), 100.0)).new
+        assert (await OneByOne(store).record_event(last, "i1", plan_incident(last, "i1"), 100.0)).new
     finally:
         reader.close()
         await store.close()

@@ -12,7 +12,8 @@ from shared.alarm import Alarm, event_key
 from shared.claims import ClaimVerdict
 from shared.errors import StoreError
 from shared.incidents import plan_incident
-from shared.store import Store
+from shared.store import ActionRecord, ActionStatus, Store
+from tests.support import OneByOne
 
 
 @pytest.fixture
@@ -28,7 +29,7 @@ def alarm(event_id: str = "e1", **body: Any) -> Alarm:
 
 
 async def record(store: Store, a: Alarm) -> Any:
-    return await store.record_event(a, "i1", plan_incident(a, "i1"), 100.0)
+    return await OneByOne(store).record_event(a, "i1", plan_incident(a, "i1"), 100.0)
 
 
 async def test_opening_twice_migrates_once_and_keeps_data(database_url: str) -> None:
@@ -60,18 +61,18 @@ async def test_identical_content_is_a_duplicate_only_once_decided(store: Store) 
     await record(store, a)
     await record(store, b)
 
-    assert not await store.key_already_decided(b.event_key, b.event_id)
-    await store.save_action(a, incident_id=None, instance_id="i1", status="in_progress", now=1.0)
-    assert not await store.key_already_decided(b.event_key, b.event_id)
-    await store.save_action(a, incident_id=None, instance_id="i1", status="succeeded", now=2.0)
-    assert await store.key_already_decided(b.event_key, b.event_id)
-    assert not await store.key_already_decided(a.event_key, a.event_id)
+    assert not await OneByOne(store).key_already_decided(b.event_key, b.event_id)
+    await OneByOne(store).write_action(ActionRecord(a, ActionStatus.IN_PROGRESS, 1.0, None, "i1"))
+    assert not await OneByOne(store).key_already_decided(b.event_key, b.event_id)
+    await OneByOne(store).write_action(ActionRecord(a, ActionStatus.SUCCEEDED, 2.0, None, "i1"))
+    assert await OneByOne(store).key_already_decided(b.event_key, b.event_id)
+    assert not await OneByOne(store).key_already_decided(a.event_key, a.event_id)
 
 
 async def test_the_action_row_is_one_per_event_and_shows_the_latest_status(store: Store) -> None:
     a = alarm()
-    await store.save_action(a, incident_id=None, instance_id="i1", status="in_progress", plan="p", now=1.0)
-    await store.save_action(a, incident_id=None, instance_id="i1", status="retrying", detail="503", now=2.0)
+    await OneByOne(store).write_action(ActionRecord(a, ActionStatus.IN_PROGRESS, 1.0, None, "i1", plan="p"))
+    await OneByOne(store).write_action(ActionRecord(a, ActionStatus.RETRYING, 2.0, None, "i1", detail="503"))
 
     [row] = await store.list_actions()
     assert (row["status"], row["plan"], row["detail"]) == ("retrying", "p", "503")
@@ -80,11 +81,11 @@ async def test_the_action_row_is_one_per_event_and_shows_the_latest_status(store
 
 async def test_the_first_final_word_about_an_event_wins_unless_replayed(store: Store) -> None:
     a = alarm()
-    assert await store.save_action(a, incident_id=None, instance_id="i1", status="succeeded", now=1.0)
+    assert await OneByOne(store).write_action(ActionRecord(a, ActionStatus.SUCCEEDED, 1.0, None, "i1"))
 
-    overwritten = await store.save_action(a, incident_id=None, instance_id="i1", status="skipped", now=2.0)
+    overwritten = await OneByOne(store).write_action(ActionRecord(a, ActionStatus.SKIPPED, 2.0, None, "i1"))
     replay = Alarm(a.event_id, a.received_at, a.body, a.event_key, replayed=True)
-    replayed = await store.save_action(replay, incident_id=None, instance_id="i1", status="skipped", now=3.0)
+    replayed = await OneByOne(store).write_action(ActionRecord(replay, ActionStatus.SKIPPED, 3.0, None, "i1"))
 
     assert not overwritten and replayed
     [row] = await store.list_actions()
@@ -124,24 +125,26 @@ async def test_claim_rules_in_the_store(
 ) -> None:
     for action, at in steps:
         if action == "claim":
-            await store.try_claim("i1", "i1", "w1", at, 120, 1800)
+            await OneByOne(store).try_claim("i1", "i1", "w1", at, 120, 1800)
         elif action == "notice":
-            assert (await store.try_claim("i1", "i1", "w0", at, 120, 1800)).verdict is ClaimVerdict.NOTICED
+            assert (
+                await OneByOne(store).try_claim("i1", "i1", "w0", at, 120, 1800)
+            ).verdict is ClaimVerdict.NOTICED
         elif action == "renew":
             assert await store.renew_claim("i1", "w1", at + 120)
         else:
             await store.finish_claim("i1", "w1", succeeded=action == "done")
 
-    result = await store.try_claim("i1", "i1", "w2", 100, 120, 1800)
+    result = await OneByOne(store).try_claim("i1", "i1", "w2", 100, 120, 1800)
 
     assert result.verdict is expected
 
 
 async def test_only_the_owner_can_finish_a_claim(store: Store) -> None:
-    await store.try_claim("i1", "i1", "w1", 0, 120, 1800)
+    await OneByOne(store).try_claim("i1", "i1", "w1", 0, 120, 1800)
     await store.finish_claim("i1", "intruder", succeeded=False)
 
-    assert (await store.try_claim("i1", "i1", "w2", 1, 120, 1800)).verdict is ClaimVerdict.HELD
+    assert (await OneByOne(store).try_claim("i1", "i1", "w2", 1, 120, 1800)).verdict is ClaimVerdict.HELD
 
 
 async def test_many_connections_racing_for_one_claim_grant_exactly_one(database_url: str) -> None:
@@ -149,7 +152,7 @@ async def test_many_connections_racing_for_one_claim_grant_exactly_one(database_
     try:
         results = await asyncio.gather(
             *(
-                s.try_claim("race", "i1", f"w{n}", 10.0, 120, 1800)
+                OneByOne(s).try_claim("race", "i1", f"w{n}", 10.0, 120, 1800)
                 for n, s in enumerate(stores)
                 for _ in range(3)
             )
@@ -169,7 +172,7 @@ async def test_many_connections_grouping_one_new_message_open_one_incident(datab
     try:
         await asyncio.gather(
             *(
-                s.record_event(a, None, plan_incident(a, None), 100.0)
+                OneByOne(s).record_event(a, None, plan_incident(a, None), 100.0)
                 for n, s in enumerate(stores)
                 for a in [Alarm(f"e{n}-{k}", 100.0, body, event_key(body)) for k in range(10)]
             )

@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from shared.alarm import decode_alarm, event_key, new_id
+from shared.alarm import event_key, new_id
+from shared.envelope import decode_alarm
 from shared.errors import DecodeError, PermanentError, RetryableError
 from worker.cloudamqp import classify, parse_retry_after
 

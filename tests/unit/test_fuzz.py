@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.alarm import decode_alarm
+from shared.envelope import decode_alarm
 from shared.incidents import IncidentChange, plan_incident
 from shared.settings import Settings
 from worker.policy import DecisionState, Skip, Upgrade, decide

@@ -9,7 +9,7 @@ import pytest
 
 from shared.settings import ConfigError, Settings, read_dotenv
 from shared.topology import queue_arguments, retry_queue_name
-from worker.process import defer_delay, retry_delay
+from worker.outcomes import defer_delay, retry_delay
 
 
 def test_defaults_match_the_spec() -> None:

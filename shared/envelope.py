@@ -1,0 +1,192 @@
+"""The message envelope: the one owner of what travels on the broker besides the alarm.
+
+An alarm message's body is the alarm exactly as CloudAMQP posted it (so the management UI and
+the parking lot show the original); the event id, received-at time and attempt count travel
+as message properties and headers of our own. A check message (the follow-up of an upgrade
+CloudAMQP accepted) is marked by a header and carries a ``Check`` as JSON.
+
+Everything that writes, reads or copies those headers is here: adding a header touches this
+file only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage
+
+from shared.alarm import Alarm, event_key, iso, parse_timestamp
+from shared.errors import DecodeError
+
+# Headers of our own; RabbitMQ 4 no longer counts x-death on re-publish, so we carry ours.
+H_EVENT_ID = "x-autopilot-event-id"
+H_RECEIVED_AT = "x-autopilot-received-at"
+H_ATTEMPTS = "x-autopilot-attempts"
+H_REPLAYED = "x-autopilot-replayed"
+H_ERROR = "x-autopilot-error"
+H_STATUS = "x-autopilot-status"
+H_FAILED_AT = "x-autopilot-failed-at"
+H_CHECK = "x-autopilot-check"  # marks a follow-up check of an accepted upgrade, not an alarm
+
+# The parking explanation, dropped from a replayed copy: it is no longer parked.
+PARK_HEADERS = frozenset({H_ERROR, H_STATUS, H_FAILED_AT})
+# Written by the broker on dead-lettering and redelivery; stale on any copy we publish.
+BROKER_HEADER_PREFIXES = ("x-death", "x-first-death-", "x-last-death-", "x-delivery-count")
+
+_ERROR_LIMIT = 1000  # characters of an error kept in a header (the management UI shows it)
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, bytes | bytearray):
+        value = bytes(value).decode("utf-8", "replace")
+    return value if isinstance(value, str) and value else None
+
+
+def attempts(headers: Mapping[str, Any]) -> int:
+    """The attempt count a message carries (0 when absent or unreadable)."""
+    value = headers.get(H_ATTEMPTS)
+    if isinstance(value, bytes | bytearray):
+        value = bytes(value).decode("ascii", "replace")
+    try:
+        return max(int(value), 0) if value is not None else 0
+    except (TypeError, ValueError):
+        return 0
+
+
+def event_id_of(headers: Mapping[str, Any]) -> str | None:
+    """The receiver's event id header, when the message has one."""
+    return _text(headers.get(H_EVENT_ID))
+
+
+def alarm_headers(event_id: str, received_at: float) -> dict[str, Any]:
+    """The headers the receiver puts on an accepted alarm."""
+    return {H_EVENT_ID: event_id, H_RECEIVED_AT: iso(received_at)}
+
+
+def decode_alarm(
+    body: bytes, headers: Mapping[str, Any], message_id: str | None, fallback_time: float
+) -> Alarm:
+    """Turn a broker message into an ``Alarm``; raise ``DecodeError`` when it is not one."""
+    try:
+        parsed = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DecodeError(f"body is not JSON: {exc}") from exc
+    if not isinstance(parsed, dict):
+        raise DecodeError(f"body is JSON {type(parsed).__name__}, expected an object")
+    key = event_key(parsed)
+    received_raw = _text(headers.get(H_RECEIVED_AT))
+    try:
+        received_at = parse_timestamp(received_raw) if received_raw else fallback_time
+    except ValueError:
+        received_at = fallback_time
+    return Alarm(
+        # A message published by hand without our headers still gets a stable id.
+        event_id=event_id_of(headers) or message_id or f"key-{key[:32]}",
+        received_at=received_at,
+        body=parsed,
+        event_key=key,
+        attempts=attempts(headers),
+        replayed=_text(headers.get(H_REPLAYED)) is not None,
+    )
+
+
+def is_check(headers: Mapping[str, Any]) -> bool:
+    return bool(headers.get(H_CHECK))
+
+
+@dataclass(frozen=True)
+class Check:
+    """A follow-up on an upgrade CloudAMQP accepted: read the instance until ``plan`` shows,
+    or give up at ``deadline`` (the upgrade itself runs asynchronously at CloudAMQP)."""
+
+    action_id: str
+    instance_id: str
+    plan: str
+    deadline: float
+    checks: int = 0
+
+
+def check_message(check: Check) -> aio_pika.Message:
+    return aio_pika.Message(
+        body=json.dumps(asdict(check)).encode(),
+        headers={H_CHECK: "1"},
+        content_type="application/json",
+        message_id=f"check-{check.action_id}-{check.checks}",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+    )
+
+
+def decode_check(body: bytes) -> Check:
+    try:
+        data = json.loads(body)
+        return Check(
+            str(data["action_id"]),
+            str(data["instance_id"]),
+            str(data["plan"]),
+            float(data["deadline"]),
+            int(data.get("checks", 0)),
+        )
+    except (TypeError, KeyError, ValueError, AttributeError) as exc:
+        raise DecodeError(f"not an upgrade check: {exc}") from exc
+
+
+def _without(headers: Mapping[str, Any], names: frozenset[str] = frozenset()) -> dict[str, Any]:
+    return {k: v for k, v in headers.items() if k not in names and not k.startswith(BROKER_HEADER_PREFIXES)}
+
+
+def copy_of(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
+    """The same body and identity, persistent, with these headers."""
+    return aio_pika.Message(
+        body=message.body,
+        headers=headers,
+        content_type=message.content_type or "application/json",
+        message_id=message.message_id,
+        timestamp=message.timestamp,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+    )
+
+
+def retry_copy(message: AbstractIncomingMessage, attempts_so_far: int | None = None) -> aio_pika.Message:
+    """The copy for a delay queue: our headers kept, the attempt count updated when given."""
+    headers = _without(message.headers or {})
+    if attempts_so_far is not None:
+        headers[H_ATTEMPTS] = attempts_so_far
+    return copy_of(message, headers)
+
+
+def park_headers(error: str, status: str, attempts_so_far: int, failed_at: float) -> dict[str, Any]:
+    """What explains a parked message in the management UI."""
+    when = datetime.fromtimestamp(failed_at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return {
+        H_ERROR: error[:_ERROR_LIMIT],
+        H_ATTEMPTS: attempts_so_far,
+        H_STATUS: status,
+        H_FAILED_AT: when,
+    }
+
+
+def park_copy(
+    message: AbstractIncomingMessage, error: str, status: str, attempts_so_far: int, failed_at: float
+) -> aio_pika.Message:
+    """The copy for the parking lot: the original body, with why it was parked."""
+    headers = _without(message.headers or {})
+    headers.update(park_headers(error, status, attempts_so_far, failed_at))
+    return copy_of(message, headers)
+
+
+def replay_headers(headers: Mapping[str, Any], replayed_at: str) -> dict[str, Any]:
+    """Headers of a replayed copy: ours kept, parking and broker ones dropped, attempts reset."""
+    kept = _without(headers, PARK_HEADERS)
+    kept[H_ATTEMPTS] = 0
+    kept[H_REPLAYED] = replayed_at
+    return kept
+
+
+def replay_copy(message: AbstractIncomingMessage, replayed_at: str) -> aio_pika.Message:
+    """The copy a replay publishes to the work queue (a fresh attempt count)."""
+    return copy_of(message, replay_headers(message.headers or {}, replayed_at))

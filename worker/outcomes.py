@@ -1,0 +1,171 @@
+"""How a message is settled, and the retry policy that decides when to try again or give up.
+
+An ``Outcome`` says what becomes of the message that was processed: acknowledged, sent through
+a delay queue (a retry that spends an attempt, a deferral that does not, or a follow-up check
+of an accepted upgrade), or parked with an explanation. ``Retries`` owns the delays and the
+attempt limit; ``Consumer.settle`` carries the outcome out (publish, then ack) and nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import aio_pika
+import structlog
+from aio_pika.abc import AbstractIncomingMessage
+
+from shared import envelope, topology
+from shared.envelope import Check
+from shared.settings import Settings
+
+log = structlog.get_logger("worker")
+
+RETRIES_EXHAUSTED = "retries_exhausted"
+PERMANENT_ERROR = "permanent_error"
+DECODE_ERROR = "decode_error"
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a settled message goes before it is acknowledged."""
+
+    queue: str
+    message: aio_pika.Message
+
+
+@dataclass(frozen=True)
+class Ack:
+    """Done (whatever was decided): acknowledge."""
+
+    label: ClassVar[str | None] = None
+
+    def route(self, message: AbstractIncomingMessage, now: float) -> Route | None:
+        return None
+
+    def announce(self, message: AbstractIncomingMessage) -> None:
+        """Nothing to say: the decision's own log line said it."""
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Try again after ``delay`` through a delay queue; ``attempts`` is the count after this one."""
+
+    error: str
+    attempts: int
+    delay: float
+    label: ClassVar[str | None] = "retried"
+
+    def route(self, message: AbstractIncomingMessage, now: float) -> Route | None:
+        copy = envelope.retry_copy(message, self.attempts)
+        return Route(topology.retry_queue_name(self.delay), copy)
+
+    def announce(self, message: AbstractIncomingMessage) -> None:
+        log.info(
+            "message.retry_scheduled",
+            message_id=message.message_id,
+            attempts=self.attempts,
+            delay_s=self.delay,
+        )
+
+
+@dataclass(frozen=True)
+class Defer:
+    """Another worker holds the claim: wait in a delay queue without spending an attempt."""
+
+    delay: float
+    reason: str
+    label: ClassVar[str | None] = "deferred"
+
+    def route(self, message: AbstractIncomingMessage, now: float) -> Route | None:
+        return Route(topology.retry_queue_name(self.delay), envelope.retry_copy(message))
+
+    def announce(self, message: AbstractIncomingMessage) -> None:
+        log.info("message.deferred", message_id=message.message_id, delay_s=self.delay)
+
+
+@dataclass(frozen=True)
+class Park:
+    """Give up: move to the parking lot with an explanation."""
+
+    error: str
+    status: str
+    attempts: int
+    label: ClassVar[str | None] = "parked"
+
+    def route(self, message: AbstractIncomingMessage, now: float) -> Route | None:
+        copy = envelope.park_copy(message, self.error, self.status, self.attempts, now)
+        return Route(topology.DEAD_QUEUE, copy)
+
+    def announce(self, message: AbstractIncomingMessage) -> None:
+        log.error(
+            "message.parked",
+            message_id=message.message_id,
+            status=self.status,
+            error=self.error,
+            attempts=self.attempts,
+        )
+
+
+@dataclass(frozen=True)
+class Follow:
+    """Acknowledge, and send ``check`` through a delay queue of ``delay`` seconds."""
+
+    check: Check
+    delay: float
+    label: ClassVar[str | None] = "check_scheduled"
+
+    def route(self, message: AbstractIncomingMessage, now: float) -> Route | None:
+        return Route(topology.retry_queue_name(self.delay), envelope.check_message(self.check))
+
+    def announce(self, message: AbstractIncomingMessage) -> None:
+        """The processor logged the check it scheduled."""
+
+
+Outcome = Ack | Retry | Defer | Park | Follow
+
+
+def defer_delay(retry_delays: tuple[float, ...], wait: float) -> float:
+    """The longest delay queue that does not overshoot ``wait``, else the shortest one."""
+    fitting = [d for d in retry_delays if d <= wait]
+    return max(fitting) if fitting else min(retry_delays)
+
+
+def retry_delay(retry_delays: tuple[float, ...], attempts: int, retry_after: float | None) -> float:
+    """Delay before the next attempt: the configured one for this attempt, or the shortest
+    configured delay that honours ``Retry-After`` (the longest when none is long enough)."""
+    base = retry_delays[min(max(attempts, 1), len(retry_delays)) - 1]
+    if retry_after is None or retry_after <= base:
+        return base
+    longer = [d for d in retry_delays if d >= retry_after]
+    return min(longer) if longer else max(retry_delays)
+
+
+@dataclass(frozen=True)
+class Retries:
+    """The retry policy: ``RETRY_DELAYS`` (only these delay queues exist) and ``MAX_ATTEMPTS``."""
+
+    delays: tuple[float, ...]
+    max_attempts: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Retries:
+        return cls(settings.retry_delays, settings.max_attempts)
+
+    def exhausted(self, attempts: int) -> bool:
+        """No attempt is left after ``attempts`` of them."""
+        return attempts >= self.max_attempts
+
+    def after_failure(self, error: str, attempts: int, retry_after: float | None = None) -> Retry | Park:
+        """A retryable failure of attempt ``attempts``: try again later, or park when none is left."""
+        if self.exhausted(attempts):
+            return Park(error, RETRIES_EXHAUSTED, attempts)
+        return Retry(error, attempts, retry_delay(self.delays, attempts, retry_after))
+
+    def defer(self, wait: float, reason: str) -> Defer:
+        return Defer(defer_delay(self.delays, wait), reason)
+
+    @property
+    def check_interval(self) -> float:
+        """Seconds between plan reads while an upgrade runs at CloudAMQP (about a minute)."""
+        return defer_delay(self.delays, 60.0)
