@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import socket
@@ -24,7 +25,7 @@ from worker.process import Processor
 log = structlog.get_logger("worker")
 
 
-async def main(settings: Settings) -> None:
+async def main(settings: Settings, *, burst: bool = False) -> None:
     stop = asyncio.Event()
     install_stop_handlers(stop, lambda name: log.info("worker.signal", signal=name))
     try:
@@ -62,7 +63,7 @@ async def main(settings: Settings) -> None:
         log.info("worker.starting", worker_id=worker_id, settings=settings.public_dict())
         runner = await serve_metrics(settings, consumer) if settings.worker_metrics_port else None
         try:
-            await consumer.run(stop)
+            await consumer.run(stop, burst=burst)
         finally:
             if runner is not None:
                 await runner.cleanup()
@@ -90,5 +91,16 @@ async def serve_metrics(settings: Settings, consumer: Consumer) -> web.AppRunner
     return runner
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__)
+    parser.add_argument(
+        "--burst",
+        action="store_true",
+        help="exit once the work queue and its delay queues are empty (process a backlog, then stop)",
+    )
+    return parser.parse_args(argv)
+
+
 if __name__ == "__main__":
-    run_main(main(load_settings_or_exit("worker")))
+    args = parse_args()
+    run_main(main(load_settings_or_exit("worker"), burst=args.burst))

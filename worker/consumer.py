@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 import aio_pika
@@ -22,6 +23,8 @@ from worker.outcomes import DECODE_ERROR, Outcome, Park, Retries
 from worker.process import Processor
 
 log = structlog.get_logger("worker")
+
+DRAIN_POLL_SECONDS = 0.05  # how often a burst worker looks whether its queues are empty
 
 
 def failure_outcome(retries: Retries, message: AbstractIncomingMessage, exc: BaseException) -> Outcome:
@@ -39,6 +42,7 @@ class Consumer:
         self._idle = asyncio.Event()
         self._idle.set()
         self._connection: Any = None
+        self._burst = False
 
     @property
     def consuming(self) -> bool:
@@ -116,13 +120,17 @@ class Consumer:
         assert self.channel is not None
         await self.channel.default_exchange.publish(msg, routing_key=queue, mandatory=True)
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event, *, burst: bool = False) -> None:
         """Consume until ``stop`` is set, then finish in-flight work and return.
 
         A lost connection (broker restart, network, an operator closing it in the UI) is
         re-opened here, with backoff, and consuming resumes; unacknowledged messages of the
         lost connection are redelivered by the broker, and the store makes that harmless.
+
+        ``burst``: stop by itself once the work queue and its delay queues are empty and no
+        message is in flight (``python -m worker --burst``; the in-process tests use it).
         """
+        self._burst = burst
         while not stop.is_set():
             connection = await connect_with_backoff(self.settings.rabbitmq_url, stop)
             if connection is None:
@@ -152,7 +160,10 @@ class Consumer:
             return False
         self._connection = connection
         log.info("worker.ready", queue=topology.WORK_QUEUE, prefetch=self.settings.worker_prefetch)
-        await _first(stop.wait(), lost.wait())
+        waits: list[Coroutine[Any, Any, Any]] = [stop.wait(), lost.wait()]
+        if self._burst:
+            waits.append(self._until_drained(channel, stop))
+        await _first(*waits)
         if not stop.is_set():
             log.warning("broker.connection_lost", in_flight=len(self._inflight))
             return False
@@ -161,6 +172,22 @@ class Consumer:
             await queue.cancel(tag)
         await self._idle.wait()
         return True
+
+
+    async def _until_drained(self, channel: AbstractChannel, stop: asyncio.Event) -> None:
+        """Set ``stop`` once nothing is ready in our queues and nothing is in flight, seen
+        twice in a row (a message on its way to us is in neither count for a moment)."""
+        names = [topology.WORK_QUEUE, *(topology.retry_queue_name(d) for d in self.settings.retry_delays)]
+        quiet = 0
+        while quiet < 2:
+            await asyncio.sleep(DRAIN_POLL_SECONDS)
+            ready = 0
+            for name in names:
+                declared = await channel.declare_queue(name, passive=True)
+                ready += int(declared.declaration_result.message_count or 0)
+            quiet = quiet + 1 if ready == 0 and self._idle.is_set() else 0
+        log.info("worker.drained")
+        stop.set()
 
 
 async def _quietly(settling: Any) -> None:
