@@ -173,7 +173,6 @@ class Consumer:
         await self._idle.wait()
         return True
 
-
     async def _until_drained(self, channel: AbstractChannel, stop: asyncio.Event) -> None:
         """Set ``stop`` once nothing is ready in our queues and nothing is in flight, seen
         twice in a row (a message on its way to us is in neither count for a moment)."""
