@@ -24,7 +24,7 @@ from receiver.keys import STORE
 from shared.alarm import Alarm, event_key, new_id
 from shared.incidents import plan_incident
 from shared.settings import Settings
-from shared.store import ActionRecord, Store
+from shared.store import ActionRecord, ActionStatus, Store
 from tests.conftest import vhost_name
 from tests.integration.conftest import SEED_INSTANCE, seed_alarm
 from tests.support import ROOT, Services, TcpProxy, free_port, management_request, queue_depth, wait_until
@@ -357,7 +357,7 @@ async def record(
     at: float,
     *,
     instance: str = SEED_INSTANCE,
-    status: str = "skipped",
+    status: ActionStatus = ActionStatus.SKIPPED,
     reason: str | None = "no_rule",
 ) -> str:
     """What a worker writes for one alarm, in one transaction: its event, incident change and
@@ -365,7 +365,7 @@ async def record(
     alarm = Alarm(event_id=new_id(), received_at=at - 0.5, body=body, event_key=event_key(body))
     async with store.unit() as unit:
         recorded = await unit.record_event(alarm, instance, plan_incident(alarm, instance), at)
-        detail = f"{status} for the test"
+        detail = f"{status.value} for the test"
         await unit.write_action(
             ActionRecord(alarm, status, at, recorded.incident_id, instance, reason, detail)
         )
