@@ -26,6 +26,11 @@ async def main(settings: Settings) -> None:
         fail("receiver", f"state store error: {exc}")
     if not settings.webhook_token:
         log.warning("receiver.no_token", detail="WEBHOOK_TOKEN is unset: anyone can post alarms")
+    if not settings.operator_token:
+        log.warning(
+            "receiver.operator_writes_disabled",
+            detail="OPERATOR_TOKEN is unset: pause, resume, approve and deny answer 403",
+        )
     site = web.TCPSite(runner, settings.receiver_host, settings.receiver_port)
     try:
         await site.start()

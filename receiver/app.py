@@ -15,12 +15,14 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from receiver.keys import OPENAPI, PUBLISHER, SETTINGS, STORE
+from receiver.keys import OPENAPI, OPERATIONS, PUBLISHER, SETTINGS, STORE
 from receiver.publisher import Publisher
 from receiver.routes import setup_routes
 from receiver.views import MAX_BODY
-from shared import metrics
+from shared import envelope, metrics
+from shared.envelope import ApprovalCheck
 from shared.errors import StoreError
+from shared.operations import Operations
 from shared.settings import Settings
 from shared.store import Store
 
@@ -90,6 +92,11 @@ async def broker_and_store(app: web.Application) -> AsyncIterator[None]:
     store = await Store.open(settings.database_url)
     publisher = Publisher(settings.rabbitmq_url, settings.retry_delays)
     app[STORE], app[PUBLISHER] = store, publisher
+
+    async def nudge(check: ApprovalCheck) -> None:
+        await publisher.publish_message(envelope.check_message(check))
+
+    app[OPERATIONS] = Operations(store, settings, nudge)
     problem = await publisher.check()
     if problem:
         log.warning("receiver.broker_not_ready", detail=problem)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from receiver.publisher import Publisher
+from shared.operations import Operations
 from shared.settings import Settings
 from shared.store import Store
 
@@ -14,3 +15,4 @@ SETTINGS = web.AppKey("settings", Settings)
 PUBLISHER = web.AppKey("publisher", Publisher)
 STORE = web.AppKey("store", Store)
 OPENAPI = web.AppKey("openapi", bytes)
+OPERATIONS = web.AppKey("operations", Operations)

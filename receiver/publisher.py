@@ -106,6 +106,13 @@ class Publisher:
             timestamp=datetime.fromtimestamp(received_at, tz=UTC),
             headers=envelope.alarm_headers(event_id, received_at),
         )
+        await self._send(channel, body, properties)
+
+    async def publish_message(self, message: aio_pika.Message) -> None:
+        """Any message of ours (an approval's nudge) onto the work queue, confirmed."""
+        await self._send(await self._channel_or_raise(), message.body, message.properties)
+
+    async def _send(self, channel: Channel, body: bytes, properties: spec.Basic.Properties) -> None:
         try:
             # The timeout covers the broker's confirm, not only the write.
             await channel.basic_publish(

@@ -1,16 +1,17 @@
 """Every URL the receiver answers, in one table.
 
-Groups, each a block below: the webhook, the read-only JSON views of the store, and the
-process's own endpoints (health, metrics, contract). An operator console (HTML pages under
-``/ui/``) and operator write endpoints are groups of their own, added here beside these with
-their handlers in a module of their own; ``receiver/openapi.json`` describes every JSON route.
+Groups, each a block below: the webhook, the read-only JSON views of the store, the
+operator's write endpoints (``receiver.controls``), and the process's own endpoints (health,
+metrics, contract). An operator console (HTML pages under ``/ui/``) is a group of its own,
+added here beside these with its handlers in a module of its own; ``receiver/openapi.json``
+describes every JSON route.
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from receiver import views
+from receiver import controls, views
 from shared import metrics
 
 
@@ -24,6 +25,15 @@ def setup_routes(app: web.Application) -> None:
     router.add_get("/incidents/{incident_id}", views.get_incident)
     router.add_get("/actions", views.list_actions)
     router.add_get("/events", views.list_events)
+    router.add_get("/pauses", views.list_pauses)
+    router.add_get("/audit", views.list_audit)
+    # The operator's controls (OPERATOR_TOKEN): pauses and approvals.
+    router.add_post("/instances/{instance}/pause", controls.pause)
+    router.add_delete("/instances/{instance}/pause", controls.resume)
+    router.add_post("/pause", controls.pause)
+    router.add_delete("/pause", controls.resume)
+    router.add_post("/actions/{action_id}/approve", controls.approve)
+    router.add_post("/actions/{action_id}/deny", controls.deny)
     # The process itself.
     router.add_get("/healthz", views.healthz)
     router.add_get("/readyz", views.readyz)

@@ -20,6 +20,7 @@ from aiohttp import web
 from receiver.keys import OPENAPI, PUBLISHER, SETTINGS, STORE
 from shared import metrics
 from shared.alarm import iso, new_id
+from shared.controls import GLOBAL, Pause
 from shared.errors import BrokerUnavailable
 
 log = structlog.get_logger("receiver")
@@ -48,22 +49,31 @@ def json_error(
     )
 
 
-def check_token(request: web.Request) -> None:
-    """401 unless the configured token is in the path, ``?token=`` or a Bearer header."""
-    expected = request.app[SETTINGS].webhook_token
+def bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    return header[7:] if header[:7].lower() == "bearer " else None
+
+
+def same_secret(given: str | None, expected: str | None) -> bool:
+    """Constant-time comparison; never short-circuits on content."""
+    if given is None or not expected:
+        return False
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+def check_token(request: web.Request, *, operator_too: bool = False) -> None:
+    """401 unless the configured token is in the path, ``?token=`` or a Bearer header (for
+    the read views, ``operator_too``: the operator token as a Bearer header does as well)."""
+    settings = request.app[SETTINGS]
+    expected = settings.webhook_token
     if not expected:
         return
-    header = request.headers.get("Authorization", "")
-    candidates = [
-        request.match_info.get("token"),
-        request.query.get("token"),
-        header[7:] if header[:7].lower() == "bearer " else None,
-    ]
+    candidates = [request.match_info.get("token"), request.query.get("token"), bearer(request)]
     ok = False
     for given in candidates:
-        if given is not None:
-            # Compare every candidate in constant time; never short-circuit on content.
-            ok |= hmac.compare_digest(given.encode(), expected.encode())
+        ok |= same_secret(given, expected)
+    if operator_too:
+        ok |= same_secret(bearer(request), settings.operator_token)
     if not ok:
         raise json_error(
             web.HTTPUnauthorized,
@@ -169,6 +179,37 @@ def action_json(row: dict[str, Any]) -> dict[str, Any]:
         "attempts": row["attempts"],
         "created_at": iso(row["created_at"]),
         "updated_at": iso(row["updated_at"]),
+        "approval": None
+        if row.get("approval_deadline") is None
+        else {
+            "deadline": iso(row["approval_deadline"]),
+            "decided_by": row.get("approval_decided_by"),
+            "decided_at": iso(row.get("approval_decided_at")),
+            "reason": row.get("approval_reason"),
+        },
+    }
+
+
+def pause_json(pause: Pause) -> dict[str, Any]:
+    return {
+        "scope": pause.scope,
+        "instance": None if pause.scope == GLOBAL else pause.scope,
+        "until": iso(pause.until),
+        "operator": pause.operator,
+        "reason": pause.reason,
+        "since": iso(pause.created_at),
+    }
+
+
+def audit_json(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["audit_id"],
+        "at": iso(row["at"]),
+        "actor": row["actor"],
+        "kind": row["kind"],
+        "act": row["act"],
+        "target": row["target"],
+        "detail": _loads(row["detail"]),
     }
 
 
@@ -199,7 +240,7 @@ def _page(request: web.Request) -> tuple[int, int]:
 
 
 async def list_incidents(request: web.Request) -> web.Response:
-    check_token(request)
+    check_token(request, operator_too=True)
     limit, offset = _page(request)
     status = request.query.get("status")
     if status not in (None, "open", "resolved"):
@@ -213,7 +254,7 @@ async def list_incidents(request: web.Request) -> web.Response:
 
 
 async def get_incident(request: web.Request) -> web.Response:
-    check_token(request)
+    check_token(request, operator_too=True)
     found = await request.app[STORE].get_incident(request.match_info["incident_id"])
     if found is None:
         raise json_error(web.HTTPNotFound, "not_found", "no incident with this id")
@@ -227,7 +268,7 @@ async def get_incident(request: web.Request) -> web.Response:
 async def list_events(request: web.Request) -> web.Response:
     """Recent events with the incident change each made, including the ones that made none
     (and why, for an alarm with nothing to group by)."""
-    check_token(request)
+    check_token(request, operator_too=True)
     limit, offset = _page(request)
     rows = await request.app[STORE].list_events(limit=limit, offset=offset)
     events = [
@@ -243,12 +284,28 @@ async def list_events(request: web.Request) -> web.Response:
 
 
 async def list_actions(request: web.Request) -> web.Response:
-    check_token(request)
+    check_token(request, operator_too=True)
     limit, offset = _page(request)
     rows = await request.app[STORE].list_actions(
         instance=request.query.get("instance"), limit=limit, offset=offset
     )
     return web.json_response({"actions": [action_json(r) for r in rows], "limit": limit, "offset": offset})
+
+
+async def list_pauses(request: web.Request) -> web.Response:
+    """Pauses still running (the global one first)."""
+    check_token(request, operator_too=True)
+    pauses = await request.app[STORE].list_pauses(time.time())
+    return web.json_response({"pauses": [pause_json(p) for p in pauses]})
+
+
+async def list_audit(request: web.Request) -> web.Response:
+    """Every operator act and every automatic upgrade, newest first; nothing here can be
+    changed through the API."""
+    check_token(request, operator_too=True)
+    limit, offset = _page(request)
+    rows = await request.app[STORE].list_audit(limit=limit, offset=offset)
+    return web.json_response({"audit": [audit_json(r) for r in rows], "limit": limit, "offset": offset})
 
 
 # --- the process itself -----------------------------------------------------------------------

@@ -4,7 +4,8 @@ conditional upsert, so that the check and the take are a single atomic step.
 A claim on a scope (an instance, or an instance and a rule) is one row:
 ``held`` while a worker is calling the API (until ``lease_until``, which the holder renews
 while it works), ``done`` after the upgrade started (no other until ``cooldown_until``),
-``released`` after a retryable failure.
+``released`` after a retryable failure, ``awaiting`` while an upgrade waits for a person's
+approval (until the approval's deadline; approving turns it into ``held``).
 
 A lease that ran out is not taken over at once. Its holder may be alive, with an upgrade
 CloudAMQP already carried out, unable to say so because the store was away: after the outage
@@ -23,6 +24,7 @@ from enum import StrEnum
 class ClaimStatus(StrEnum):
     HELD = "held"
     STALE = "stale"  # the lease ran out and a taker is waiting one more lease for the holder
+    AWAITING = "awaiting"  # an upgrade awaits a person's approval until ``lease_until``
     DONE = "done"
     RELEASED = "released"
 
@@ -32,6 +34,7 @@ class ClaimVerdict(StrEnum):
     NOTICED = "noticed"  # the lease ran out: marked stale, the holder has one more lease
     HELD = "held"  # another worker is on it and its lease has not expired: defer
     COOLING_DOWN = "cooling_down"
+    AWAITING_APPROVAL = "awaiting_approval"  # an upgrade of this scope waits for a person
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,9 @@ def claim_verdict(existing: ClaimRow | None, now: float) -> ClaimVerdict:
     """What asking for the claim now does. Mirrors the upsert of ``Unit.try_claim``."""
     if existing is None or existing.status is ClaimStatus.RELEASED:
         return ClaimVerdict.GRANTED
+    if existing.status is ClaimStatus.AWAITING:
+        # Past its deadline nobody can approve it any more (shared.controls): free to take.
+        return ClaimVerdict.AWAITING_APPROVAL if existing.lease_until > now else ClaimVerdict.GRANTED
     if existing.status in (ClaimStatus.HELD, ClaimStatus.STALE):
         if existing.lease_until > now:
             return ClaimVerdict.HELD

@@ -15,7 +15,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
@@ -110,20 +110,40 @@ class Check:
     deadline: float
     checks: int = 0
 
+    KIND: ClassVar[str] = "plan"
 
-def check_message(check: Check) -> aio_pika.Message:
+
+@dataclass(frozen=True)
+class ApprovalCheck:
+    """A follow-up on an upgrade that awaits approval: carry it out once approved, close it
+    at ``deadline``. Sent after a delay (the periodic look) and at once by an approval."""
+
+    action_id: str
+    deadline: float
+    checks: int = 0
+
+    KIND: ClassVar[str] = "approval"
+
+
+AnyCheck = Check | ApprovalCheck
+
+
+def check_message(check: AnyCheck) -> aio_pika.Message:
     return aio_pika.Message(
         body=json.dumps(asdict(check)).encode(),
-        headers={H_CHECK: "1"},
+        headers={H_CHECK: check.KIND},
         content_type="application/json",
-        message_id=f"check-{check.action_id}-{check.checks}",
+        message_id=f"{check.KIND}-check-{check.action_id}-{check.checks}",
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
     )
 
 
-def decode_check(body: bytes) -> Check:
+def decode_check(body: bytes, headers: Mapping[str, Any] | None = None) -> AnyCheck:
+    kind = _text((headers or {}).get(H_CHECK)) or Check.KIND
     try:
         data = json.loads(body)
+        if kind == ApprovalCheck.KIND:
+            return ApprovalCheck(str(data["action_id"]), float(data["deadline"]), int(data.get("checks", 0)))
         return Check(
             str(data["action_id"]),
             str(data["instance_id"]),

@@ -39,6 +39,7 @@ class Settings:
     receiver_host: str = "0.0.0.0"
     receiver_port: int = 8080
     webhook_token: str | None = field(default=None, repr=False)
+    operator_token: str | None = field(default=None, repr=False)
     cloudamqp_api_url: str = "https://customer.cloudamqp.com"
     cloudamqp_api_key: str | None = field(default=None, repr=False)
     instance_ids: tuple[str, ...] = ()
@@ -78,7 +79,7 @@ class Settings:
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in {"webhook_token", "cloudamqp_api_key"}:
+            if f.name in {"webhook_token", "operator_token", "cloudamqp_api_key"}:
                 value = "set" if value else "unset"
             elif f.name in {"rabbitmq_url", "database_url"}:
                 value = redact_url(value)
@@ -104,7 +105,10 @@ def read_dotenv(path: Path) -> dict[str, str]:
     return {key: value for key, value in dotenv_values(path).items() if value is not None}
 
 
-_SECRET_VARS = frozenset({"WEBHOOK_TOKEN", "CLOUDAMQP_API_KEY", "RABBITMQ_URL", "DATABASE_URL"})
+_SECRET_VARS = frozenset(
+    {"WEBHOOK_TOKEN", "OPERATOR_TOKEN", "CLOUDAMQP_API_KEY", "RABBITMQ_URL", "DATABASE_URL"}
+)
+MIN_OPERATOR_TOKEN = 16  # characters: it lets its holder approve spending
 
 # --- parsing helpers: each raises ConfigError naming the variable -------------------------
 
@@ -195,6 +199,13 @@ def _secret(raw: str) -> str:
     return raw
 
 
+def _operator_token(raw: str) -> str:
+    token = _secret(raw)
+    if len(token) < MIN_OPERATOR_TOKEN:
+        raise ValueError(f"must be at least {MIN_OPERATOR_TOKEN} characters (it allows approving upgrades)")
+    return token
+
+
 def _url_no_slash(*schemes: str) -> Callable[[str], str]:
     check = _url(*schemes)
     return lambda raw: check(raw).rstrip("/")
@@ -206,6 +217,7 @@ _VARIABLES: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("receiver_host", "RECEIVER_HOST", str),
     ("receiver_port", "RECEIVER_PORT", _int_range(1, 65535)),
     ("webhook_token", "WEBHOOK_TOKEN", _secret),
+    ("operator_token", "OPERATOR_TOKEN", _operator_token),
     ("cloudamqp_api_url", "CLOUDAMQP_API_URL", _url_no_slash("http", "https")),
     ("cloudamqp_api_key", "CLOUDAMQP_API_KEY", _secret),
     ("instance_ids", "CLOUDAMQP_INSTANCE_ID", _ids),
@@ -236,4 +248,7 @@ def _parse(env: Mapping[str, str]) -> dict[str, Any]:
     parsed = {field: _get(env, name, parse, getattr(defaults, field)) for field, name, parse in _VARIABLES}
     if not env.get("LOG_FORMAT", "").strip():
         parsed["log_format"] = "console" if sys.stderr.isatty() else "json"
+    if parsed["operator_token"] and parsed["operator_token"] == parsed["webhook_token"]:
+        # The webhook token sits in a URL configured at CloudAMQP: it must not approve upgrades.
+        raise ConfigError("OPERATOR_TOKEN=(hidden) is invalid: it must differ from WEBHOOK_TOKEN")
     return parsed

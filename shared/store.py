@@ -16,6 +16,7 @@ from typing import Any
 
 from shared.alarm import Alarm, new_id
 from shared.claims import ClaimRow, ClaimStatus, ClaimVerdict, claim_verdict
+from shared.controls import GLOBAL, Pause
 from shared.db import Database, Row, Tx, open_database
 from shared.errors import StoreError
 from shared.incidents import IncidentChange, IncidentPlan
@@ -31,6 +32,10 @@ class ActionStatus(StrEnum):
     DRY_RUN = "dry_run"
     FAILED = "failed"  # parked
     UNCONFIRMED = "unconfirmed"  # accepted, but the plan did not show before the deadline
+    AWAITING_APPROVAL = "awaiting_approval"  # its rule asks a person first; the claim is held
+    APPROVED = "approved"  # a person said yes; a worker is about to call
+    DENIED = "denied"
+    EXPIRED = "expired"  # nobody answered within the rule's approve_timeout
 
 
 # An event whose action reached one of these needs no more work when redelivered.
@@ -41,12 +46,19 @@ DONE_STATUSES = frozenset(
         ActionStatus.DRY_RUN,
         ActionStatus.FAILED,
         ActionStatus.UNCONFIRMED,
+        ActionStatus.DENIED,
+        ActionStatus.EXPIRED,
     }
 )
+# The alarm's own work is done, and the approval (not a redelivery) decides what follows.
+HANDED_OFF = frozenset({ActionStatus.AWAITING_APPROVAL, ActionStatus.APPROVED})
 # An identical re-send of an event whose action reached one of these is a ``duplicate``. Fewer
 # than DONE_STATUSES: a failed or unconfirmed upgrade is no decision that stands, so the same
 # alarm sent again deserves its own try (the cooldown claim still guards against a repeat).
 DECIDED_STATUSES = frozenset({ActionStatus.SUCCEEDED, ActionStatus.SKIPPED, ActionStatus.DRY_RUN})
+# Skips that say "not now" rather than "no": an identical alarm after a pause ended or an
+# approval was denied is decided afresh (level-triggered), not a duplicate.
+PASSING_SKIPS = ("paused", "awaiting_approval")
 
 
 def _sql_list(statuses: frozenset[ActionStatus]) -> str:
@@ -54,14 +66,26 @@ def _sql_list(statuses: frozenset[ActionStatus]) -> str:
 
 
 _DONE_SQL = _sql_list(DONE_STATUSES)
+_SETTLED_SQL = _sql_list(DONE_STATUSES | HANDED_OFF)
+_PASSING_SQL = ", ".join(f"'{reason}'" for reason in PASSING_SKIPS)
 _DECIDED_SQL = _sql_list(DECIDED_STATUSES)
 # An upgrade CloudAMQP accepted and that a check message now follows: "in_progress" with this
 # reason. The alarm's own work is done; only the check may change the row.
 AWAITING_CONFIRMATION = "awaiting_confirmation"
 
 
+# An action row as the views show it: with its approval, when it has one.
+_ACTION_COLUMNS = """a.*, p.deadline AS approval_deadline, p.decided_by AS approval_decided_by,
+    p.decided_at AS approval_decided_at, p.decision_reason AS approval_reason"""
+_APPROVAL_JOIN = "LEFT JOIN approvals p ON p.action_id = a.action_id"
+
+
 def _is_done(status: str | None, reason: str | None) -> bool:
-    return status in DONE_STATUSES or (status == ActionStatus.IN_PROGRESS and reason == AWAITING_CONFIRMATION)
+    return (
+        status in DONE_STATUSES
+        or status in HANDED_OFF
+        or (status == ActionStatus.IN_PROGRESS and reason == AWAITING_CONFIRMATION)
+    )
 
 
 MIGRATIONS: list[list[str]] = [
@@ -130,6 +154,43 @@ MIGRATIONS: list[list[str]] = [
         # index less to maintain on every alarm.
         "DROP INDEX IF EXISTS events_key",
     ],
+    [
+        # The operator's controls: pauses (maintenance windows), approvals, and the audit trail.
+        """CREATE TABLE pauses (
+            scope TEXT PRIMARY KEY,
+            until_at DOUBLE PRECISION NOT NULL,
+            operator TEXT NOT NULL,
+            reason TEXT,
+            created_at DOUBLE PRECISION NOT NULL
+        )""",
+        """CREATE TABLE approvals (
+            action_id TEXT PRIMARY KEY,
+            scope TEXT NOT NULL,
+            owner TEXT NOT NULL,
+            instance_id TEXT NOT NULL,
+            plan TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            rule TEXT NOT NULL,
+            cooldown_seconds DOUBLE PRECISION NOT NULL,
+            requested_at DOUBLE PRECISION NOT NULL,
+            deadline DOUBLE PRECISION NOT NULL,
+            decided_by TEXT,
+            decided_at DOUBLE PRECISION,
+            decision_reason TEXT
+        )""",
+        # Append-only: rows are inserted (with ids that make a repeated write a no-op), never
+        # updated or deleted, and nothing in the API can change them.
+        """CREATE TABLE audit (
+            audit_id TEXT PRIMARY KEY,
+            at DOUBLE PRECISION NOT NULL,
+            actor TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            act TEXT NOT NULL,
+            target TEXT,
+            detail TEXT
+        )""",
+        "CREATE INDEX audit_at ON audit (at)",
+    ],
 ]
 
 
@@ -141,6 +202,7 @@ class EventRecord:
     final_status: str | None  # this event's action status when no more work is due
     awaiting_plan: str | None = None  # the plan of an accepted upgrade still to be confirmed
     duplicate: bool = False  # another event with identical content already has a decision
+    approval_deadline: float | None = None  # its upgrade awaits (or just got) an approval
 
 
 @dataclass(frozen=True)
@@ -205,9 +267,17 @@ class Store:
             return await unit.renew_claim(scope, owner, lease_until)
 
     async def finish_claim(
-        self, scope: str, owner: str, *, succeeded: bool, record: ActionRecord | None = None
+        self,
+        scope: str,
+        owner: str,
+        *,
+        succeeded: bool,
+        record: ActionRecord | None = None,
+        audit: AuditEntry | None = None,
     ) -> bool:
         async with self.unit() as unit:
+            if audit is not None:
+                await unit.audit(audit)
             return await unit.finish_claim(scope, owner, succeeded=succeeded, record=record)
 
     async def confirm_action(self, action_id: str, status: ActionStatus, detail: str, now: float) -> bool:
@@ -219,14 +289,35 @@ class Store:
     async def list_actions(
         self, *, instance: str | None = None, limit: int = 100, offset: int = 0
     ) -> list[Row]:
-        where, args = ("WHERE instance_id = $3", [instance]) if instance else ("", [])
+        where, args = ("WHERE a.instance_id = $3", [instance]) if instance else ("", [])
         async with self.db.transaction(write=False) as tx:
             return await tx.fetch(
-                f"""SELECT * FROM actions {where}
-                    ORDER BY created_at DESC, action_id DESC LIMIT $1 OFFSET $2""",
+                f"""SELECT {_ACTION_COLUMNS} FROM actions a {_APPROVAL_JOIN} {where}
+                    ORDER BY a.created_at DESC, a.action_id DESC LIMIT $1 OFFSET $2""",
                 limit,
                 offset,
                 *args,
+            )
+
+    async def list_pauses(self, now: float) -> list[Pause]:
+        """Pauses still running, the global one first."""
+        async with self.db.transaction(write=False) as tx:
+            rows = await tx.fetch(
+                "SELECT * FROM pauses WHERE until_at > $1 ORDER BY scope = $2 DESC, scope", now, GLOBAL
+            )
+        return [_pause(r) for r in rows]
+
+    async def list_audit(self, *, limit: int = 100, offset: int = 0) -> list[Row]:
+        async with self.db.transaction(write=False) as tx:
+            return await tx.fetch(
+                "SELECT * FROM audit ORDER BY at DESC, audit_id DESC LIMIT $1 OFFSET $2", limit, offset
+            )
+
+    async def get_action(self, action_id: str) -> Row | None:
+        async with self.db.transaction(write=False) as tx:
+            return await tx.fetchrow(
+                f"SELECT {_ACTION_COLUMNS} FROM actions a {_APPROVAL_JOIN} WHERE a.action_id = $1",
+                action_id,
             )
 
     # --- incidents (read side) -------------------------------------------------------------
@@ -266,7 +357,8 @@ class Store:
                 incident_id,
             )
             actions = await tx.fetch(
-                "SELECT * FROM actions WHERE incident_id = $1 ORDER BY created_at DESC, action_id DESC",
+                f"""SELECT {_ACTION_COLUMNS} FROM actions a {_APPROVAL_JOIN} WHERE a.incident_id = $1
+                    ORDER BY a.created_at DESC, a.action_id DESC""",
                 incident_id,
             )
         return incident, events, actions
@@ -316,8 +408,9 @@ class Unit:
         )
         if inserted is None:
             row = await self.tx.fetchrow(
-                """SELECT e.incident_id, e.incident_change, a.status, a.reason, a.plan
+                """SELECT e.incident_id, e.incident_change, a.status, a.reason, a.plan, p.deadline
                    FROM events e LEFT JOIN actions a ON a.action_id = e.event_id
+                   LEFT JOIN approvals p ON p.action_id = e.event_id
                    WHERE e.event_id = $1""",
                 alarm.event_id,
             )
@@ -325,7 +418,10 @@ class Unit:
             done = row["status"] if _is_done(row["status"], row["reason"]) else None
             awaiting = row["plan"] if row["reason"] == AWAITING_CONFIRMATION else None
             duplicate = done is None and awaiting is None and await self._duplicate(alarm)
-            return EventRecord(False, row["incident_id"], row["incident_change"], done, awaiting, duplicate)
+            approval = float(row["deadline"]) if row["status"] in HANDED_OFF else None
+            return EventRecord(
+                False, row["incident_id"], row["incident_change"], done, awaiting, duplicate, approval
+            )
         incident_id, change = await self._apply_incident(alarm, instance_id, plan, now)
         await self.tx.execute(
             "UPDATE events SET incident_id = $1, incident_change = $2 WHERE event_id = $3",
@@ -376,7 +472,8 @@ class Unit:
         """Has another event with identical content already been decided?"""
         row = await self.tx.fetchrow(
             f"""SELECT 1 AS hit FROM actions WHERE event_key = $1 AND event_id <> $2
-               AND status IN ({_DECIDED_SQL}) LIMIT 1""",
+               AND status IN ({_DECIDED_SQL})
+               AND NOT (status = 'skipped' AND COALESCE(reason, '') IN ({_PASSING_SQL})) LIMIT 1""",
             event_key,
             event_id,
         )
@@ -399,7 +496,7 @@ class Unit:
                    status = excluded.status, reason = excluded.reason,
                    detail = excluded.detail, plan = COALESCE(excluded.plan, actions.plan),
                    attempts = excluded.attempts, updated_at = excluded.updated_at
-               WHERE (actions.status NOT IN ({_DONE_SQL})
+               WHERE (actions.status NOT IN ({_SETTLED_SQL})
                       AND COALESCE(actions.reason, '') <> '{AWAITING_CONFIRMATION}') OR $12
                RETURNING action_id""",
             record.alarm.event_id,
@@ -453,7 +550,8 @@ class Unit:
                    cooldown_until = CASE WHEN claims.status = 'held'
                                     THEN claims.cooldown_until ELSE excluded.cooldown_until END
                WHERE claims.status = 'released'
-                  OR (claims.status IN ('held', 'stale') AND claims.lease_until <= excluded.claimed_at)
+                  OR (claims.status IN ('held', 'stale', 'awaiting')
+                      AND claims.lease_until <= excluded.claimed_at)
                   OR (claims.status = 'done' AND claims.cooldown_until <= excluded.claimed_at)
                RETURNING scope, status, owner, lease_until, cooldown_until""",
             scope,
@@ -502,6 +600,192 @@ class Unit:
         )
         return await self.write_action(record) if record is not None else True
 
+    # --- the operator's controls: pauses, approvals, audit --------------------------------
+
+    async def pauses_for(self, instance: str, now: float) -> list[Pause]:
+        """Pauses holding ``instance`` at ``now`` (its own and the global one)."""
+        rows = await self.tx.fetch(
+            "SELECT * FROM pauses WHERE scope IN ($1, $2) AND until_at > $3", instance, GLOBAL, now
+        )
+        return [_pause(r) for r in rows]
+
+    async def set_pause(self, pause: Pause) -> None:
+        """Pause a scope (a new pause replaces the one it had)."""
+        await self.tx.execute(
+            """INSERT INTO pauses (scope, until_at, operator, reason, created_at)
+               VALUES ($1, $2, $3, $4, $5)
+               ON CONFLICT (scope) DO UPDATE SET until_at = excluded.until_at,
+                   operator = excluded.operator, reason = excluded.reason,
+                   created_at = excluded.created_at""",
+            pause.scope,
+            pause.until,
+            pause.operator,
+            pause.reason,
+            pause.created_at,
+        )
+
+    async def clear_pause(self, scope: str, now: float) -> Pause | None:
+        """End a scope's pause; the pause that was still running, or None."""
+        row = await self.tx.fetchrow("DELETE FROM pauses WHERE scope = $1 RETURNING *", scope)
+        return _pause(row) if row is not None and row["until_at"] > now else None
+
+    async def audit(self, entry: AuditEntry) -> None:
+        """Append to the audit trail; writing the same entry (same id) twice keeps one."""
+        await self.tx.execute(
+            """INSERT INTO audit (audit_id, at, actor, kind, act, target, detail)
+               VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (audit_id) DO NOTHING""",
+            entry.audit_id,
+            entry.at,
+            entry.actor,
+            entry.kind,
+            entry.act,
+            entry.target,
+            json.dumps(entry.detail, ensure_ascii=False, sort_keys=True),
+        )
+
+    async def request_approval(self, request: ApprovalRequest) -> bool:
+        """Turn the claim this worker just took into one that waits for a person until the
+        deadline, and remember what the upgrade would do. False when the claim is not ours."""
+        claimed = await self.tx.fetchrow(
+            """UPDATE claims SET status = 'awaiting', lease_until = $3
+               WHERE scope = $1 AND owner = $2 AND status = 'held' RETURNING scope""",
+            request.scope,
+            request.owner,
+            request.deadline,
+        )
+        if claimed is None:
+            return False
+        await self.tx.execute(
+            """INSERT INTO approvals (action_id, scope, owner, instance_id, plan, reason, rule,
+                   cooldown_seconds, requested_at, deadline)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+               ON CONFLICT (action_id) DO UPDATE SET scope = excluded.scope,
+                   owner = excluded.owner, plan = excluded.plan, reason = excluded.reason,
+                   rule = excluded.rule, cooldown_seconds = excluded.cooldown_seconds,
+                   requested_at = excluded.requested_at, deadline = excluded.deadline,
+                   decided_by = NULL, decided_at = NULL, decision_reason = NULL""",
+            request.action_id,
+            request.scope,
+            request.owner,
+            request.instance_id,
+            request.plan,
+            request.reason,
+            request.rule,
+            request.cooldown_seconds,
+            request.requested_at,
+            request.deadline,
+        )
+        return True
+
+    async def approval(self, action_id: str) -> Row | None:
+        """An action with its approval and the alarm that caused it (None: no such action)."""
+        return await self.tx.fetchrow(
+            """SELECT a.action_id, a.status, a.incident_id, a.attempts, p.scope, p.owner,
+                      p.instance_id, p.plan, p.reason, p.rule, p.cooldown_seconds, p.deadline,
+                      p.decided_by, e.received_at, e.event_key, e.body
+               FROM actions a
+               LEFT JOIN approvals p ON p.action_id = a.action_id
+               LEFT JOIN events e ON e.event_id = a.event_id
+               WHERE a.action_id = $1""",
+            action_id,
+        )
+
+    async def decide_approval(self, decision: ApprovalDecision) -> Row | None:
+        """Approve or deny, in single conditional statements: only one of any number of
+        concurrent answers (or the expiry) changes an awaiting action; None for the others.
+        Approving turns the claim into an ordinary held one (the worker's lease); denying
+        releases it."""
+        changed = await self.tx.fetchrow(
+            """UPDATE actions SET status = $2, updated_at = $3
+               WHERE action_id = $1 AND status = 'awaiting_approval'
+                 AND EXISTS (SELECT 1 FROM approvals p WHERE p.action_id = $1 AND p.deadline > $3)
+               RETURNING action_id""",
+            decision.action_id,
+            decision.status.value,
+            decision.now,
+        )
+        if changed is None:
+            return None
+        approval = await self.tx.fetchrow(
+            """UPDATE approvals SET decided_by = $2, decided_at = $3, decision_reason = $4
+               WHERE action_id = $1 RETURNING *""",
+            decision.action_id,
+            decision.operator,
+            decision.now,
+            decision.reason,
+        )
+        assert approval is not None
+        approved = decision.status is ActionStatus.APPROVED
+        await self.tx.execute(
+            """UPDATE claims SET status = $3, lease_until = $4
+               WHERE scope = $1 AND owner = $2 AND status = 'awaiting'""",
+            approval["scope"],
+            approval["owner"],
+            (ClaimStatus.HELD if approved else ClaimStatus.RELEASED).value,
+            decision.now + decision.lease if approved else decision.now,
+        )
+        return approval
+
+    async def expire_approval(self, action_id: str, now: float) -> Row | None:
+        """Close an approval whose window has passed and release its claim (None: it was
+        answered, or expired, already)."""
+        changed = await self.tx.fetchrow(
+            """UPDATE actions SET status = 'expired', updated_at = $2,
+                   detail = 'nobody approved or denied it in time'
+               WHERE action_id = $1 AND status = 'awaiting_approval'
+                 AND EXISTS (SELECT 1 FROM approvals p WHERE p.action_id = $1 AND p.deadline <= $2)
+               RETURNING action_id""",
+            action_id,
+            now,
+        )
+        if changed is None:
+            return None
+        approval = await self.tx.fetchrow("SELECT * FROM approvals WHERE action_id = $1", action_id)
+        assert approval is not None
+        await self.tx.execute(
+            """UPDATE claims SET status = 'released'
+               WHERE scope = $1 AND owner = $2 AND status = 'awaiting'""",
+            approval["scope"],
+            approval["owner"],
+        )
+        return approval
+
+    async def start_approved(self, action_id: str, now: float, lease: float) -> bool:
+        """Take an approved upgrade to carry it out: one statement, so of the approval's nudge,
+        its periodic check and any redelivery exactly one calls the API. Also renews the
+        claim, which must still be this approval's."""
+        row = await self.tx.fetchrow(
+            """UPDATE actions SET status = 'in_progress', updated_at = $2
+               WHERE action_id = $1 AND status = 'approved' RETURNING action_id""",
+            action_id,
+            now,
+        )
+        if row is None:
+            return False
+        approval = await self.tx.fetchrow("SELECT * FROM approvals WHERE action_id = $1", action_id)
+        assert approval is not None
+        # The cooldown runs from the upgrade, not from the alarm that asked for approval.
+        held = await self.tx.fetchrow(
+            """UPDATE claims SET status = 'held', lease_until = $3, cooldown_until = $4
+               WHERE scope = $1 AND owner = $2 AND status IN ('held', 'stale') RETURNING scope""",
+            approval["scope"],
+            approval["owner"],
+            now + lease,
+            now + float(approval["cooldown_seconds"]),
+        )
+        if held is None:
+            # The claim lapsed while no worker ran (its lease after approval) and another
+            # upgrade took it: this one must not call as well.
+            await self.tx.execute(
+                """UPDATE actions SET status = 'expired', updated_at = $2,
+                       detail = 'approved, but its claim lapsed before a worker could act'
+                   WHERE action_id = $1""",
+                action_id,
+                now,
+            )
+            return False
+        return True
+
 
 @dataclass(frozen=True)
 class ActionRecord:
@@ -525,4 +809,47 @@ def _claim_row(row: Row) -> ClaimRow:
         owner=row["owner"],
         lease_until=float(row["lease_until"]),
         cooldown_until=float(row["cooldown_until"]),
+    )
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One line of the audit trail: an operator's act, or an automatic one (an upgrade)."""
+
+    audit_id: str
+    at: float
+    actor: str
+    kind: str  # "operator" or "automatic"
+    act: str  # e.g. "pause", "resume", "approve", "deny", "upgrade", "approval.requested"
+    target: str | None
+    detail: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ApprovalRequest:
+    action_id: str
+    scope: str
+    owner: str
+    instance_id: str
+    plan: str
+    reason: str
+    rule: str
+    cooldown_seconds: float
+    requested_at: float
+    deadline: float
+
+
+@dataclass(frozen=True)
+class ApprovalDecision:
+    action_id: str
+    status: ActionStatus  # APPROVED or DENIED
+    operator: str
+    reason: str | None
+    now: float
+    lease: float  # the claim's lease once approved (a worker is then about to call)
+
+
+def _pause(row: Row) -> Pause:
+    return Pause(
+        row["scope"], float(row["until_at"]), row["operator"], row["reason"], float(row["created_at"])
     )

@@ -89,11 +89,11 @@ class Consumer:
 
     async def handle_check(self, message: AbstractIncomingMessage) -> Outcome:
         try:
-            check = envelope.decode_check(message.body)
+            check = envelope.decode_check(message.body, message.headers)
         except DecodeError as exc:
             return Park(f"cannot decode: {exc}", DECODE_ERROR, 0)
         try:
-            return await self.processor.check(check)
+            return await self.processor.follow_up(check)
         except Exception as exc:
             log.exception("upgrade.check_error", action_id=check.action_id)
             return failure_outcome(self.processor.retries, message, exc)

@@ -16,7 +16,7 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
 from shared import envelope, topology
-from shared.envelope import Check
+from shared.envelope import AnyCheck
 from shared.settings import Settings
 
 log = structlog.get_logger("worker")
@@ -111,7 +111,7 @@ class Park:
 class Follow:
     """Acknowledge, and send ``check`` through a delay queue of ``delay`` seconds."""
 
-    check: Check
+    check: AnyCheck
     delay: float
     label: ClassVar[str | None] = "check_scheduled"
 

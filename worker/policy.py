@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from shared.alarm import Alarm
+from shared.controls import Pause
 from shared.settings import Settings
 from worker.plans import DEFAULT_LADDER, Ladder, Plan, parse_plan
 
@@ -39,6 +40,11 @@ class SkipReason(StrEnum):
     PLAN_NOT_ON_LADDER = "plan_not_on_ladder"
     PLAN_UNKNOWN = "plan_unknown"
     ALREADY_AT_OR_ABOVE_TARGET = "already_at_or_above_target"
+    PAUSED = "paused"
+    AWAITING_APPROVAL = "awaiting_approval"
+
+
+DEFAULT_APPROVE_TIMEOUT = 3600.0  # seconds an upgrade waits for a person before it expires
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,8 @@ class Rule:
     max_plan: Plan | None = None
     ladder: Ladder = field(default_factory=lambda: Ladder.of(DEFAULT_LADDER))
     cooldown_seconds: float | None = None
+    approve: bool = False  # a person approves each upgrade first (POST /actions/{id}/approve)
+    approve_timeout: float = DEFAULT_APPROVE_TIMEOUT
 
     @property
     def has_threshold(self) -> bool:
@@ -92,6 +100,7 @@ class DecisionState:
     """What the store knows that matters to the decision."""
 
     duplicate: bool = False
+    pause: Pause | None = None  # the pause holding the instance now, if any
 
 
 @dataclass(frozen=True)
@@ -110,6 +119,8 @@ class Upgrade:
     rule: str = "default"
     ladder: Ladder = field(default_factory=lambda: Ladder.of(DEFAULT_LADDER))
     max_plan: Plan | None = None
+    approve: bool = False
+    approve_timeout: float = DEFAULT_APPROVE_TIMEOUT
 
 
 Decision = Skip | Upgrade
@@ -136,7 +147,11 @@ def decide(
     if blocked is not None:
         return blocked
     assert instance is not None
-    return _apply_rules(alarm, policy or Policy.default(settings), settings, instance)
+    decision = _apply_rules(alarm, policy or Policy.default(settings), settings, instance)
+    if isinstance(decision, Upgrade) and state.pause is not None:
+        # Recorded like any other alarm; only the upgrade waits for the pause to end.
+        return Skip(SkipReason.PAUSED, state.pause.describe())
+    return decision
 
 
 def _not_actionable(
@@ -215,6 +230,8 @@ def _act(rule: Rule, alarm: Alarm, settings: Settings, instance: str) -> Decisio
         rule=rule.name,
         ladder=rule.ladder,
         max_plan=rule.max_plan,
+        approve=rule.approve,
+        approve_timeout=rule.approve_timeout,
     )
 
 

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from worker.plans import DEFAULT_LADDER, Ladder, Plan, parse_plan
-from worker.policy import ALARM_TYPES, NEXT, Policy, Rule
+from worker.policy import ALARM_TYPES, DEFAULT_APPROVE_TIMEOUT, NEXT, Policy, Rule
 
 TOP_KEYS = frozenset({"ladder", "max_plan", "rules"})
 RULE_KEYS = frozenset(
     {"name", "alarm_type", "above", "below", "instances", "action", "plan", "max_plan", "ladder",
-     "cooldown_seconds"}
+     "cooldown_seconds", "approve", "approve_timeout"}
 )  # fmt: skip
 
 
@@ -113,6 +113,20 @@ def _instances(raw: dict[str, Any]) -> tuple[str, ...]:
     return tuple(instances)
 
 
+def _approval(raw: dict[str, Any], action: str) -> tuple[bool, float]:
+    approve = raw.get("approve", False)
+    if not isinstance(approve, bool):
+        raise _KeyProblem("approve", "expected true or false")
+    if approve and action != "upgrade":
+        raise _KeyProblem("approve", "only an 'upgrade' rule can ask for approval")
+    timeout = _number(raw, "approve_timeout")
+    if timeout is not None and not approve:
+        raise _KeyProblem("approve_timeout", "only means something with approve = true")
+    if timeout is not None and timeout <= 0:
+        raise _KeyProblem("approve_timeout", "expected a number of seconds > 0")
+    return approve, DEFAULT_APPROVE_TIMEOUT if timeout is None else timeout
+
+
 def _rule(raw: dict[str, Any], number: int, top_ladder: Ladder, default_max: Any) -> Rule:
     for key in raw:
         if key not in RULE_KEYS:
@@ -120,11 +134,7 @@ def _rule(raw: dict[str, Any], number: int, top_ladder: Ladder, default_max: Any
     alarm_type = raw.get("alarm_type")
     if not isinstance(alarm_type, str) or alarm_type not in ALARM_TYPES:
         raise _KeyProblem("alarm_type", f"{alarm_type!r} is not one of {', '.join(sorted(ALARM_TYPES))}")
-    above, below = _number(raw, "above"), _number(raw, "below")
-    if above is not None and below is not None and below <= above:
-        raise _KeyProblem(
-            "below", f"below ({below:g}) must be greater than above ({above:g}): the rule never matches"
-        )
+    above, below = _thresholds(raw)
     action = raw.get("action", "upgrade")
     if not isinstance(action, str) or action not in {"upgrade", "none"}:
         raise _KeyProblem("action", "expected 'upgrade' or 'none'")
@@ -138,6 +148,7 @@ def _rule(raw: dict[str, Any], number: int, top_ladder: Ladder, default_max: Any
     cooldown = _number(raw, "cooldown_seconds")
     if cooldown is not None and cooldown < 0:
         raise _KeyProblem("cooldown_seconds", "expected a number >= 0")
+    approve, approve_timeout = _approval(raw, action)
     name = raw.get("name", f"rule-{number}")
     if not isinstance(name, str) or not name:
         raise _KeyProblem("name", "expected a non-empty string")
@@ -152,4 +163,6 @@ def _rule(raw: dict[str, Any], number: int, top_ladder: Ladder, default_max: Any
         max_plan=_max_plan(raw.get("max_plan", default_max), ladder),
         ladder=ladder,
         cooldown_seconds=cooldown,
+        approve=approve,
+        approve_timeout=approve_timeout,
     )

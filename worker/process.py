@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -21,15 +22,34 @@ import structlog
 from tenacity import AsyncRetrying, stop_after_delay, wait_exponential
 
 from shared import metrics
-from shared.alarm import Alarm, new_id
+from shared.alarm import Alarm, iso, new_id
 from shared.claims import ClaimVerdict
-from shared.envelope import Check
+from shared.controls import effective_pause
+from shared.envelope import AnyCheck, ApprovalCheck, Check
 from shared.errors import PermanentError, RetryableError
 from shared.incidents import plan_incident
 from shared.settings import Settings, UpgradeApi
-from shared.store import AWAITING_CONFIRMATION, ActionRecord, ActionStatus, EventRecord, Store, Unit
+from shared.store import (
+    AWAITING_CONFIRMATION,
+    ActionRecord,
+    ActionStatus,
+    ApprovalRequest,
+    AuditEntry,
+    EventRecord,
+    Store,
+    Unit,
+)
 from worker.cloudamqp import CloudAmqpClient
-from worker.outcomes import PERMANENT_ERROR, RETRIES_EXHAUSTED, Ack, Follow, Outcome, Park, Retries
+from worker.outcomes import (
+    PERMANENT_ERROR,
+    RETRIES_EXHAUSTED,
+    Ack,
+    Follow,
+    Outcome,
+    Park,
+    Retries,
+    defer_delay,
+)
 from worker.plans import plan_shows
 from worker.policy import (
     DecisionState,
@@ -49,6 +69,7 @@ log = structlog.get_logger("worker")
 Then = Callable[[], Awaitable[Outcome]]
 
 _FIRST_DELIVERY_WON = "another delivery of this event decided first"
+AUTOPILOT = "autopilot"  # the actor of automatic entries in the audit trail
 
 
 @dataclass
@@ -136,9 +157,21 @@ class Processor:
             # Accepted by CloudAMQP, but its confirmation check may have been lost with the
             # connection that delivered this alarm: schedule one (a second one is harmless).
             return partial(self._reschedule, job, job.instance_id, record.awaiting_plan)
+        if record.approval_deadline is not None and not alarm.replayed:
+            # Its approval's periodic check may have been lost with the delivery: send one
+            # (a second one is harmless: only one look carries the upgrade out).
+            check = ApprovalCheck(alarm.event_id, record.approval_deadline)
+            return partial(self._awaiting_again, job, check)
         if record.final_status is not None and not alarm.replayed:
             return partial(already_processed, job, f"its action is already {record.final_status}")
-        decision = decide(alarm, DecisionState(duplicate=record.duplicate), self.settings, now, self.policy)
+        state = DecisionState(duplicate=record.duplicate)
+        decision = decide(alarm, state, self.settings, now, self.policy)
+        if isinstance(decision, Upgrade):
+            # Only an alarm that would upgrade pays for the look at pauses.
+            pauses = await unit.pauses_for(decision.instance_id, now)
+            if pauses:
+                state = replace(state, pause=effective_pause(pauses, decision.instance_id, now))
+                decision = decide(alarm, state, self.settings, now, self.policy)
         if isinstance(decision, Skip):
             return await self._skip(unit, job, decision, now)
         job.instance_id, job.plan = decision.instance_id, decision.plan
@@ -163,6 +196,10 @@ class Processor:
             left = (result.row.cooldown_until if result.row else now) - now
             skip = Skip(SkipReason.COOLING_DOWN, f"upgraded recently; cooldown ends in {left:.0f}s")
             return await self._skip(unit, job, skip, now)
+        if result.verdict is ClaimVerdict.AWAITING_APPROVAL:
+            until = iso(result.row.lease_until) if result.row else "?"
+            skip = Skip(SkipReason.AWAITING_APPROVAL, f"an upgrade of it awaits approval (until {until})")
+            return await self._skip(unit, job, skip, now)
         if result.verdict is not ClaimVerdict.GRANTED:
             lease_left = (result.row.lease_until - now) if result.row else 0.0
             return partial(self._deferred, job, claim.scope, lease_left, result.verdict)
@@ -171,8 +208,53 @@ class Processor:
             if not await unit.finish_claim(claim.scope, claim.owner, succeeded=True, record=record):
                 return partial(already_processed, job)
             return partial(self._dry_run, job, upgrade)
+        if upgrade.approve:
+            return await self._request_approval(unit, job, upgrade, claim, now)
         await unit.write_action(job.action(ActionStatus.IN_PROGRESS, now, attempts=job.alarm.attempts + 1))
         return UpgradeCall(self, job, upgrade, claim).run
+
+    async def _request_approval(
+        self, unit: Unit, job: Job, upgrade: Upgrade, claim: Claim, now: float
+    ) -> Then:
+        """Hold the claim for a person's answer (until the rule's ``approve_timeout``) and say
+        what the upgrade would do; a delayed check message follows it (never a held delivery)."""
+        deadline = now + upgrade.approve_timeout
+        action_id = job.alarm.event_id
+        await unit.request_approval(
+            ApprovalRequest(
+                action_id,
+                claim.scope,
+                claim.owner,
+                upgrade.instance_id,
+                upgrade.plan,
+                upgrade.reason,
+                upgrade.rule,
+                upgrade.cooldown_seconds,
+                now,
+                deadline,
+            )
+        )
+        detail = (
+            f"{upgrade.reason}; awaits approval until {iso(deadline)} (POST /actions/{action_id}/approve)"
+        )
+        await unit.write_action(job.action(ActionStatus.AWAITING_APPROVAL, now, detail=detail))
+        await unit.audit(
+            AuditEntry(
+                f"approval.requested:{claim.owner}",
+                now,
+                AUTOPILOT,
+                "automatic",
+                "approval.requested",
+                upgrade.instance_id,
+                {
+                    "action_id": action_id,
+                    "plan": upgrade.plan,
+                    "rule": upgrade.rule,
+                    "deadline": iso(deadline),
+                },
+            )
+        )
+        return partial(self._awaiting_approval, job, upgrade, ApprovalCheck(action_id, deadline))
 
     async def _skip(self, unit: Unit, job: Job, skip: Skip, now: float) -> Then:
         record = job.action(ActionStatus.SKIPPED, now, reason=skip.reason.value, detail=skip.detail)
@@ -194,6 +276,22 @@ class Processor:
         )
         return defer
 
+    async def _awaiting_approval(self, job: Job, upgrade: Upgrade, check: ApprovalCheck) -> Outcome:
+        job.log.info(
+            "upgrade.awaiting_approval", plan=upgrade.plan, rule=upgrade.rule, until=iso(check.deadline)
+        )
+        metrics.MESSAGES.labels("awaiting_approval").inc()
+        return self._look_again(check, self.clock())
+
+    async def _awaiting_again(self, job: Job, check: ApprovalCheck) -> Outcome:
+        job.log.info("upgrade.approval_check_rescheduled", until=iso(check.deadline))
+        return self._look_again(check, self.clock())
+
+    def _look_again(self, check: ApprovalCheck, now: float) -> Follow:
+        """The next periodic look at an approval: about a minute, never past its deadline."""
+        wait = min(self.retries.check_interval, max(check.deadline - now, 0.0))
+        return Follow(replace(check, checks=check.checks + 1), defer_delay(self.retries.delays, wait))
+
     async def _dry_run(self, job: Job, upgrade: Upgrade) -> Outcome:
         job.log.info("upgrade.dry_run", plan=upgrade.plan, reason=upgrade.reason)
         metrics.MESSAGES.labels("dry_run").inc()
@@ -208,7 +306,71 @@ class Processor:
         deadline = self.clock() + self.settings.upgrade_confirm_timeout_seconds
         return Follow(Check(action_id, instance_id, plan, deadline), self.retries.check_interval)
 
-    # --- confirmation checks ----------------------------------------------------------------
+    # --- follow-up checks ---------------------------------------------------------------------
+
+    async def follow_up(self, check: AnyCheck) -> Outcome:
+        """A check message: an accepted upgrade's plan, or an approval's answer."""
+        if isinstance(check, ApprovalCheck):
+            return await self.approval_check(check)
+        return await self.check(check)
+
+    async def approval_check(self, check: ApprovalCheck) -> Outcome:
+        """Carry out an approved upgrade (exactly once, whoever asks), close one whose window
+        passed, or look again later."""
+        now = self.clock()
+        bound = log.bind(action_id=check.action_id)
+        async with self.store.unit() as unit:
+            row = await unit.approval(check.action_id)
+            status = row["status"] if row is not None and row["scope"] is not None else None
+            started = expired = None
+            if status == ActionStatus.APPROVED:
+                started = await unit.start_approved(check.action_id, now, self.settings.claim_lease_seconds)
+            elif status == ActionStatus.AWAITING_APPROVAL and now >= float(row["deadline"]):  # type: ignore[index]
+                expired = await unit.expire_approval(check.action_id, now)
+                if expired is not None:
+                    await unit.audit(_expiry_entry(check.action_id, expired, now))
+        if row is None or status is None:
+            bound.warning("approval.unknown", detail="no approval with this action id")
+            return Ack()
+        if started:
+            return await self._approved_call(row, bound)
+        if expired is not None:
+            bound.info("upgrade.approval_expired", instance=expired["instance_id"])
+            metrics.MESSAGES.labels("approval_expired").inc()
+            return Ack()
+        if status == ActionStatus.AWAITING_APPROVAL:
+            return self._look_again(check, now)
+        bound.info("approval.settled", status=status)  # denied, expired, or taken by another look
+        return Ack()
+
+    async def _approved_call(self, row: Any, bound: structlog.typing.FilteringBoundLogger) -> Outcome:
+        body = json.loads(row["body"]) if isinstance(row["body"], str) else {}
+        alarm = Alarm(
+            row["action_id"], float(row["received_at"] or 0.0), body, row["event_key"] or "", row["attempts"]
+        )
+        job = Job(
+            alarm,
+            row["instance_id"],
+            row["incident_id"],
+            bound.bind(instance=row["instance_id"]),
+            row["plan"],
+        )
+        rule = next((r for r in self.policy.rules if r.name == row["rule"]), None)
+        upgrade = Upgrade(
+            instance_id=row["instance_id"],
+            plan=row["plan"],
+            reason=row["reason"],
+            scope=row["scope"],
+            cooldown_seconds=float(row["cooldown_seconds"]),
+            rule=row["rule"],
+        )
+        if rule is not None:  # the ladder and ceiling of its rule, as the policy has them now
+            upgrade = replace(upgrade, ladder=rule.ladder, max_plan=rule.max_plan)
+        job.log.info("upgrade.approved", by=row["decided_by"], plan=upgrade.plan)
+        call = UpgradeCall(
+            self, job, upgrade, Claim(row["scope"], row["owner"]), approved_by=row["decided_by"]
+        )
+        return await call.run()
 
     async def check(self, check: Check) -> Outcome:
         """Follow an accepted upgrade: ``succeeded`` once the plan shows, else check again,
@@ -237,6 +399,18 @@ class Processor:
         return Follow(replace(check, checks=check.checks + 1), self.retries.check_interval)
 
 
+def _expiry_entry(action_id: str, approval: Any, now: float) -> AuditEntry:
+    return AuditEntry(
+        f"approval.expired:{approval['owner']}",
+        now,
+        AUTOPILOT,
+        "automatic",
+        "approval.expired",
+        approval["instance_id"],
+        {"action_id": action_id, "plan": approval["plan"], "deadline": iso(float(approval["deadline"]))},
+    )
+
+
 async def skipped(job: Job, skip: Skip) -> Outcome:
     job.log.info("upgrade.skipped", reason=skip.reason.value, detail=skip.detail)
     metrics.MESSAGES.labels(skip.reason.value).inc()
@@ -253,8 +427,18 @@ class UpgradeCall:
     """An upgrade whose claim this worker holds: read the plan where needed, call the API,
     record the outcome, and release or complete the claim."""
 
-    def __init__(self, processor: Processor, job: Job, upgrade: Upgrade, claim: Claim):
+    def __init__(
+        self,
+        processor: Processor,
+        job: Job,
+        upgrade: Upgrade,
+        claim: Claim,
+        *,
+        approved_by: str | None = None,
+    ):
         assert processor.client is not None
+        self.approved_by = approved_by
+        self.current_plan: str | None = None
         self.processor = processor
         self.client = processor.client
         self.settings = processor.settings
@@ -303,6 +487,7 @@ class UpgradeCall:
         current = None
         if self.settings.upgrade_api is UpgradeApi.INSTANCES or needs_current_plan(self.upgrade):
             current = await self.client.current_plan(self.upgrade.instance_id)
+        self.current_plan = current
         return resolve_plan(self.upgrade, current)
 
     async def _retryable(self, exc: RetryableError) -> Outcome:
@@ -328,13 +513,44 @@ class UpgradeCall:
         return Ack()
 
     async def _finish(self, status: ActionStatus, *, succeeded: bool, **fields: Any) -> None:
-        """Complete (``succeeded``: the cooldown runs) or release the claim, with the outcome."""
-        record = self.job.action(status, self.processor.clock(), attempts=self.attempts, **fields)
+        """Complete (``succeeded``: the cooldown runs, and the upgrade goes into the audit trail
+        with its cause) or release the claim, with the outcome."""
+        now = self.processor.clock()
+        record = self.job.action(status, now, attempts=self.attempts, **fields)
         written = await self.processor.store.finish_claim(
-            self.claim.scope, self.claim.owner, succeeded=succeeded, record=record
+            self.claim.scope,
+            self.claim.owner,
+            succeeded=succeeded,
+            record=record,
+            audit=self._audit_entry(now) if succeeded else None,
         )
         if not written:
             await already_processed(self.job)
+
+    def _audit_entry(self, now: float) -> AuditEntry:
+        alarm = self.job.alarm
+        return AuditEntry(
+            f"upgrade:{self.claim.owner}",  # one per claim: a retried write of it keeps one
+            now,
+            self.approved_by or AUTOPILOT,
+            "automatic",
+            "upgrade",
+            self.upgrade.instance_id,
+            {
+                "action_id": alarm.event_id,
+                "plan_from": self.current_plan,
+                "plan_to": self.job.plan,
+                "rule": self.upgrade.rule,
+                "approved_by": self.approved_by,
+                "cause": {
+                    "event_id": alarm.event_id,
+                    "alarm_type": alarm.alarm_type,
+                    "value": alarm.body.get("value"),
+                    "triggered_at": alarm.body.get("triggered_at"),
+                    "reason": self.upgrade.reason,
+                },
+            },
+        )
 
     async def _record_call(self, status: ActionStatus, **fields: Any) -> None:
         """Record an upgrade CloudAMQP accepted. Only this worker knows it happened, so a store

@@ -1,0 +1,70 @@
+"""Approval across a worker crash, with the real processes: an upgrade that awaits approval
+waits in the store and in a delayed check message, never in a held delivery — so a worker
+SIGKILLed meanwhile loses nothing, and the approval still leads to exactly one call. The
+processes' logs and the audit trail hold none of the secrets they were given."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tests.integration.conftest import API_KEY, SEED_INSTANCE, seed_alarm
+from tests.support import FakeCloudAmqp, wait_until
+
+OPERATOR_TOKEN = "operator-token-crash-9c2e51"
+WEBHOOK_TOKEN = "webhook-token-crash-44ab"
+POLICY = """
+[[rules]]
+name = "careful"
+alarm_type = "memory"
+above = 80
+plan = "bunny-2"
+approve = true
+approve_timeout = 600
+"""
+
+
+async def _action(stack: Any, event_id: str, status: str) -> dict[str, Any]:
+    async def found() -> dict[str, Any] | None:
+        code, body = await stack.get(f"/actions?token={WEBHOOK_TOKEN}")
+        assert code == 200, body
+        row = next((a for a in body["actions"] if a["event_id"] == event_id), None)
+        return row if row is not None and row["status"] == status else None
+
+    return await wait_until(found, timeout=30, what=f"{event_id} to be {status}")
+
+
+async def test_given_a_worker_sigkilled_while_an_upgrade_awaits_approval_then_approving_still_upgrades_once(
+    make_stack: Any, fake_api: FakeCloudAmqp, tmp_path: Path
+) -> None:
+    policy = tmp_path / "policy.toml"
+    policy.write_text(POLICY)
+    stack = make_stack(POLICY_FILE=str(policy), OPERATOR_TOKEN=OPERATOR_TOKEN, WEBHOOK_TOKEN=WEBHOOK_TOKEN)
+    await stack.start_receiver()
+    doomed = await stack.start_worker()
+    status, accepted = await stack.post(seed_alarm(), path=f"/cloudamqp/alarm/{WEBHOOK_TOKEN}")
+    assert status == 202
+    event_id = accepted["id"]
+    await _action(stack, event_id, "awaiting_approval")
+
+    await doomed.kill()
+    survivor = await stack.start_worker()
+    status, body = await stack.post(
+        {"reason": "capacity review done"},
+        path=f"/actions/{event_id}/approve",
+        headers={"Authorization": f"Bearer {OPERATOR_TOKEN}", "X-Operator": "carol"},
+    )
+
+    assert status == 200, body
+    done = await _action(stack, event_id, "succeeded")
+    assert done["approval"]["decided_by"] == "carol"
+    upgrade_path = f"/api/instances/{SEED_INSTANCE}/actions/upgrade"
+    assert [r.path for r in fake_api.upgrade_requests()] == [upgrade_path]
+    await survivor.wait_event("upgrade.succeeded")
+    code, trail = await stack.get("/audit", headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"})
+    assert code == 200
+    assert {e["act"] for e in trail["audit"]} == {"approval.requested", "approve", "upgrade"}
+    logs = "".join(proc.log_path.read_text(errors="replace") for proc in stack.procs)
+    everything = logs + str(trail)
+    for secret in (OPERATOR_TOKEN, WEBHOOK_TOKEN, API_KEY):
+        assert secret not in everything
