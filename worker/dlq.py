@@ -31,7 +31,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -298,6 +298,9 @@ async def cmd_list(lot: ParkingLot, args: argparse.Namespace) -> int:
     async with lot.scan() as scan:
         async for message in scan:
             rows.append(summary_row(_ref(message), message.headers or {}, message.body))
+    if getattr(args, "json", False):
+        _say(json.dumps([asdict(row) for row in rows], indent=2, ensure_ascii=False))
+        return EXIT_OK
     if not rows:
         _say(f"{topology.DEAD_QUEUE} is empty: nothing is parked.")
         return EXIT_OK
@@ -377,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     listing = sub.add_parser("list", help="list parked messages (nothing is removed)")
+    listing.add_argument("--json", action="store_true", help="print the rows as JSON")
     listing.set_defaults(run=cmd_list)
     show = sub.add_parser("show", help="print one parked message's headers and body as JSON")
     show.add_argument("id")

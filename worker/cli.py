@@ -1,0 +1,180 @@
+"""``autopilot`` (``python -m worker.cli``): the operator's command line.
+
+    autopilot pause INSTANCE|--all (--for 2h | --until 2026-02-20T10:00:00Z) [--reason …]
+    autopilot resume INSTANCE|--all
+    autopilot approve ACTION_ID [--reason …]      autopilot deny ACTION_ID [--reason …]
+    autopilot pauses                              autopilot audit [--limit N]
+    autopilot parked list|show|replay|purge …     (the parking lot: ``autopilot-dlq``)
+
+It works on the deployment its environment names (``DATABASE_URL``, ``RABBITMQ_URL``, as the
+worker reads them), through the same operations as the receiver's write endpoints, and
+records each act in the audit trail as ``cli:<user>`` unless ``--operator`` names someone.
+``--json`` prints what happened as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import re
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import aio_pika
+
+from shared import envelope, topology
+from shared.alarm import iso
+from shared.controls import ControlError, clean_text, operator_name, pause_until
+from shared.envelope import ApprovalCheck
+from shared.errors import StoreError
+from shared.logs import configure_logging
+from shared.operations import Operations
+from shared.runtime import load_settings_or_exit
+from shared.settings import Settings
+from shared.store import Store
+from worker import dlq
+
+PROGRAM = "autopilot"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``30m``, ``2h``, ``1d`` → seconds."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (like 90s, 30m, 2h, 1d)")
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROGRAM, description="Pause, approve and inspect the autopilot.")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--operator", help="who acts, for the audit trail (default: cli:<your user>)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, verb in (("pause", "pause upgrades of"), ("resume", "resume upgrades of")):
+        cmd = sub.add_parser(name, help=f"{verb} an instance (or --all)")
+        target = cmd.add_mutually_exclusive_group(required=True)
+        target.add_argument("instance", nargs="?", help="the instance id")
+        target.add_argument("--all", action="store_true", help="every instance")
+        cmd.add_argument("--reason", help="why (kept in the audit trail)")
+        if name == "pause":
+            window = cmd.add_mutually_exclusive_group(required=True)
+            window.add_argument(
+                "--for", dest="duration", type=parse_duration, help="how long: 90s, 30m, 2h, 1d"
+            )
+            window.add_argument("--until", help="when it ends (ISO 8601)")
+    for name in ("approve", "deny"):
+        cmd = sub.add_parser(name, help=f"{name} an upgrade that awaits approval")
+        cmd.add_argument("action_id")
+        cmd.add_argument("--reason", help="why (kept in the audit trail)")
+    sub.add_parser("pauses", help="the pauses still running")
+    audit = sub.add_parser("audit", help="the audit trail, newest first")
+    audit.add_argument("--limit", type=int, default=20)
+    parked = sub.add_parser(
+        "parked", help="the parking lot (list, show, replay, purge; see autopilot parked -h)"
+    )
+    parked.add_argument("rest", nargs=argparse.REMAINDER)
+    return parser
+
+
+async def _nudge(settings: Settings, check: ApprovalCheck) -> None:
+    """Tell the workers at once that an approval came (they also look by themselves)."""
+    connection = await aio_pika.connect(settings.rabbitmq_url, timeout=10)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        await channel.default_exchange.publish(
+            envelope.check_message(check), routing_key=topology.WORK_QUEUE, mandatory=True, timeout=10
+        )
+
+
+async def _act(ops: Operations, args: argparse.Namespace, who: str, now: float) -> dict[str, Any]:
+    instance = None if getattr(args, "all", False) else getattr(args, "instance", None)
+    why = clean_text(getattr(args, "reason", None), "reason")
+    if args.command == "pause":
+        body = {"duration": args.duration} if args.duration is not None else {"until": args.until}
+        pause = await ops.pause(instance, pause_until(body, now), operator=who, reason=why, now=now)
+        return {"paused": pause.scope, "until": iso(pause.until), "operator": who, "reason": why}
+    if args.command == "resume":
+        ended = await ops.resume(instance, operator=who, reason=why, now=now)
+        return {"resumed": instance or "*", "was_paused": ended is not None}
+    answer = ops.approve if args.command == "approve" else ops.deny
+    row = await answer(args.action_id, operator=who, reason=why, now=now)
+    return {
+        "action": row["action_id"],
+        "status": row["status"],
+        "instance": row["instance_id"],
+        "plan": row["plan"],
+    }
+
+
+async def _read(store: Store, args: argparse.Namespace) -> list[dict[str, Any]]:
+    if args.command == "pauses":
+        pauses = await store.list_pauses(time.time())
+        return [
+            {"scope": p.scope, "until": iso(p.until), "operator": p.operator, "reason": p.reason}
+            for p in pauses
+        ]
+    rows = await store.list_audit(limit=max(1, min(args.limit, 500)))
+    return [
+        {
+            "at": iso(r["at"]),
+            "actor": r["actor"],
+            "act": r["act"],
+            "target": r["target"],
+            "detail": json.loads(r["detail"]) if r["detail"] else None,
+        }
+        for r in rows
+    ]
+
+
+def _show(result: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+    elif isinstance(result, list):
+        for line in result:
+            print("  ".join(f"{k}={v}" for k, v in line.items() if v is not None))
+        if not result:
+            print("(none)")
+    else:
+        print(", ".join(f"{k}: {v}" for k, v in result.items() if v is not None))
+
+
+async def run(settings: Settings, args: argparse.Namespace) -> int:
+    store = await Store.open(settings.database_url)
+    try:
+        if args.command in {"pauses", "audit"}:
+            _show(await _read(store, args), args.json)
+            return EXIT_OK
+        ops = Operations(store, settings, lambda check: _nudge(settings, check))
+        who = operator_name(args.operator or f"cli:{getpass.getuser()}")
+        _show(await _act(ops, args, who, time.time()), args.json)
+        return EXIT_OK
+    finally:
+        await store.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m worker.cli`` and the ``autopilot`` console script."""
+    args = build_parser().parse_args(argv)
+    if args.command == "parked":
+        rest = list(args.rest)
+        return dlq.main([*rest, "--json"] if args.json and rest[:1] == ["list"] else rest)
+    settings = load_settings_or_exit(PROGRAM)
+    configure_logging(settings.log_format, "warning")  # the command says what it did itself
+    try:
+        return asyncio.run(run(settings, args))
+    except ControlError as exc:
+        print(f"{PROGRAM}: {exc.error}: {exc.detail}", file=sys.stderr)
+    except StoreError as exc:
+        print(f"{PROGRAM}: state store error: {exc}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
