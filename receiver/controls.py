@@ -9,6 +9,7 @@ missing or wrong token answers 401. Who acted is the ``X-Operator`` header or th
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -17,6 +18,7 @@ from aiohttp import web
 from receiver.keys import OPERATIONS, SETTINGS
 from receiver.views import action_json, bearer, json_error, pause_json, same_secret
 from shared.controls import ControlError, clean_text, operator_name, pause_until
+from shared.db import Row
 
 # What each refusal of the controls answers with.
 _STATUS: dict[str, type[web.HTTPException]] = {
@@ -102,22 +104,19 @@ async def resume(request: web.Request) -> web.Response:
 
 
 async def approve(request: web.Request) -> web.Response:
-    _, who, why = await _authorised(request)
-    try:
-        row = await request.app[OPERATIONS].approve(
-            request.match_info["action_id"], operator=who, reason=why, now=time.time()
-        )
-    except ControlError as exc:
-        raise _refused(exc) from None
-    return web.json_response({"action": action_json(row)})
+    """``POST /actions/{action_id}/approve``: one of any number of concurrent answers wins."""
+    return await _answer(request, request.app[OPERATIONS].approve)
 
 
 async def deny(request: web.Request) -> web.Response:
+    """``POST /actions/{action_id}/deny``: nothing is called, the claim is released."""
+    return await _answer(request, request.app[OPERATIONS].deny)
+
+
+async def _answer(request: web.Request, act: Callable[..., Awaitable[Row]]) -> web.Response:
     _, who, why = await _authorised(request)
     try:
-        row = await request.app[OPERATIONS].deny(
-            request.match_info["action_id"], operator=who, reason=why, now=time.time()
-        )
+        row = await act(request.match_info["action_id"], operator=who, reason=why, now=time.time())
     except ControlError as exc:
         raise _refused(exc) from None
     return web.json_response({"action": action_json(row)})

@@ -327,3 +327,13 @@ class OneByOne:
                 return await getattr(unit, name)(*args, **kwargs)
 
         return call
+
+
+def prometheus_samples(text: str) -> dict[str, float]:
+    """Prometheus text → {'name{labels}': value}."""
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples

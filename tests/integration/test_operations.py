@@ -13,7 +13,16 @@ import aiohttp
 
 from tests.conftest import vhost_name
 from tests.integration.conftest import API_KEY, SEED_INSTANCE, seed_alarm
-from tests.support import ROOT, FakeCloudAmqp, Services, TcpProxy, free_port, management_request, wait_until
+from tests.support import (
+    ROOT,
+    FakeCloudAmqp,
+    Services,
+    TcpProxy,
+    free_port,
+    management_request,
+    prometheus_samples,
+    wait_until,
+)
 
 
 async def scrape(url: str) -> dict[str, float]:
@@ -21,12 +30,7 @@ async def scrape(url: str) -> dict[str, float]:
     async with aiohttp.ClientSession() as session, session.get(url) as resp:
         assert resp.status == 200
         text = await resp.text()
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
+    return prometheus_samples(text)
 
 
 async def test_given_traffic_then_receiver_and_worker_counters_move(

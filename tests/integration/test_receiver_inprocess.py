@@ -27,7 +27,16 @@ from shared.settings import Settings
 from shared.store import ActionRecord, ActionStatus, Store
 from tests.conftest import vhost_name
 from tests.integration.conftest import SEED_INSTANCE, seed_alarm
-from tests.support import ROOT, Services, TcpProxy, free_port, management_request, queue_depth, wait_until
+from tests.support import (
+    ROOT,
+    Services,
+    TcpProxy,
+    free_port,
+    management_request,
+    prometheus_samples,
+    queue_depth,
+    wait_until,
+)
 
 WORK_QUEUE = "cloudamqp.alarms"  # SPEC: fixed, so that operators find it
 TOKEN = "in-process-token"
@@ -95,12 +104,7 @@ async def scrape(client: Client) -> dict[str, float]:
         assert resp.status == 200
         assert resp.headers["Content-Type"].startswith("text/plain")
         text = await resp.text()
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
+    return prometheus_samples(text)
 
 
 def alarm_route(status: int) -> str:
