@@ -58,7 +58,12 @@ def same_secret(given: str | None, expected: str | None) -> bool:
     """Constant-time comparison; never short-circuits on content."""
     if given is None or not expected:
         return False
-    return hmac.compare_digest(given.encode(), expected.encode())
+    # aiohttp hands over undecodable header bytes as surrogates: compare them as the bytes sent.
+    try:
+        sent = given.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return False
+    return hmac.compare_digest(sent, expected.encode())
 
 
 def check_token(request: web.Request, *, operator_too: bool = False) -> None:

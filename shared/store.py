@@ -16,7 +16,7 @@ from typing import Any
 
 from shared.alarm import Alarm, new_id
 from shared.claims import ClaimRow, ClaimStatus, ClaimVerdict, claim_verdict
-from shared.controls import GLOBAL, Pause
+from shared.controls import GLOBAL, ControlError, Pause
 from shared.db import Database, Row, Tx, open_database
 from shared.errors import StoreError
 from shared.incidents import IncidentChange, IncidentPlan
@@ -682,7 +682,7 @@ class Unit:
         return await self.tx.fetchrow(
             """SELECT a.action_id, a.status, a.incident_id, a.attempts, p.scope, p.owner,
                       p.instance_id, p.plan, p.reason, p.rule, p.cooldown_seconds, p.deadline,
-                      p.decided_by, e.received_at, e.event_key, e.body
+                      p.decided_by, p.decided_at, e.received_at, e.event_key, e.body
                FROM actions a
                LEFT JOIN approvals p ON p.action_id = a.action_id
                LEFT JOIN events e ON e.event_id = a.event_id
@@ -716,14 +716,18 @@ class Unit:
         )
         assert approval is not None
         approved = decision.status is ActionStatus.APPROVED
-        await self.tx.execute(
+        claim = await self.tx.fetchrow(
             """UPDATE claims SET status = $3, lease_until = $4
-               WHERE scope = $1 AND owner = $2 AND status = 'awaiting'""",
+               WHERE scope = $1 AND owner = $2 AND status = 'awaiting' RETURNING scope""",
             approval["scope"],
             approval["owner"],
             (ClaimStatus.HELD if approved else ClaimStatus.RELEASED).value,
             decision.now + decision.lease if approved else decision.now,
         )
+        if claim is None and approved:
+            # Its claim was taken after all (the worker's clock said the deadline had passed):
+            # refuse, so that no approval answers 200 and then never runs. (Rolls back.)
+            raise ControlError("expired", "the approval window closed; the next alarm asks again")
         return approval
 
     async def expire_approval(self, action_id: str, now: float) -> Row | None:
@@ -750,12 +754,31 @@ class Unit:
         )
         return approval
 
-    async def start_approved(self, action_id: str, now: float, lease: float) -> bool:
+    async def refuse_approved(self, record: ActionRecord, scope: str, owner: str, *, cooldown: bool) -> None:
+        """An approved upgrade that may not go ahead after all (paused, no longer managed, rule
+        gone, dry run): record why and free its claim (a dry run keeps its cooldown)."""
+        await self.tx.execute(
+            """UPDATE actions SET status = $2, reason = $3, detail = $4, updated_at = $5
+               WHERE action_id = $1 AND status IN ('approved', 'retrying', 'in_progress')""",
+            record.alarm.event_id,
+            record.status.value,
+            record.reason,
+            record.detail,
+            record.now,
+        )
+        await self.tx.execute(
+            "UPDATE claims SET status = $3 WHERE scope = $1 AND owner = $2 AND status IN ('held', 'stale')",
+            scope,
+            owner,
+            (ClaimStatus.DONE if cooldown else ClaimStatus.RELEASED).value,
+        )
+
+    async def start_approved(self, action_id: str, owner: str, now: float, lease: float) -> bool:
         """Take an approved upgrade to carry it out: one statement, so of the approval's nudge,
-        its periodic check and any redelivery exactly one calls the API. Also renews the
-        claim, which must still be this approval's."""
+        its periodic check and any redelivery exactly one calls the API. The approval's claim
+        passes to ``owner`` (this call), renewed, with the cooldown counted from now."""
         row = await self.tx.fetchrow(
-            """UPDATE actions SET status = 'in_progress', updated_at = $2
+            """UPDATE actions SET status = 'in_progress', updated_at = $2, attempts = attempts + 1
                WHERE action_id = $1 AND status = 'approved' RETURNING action_id""",
             action_id,
             now,
@@ -764,12 +787,12 @@ class Unit:
             return False
         approval = await self.tx.fetchrow("SELECT * FROM approvals WHERE action_id = $1", action_id)
         assert approval is not None
-        # The cooldown runs from the upgrade, not from the alarm that asked for approval.
         held = await self.tx.fetchrow(
-            """UPDATE claims SET status = 'held', lease_until = $3, cooldown_until = $4
+            """UPDATE claims SET status = 'held', owner = $3, lease_until = $4, cooldown_until = $5
                WHERE scope = $1 AND owner = $2 AND status IN ('held', 'stale') RETURNING scope""",
             approval["scope"],
             approval["owner"],
+            owner,
             now + lease,
             now + float(approval["cooldown_seconds"]),
         )

@@ -52,13 +52,24 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2) or "s"]
 
 
+def _common(parser: argparse.ArgumentParser, default: Any) -> None:
+    json_default = False if default is None else default
+    parser.add_argument("--json", action="store_true", default=json_default, help="print the result as JSON")
+    parser.add_argument(
+        "--operator", default=default, help="who acts, for the audit trail (default: cli:<your user>)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROGRAM, description="Pause, approve and inspect the autopilot.")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    parser.add_argument("--operator", help="who acts, for the audit trail (default: cli:<your user>)")
+    _common(parser, None)
+    # The same options after the subcommand (autopilot pause X --for 2h --json): they must not
+    # reset what was given before it, so their defaults are "not given".
+    common = argparse.ArgumentParser(add_help=False)
+    _common(common, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, verb in (("pause", "pause upgrades of"), ("resume", "resume upgrades of")):
-        cmd = sub.add_parser(name, help=f"{verb} an instance (or --all)")
+        cmd = sub.add_parser(name, help=f"{verb} an instance (or --all)", parents=[common])
         target = cmd.add_mutually_exclusive_group(required=True)
         target.add_argument("instance", nargs="?", help="the instance id")
         target.add_argument("--all", action="store_true", help="every instance")
@@ -70,11 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
             )
             window.add_argument("--until", help="when it ends (ISO 8601)")
     for name in ("approve", "deny"):
-        cmd = sub.add_parser(name, help=f"{name} an upgrade that awaits approval")
+        cmd = sub.add_parser(name, help=f"{name} an upgrade that awaits approval", parents=[common])
         cmd.add_argument("action_id")
         cmd.add_argument("--reason", help="why (kept in the audit trail)")
-    sub.add_parser("pauses", help="the pauses still running")
-    audit = sub.add_parser("audit", help="the audit trail, newest first")
+    sub.add_parser("pauses", help="the pauses still running", parents=[common])
+    audit = sub.add_parser("audit", help="the audit trail, newest first", parents=[common])
     audit.add_argument("--limit", type=int, default=20)
     parked = sub.add_parser(
         "parked", help="the parking lot (list, show, replay, purge; see autopilot parked -h)"

@@ -96,7 +96,8 @@ class Consumer:
             return await self.processor.follow_up(check)
         except Exception as exc:
             log.exception("upgrade.check_error", action_id=check.action_id)
-            return failure_outcome(self.processor.retries, message, exc)
+            attempts = envelope.attempts(message.headers or {}) + 1
+            return self.processor.retries.again(f"internal error: {type(exc).__name__}: {exc}", attempts)
 
     async def settle(self, message: AbstractIncomingMessage, outcome: Outcome) -> None:
         """The one place a message is settled: publish its outcome's copy (to a delay queue or

@@ -162,6 +162,11 @@ class Retries:
             return Park(error, RETRIES_EXHAUSTED, attempts)
         return Retry(error, attempts, retry_delay(self.delays, attempts, retry_after))
 
+    def again(self, error: str, attempts: int) -> Retry:
+        """A retry that is never parked: for a check message, whose look is harmless to repeat
+        and whose loss would leave an approval or a confirmation open for good."""
+        return Retry(error, attempts, retry_delay(self.delays, attempts, None))
+
     def defer(self, wait: float, reason: str) -> Defer:
         return Defer(defer_delay(self.delays, wait), reason)
 

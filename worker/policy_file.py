@@ -20,6 +20,9 @@ RULE_KEYS = frozenset(
 )  # fmt: skip
 
 
+MAX_APPROVE_TIMEOUT = 7 * 86400.0  # an upgrade nobody answers within a week is not wanted
+
+
 class PolicyError(Exception):
     """A policy file mistake; the message is one line naming file, rule and key."""
 
@@ -122,8 +125,10 @@ def _approval(raw: dict[str, Any], action: str) -> tuple[bool, float]:
     timeout = _number(raw, "approve_timeout")
     if timeout is not None and not approve:
         raise _KeyProblem("approve_timeout", "only means something with approve = true")
-    if timeout is not None and timeout <= 0:
-        raise _KeyProblem("approve_timeout", "expected a number of seconds > 0")
+    if timeout is not None and not 0 < timeout <= MAX_APPROVE_TIMEOUT:
+        raise _KeyProblem(
+            "approve_timeout", f"expected seconds > 0 and at most {MAX_APPROVE_TIMEOUT:g} (7 days)"
+        )
     return approve, DEFAULT_APPROVE_TIMEOUT if timeout is None else timeout
 
 

@@ -25,6 +25,7 @@ from shared import metrics
 from shared.alarm import Alarm, iso, new_id
 from shared.claims import ClaimVerdict
 from shared.controls import effective_pause
+from shared.db import Row
 from shared.envelope import AnyCheck, ApprovalCheck, Check
 from shared.errors import PermanentError, RetryableError
 from shared.incidents import plan_incident
@@ -157,7 +158,8 @@ class Processor:
             # Accepted by CloudAMQP, but its confirmation check may have been lost with the
             # connection that delivered this alarm: schedule one (a second one is harmless).
             return partial(self._reschedule, job, job.instance_id, record.awaiting_plan)
-        if record.approval_deadline is not None and not alarm.replayed:
+        if record.approval_deadline is not None:
+            # (Even for a replay: deciding afresh would only meet its own waiting claim.)
             # Its approval's periodic check may have been lost with the delivery: send one
             # (a second one is harmless: only one look carries the upgrade out).
             check = ApprovalCheck(alarm.event_id, record.approval_deadline)
@@ -315,62 +317,113 @@ class Processor:
         return await self.check(check)
 
     async def approval_check(self, check: ApprovalCheck) -> Outcome:
-        """Carry out an approved upgrade (exactly once, whoever asks), close one whose window
-        passed, or look again later."""
+        """Close an approval whose window passed, look again at one still awaiting, or carry
+        out an approved upgrade — under the same claim, pause, retry and crash rules as any
+        upgrade: a retryable failure comes back through a delay queue, a worker that dies
+        mid-call leaves a claim that expires."""
         now = self.clock()
         bound = log.bind(action_id=check.action_id)
         async with self.store.unit() as unit:
             row = await unit.approval(check.action_id)
-            status = row["status"] if row is not None and row["scope"] is not None else None
-            started = expired = None
-            if status == ActionStatus.APPROVED:
-                started = await unit.start_approved(check.action_id, now, self.settings.claim_lease_seconds)
-            elif status == ActionStatus.AWAITING_APPROVAL and now >= float(row["deadline"]):  # type: ignore[index]
-                expired = await unit.expire_approval(check.action_id, now)
-                if expired is not None:
-                    await unit.audit(_expiry_entry(check.action_id, expired, now))
-        if row is None or status is None:
-            bound.warning("approval.unknown", detail="no approval with this action id")
-            return Ack()
-        if started:
-            return await self._approved_call(row, bound)
-        if expired is not None:
-            bound.info("upgrade.approval_expired", instance=expired["instance_id"])
-            metrics.MESSAGES.labels("approval_expired").inc()
-            return Ack()
-        if status == ActionStatus.AWAITING_APPROVAL:
-            return self._look_again(check, now)
-        bound.info("approval.settled", status=status)  # denied, expired, or taken by another look
-        return Ack()
+            if row is None or row["scope"] is None:
+                then: Then = partial(_say_settled, bound, "approval.unknown", None)
+            elif row["status"] == ActionStatus.AWAITING_APPROVAL:
+                then = await self._awaiting(unit, row, check, now, bound)
+            elif row["status"] in _CARRIED_OUT and row["decided_at"] is not None:
+                then = await self._carry_out(unit, _approved_job(row, bound), row, now)
+            else:  # denied, expired, or done by another look
+                then = partial(_say_settled, bound, "approval.settled", row["status"])
+        return await then()
 
-    async def _approved_call(self, row: Any, bound: structlog.typing.FilteringBoundLogger) -> Outcome:
-        body = json.loads(row["body"]) if isinstance(row["body"], str) else {}
-        alarm = Alarm(
-            row["action_id"], float(row["received_at"] or 0.0), body, row["event_key"] or "", row["attempts"]
-        )
-        job = Job(
-            alarm,
-            row["instance_id"],
-            row["incident_id"],
-            bound.bind(instance=row["instance_id"]),
-            row["plan"],
-        )
-        rule = next((r for r in self.policy.rules if r.name == row["rule"]), None)
-        upgrade = Upgrade(
+    async def _awaiting(
+        self,
+        unit: Unit,
+        row: Row,
+        check: ApprovalCheck,
+        now: float,
+        bound: structlog.typing.FilteringBoundLogger,
+    ) -> Then:
+        if now < float(row["deadline"]):
+            return partial(self._look, check, now)
+        expired = await unit.expire_approval(check.action_id, now)
+        if expired is None:
+            return partial(_say_settled, bound, "approval.settled", row["status"])
+        await unit.audit(_expiry_entry(check.action_id, expired, now))
+        return partial(_say_settled, bound, "upgrade.approval_expired", "expired")
+
+    async def _look(self, check: ApprovalCheck, now: float) -> Outcome:
+        return self._look_again(check, now)
+
+    async def _carry_out(self, unit: Unit, job: Job, row: Row, now: float) -> Then:
+        """An approved upgrade, now: what an alarm would be refused for now still stops it
+        (no longer managed, rule gone, paused, dry run); then the claim, then the call."""
+        refusal = await self._approved_refusal(unit, job, row, now)
+        approval_claim = Claim(row["scope"], row["owner"])
+        if refusal is not None:
+            record = job.action(refusal[0], now, reason=refusal[1].reason.value, detail=refusal[1].detail)
+            # A dry run takes its cooldown, like any dry run; every other refusal frees the claim.
+            dry = refusal[0] is ActionStatus.DRY_RUN
+            await unit.refuse_approved(record, approval_claim.scope, approval_claim.owner, cooldown=dry)
+            return partial(skipped, job, refusal[1])
+        upgrade = self._approved_upgrade(row)
+        claim = Claim(row["scope"], f"{self.worker_id}/{job.alarm.event_id}/{new_id()[:8]}")
+        lease = self.settings.claim_lease_seconds
+        if row["status"] == ActionStatus.APPROVED:
+            if not await unit.start_approved(job.alarm.event_id, claim.owner, now, lease):
+                return partial(already_processed, job, "its claim lapsed before a worker could act")
+        else:  # a retry after a retryable failure, or a worker that died mid-call
+            result = await unit.try_claim(
+                claim.scope, upgrade.instance_id, claim.owner, now, lease, upgrade.cooldown_seconds
+            )
+            if result.verdict is ClaimVerdict.COOLING_DOWN:
+                skip = Skip(SkipReason.COOLING_DOWN, "upgraded meanwhile by another alarm")
+                await unit.write_action(
+                    job.action(ActionStatus.SKIPPED, now, reason=skip.reason.value, detail=skip.detail)
+                )
+                return partial(skipped, job, skip)
+            if result.verdict is not ClaimVerdict.GRANTED:
+                lease_left = (result.row.lease_until - now) if result.row else 0.0
+                return partial(self._deferred, job, claim.scope, lease_left, result.verdict)
+            await unit.write_action(
+                job.action(ActionStatus.IN_PROGRESS, now, attempts=job.alarm.attempts + 1)
+            )
+        job.log.info("upgrade.approved", by=row["decided_by"], plan=upgrade.plan)
+        return UpgradeCall(self, job, upgrade, claim, approved_by=row["decided_by"]).run
+
+    async def _approved_refusal(
+        self, unit: Unit, job: Job, row: Row, now: float
+    ) -> tuple[ActionStatus, Skip] | None:
+        instance = str(row["instance_id"])
+        if instance not in self.settings.instance_ids:
+            return ActionStatus.SKIPPED, Skip(
+                SkipReason.NOT_MANAGED, f"instance {instance} is not in CLOUDAMQP_INSTANCE_ID"
+            )
+        if not any(rule.name == row["rule"] for rule in self.policy.rules):
+            return ActionStatus.SKIPPED, Skip(
+                SkipReason.NO_RULE, f"rule {row['rule']!r} is no longer in the policy"
+            )
+        pause = effective_pause(await unit.pauses_for(instance, now), instance, now)
+        if pause is not None:
+            return ActionStatus.SKIPPED, Skip(SkipReason.PAUSED, f"approved, but {pause.describe()}")
+        if self.dry_run:
+            return ActionStatus.DRY_RUN, Skip(
+                SkipReason.NO_ACTION, "approved, but this worker runs in dry run"
+            )
+        return None
+
+    def _approved_upgrade(self, row: Row) -> Upgrade:
+        """The upgrade that was approved, with its rule's ladder and ceiling as they are now."""
+        rule = next(r for r in self.policy.rules if r.name == row["rule"])
+        return Upgrade(
             instance_id=row["instance_id"],
             plan=row["plan"],
             reason=row["reason"],
             scope=row["scope"],
             cooldown_seconds=float(row["cooldown_seconds"]),
             rule=row["rule"],
+            ladder=rule.ladder,
+            max_plan=rule.max_plan,
         )
-        if rule is not None:  # the ladder and ceiling of its rule, as the policy has them now
-            upgrade = replace(upgrade, ladder=rule.ladder, max_plan=rule.max_plan)
-        job.log.info("upgrade.approved", by=row["decided_by"], plan=upgrade.plan)
-        call = UpgradeCall(
-            self, job, upgrade, Claim(row["scope"], row["owner"]), approved_by=row["decided_by"]
-        )
-        return await call.run()
 
     async def check(self, check: Check) -> Outcome:
         """Follow an accepted upgrade: ``succeeded`` once the plan shows, else check again,
@@ -397,6 +450,31 @@ class Processor:
             return Ack()
         bound.info("upgrade.waiting", current=current, checks=check.checks + 1)
         return Follow(replace(check, checks=check.checks + 1), self.retries.check_interval)
+
+
+# The statuses of an approved upgrade that a look carries on: approved (not started yet),
+# retrying (a retryable failure released its claim), in progress (its worker may have died).
+_CARRIED_OUT = frozenset({ActionStatus.APPROVED, ActionStatus.RETRYING, ActionStatus.IN_PROGRESS})
+
+
+def _approved_job(row: Row, bound: structlog.typing.FilteringBoundLogger) -> Job:
+    """The alarm that asked for the approval, as recorded, with the attempts its action made."""
+    body = json.loads(row["body"]) if isinstance(row["body"], str) else {}
+    alarm = Alarm(
+        row["action_id"], float(row["received_at"] or 0.0), body, row["event_key"] or "", row["attempts"]
+    )
+    return Job(
+        alarm, row["instance_id"], row["incident_id"], bound.bind(instance=row["instance_id"]), row["plan"]
+    )
+
+
+async def _say_settled(
+    bound: structlog.typing.FilteringBoundLogger, event: str, status: str | None
+) -> Outcome:
+    bound.info(event, status=status)
+    if event == "upgrade.approval_expired":
+        metrics.MESSAGES.labels("approval_expired").inc()
+    return Ack()
 
 
 def _expiry_entry(action_id: str, approval: Any, now: float) -> AuditEntry:

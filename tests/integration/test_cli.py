@@ -70,7 +70,7 @@ async def test_given_the_cli_then_pause_shows_in_pauses_and_the_audit_names_the_
 
     assert code == 0, err
     assert json.loads(out)["paused"] == SEED_INSTANCE
-    code, out, _ = await autopilot(env, "--json", "pauses")
+    code, out, _ = await autopilot(env, "pauses", "--json")  # the options go after the subcommand too
     [pause] = json.loads(out)
     assert (
         pause["scope"] == SEED_INSTANCE and pause["operator"] == "bob" and pause["reason"] == "upgrade window"

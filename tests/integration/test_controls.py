@@ -67,16 +67,25 @@ async def receiver(make_receiver: Callable[..., Awaitable[Client]]) -> Client:
     return await make_receiver()
 
 
+class RunningWorker:
+    def __init__(self, task: asyncio.Task[None], stop: asyncio.Event):
+        self.task, self._stop = task, stop
+
+    async def stop(self) -> None:
+        """Stop consuming and finish what is in flight (a graceful stop)."""
+        self._stop.set()
+        await asyncio.wait_for(self.task, 30)
+
+
 @pytest.fixture
-async def worker(env: dict[str, str]) -> AsyncIterator[Callable[..., Awaitable[None]]]:
-    """Start a worker in-process (once per test): ``await worker(policy=…)``."""
-    stop = asyncio.Event()
-    tasks: list[asyncio.Task[None]] = []
+async def worker(env: dict[str, str]) -> AsyncIterator[Callable[..., Awaitable[RunningWorker]]]:
+    """Start a worker in-process: ``await worker(policy=…, **env overrides)``."""
+    running: list[RunningWorker] = []
     stores: list[Store] = []
     async with aiohttp.ClientSession() as session:
 
-        async def start(policy: Policy | None = None) -> None:
-            settings = Settings.from_env(env)
+        async def start(policy: Policy | None = None, **overrides: str) -> RunningWorker:
+            settings = Settings.from_env({**env, **overrides})
             store = await Store.open(settings.database_url)
             stores.append(store)
             client = CloudAmqpClient(
@@ -84,12 +93,14 @@ async def worker(env: dict[str, str]) -> AsyncIterator[Callable[..., Awaitable[N
             )
             processor = Processor(settings, store, client, worker_id=f"w-{new_id()[:6]}", policy=policy)
             consumer = Consumer(settings, processor)
-            tasks.append(asyncio.ensure_future(consumer.run(stop)))
+            stop = asyncio.Event()
+            running.append(RunningWorker(asyncio.ensure_future(consumer.run(stop)), stop))
             await wait_until(lambda: consumer.consuming, timeout=20, what="the worker to consume")
+            return running[-1]
 
         yield start
-        stop.set()
-        await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        for one in running:
+            await one.stop()
     for store in stores:
         await store.close()
 
@@ -160,8 +171,8 @@ async def test_given_a_paused_instance_when_five_memory_alarms_arrive_then_no_ca
 async def test_given_a_pause_that_ended_by_itself_then_the_next_alarm_upgrades_even_an_identical_one(
     receiver: Client, worker: Any, fake_api: FakeCloudAmqp
 ) -> None:
-    await call(receiver, "POST", f"/instances/{SEED_INSTANCE}/pause", {"duration": 1.5})
     await worker()
+    await call(receiver, "POST", f"/instances/{SEED_INSTANCE}/pause", {"duration": 1.5})
     body = seed_alarm()
     paused = await alarm(receiver, **body)
     assert (await action(receiver, paused, "skipped"))["reason"] == "paused"
@@ -419,3 +430,56 @@ async def test_given_a_redelivered_alarm_whose_upgrade_awaits_approval_then_its_
         assert len(requests) == 1 and fake_api.requests == []
     finally:
         await store.close()
+
+
+async def test_given_an_approved_upgrade_that_meets_a_503_then_it_is_retried_durably_and_succeeds(
+    receiver: Client, worker: Any, fake_api: FakeCloudAmqp
+) -> None:
+    await worker(policy=APPROVE_POLICY)
+    event_id = await alarm(receiver)
+    await action(receiver, event_id, "awaiting_approval")
+    fake_api.script = [503]
+
+    assert (await call(receiver, "POST", f"/actions/{event_id}/approve"))[0] == 200
+
+    done = await action(receiver, event_id, "succeeded")
+    assert done["attempts"] == 2
+    assert [r.method for r in fake_api.upgrade_requests()] == ["POST", "POST"]  # the 503, then the upgrade
+    upgrades = [e for e in await audit(receiver) if e["act"] == "upgrade"]
+    assert len(upgrades) == 1 and upgrades[0]["actor"] == "alice"
+
+
+async def test_given_an_approved_upgrade_when_the_instance_is_paused_before_a_worker_acts_then_no_call(
+    receiver: Client, worker: Any, fake_api: FakeCloudAmqp
+) -> None:
+    first = await worker(policy=APPROVE_POLICY)
+    event_id = await alarm(receiver)
+    await action(receiver, event_id, "awaiting_approval")
+    await first.stop()  # nobody acts on the approval until the next worker starts
+    assert (await call(receiver, "POST", f"/actions/{event_id}/approve"))[0] == 200
+    await call(receiver, "POST", f"/instances/{SEED_INSTANCE}/pause", {"duration": 600, "reason": "window"})
+
+    await worker(policy=APPROVE_POLICY)
+
+    paused = await action(receiver, event_id, "skipped")
+    assert paused["reason"] == "paused" and "window" in paused["detail"]
+    assert fake_api.upgrade_requests() == []
+    await call(receiver, "DELETE", f"/instances/{SEED_INSTANCE}/pause")
+    again = await alarm(receiver, value=92)  # the claim was freed: the next alarm asks again
+    await action(receiver, again, "awaiting_approval")
+
+
+async def test_given_an_approved_upgrade_taken_by_a_dry_run_worker_then_nothing_is_called(
+    receiver: Client, worker: Any, fake_api: FakeCloudAmqp
+) -> None:
+    live = await worker(policy=APPROVE_POLICY)
+    event_id = await alarm(receiver)
+    await action(receiver, event_id, "awaiting_approval")
+    await live.stop()
+    await worker(policy=APPROVE_POLICY, DRY_RUN="true")
+
+    assert (await call(receiver, "POST", f"/actions/{event_id}/approve"))[0] == 200
+
+    recorded = await action(receiver, event_id, "dry_run")
+    assert "dry run" in recorded["detail"]
+    assert fake_api.upgrade_requests() == []

@@ -5,6 +5,7 @@ processes' logs and the audit trail hold none of the secrets they were given."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -68,3 +69,49 @@ async def test_given_a_worker_sigkilled_while_an_upgrade_awaits_approval_then_ap
     everything = logs + str(trail)
     for secret in (OPERATOR_TOKEN, WEBHOOK_TOKEN, API_KEY):
         assert secret not in everything
+
+
+async def test_given_a_worker_sigkilled_during_an_approved_upgrade_call_then_the_upgrade_is_not_repeated(
+    make_stack: Any, fake_api: FakeCloudAmqp, tmp_path: Path
+) -> None:
+    """The crash window after the approved call started: the approved action is carried on
+    under the ordinary claim rules (its lease runs out, a takeover reads the plan first), not
+    dropped and not repeated blindly."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text(POLICY)
+    stack = make_stack(
+        POLICY_FILE=str(policy),
+        OPERATOR_TOKEN=OPERATOR_TOKEN,
+        WEBHOOK_TOKEN=WEBHOOK_TOKEN,
+        UPGRADE_API="instances",
+        CLAIM_LEASE_SECONDS="2",
+    )
+    fake_api.plans[SEED_INSTANCE] = "bunny-1"
+    await stack.start_receiver()
+    doomed = await stack.start_worker()
+    status, accepted = await stack.post(seed_alarm(), path=f"/cloudamqp/alarm/{WEBHOOK_TOKEN}")
+    event_id = accepted["id"]
+    await _action(stack, event_id, "awaiting_approval")
+    fake_api.hold = asyncio.Event()
+    status, _ = await stack.post(
+        None, path=f"/actions/{event_id}/approve", headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+    )
+    assert status == 200
+    await wait_until(lambda: fake_api.upgrade_requests(), timeout=20, what="the approved upgrade call")
+
+    await doomed.kill()  # mid-call: CloudAMQP carries the upgrade out, nobody records it
+    held, fake_api.hold = fake_api.hold, None
+    held.set()
+    await stack.start_worker()
+
+    async def settled() -> dict[str, Any] | None:
+        code, body = await stack.get(f"/actions?token={WEBHOOK_TOKEN}")
+        row = next((a for a in body["actions"] if a["event_id"] == event_id), None)
+        return (
+            row if row is not None and row["status"] not in {"approved", "in_progress", "retrying"} else None
+        )
+
+    final = await wait_until(settled, timeout=40, what="the approved upgrade to be carried on")
+    assert (final["status"], final["reason"]) == ("skipped", "already_at_or_above_target")
+    assert [r.method for r in fake_api.upgrade_requests()] == ["PUT"]
+    assert fake_api.plans[SEED_INSTANCE] == "bunny-2"

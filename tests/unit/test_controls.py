@@ -177,7 +177,14 @@ def test_an_approve_rule_carries_its_timeout_into_the_upgrade() -> None:
     [
         ({"approve": "yes"}, "key 'approve': expected true or false"),
         ({"approve_timeout": 60}, "key 'approve_timeout': only means something with approve = true"),
-        ({"approve": True, "approve_timeout": 0}, "key 'approve_timeout': expected a number of seconds > 0"),
+        (
+            {"approve": True, "approve_timeout": 0},
+            "key 'approve_timeout': expected seconds > 0 and at most 604800 (7 days)",
+        ),
+        (
+            {"approve": True, "approve_timeout": 1e12},
+            "key 'approve_timeout': expected seconds > 0 and at most 604800 (7 days)",
+        ),
         ({"approve": True, "action": "none"}, "key 'approve': only an 'upgrade' rule can ask for approval"),
     ],
 )
