@@ -60,6 +60,7 @@ class Job:
     incident_id: str | None
     log: structlog.typing.FilteringBoundLogger
     plan: str | None = None
+    from_plan: str | None = None  # the plan read before the upgrade, where it was read
 
     def action(self, status: ActionStatus, now: float, **fields: Any) -> ActionRecord:
         """A write of this alarm's action row."""
@@ -70,6 +71,7 @@ class Job:
             self.incident_id,
             self.instance_id,
             plan=self.plan,
+            from_plan=self.from_plan,
             attempts=fields.pop("attempts", self.alarm.attempts),
             **fields,
         )
@@ -303,6 +305,7 @@ class UpgradeCall:
         current = None
         if self.settings.upgrade_api is UpgradeApi.INSTANCES or needs_current_plan(self.upgrade):
             current = await self.client.current_plan(self.upgrade.instance_id)
+            self.job.from_plan = current
         return resolve_plan(self.upgrade, current)
 
     async def _retryable(self, exc: RetryableError) -> Outcome:
