@@ -24,6 +24,7 @@ def setup_routes(app: web.Application) -> None:
     router.add_get("/incidents/{incident_id}", views.get_incident)
     router.add_get("/actions", views.list_actions)
     router.add_get("/events", views.list_events)
+    router.add_get("/notifications", views.list_notifications)
     # The process itself.
     router.add_get("/healthz", views.healthz)
     router.add_get("/readyz", views.readyz)
