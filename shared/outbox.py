@@ -147,7 +147,7 @@ class Outbox:
             await tx.execute(
                 """INSERT INTO deliveries (notification_id, endpoint, channel, status, attempts,
                        last_error, latency_ms, updated_at, delivered_at)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, CASE WHEN $4 = 'delivered' THEN $8 END)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
                    ON CONFLICT (notification_id, endpoint) DO UPDATE SET
                        status = excluded.status, attempts = excluded.attempts,
                        last_error = excluded.last_error,
@@ -163,6 +163,7 @@ class Outbox:
                 error,
                 latency_ms,
                 now,
+                now if status == DELIVERED else None,
             )
 
     async def disable(self, endpoint: str, channel: str, reason: str, now: float) -> None:
