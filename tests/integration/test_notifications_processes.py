@@ -1,17 +1,19 @@
-"""Notifications across a worker SIGKILL: the real receiver and worker processes, the real
-broker and store, stand-in receivers on loopback. Counted by ``webhook-id``, the id receivers
-dedupe on."""
+"""Notifications with the real processes: across a worker SIGKILL (counted by ``webhook-id``,
+the id receivers dedupe on), and ``python -m worker --burst``, which drains its notifications
+too before it exits. The real broker and store, stand-in receivers on loopback."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 
 from tests.integration.conftest import API_KEY, Stack, seed_alarm
-from tests.support import FakeChannel, FakeCloudAmqp, wait_until
+from tests.integration.test_worker_inprocess import publish
+from tests.support import FakeChannel, FakeCloudAmqp, Proc, wait_until
 
 SECRET = "whsec_" + base64.b64encode(b"s" * 32).decode()
 ROUTING_KEY = "R0UT1NGKEY-crash-0123456789abcdef"
@@ -97,3 +99,23 @@ def _by_type(fake: FakeChannel) -> dict[str, set[str]]:
     for delivery in fake.accepted():
         out.setdefault(delivery.body["type"], set()).add(delivery.webhook_id)
     return out
+
+
+async def test_given_a_backlog_when_a_burst_worker_runs_then_it_delivers_the_notifications_before_it_exits(
+    base_env: dict[str, str], fakes: dict[str, FakeChannel], tmp_path: Path
+) -> None:
+    webhook = fakes["webhook"]
+    assert webhook.hold is not None
+    webhook.hold.set()
+    await publish(base_env["RABBITMQ_URL"], seed_alarm(), delays=(0.2, 0.5))
+    env = {**base_env, "NOTIFY_WEBHOOK_URL": webhook.url, "NOTIFY_WEBHOOK_SECRET": SECRET}
+    env["NOTIFY_RETRY_DELAYS"] = "0.2,0.5"
+
+    worker = Proc("worker", env, tmp_path / "burst.log", args=["--burst"])
+
+    assert await worker.wait(60) == 0, worker.log_path.read_text()[-2000:]
+    assert {t: len(ids) for t, ids in _by_type(webhook).items()} == {
+        "incident.opened": 1,
+        "action.succeeded": 1,
+    }
+    assert worker.events("notify.drained") and worker.events("worker.drained")
