@@ -42,7 +42,7 @@ log = structlog.get_logger("notify")
 PREFETCH = 16  # deliveries in flight per worker
 RELAY_POLL_SECONDS = 0.2  # how often the relay looks for new outbox rows
 RELAY_BATCH = 100
-RELAY_LEASE_SECONDS = 30.0  # a claimed row's lease: another relay publishes it after this
+RELAY_LEASE_SECONDS = 10.0  # a claimed row's lease: another relay publishes it after this
 DISABLED_REFRESH_SECONDS = 5.0  # how often endpoints disabled by other workers are re-read
 UNKNOWN_ENDPOINT = "unknown_endpoint"
 

@@ -396,5 +396,6 @@ async def test_given_a_hanging_channel_then_upgrades_proceed_at_their_normal_lat
 
     assert len(hanging.received) >= 1, "the channel was tried (and hangs) while the upgrades ran"
     mean_base, mean_hang = sum(baseline) / len(baseline), sum(with_hang) / len(with_hang)
+    print(f"alarm → upgrade: no channel {mean_base * 1000:.0f} ms, hanging channel {mean_hang * 1000:.0f} ms")
     assert mean_hang <= 2 * mean_base + 0.25, (baseline, with_hang)
     assert max(with_hang) < 1.0, with_hang

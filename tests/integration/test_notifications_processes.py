@@ -13,7 +13,7 @@ import pytest
 
 from tests.integration.conftest import API_KEY, Stack, seed_alarm
 from tests.integration.test_worker_inprocess import publish
-from tests.support import FakeChannel, FakeCloudAmqp, Proc, wait_until
+from tests.support import FakeChannel, FakeCloudAmqp, Proc, run_to_exit, wait_until
 
 SECRET = "whsec_" + base64.b64encode(b"s" * 32).decode()
 ROUTING_KEY = "R0UT1NGKEY-crash-0123456789abcdef"
@@ -64,8 +64,13 @@ async def test_given_ten_re_sends_and_a_worker_killed_mid_delivery_then_one_noti
     both = {"incident.opened", "action.succeeded"}
     await wait_until(lambda: set(_by_type(webhook)) >= both, timeout=30, what="both notifications")
     await stack.wait_actions(10, timeout=30)
-    await wait_until(lambda: len(fakes["slack"].accepted()) >= 2, what="slack's two")
-    await wait_until(lambda: len(fakes["pagerduty"].accepted()) >= 2, what="pagerduty's two")
+    slack, pagerduty = fakes["slack"], fakes["pagerduty"]
+    await wait_until(
+        lambda: len({d.body["text"] for d in slack.accepted()}) >= 2, timeout=30, what="slack's two"
+    )
+    await wait_until(
+        lambda: len({d.path for d in pagerduty.accepted()}) >= 2, timeout=30, what="pagerduty's two"
+    )
     await asyncio.sleep(1.0)  # anything duplicated would arrive meanwhile (retry delays are 0.2 s)
 
     assert len(fake_api.upgrade_requests()) == 1
@@ -119,3 +124,46 @@ async def test_given_a_backlog_when_a_burst_worker_runs_then_it_delivers_the_not
         "action.succeeded": 1,
     }
     assert worker.events("notify.drained") and worker.events("worker.drained")
+
+
+RULE = '[[rules]]\nalarm_type = "memory"\nabove = 80\nplan = "bunny-2"\n'
+
+
+@pytest.mark.parametrize(
+    ("env", "policy", "fragment"),
+    [
+        ({"NOTIFY_WEBHOOK_URL": "http://127.0.0.1:9/h"}, None, "NOTIFY_WEBHOOK_SECRET is unset"),
+        (
+            {"NOTIFY_WEBHOOK_URL": "http://127.0.0.1:9/h", "NOTIFY_WEBHOOK_SECRET": "whsec_no!"},
+            None,
+            "NOTIFY_WEBHOOK_SECRET=(hidden)",
+        ),
+        ({"NOTIFY_EVENTS": "incident.open"}, None, "NOTIFY_EVENTS='incident.open' is invalid"),
+        (
+            {},
+            '[[notify]]\nchannel = "webhook"\nurl = "https://a/h"\nsecret = "whsec_no!"\n',
+            "notify 1: key 'secret'",
+        ),
+        ({}, '[[notify]]\nchannel = "pager"\n', "notify 1: key 'channel'"),
+    ],
+    ids=["secret-missing", "secret-malformed", "unknown-event", "notify-secret", "notify-channel"],
+)
+def test_given_a_bad_channel_config_then_the_worker_stops_at_start_naming_the_key_and_not_the_secret(
+    tmp_path: Path, env: dict[str, str], policy: str | None, fragment: str
+) -> None:
+    settings = {
+        **env,
+        "DATABASE_URL": f"sqlite:///{tmp_path}/x.db",
+        "RABBITMQ_URL": "amqp://guest:guest@127.0.0.1:9/",
+    }
+    if policy is not None:
+        path = tmp_path / "policy.toml"
+        path.write_text(RULE + policy)
+        settings["POLICY_FILE"] = str(path)
+
+    result = run_to_exit("worker", settings)
+
+    assert result.returncode != 0
+    [line] = result.stderr.strip().splitlines()
+    assert fragment in line, line
+    assert "whsec_no!" not in line
