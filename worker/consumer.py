@@ -2,7 +2,8 @@
 and settle every message in exactly one place (``settle``).
 
 Retries and parking are publish-then-ack with publisher confirms: a crash between the two
-leaves a duplicate (which the store recognises), never a lost alarm.
+leaves a duplicate (which the store recognises), never a lost alarm. The module-level
+``settle`` does this for any queue family; ``worker.notify`` settles notifications with it.
 """
 
 from __future__ import annotations
@@ -109,9 +110,10 @@ class Consumer:
         await settle(self.channel, message, outcome, count=_count)
 
     async def _notify_parked(self, message: AbstractIncomingMessage, park: Park) -> None:
-        """Write ``alarm.parked`` to the outbox before the message moves. Parking must not
-        wait on it: when the store cannot take it, the park goes ahead and the loss is logged
-        (a redelivery would not park again — its action is already recorded as failed)."""
+        """Write ``alarm.parked`` to the outbox before the message moves. Parking does not
+        depend on it: when the store cannot take it, the park goes ahead and the loss is
+        logged (handing the message back instead could lose the park itself: a redelivery
+        finds its action already recorded as failed and is acknowledged, not parked)."""
         headers = message.headers or {}
         try:
             alarm = envelope.decode_alarm(message.body, headers, message.message_id, time.time())
