@@ -25,6 +25,7 @@ def setup_routes(app: web.Application) -> None:
     router.add_get("/incidents/{incident_id}", views.get_incident)
     router.add_get("/actions", views.list_actions)
     router.add_get("/events", views.list_events)
+    router.add_get("/notifications", views.list_notifications)
     router.add_get("/pauses", views.list_pauses)
     router.add_get("/audit", views.list_audit)
     # The operator's controls (OPERATOR_TOKEN): pauses and approvals.

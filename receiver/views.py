@@ -313,6 +313,41 @@ async def list_audit(request: web.Request) -> web.Response:
     return web.json_response({"audit": [audit_json(r) for r in rows], "limit": limit, "offset": offset})
 
 
+def notification_json(row: dict[str, Any], deliveries: list[dict[str, Any]]) -> dict[str, Any]:
+    """A notification and each endpoint's delivery (endpoints by id: never a URL or secret)."""
+    return {
+        "id": row["notification_id"],
+        "type": row["event_type"],
+        "subject": row["subject"],
+        "instance": row["instance_id"],
+        "created_at": iso(row["created_at"]),
+        "published_at": iso(row["published_at"]),
+        "data": _loads(row["data"]),
+        "deliveries": [
+            {
+                "endpoint": d["endpoint"],
+                "channel": d["channel"],
+                "status": d["status"],
+                "attempts": d["attempts"],
+                "last_error": d["last_error"],
+                "latency_ms": d["latency_ms"],
+                "updated_at": iso(d["updated_at"]),
+                "delivered_at": iso(d["delivered_at"]),
+            }
+            for d in deliveries
+        ],
+    }
+
+
+async def list_notifications(request: web.Request) -> web.Response:
+    """Recent notifications, newest first, with each endpoint's delivery status."""
+    check_token(request, operator_too=True)
+    limit, offset = _page(request)
+    found = await request.app[STORE].list_notifications(limit=limit, offset=offset)
+    body = {"notifications": [notification_json(r, d) for r, d in found], "limit": limit, "offset": offset}
+    return web.json_response(body)
+
+
 # --- the process itself -----------------------------------------------------------------------
 
 

@@ -32,6 +32,8 @@ H_ERROR = "x-autopilot-error"
 H_STATUS = "x-autopilot-status"
 H_FAILED_AT = "x-autopilot-failed-at"
 H_CHECK = "x-autopilot-check"  # marks a follow-up check of an accepted upgrade, not an alarm
+H_NOTIFICATION = "x-autopilot-notification-id"  # a notification on its way to one endpoint
+H_ENDPOINT = "x-autopilot-endpoint"
 
 # The parking explanation, dropped from a replayed copy: it is no longer parked.
 PARK_HEADERS = frozenset({H_ERROR, H_STATUS, H_FAILED_AT})
@@ -153,6 +155,48 @@ def decode_check(body: bytes, headers: Mapping[str, Any] | None = None) -> AnyCh
         )
     except (TypeError, KeyError, ValueError, AttributeError) as exc:
         raise DecodeError(f"not an upgrade check: {exc}") from exc
+
+
+def replayed_at(headers: Mapping[str, Any]) -> str | None:
+    """When a replay put this message back (None for an original)."""
+    return _text(headers.get(H_REPLAYED))
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A notification message for one endpoint: the notification id (the ``webhook-id``),
+    the endpoint's id, and the body every channel is made from."""
+
+    notification_id: str
+    endpoint: str
+    body: dict[str, Any]
+    attempts: int
+
+
+def notification_message(notification_id: str, endpoint: str, body: Mapping[str, Any]) -> aio_pika.Message:
+    """One copy of a notification for one endpoint: its body is ``{"type", "timestamp", "data"}``,
+    exactly what a webhook receives, so the parking lot shows what was to be sent."""
+    return aio_pika.Message(
+        body=json.dumps(body, ensure_ascii=False, default=str).encode(),
+        headers={H_NOTIFICATION: notification_id, H_ENDPOINT: endpoint, H_ATTEMPTS: 0},
+        content_type="application/json",
+        message_id=f"{notification_id}:{endpoint}",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+    )
+
+
+def decode_delivery(body: bytes, headers: Mapping[str, Any]) -> Delivery:
+    """``DecodeError`` when the message is not a notification for an endpoint."""
+    notification_id, endpoint = _text(headers.get(H_NOTIFICATION)), _text(headers.get(H_ENDPOINT))
+    if notification_id is None or endpoint is None:
+        raise DecodeError(f"a notification message needs {H_NOTIFICATION} and {H_ENDPOINT}")
+    try:
+        parsed = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DecodeError(f"body is not JSON: {exc}") from exc
+    if not isinstance(parsed, dict) or not isinstance(parsed.get("type"), str):
+        raise DecodeError("body is not a notification ({type, timestamp, data})")
+    return Delivery(notification_id, endpoint, parsed, attempts(headers))
 
 
 def _without(headers: Mapping[str, Any], names: frozenset[str] = frozenset()) -> dict[str, Any]:

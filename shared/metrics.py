@@ -46,6 +46,34 @@ LAST_UPGRADE = Gauge(
     ["instance"],
 )
 
+# --- notifications (worker) ------------------------------------------------------------------
+# Labelled by channel kind (webhook, slack, pagerduty); an endpoint's id (a digest, no secret)
+# only where it is the point (the endpoint disabled).
+NOTIFY_SENT = Counter("autopilot_notify_sent", "Notifications delivered (2xx)", ["channel"])
+NOTIFY_FAILED = Counter(
+    "autopilot_notify_failed", "Delivery attempts that failed (then retried or parked)", ["channel"]
+)
+NOTIFY_PARKED = Counter(
+    "autopilot_notify_parked", "Notifications given up, in cloudamqp.notifications.dead", ["channel"]
+)
+NOTIFY_DISABLED = Counter(
+    "autopilot_notify_endpoints_disabled",
+    "Endpoints disabled after answering 410 Gone",
+    ["channel", "endpoint"],
+)
+NOTIFY_LATENCY = Histogram(
+    "autopilot_notify_latency_seconds",
+    "Time from the state change to its notification's delivery",
+    ["channel"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
+)
+NOTIFY_REQUEST_SECONDS = Histogram(
+    "autopilot_notify_request_seconds",
+    "Duration of one delivery request",
+    ["channel"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
 
 def render() -> tuple[bytes, str]:
     """The exposition text and its content type."""

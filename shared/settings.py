@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
+from shared.notifications import parse_event_types, parse_webhook_secret
+
 T = TypeVar("T")
 
 
@@ -61,6 +63,17 @@ class Settings:
     dry_run: bool = False
     log_format: str = "console"
     log_level: str = "info"
+    # Outbound notifications (shared.notifications, worker.notify).
+    notify_webhook_urls: tuple[str, ...] = field(default=(), repr=False)
+    notify_webhook_secret: str | None = field(default=None, repr=False)
+    notify_slack_url: str | None = field(default=None, repr=False)
+    notify_pagerduty_routing_key: str | None = field(default=None, repr=False)
+    notify_pagerduty_url: str = "https://events.pagerduty.com"
+    notify_events: frozenset[str] | None = None  # None: every event
+    notify_timeout_seconds: float = 10.0
+    notify_retry_delays: tuple[float, ...] = (10.0, 60.0, 300.0, 1800.0)
+    notify_max_attempts: int = 8
+    public_url: str | None = None
 
     @property
     def effective_dry_run(self) -> bool:
@@ -79,12 +92,26 @@ class Settings:
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in {"webhook_token", "operator_token", "cloudamqp_api_key"}:
+            if f.name in _SECRET_FIELDS:
                 value = "set" if value else "unset"
+            elif f.name == "notify_webhook_urls":
+                value = [_origin(url) for url in value]
             elif f.name in {"rabbitmq_url", "database_url"}:
                 value = redact_url(value)
             out[f.name] = value
         return out
+
+
+_SECRET_FIELDS = frozenset(
+    {"webhook_token", "operator_token", "cloudamqp_api_key", "notify_webhook_secret", "notify_slack_url",
+     "notify_pagerduty_routing_key"}
+)  # fmt: skip
+
+
+def _origin(url: str) -> str:
+    """``https://host/…``: where a URL goes, without the path or query that may carry a token."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}/…"
 
 
 def redact_url(url: str) -> str:
@@ -106,8 +133,9 @@ def read_dotenv(path: Path) -> dict[str, str]:
 
 
 _SECRET_VARS = frozenset(
-    {"WEBHOOK_TOKEN", "OPERATOR_TOKEN", "CLOUDAMQP_API_KEY", "RABBITMQ_URL", "DATABASE_URL"}
-)
+    {"WEBHOOK_TOKEN", "OPERATOR_TOKEN", "CLOUDAMQP_API_KEY", "RABBITMQ_URL", "DATABASE_URL",
+     "NOTIFY_WEBHOOK_URL", "NOTIFY_WEBHOOK_SECRET", "NOTIFY_SLACK_URL", "NOTIFY_PAGERDUTY_ROUTING_KEY"}
+)  # fmt: skip
 MIN_OPERATOR_TOKEN = 16  # characters: it lets its holder approve spending
 
 # --- parsing helpers: each raises ConfigError naming the variable -------------------------
@@ -211,6 +239,20 @@ def _url_no_slash(*schemes: str) -> Callable[[str], str]:
     return lambda raw: check(raw).rstrip("/")
 
 
+def _urls(*schemes: str) -> Callable[[str], tuple[str, ...]]:
+    check = _url(*schemes)
+    return lambda raw: tuple(check(part.strip()) for part in raw.split(",") if part.strip())
+
+
+def _webhook_secret(raw: str) -> str:
+    parse_webhook_secret(raw)
+    return raw
+
+
+def _event_types(raw: str) -> frozenset[str] | None:
+    return parse_event_types(raw.split(","))
+
+
 # (field, variable, parser): the one table of every variable the processes read.
 _VARIABLES: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("rabbitmq_url", "RABBITMQ_URL", _url("amqp", "amqps")),
@@ -239,6 +281,16 @@ _VARIABLES: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("dry_run", "DRY_RUN", _bool),
     ("log_format", "LOG_FORMAT", _choice("console", "json")),
     ("log_level", "LOG_LEVEL", _choice("debug", "info", "warning", "error")),
+    ("notify_webhook_urls", "NOTIFY_WEBHOOK_URL", _urls("http", "https")),
+    ("notify_webhook_secret", "NOTIFY_WEBHOOK_SECRET", _webhook_secret),
+    ("notify_slack_url", "NOTIFY_SLACK_URL", _url("http", "https")),
+    ("notify_pagerduty_routing_key", "NOTIFY_PAGERDUTY_ROUTING_KEY", _secret),
+    ("notify_pagerduty_url", "NOTIFY_PAGERDUTY_URL", _url_no_slash("http", "https")),
+    ("notify_events", "NOTIFY_EVENTS", _event_types),
+    ("notify_timeout_seconds", "NOTIFY_TIMEOUT", _number(0, allow_equal=False)),
+    ("notify_retry_delays", "NOTIFY_RETRY_DELAYS", _delays),
+    ("notify_max_attempts", "NOTIFY_MAX_ATTEMPTS", _int_range(1, 1000)),
+    ("public_url", "PUBLIC_URL", _url_no_slash("http", "https")),
 )
 VARIABLES: frozenset[str] = frozenset(name for _, name, _ in _VARIABLES)
 
@@ -251,4 +303,8 @@ def _parse(env: Mapping[str, str]) -> dict[str, Any]:
     if parsed["operator_token"] and parsed["operator_token"] == parsed["webhook_token"]:
         # The webhook token sits in a URL configured at CloudAMQP: it must not approve upgrades.
         raise ConfigError("OPERATOR_TOKEN=(hidden) is invalid: it must differ from WEBHOOK_TOKEN")
+    if parsed["notify_webhook_urls"] and not parsed["notify_webhook_secret"]:
+        raise ConfigError(
+            "NOTIFY_WEBHOOK_SECRET is unset: NOTIFY_WEBHOOK_URL needs a whsec_… secret to sign with"
+        )
     return parsed

@@ -8,18 +8,21 @@ incident upsert, the claim upsert), never a read followed by a write.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from shared import outbox
 from shared.alarm import Alarm, new_id
 from shared.claims import ClaimRow, ClaimStatus, ClaimVerdict, claim_verdict
 from shared.controls import GLOBAL, ControlError, Pause
 from shared.db import Database, Row, Tx, open_database
 from shared.errors import StoreError
 from shared.incidents import IncidentChange, IncidentPlan
+from shared.notifications import EventType, Notice, action_notice, alarm_data, incident_notice
 
 
 class ActionStatus(StrEnum):
@@ -191,6 +194,9 @@ MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE INDEX audit_at ON audit (at)",
     ],
+    # Notifications (issue #14): the outbox, delivery records, disabled endpoints, and the
+    # actions' from_plan column. The DDL lives with its queries in shared/outbox.py.
+    outbox.MIGRATION,
 ]
 
 
@@ -216,6 +222,7 @@ class Store:
 
     def __init__(self, db: Database):
         self.db = db
+        self.outbox = outbox.Outbox(db)
 
     @classmethod
     async def open(cls, url: str) -> Store:
@@ -283,6 +290,16 @@ class Store:
     async def confirm_action(self, action_id: str, status: ActionStatus, detail: str, now: float) -> bool:
         async with self.unit() as unit:
             return await unit.confirm_action(action_id, status, detail, now)
+
+    async def notify(self, notice: Notice, now: float | None = None) -> bool:
+        """Write a notification in a transaction of its own (one with no state change to join)."""
+        async with self.unit() as unit:
+            return await unit.notify(
+                notice.type, notice.key, notice.data, instance_id=notice.instance_id, now=now
+            )
+
+    async def list_notifications(self, *, limit: int = 100, offset: int = 0) -> list[tuple[Row, list[Row]]]:
+        return await self.outbox.list(limit=limit, offset=offset)
 
     # --- reads ----------------------------------------------------------------------------
 
@@ -382,13 +399,36 @@ class Unit:
     def __init__(self, tx: Tx):
         self.tx = tx
 
+    # --- notifications ----------------------------------------------------------------------
+
+    async def notify(
+        self,
+        event_type: EventType,
+        key: str,
+        data: dict[str, Any],
+        *,
+        instance_id: str | None = None,
+        now: float | None = None,
+    ) -> bool:
+        """Write the notification about ``key`` in this transaction (the outbox): it is sent
+        exactly when the change that causes it commits, and only once (its id is derived
+        from ``event_type`` and ``key``). True when it was new."""
+        notice = Notice(event_type, key, data, instance_id)
+        return await outbox.insert(self.tx, notice, time.time() if now is None else now)
+
+    async def _notify_action(self, action: Row, alarm: dict[str, Any]) -> None:
+        notice = action_notice(action, alarm)
+        if notice is not None:
+            await outbox.insert(self.tx, notice, float(action["updated_at"]))
+
     # --- events and incidents -------------------------------------------------------------
 
     async def record_event(
         self, alarm: Alarm, instance_id: str | None, plan: IncidentPlan, now: float
     ) -> EventRecord:
         """Record the event once (by event id) and apply its incident change in the same
-        transaction, so a redelivery neither double-counts nor loses the incident update.
+        transaction, so a redelivery neither double-counts nor loses the incident update
+        (an opened or resolved incident writes its notification here too).
         When the event still needs a decision, also say whether identical content already
         has one (``duplicate``)."""
         inserted = await self.tx.fetchrow(
@@ -423,6 +463,9 @@ class Unit:
                 False, row["incident_id"], row["incident_change"], done, awaiting, duplicate, approval
             )
         incident_id, change = await self._apply_incident(alarm, instance_id, plan, now)
+        notice = incident_notice(change, incident_id, plan.key, alarm, instance_id, now)
+        if notice is not None:
+            await outbox.insert(self.tx, notice, now)
         await self.tx.execute(
             "UPDATE events SET incident_id = $1, incident_change = $2 WHERE event_id = $3",
             incident_id,
@@ -490,15 +533,16 @@ class Unit:
         """
         row = await self.tx.fetchrow(
             f"""INSERT INTO actions (action_id, event_id, event_key, incident_id, instance_id,
-                   alarm_type, status, reason, detail, plan, attempts, created_at, updated_at)
-               VALUES ($1, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)
+                   alarm_type, status, reason, detail, plan, attempts, created_at, updated_at, from_plan)
+               VALUES ($1, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $13)
                ON CONFLICT (action_id) DO UPDATE SET
                    status = excluded.status, reason = excluded.reason,
                    detail = excluded.detail, plan = COALESCE(excluded.plan, actions.plan),
-                   attempts = excluded.attempts, updated_at = excluded.updated_at
+                   attempts = excluded.attempts, updated_at = excluded.updated_at,
+                   from_plan = COALESCE(excluded.from_plan, actions.from_plan)
                WHERE (actions.status NOT IN ({_SETTLED_SQL})
                       AND COALESCE(actions.reason, '') <> '{AWAITING_CONFIRMATION}') OR $12
-               RETURNING action_id""",
+               RETURNING *""",
             record.alarm.event_id,
             record.alarm.event_key,
             record.incident_id,
@@ -511,22 +555,32 @@ class Unit:
             record.attempts,
             record.now,
             record.alarm.replayed,
+            record.from_plan,
         )
-        return row is not None
+        if row is None:
+            return False
+        await self._notify_action(row, alarm_data(record.alarm))
+        return True
 
     async def confirm_action(self, action_id: str, status: ActionStatus, detail: str, now: float) -> bool:
         """Close an upgrade that was awaiting confirmation (``succeeded`` / ``unconfirmed``)."""
         row = await self.tx.fetchrow(
             """UPDATE actions SET status = $1, reason = NULL, detail = $2, updated_at = $3
                WHERE action_id = $4 AND status = 'in_progress' AND reason = $5
-               RETURNING action_id""",
+               RETURNING *""",
             status.value,
             detail,
             now,
             action_id,
             AWAITING_CONFIRMATION,
         )
-        return row is not None
+        if row is None:
+            return False
+        event = await self.tx.fetchrow(
+            "SELECT event_id, received_at, body FROM events WHERE event_id = $1", row["event_id"]
+        )
+        await self._notify_action(row, _event_alarm_data(event) if event else {"event_id": row["event_id"]})
+        return True
 
     # --- cooldown claims -------------------------------------------------------------------
 
@@ -823,6 +877,14 @@ class ActionRecord:
     detail: str | None = None
     plan: str | None = None
     attempts: int = 0
+    from_plan: str | None = None  # the plan read before the upgrade, where it was
+
+
+def _event_alarm_data(event: Row) -> dict[str, Any]:
+    """``alarm_data`` of a recorded event."""
+    body = json.loads(event["body"]) if isinstance(event["body"], str) else event["body"]
+    alarm = Alarm(event["event_id"], float(event["received_at"]), body, "")
+    return alarm_data(alarm)
 
 
 def _claim_row(row: Row) -> ClaimRow:

@@ -337,3 +337,161 @@ def prometheus_samples(text: str) -> dict[str, float]:
             name, _, value = line.rpartition(" ")
             samples[name] = float(value)
     return samples
+
+
+@dataclass
+class Delivery:
+    """One request a stand-in channel received, and what it answered."""
+
+    path: str
+    headers: dict[str, str]
+    raw: bytes
+    body: Any
+    status: int
+    at: float  # time.monotonic() on arrival
+    problem: str | None = None  # why the stand-in refused it (bad signature, bad event)
+
+    @property
+    def webhook_id(self) -> str:
+        return self.headers.get("webhook-id", "")
+
+
+def verify_standard_webhook(secret: str, headers: dict[str, str], raw: bytes, now: float) -> str | None:
+    """Check a delivery the way the Standard Webhooks spec says, with our own code: the
+    timestamp within 5 minutes, and one ``v1,`` signature equal to HMAC-SHA256 of
+    ``{id}.{timestamp}.{body}`` under the base64 key after ``whsec_``. None when valid."""
+    import hashlib
+    import hmac
+
+    msg_id, stamp, signatures = (
+        headers.get(h) for h in ("webhook-id", "webhook-timestamp", "webhook-signature")
+    )
+    if not (msg_id and stamp and signatures):
+        return "missing webhook-id, webhook-timestamp or webhook-signature"
+    if abs(now - int(stamp)) > 300:
+        return "timestamp too far from now"
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    expected = base64.b64encode(hmac.new(key, f"{msg_id}.{stamp}.".encode() + raw, hashlib.sha256).digest())
+    for signature in signatures.split(" "):
+        version, _, value = signature.partition(",")
+        if version == "v1" and hmac.compare_digest(value.encode(), expected):
+            return None
+    return "no valid v1 signature"
+
+
+@dataclass
+class FakeChannel:
+    """A loopback server standing in for a notification receiver: a Standard Webhooks
+    consumer (``secret`` set: it verifies every delivery with our own HMAC code *and* with
+    the ``standardwebhooks`` package, and refuses a bad one with 400), a Slack incoming
+    webhook, or PagerDuty's Events API v2 (``pagerduty_key`` set: it checks the event).
+
+    Scriptable: ``script`` lists answers to give in order (a status, a (status, headers)
+    pair, or ``"hang"``), then ``default_status``; until ``failing_until`` (monotonic) every
+    request gets ``failing_status``; ``hold`` keeps each answer waiting until it is set."""
+
+    secret: str | None = None
+    pagerduty_key: str | None = None
+    script: list[Any] = field(default_factory=list)
+    default_status: int = 200
+    failing_until: float = 0.0
+    failing_status: int = 500
+    hold: asyncio.Event | None = None
+    received: list[Delivery] = field(default_factory=list)
+    port: int = 0
+    _runner: web.AppRunner | None = None
+    _release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("POST", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await self._runner.setup()
+        self.port = free_port()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        self._release.set()
+        if self.hold is not None:
+            self.hold.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def accepted(self) -> list[Delivery]:
+        """The requests answered 2xx."""
+        return [d for d in self.received if 200 <= d.status < 300]
+
+    def of_type(self, event_type: str) -> list[Delivery]:
+        return [d for d in self.accepted() if isinstance(d.body, dict) and d.body.get("type") == event_type]
+
+    def _problem(self, request: web.Request, raw: bytes, body: Any) -> str | None:
+        if self.secret is not None:
+            import standardwebhooks
+
+            headers = {k.lower(): v for k, v in request.headers.items()}
+            own = verify_standard_webhook(self.secret, headers, raw, time.time())
+            if own is not None:
+                return own
+            try:
+                standardwebhooks.Webhook(self.secret).verify(raw, headers)
+            except Exception as exc:
+                return f"standardwebhooks refused it: {exc}"
+            if not (isinstance(body, dict) and {"type", "timestamp", "data"} <= set(body)):
+                return "body is not {type, timestamp, data}"
+        if self.pagerduty_key is not None:
+            return _pagerduty_problem(request.path, body, self.pagerduty_key)
+        return None
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        try:
+            body = json.loads(raw) if raw else None
+        except json.JSONDecodeError:
+            body = raw.decode(errors="replace")
+        problem = self._problem(request, raw, body)
+        step = self.script.pop(0) if self.script else self.default_status
+        if time.monotonic() < self.failing_until:
+            step = self.failing_status
+        status, headers = step if isinstance(step, tuple) else (step, {})
+        if problem is not None:
+            status, headers = 400, {}
+        record = Delivery(request.path, dict(request.headers), raw, body, 0, time.monotonic(), problem)
+        self.received.append(record)
+        if status == "hang":
+            record.status = -1
+            await self._release.wait()
+            raise web.HTTPServiceUnavailable()
+        if self.hold is not None:
+            await self.hold.wait()
+        record.status = int(status)
+        return web.json_response({"status": status, "problem": problem}, status=int(status), headers=headers)
+
+
+def _pagerduty_problem(path: str, body: Any, routing_key: str) -> str | None:
+    """What PagerDuty's Events API v2 would refuse in this request, or None."""
+    if not isinstance(body, dict) or body.get("routing_key") != routing_key:
+        return "wrong routing_key"
+    if path == "/v2/change/enqueue":
+        payload = body.get("payload") or {}
+        return (
+            None
+            if payload.get("summary") and payload.get("source")
+            else "change event without summary/source"
+        )
+    if path != "/v2/enqueue":
+        return f"unknown path {path}"
+    action = body.get("event_action")
+    if action not in {"trigger", "acknowledge", "resolve"}:
+        return "bad event_action"
+    if action != "trigger":
+        return None if body.get("dedup_key") else "resolve without dedup_key"
+    payload = body.get("payload") or {}
+    if not (payload.get("summary") and payload.get("source")):
+        return "trigger without summary/source"
+    if payload.get("severity") not in {"critical", "error", "warning", "info"}:
+        return "bad severity"
+    return None

@@ -16,8 +16,10 @@ from shared.errors import StoreError
 from shared.runtime import fail, install_stop_handlers, load_settings_or_exit, run_main
 from shared.settings import Settings
 from shared.store import Store
+from worker import notify_config
 from worker.cloudamqp import CloudAmqpClient
 from worker.consumer import Consumer
+from worker.notify import Notifier
 from worker.policy import Policy, off_ladder_warnings
 from worker.policy_file import PolicyError, load_policy
 from worker.process import Processor
@@ -30,6 +32,7 @@ async def main(settings: Settings, *, burst: bool = False) -> None:
     install_stop_handlers(stop, lambda name: log.info("worker.signal", signal=name))
     try:
         policy = load_policy(settings.policy_file) if settings.policy_file else Policy.default(settings)
+        notify_to = notify_config.endpoints(settings)
     except PolicyError as exc:
         fail("worker", str(exc))
         return
@@ -60,14 +63,42 @@ async def main(settings: Settings, *, burst: bool = False) -> None:
             )
         processor = Processor(settings, store, client, worker_id=worker_id, policy=policy)
         consumer = Consumer(settings, processor)
+        notifier = Notifier(settings, store, notify_to, session)
         log.info("worker.starting", worker_id=worker_id, settings=settings.public_dict())
+        log.info("notify.endpoints", endpoints=[{"id": e.id, "channel": e.kind.value} for e in notify_to])
         runner = await serve_metrics(settings, consumer) if settings.worker_metrics_port else None
         try:
-            await consumer.run(stop, burst=burst)
+            await run_both(consumer, notifier, stop, burst)
         finally:
             if runner is not None:
                 await runner.cleanup()
             await store.close()
+
+
+async def run_both(consumer: Consumer, notifier: Notifier, stop: asyncio.Event, burst: bool) -> None:
+    """The alarm consumer and the notifier, side by side on connections of their own. In
+    burst mode each drains (the notifier after the consumer, whose alarms write the outbox)
+    and a signal still stops both."""
+    if not burst:
+        await asyncio.gather(consumer.run(stop), notifier.run(stop))
+        return
+    consumer_stop, consumer_done = asyncio.Event(), asyncio.Event()
+
+    async def alarms() -> None:
+        try:
+            await consumer.run(consumer_stop, burst=True)
+        finally:
+            consumer_done.set()
+
+    async def forward_signal() -> None:
+        await stop.wait()
+        consumer_stop.set()
+
+    forward = asyncio.ensure_future(forward_signal())
+    try:
+        await asyncio.gather(alarms(), notifier.run(stop, burst=True, upstream=consumer_done))
+    finally:
+        forward.cancel()
 
 
 async def serve_metrics(settings: Settings, consumer: Consumer) -> web.AppRunner:

@@ -2,14 +2,16 @@
 and settle every message in exactly one place (``settle``).
 
 Retries and parking are publish-then-ack with publisher confirms: a crash between the two
-leaves a duplicate (which the store recognises), never a lost alarm.
+leaves a duplicate (which the store recognises), never a lost alarm. The module-level
+``settle`` does this for any queue family; ``worker.notify`` settles notifications with it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from typing import Any
 
 import aio_pika
@@ -18,6 +20,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from shared import envelope, metrics, topology
 from shared.errors import DecodeError
+from shared.notifications import alarm_data, parked_notice
 from shared.settings import Settings
 from worker.outcomes import DECODE_ERROR, Outcome, Park, Retries
 from worker.process import Processor
@@ -100,26 +103,34 @@ class Consumer:
             return self.processor.retries.again(f"internal error: {type(exc).__name__}: {exc}", attempts)
 
     async def settle(self, message: AbstractIncomingMessage, outcome: Outcome) -> None:
-        """The one place a message is settled: publish its outcome's copy (to a delay queue or
-        the parking lot) with a confirm, then ack."""
-        try:
-            route = outcome.route(message, time.time())
-            if route is not None:
-                await self._publish(route.message, route.queue)
-                outcome.announce(message)
-            if outcome.label is not None:
-                metrics.MESSAGES.labels(outcome.label).inc()
-        except Exception:
-            # Not confirmed: hand the message back rather than lose it.
-            log.exception("message.settle_failed", message_id=message.message_id)
-            await _quietly(message.nack(requeue=True))
-            return
-        # On a lost channel the ack fails and the broker redelivers: a duplicate, never a loss.
-        await _quietly(message.ack())
-
-    async def _publish(self, msg: aio_pika.Message, queue: str) -> None:
+        """The one place an alarm (or check) message is settled (see ``settle``); a parked one
+        writes its ``alarm.parked`` notification first."""
         assert self.channel is not None
-        await self.channel.default_exchange.publish(msg, routing_key=queue, mandatory=True)
+        if isinstance(outcome, Park):
+            await self._notify_parked(message, outcome)
+        await settle(self.channel, message, outcome, count=_count)
+
+    async def _notify_parked(self, message: AbstractIncomingMessage, park: Park) -> None:
+        """Write ``alarm.parked`` to the outbox before the message moves. Parking does not
+        depend on it: when the store cannot take it, the park goes ahead and the loss is
+        logged (handing the message back instead could lose the park itself: a redelivery
+        finds its action already recorded as failed and is acknowledged, not parked)."""
+        headers = message.headers or {}
+        try:
+            alarm = envelope.decode_alarm(message.body, headers, message.message_id, time.time())
+            alarm_info: dict[str, Any] | None = alarm_data(alarm)
+        except DecodeError:
+            alarm_info = None
+        message_id = message.message_id or envelope.event_id_of(headers) or "unknown"
+        # One notification per parking of a message: a replay that is parked again is news.
+        key = f"{message_id}|{envelope.replayed_at(headers) or ''}"
+        notice = parked_notice(message_id, park.status, park.error, park.attempts, alarm_info)
+        try:
+            await self.processor.store.notify(replace(notice, key=key))
+        except Exception as exc:
+            log.error(
+                "notification.not_recorded", type=notice.type.value, error=f"{type(exc).__name__}: {exc}"
+            )
 
     async def run(self, stop: asyncio.Event, *, burst: bool = False) -> None:
         """Consume until ``stop`` is set, then finish in-flight work and return.
@@ -188,6 +199,36 @@ class Consumer:
             quiet = quiet + 1 if ready == 0 and self._idle.is_set() else 0
         log.info("worker.drained")
         stop.set()
+
+
+def _count(outcome: Outcome) -> None:
+    if outcome.label is not None:
+        metrics.MESSAGES.labels(outcome.label).inc()
+
+
+async def settle(
+    channel: AbstractChannel,
+    message: AbstractIncomingMessage,
+    outcome: Outcome,
+    family: topology.Family = topology.ALARMS,
+    count: Callable[[Outcome], None] | None = None,
+) -> None:
+    """Settle a message of ``family``: publish its outcome's copy (to a delay queue or the
+    parking lot) with a confirm, then ack. Not confirmed: nack with requeue, never a loss."""
+    try:
+        route = outcome.route(message, time.time(), family)
+        if route is not None:
+            await channel.default_exchange.publish(route.message, routing_key=route.queue, mandatory=True)
+            outcome.announce(message)
+        if count is not None:
+            count(outcome)
+    except Exception:
+        # Not confirmed: hand the message back rather than lose it.
+        log.exception("message.settle_failed", message_id=message.message_id)
+        await _quietly(message.nack(requeue=True))
+        return
+    # On a lost channel the ack fails and the broker redelivers: a duplicate, never a loss.
+    await _quietly(message.ack())
 
 
 async def _quietly(settling: Any) -> None:

@@ -1,6 +1,7 @@
 """How a message is settled, and the retry policy that decides when to try again or give up.
 
-An ``Outcome`` says what becomes of the message that was processed: acknowledged, sent through
+An ``Outcome`` says what becomes of the message that was processed (an alarm, or a
+notification on its way to one endpoint: ``route`` takes the queue family): acknowledged, sent through
 a delay queue (a retry that spends an attempt, a deferral that does not, or a follow-up check
 of an accepted upgrade), or parked with an explanation. ``Retries`` owns the delays and the
 attempt limit; ``Consumer.settle`` carries the outcome out (publish, then ack) and nothing else.
@@ -40,7 +41,9 @@ class Ack:
 
     label: ClassVar[str | None] = None
 
-    def route(self, message: AbstractIncomingMessage, now: float) -> Route | None:
+    def route(
+        self, message: AbstractIncomingMessage, now: float, family: topology.Family = topology.ALARMS
+    ) -> Route | None:
         return None
 
     def announce(self, message: AbstractIncomingMessage) -> None:
@@ -56,9 +59,11 @@ class Retry:
     delay: float
     label: ClassVar[str | None] = "retried"
 
-    def route(self, message: AbstractIncomingMessage, now: float) -> Route | None:
+    def route(
+        self, message: AbstractIncomingMessage, now: float, family: topology.Family = topology.ALARMS
+    ) -> Route | None:
         copy = envelope.retry_copy(message, self.attempts)
-        return Route(topology.retry_queue_name(self.delay), copy)
+        return Route(family.retry_queue(self.delay), copy)
 
     def announce(self, message: AbstractIncomingMessage) -> None:
         log.info(
@@ -77,8 +82,10 @@ class Defer:
     reason: str
     label: ClassVar[str | None] = "deferred"
 
-    def route(self, message: AbstractIncomingMessage, now: float) -> Route | None:
-        return Route(topology.retry_queue_name(self.delay), envelope.retry_copy(message))
+    def route(
+        self, message: AbstractIncomingMessage, now: float, family: topology.Family = topology.ALARMS
+    ) -> Route | None:
+        return Route(family.retry_queue(self.delay), envelope.retry_copy(message))
 
     def announce(self, message: AbstractIncomingMessage) -> None:
         log.info("message.deferred", message_id=message.message_id, delay_s=self.delay)
@@ -93,9 +100,11 @@ class Park:
     attempts: int
     label: ClassVar[str | None] = "parked"
 
-    def route(self, message: AbstractIncomingMessage, now: float) -> Route | None:
+    def route(
+        self, message: AbstractIncomingMessage, now: float, family: topology.Family = topology.ALARMS
+    ) -> Route | None:
         copy = envelope.park_copy(message, self.error, self.status, self.attempts, now)
-        return Route(topology.DEAD_QUEUE, copy)
+        return Route(family.dead, copy)
 
     def announce(self, message: AbstractIncomingMessage) -> None:
         log.error(
@@ -115,7 +124,9 @@ class Follow:
     delay: float
     label: ClassVar[str | None] = "check_scheduled"
 
-    def route(self, message: AbstractIncomingMessage, now: float) -> Route | None:
+    def route(
+        self, message: AbstractIncomingMessage, now: float, family: topology.Family = topology.ALARMS
+    ) -> Route | None:
         return Route(topology.retry_queue_name(self.delay), envelope.check_message(self.check))
 
     def announce(self, message: AbstractIncomingMessage) -> None:
@@ -151,6 +162,12 @@ class Retries:
     @classmethod
     def from_settings(cls, settings: Settings) -> Retries:
         return cls(settings.retry_delays, settings.max_attempts)
+
+    @classmethod
+    def for_notifications(cls, settings: Settings) -> Retries:
+        """``NOTIFY_RETRY_DELAYS`` and ``NOTIFY_MAX_ATTEMPTS``: a receiver may be down far longer
+        than the CloudAMQP API is allowed to be."""
+        return cls(settings.notify_retry_delays, settings.notify_max_attempts)
 
     def exhausted(self, attempts: int) -> bool:
         """No attempt is left after ``attempts`` of them."""

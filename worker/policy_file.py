@@ -13,7 +13,7 @@ from typing import Any
 from worker.plans import DEFAULT_LADDER, Ladder, Plan, parse_plan
 from worker.policy import ALARM_TYPES, DEFAULT_APPROVE_TIMEOUT, NEXT, Policy, Rule
 
-TOP_KEYS = frozenset({"ladder", "max_plan", "rules"})
+TOP_KEYS = frozenset({"ladder", "max_plan", "rules", "notify"})  # [[notify]]: worker.notify_config
 RULE_KEYS = frozenset(
     {"name", "alarm_type", "above", "below", "instances", "action", "plan", "max_plan", "ladder",
      "cooldown_seconds", "approve", "approve_timeout"}

@@ -82,6 +82,7 @@ class Job:
     incident_id: str | None
     log: structlog.typing.FilteringBoundLogger
     plan: str | None = None
+    from_plan: str | None = None  # the plan read before the upgrade, where it was read
 
     def action(self, status: ActionStatus, now: float, **fields: Any) -> ActionRecord:
         """A write of this alarm's action row."""
@@ -92,6 +93,7 @@ class Job:
             self.incident_id,
             self.instance_id,
             plan=self.plan,
+            from_plan=self.from_plan,
             attempts=fields.pop("attempts", self.alarm.attempts),
             **fields,
         )
@@ -516,7 +518,6 @@ class UpgradeCall:
     ):
         assert processor.client is not None
         self.approved_by = approved_by
-        self.current_plan: str | None = None
         self.processor = processor
         self.client = processor.client
         self.settings = processor.settings
@@ -565,7 +566,7 @@ class UpgradeCall:
         current = None
         if self.settings.upgrade_api is UpgradeApi.INSTANCES or needs_current_plan(self.upgrade):
             current = await self.client.current_plan(self.upgrade.instance_id)
-        self.current_plan = current
+        self.job.from_plan = current
         return resolve_plan(self.upgrade, current)
 
     async def _retryable(self, exc: RetryableError) -> Outcome:
@@ -616,7 +617,7 @@ class UpgradeCall:
             self.upgrade.instance_id,
             {
                 "action_id": alarm.event_id,
-                "plan_from": self.current_plan,
+                "plan_from": self.job.from_plan,
                 "plan_to": self.job.plan,
                 "rule": self.upgrade.rule,
                 "approved_by": self.approved_by,

@@ -1,0 +1,275 @@
+"""What each channel is sent, and what its answer means.
+
+Pure builders turn a notification (its id and ``{"type", "timestamp", "data"}`` body) into
+one HTTP request per channel: a Standard Webhooks delivery, a Slack incoming-webhook message,
+a PagerDuty Events API v2 event. ``verdict`` classifies the answer; ``send`` is the thin
+adapter that makes the request. Errors and logs never carry a URL, secret or routing key.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import hashlib
+import hmac
+import json
+import time
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import aiohttp
+
+from shared.errors import RetryableError
+from shared.notifications import ChannelKind, Endpoint, EventType, parse_webhook_secret
+
+USER_AGENT = "cloudamqp-autopilot"
+SUMMARY_LIMIT = 1024  # PagerDuty's limit on payload.summary
+
+
+@dataclass(frozen=True)
+class Request:
+    url: str
+    headers: dict[str, str]
+    body: bytes
+
+
+def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """``v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`` keyed by the ``whsec_`` secret."""
+    key = parse_webhook_secret(secret)
+    mac = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(mac).decode()
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str).encode()
+
+
+def webhook_request(endpoint: Endpoint, msg_id: str, payload: dict[str, Any], now: float) -> Request:
+    """Standard Webhooks: the body as is; the timestamp is the send time (receivers reject old ones)."""
+    assert endpoint.secret is not None
+    body = _json(payload)
+    timestamp = int(now)
+    headers = {
+        "content-type": "application/json",
+        "user-agent": USER_AGENT,
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign(endpoint.secret, msg_id, timestamp, body),
+    }
+    return Request(endpoint.url, headers, body)
+
+
+# --- what happened, in words ---------------------------------------------------------------
+
+
+def _facts(payload: dict[str, Any]) -> dict[str, Any]:
+    data = payload.get("data") or {}
+    action = data.get("action") or {}
+    incident = data.get("incident") or {}
+    alarm = data.get("alarm") or {}
+    return {
+        "instance": action.get("instance_id")
+        or incident.get("instance_id")
+        or alarm.get("instance_id")
+        or "?",
+        "alarm_type": alarm.get("alarm_type") or action.get("alarm_type") or incident.get("alarm_type"),
+        "value": alarm.get("value"),
+        "title": incident.get("title") or alarm.get("message"),
+        "from": action.get("from_plan"),
+        "to": action.get("to_plan"),
+        "detail": action.get("detail") or data.get("error"),
+        "incident_id": incident.get("id") or action.get("incident_id"),
+    }
+
+
+def summary(payload: dict[str, Any]) -> str:
+    """One line on what happened (Slack's text, PagerDuty's summary)."""
+    f = _facts(payload)
+    plans = f"{f['from'] or '?'} → {f['to'] or '?'}"
+    cause = f" ({f['alarm_type']} alarm, value {f['value']})" if f["alarm_type"] else ""
+    lines: dict[str, str] = {
+        EventType.INCIDENT_OPENED: f"Incident opened on {f['instance']}: {f['title']}",
+        EventType.INCIDENT_RESOLVED: f"Incident resolved on {f['instance']}: {f['title']}",
+        EventType.ACTION_SUCCEEDED: f"Upgraded {f['instance']}: {plans}{cause}",
+        EventType.ACTION_DRY_RUN: f"Dry run: would upgrade {f['instance']}: {plans}{cause}",
+        EventType.ACTION_FAILED: f"Upgrade of {f['instance']} to {f['to']} failed: {f['detail']}",
+        EventType.ACTION_UNCONFIRMED: f"Upgrade of {f['instance']} to {f['to']} unconfirmed: {f['detail']}",
+        EventType.ALARM_PARKED: f"Alarm parked in cloudamqp.alarms.dead: {f['detail']}",
+        EventType.ACTION_AWAITING_APPROVAL: f"Upgrade of {f['instance']} ({plans}) awaits approval",
+        EventType.ADVICE_DOWNGRADE: f"{f['instance']} could move down: {plans}",
+    }
+    event_type = str(payload.get("type"))
+    text = lines.get(event_type, f"{event_type} on {f['instance']}")
+    return text[:SUMMARY_LIMIT]
+
+
+def console_link(payload: dict[str, Any], public_url: str | None) -> str | None:
+    """The receiver's page of the incident (or the actions list) when ``PUBLIC_URL`` is set."""
+    if not public_url:
+        return None
+    incident_id = _facts(payload)["incident_id"]
+    return f"{public_url}/incidents/{incident_id}" if incident_id else f"{public_url}/actions"
+
+
+def slack_request(endpoint: Endpoint, payload: dict[str, Any], public_url: str | None) -> Request:
+    """``text`` (the notification preview) plus ``blocks`` laid out for a phone."""
+    f = _facts(payload)
+    text = summary(payload)
+    fields = [
+        {"type": "mrkdwn", "text": f"*Instance*\n{f['instance']}"},
+        {"type": "mrkdwn", "text": f"*What*\n{payload.get('type')}"},
+    ]
+    if f["to"]:
+        fields.append({"type": "mrkdwn", "text": f"*Plan*\n{f['from'] or '?'} → {f['to']}"})
+    if f["alarm_type"]:
+        fields.append({"type": "mrkdwn", "text": f"*Alarm*\n{f['alarm_type']} {f['value']}"})
+    blocks: list[dict[str, Any]] = [
+        {"type": "section", "text": {"type": "mrkdwn", "text": f"*{text}*"}},
+        {"type": "section", "fields": fields},
+    ]
+    link = console_link(payload, public_url)
+    if link:
+        blocks.append(
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": f"<{link}|Open in autopilot>"}]}
+        )
+    return Request(
+        endpoint.url, {"content-type": "application/json"}, _json({"text": text, "blocks": blocks})
+    )
+
+
+# PagerDuty severity by alarm type: down or split is critical, resources running out an error.
+SEVERITY = {
+    "server_unreachable": "critical",
+    "netsplit": "critical",
+    "memory": "error",
+    "disk": "error",
+    "cpu": "warning",
+    "queue": "warning",
+    "connection": "warning",
+    "flow": "warning",
+    "consumer": "warning",
+    "notice": "info",
+}
+
+
+def severity(alarm_type: str | None) -> str:
+    return SEVERITY.get(alarm_type or "", "warning")
+
+
+def pagerduty_request(endpoint: Endpoint, payload: dict[str, Any], public_url: str | None) -> Request:
+    """``trigger`` / ``resolve`` for incidents (``dedup_key`` = our incident id); every other
+    event is a change event (on the service's timeline, never a page)."""
+    assert endpoint.secret is not None
+    f = _facts(payload)
+    link = console_link(payload, public_url)
+    links = [{"href": link, "text": "cloudamqp-autopilot"}] if link else []
+    event_type = payload.get("type")
+    headers = {"content-type": "application/json"}
+    if event_type == EventType.INCIDENT_RESOLVED:
+        event = {"routing_key": endpoint.secret, "event_action": "resolve", "dedup_key": f["incident_id"]}
+        return Request(f"{endpoint.url}/v2/enqueue", headers, _json(event))
+    source = f["instance"] if f["instance"] != "?" else "cloudamqp-autopilot"
+    if event_type == EventType.INCIDENT_OPENED:
+        event = {
+            "routing_key": endpoint.secret,
+            "event_action": "trigger",
+            "dedup_key": f["incident_id"],
+            "payload": {
+                "summary": summary(payload),
+                "severity": severity(f["alarm_type"]),
+                "source": source,
+                "component": f["alarm_type"] or "unknown",
+                "class": f["alarm_type"] or "unknown",
+                "timestamp": payload.get("timestamp"),
+                "custom_details": payload.get("data"),
+            },
+            "links": links,
+        }
+        return Request(f"{endpoint.url}/v2/enqueue", headers, _json(event))
+    change = {
+        "routing_key": endpoint.secret,
+        "payload": {
+            "summary": summary(payload),
+            "source": source,
+            "timestamp": payload.get("timestamp"),
+            "custom_details": payload.get("data"),
+        },
+        "links": links,
+    }
+    return Request(f"{endpoint.url}/v2/change/enqueue", headers, _json(change))
+
+
+def build(
+    endpoint: Endpoint, msg_id: str, payload: dict[str, Any], now: float, public_url: str | None
+) -> Request:
+    if endpoint.kind is ChannelKind.WEBHOOK:
+        return webhook_request(endpoint, msg_id, payload, now)
+    if endpoint.kind is ChannelKind.SLACK:
+        return slack_request(endpoint, payload, public_url)
+    return pagerduty_request(endpoint, payload, public_url)
+
+
+# --- the answer --------------------------------------------------------------------------------
+
+
+class Verdict(Enum):
+    DELIVERED = "delivered"
+    GONE = "gone"  # 410: the receiver says this endpoint is no more
+    RETRY = "retry"  # 429, 408, 5xx
+    PERMANENT = "permanent"  # any other answer: retrying will not help
+
+
+def verdict(status: int) -> Verdict:
+    if 200 <= status < 300:
+        return Verdict.DELIVERED
+    if status == 410:
+        return Verdict.GONE
+    if status in {408, 425, 429} or status >= 500:
+        return Verdict.RETRY
+    return Verdict.PERMANENT
+
+
+def retry_after(value: str | None, now: float) -> float | None:
+    """``Retry-After`` in seconds (a number or an HTTP date), or None."""
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - now, 0.0)
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    retry_after: float | None
+    seconds: float
+
+
+async def send(session: aiohttp.ClientSession, request: Request, limit_seconds: float) -> Answer:
+    """POST the request; ``RetryableError`` (no URL in it) on a timeout or a network error."""
+    started = time.monotonic()
+    try:
+        async with session.post(
+            request.url,
+            data=request.body,
+            headers=request.headers,
+            timeout=aiohttp.ClientTimeout(total=limit_seconds),
+            allow_redirects=False,
+        ) as resp:
+            await resp.read()
+            return Answer(
+                resp.status,
+                retry_after(resp.headers.get("Retry-After"), time.time()),
+                time.monotonic() - started,
+            )
+    except TimeoutError:
+        raise RetryableError(f"no answer within {limit_seconds:g}s") from None
+    except aiohttp.ClientError as exc:
+        raise RetryableError(f"network error: {type(exc).__name__}") from None
