@@ -427,7 +427,12 @@ async def test_given_a_redelivered_alarm_whose_upgrade_awaits_approval_then_its_
         assert isinstance(again, Follow) and again.check.action_id == first.check.action_id
         async with store.db.transaction(write=False) as tx:
             requests = await tx.fetch("SELECT * FROM approvals")
+            told = await tx.fetch("SELECT event_type, subject FROM notifications")
         assert len(requests) == 1 and fake_api.requests == []
+        # People are told once, in the transaction that asked for the approval.
+        assert [(n["event_type"], n["subject"]) for n in told if n["event_type"].startswith("action.")] == [
+            ("action.awaiting_approval", alarm.event_id)
+        ]
     finally:
         await store.close()
 
