@@ -275,12 +275,11 @@ async def test_given_a_channel_answering_500_for_a_while_then_200_then_it_is_del
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # once; the short one covers both
 async def test_slow_given_a_channel_answering_500_for_30_seconds_then_200_then_it_is_delivered_once(
-    start: Start, channels: dict[str, FakeChannel], database_url: str
+    start: Start, channels: dict[str, FakeChannel]
 ) -> None:
     """The issue's scale: a 30 s outage (the only slow test here; SQLite only)."""
-    if not database_url.startswith("sqlite"):
-        pytest.skip("the 30 s outage runs once, on SQLite; the short one covers PostgreSQL")
     webhook = channels["webhook"]
     webhook.failing_until = time.monotonic() + 30.0
     pilot = await start(**all_channels(channels), notify_retry_delays=(1.0, 2.0, 5.0), notify_max_attempts=40)
