@@ -252,6 +252,21 @@ class ParkingLot:
             raise BrokerUnavailable(f"the broker did not confirm the replay of {why}") from exc
         await message.ack()
 
+    async def replay_matching(self, wanted: set[str] | None, replayed_at: str) -> tuple[list[str], set[str]]:
+        """Replay every parked message named in ``wanted`` (None: every one); the refs replayed
+        and the names of ``wanted`` that were found."""
+        replayed: list[str] = []
+        found: set[str] = set()
+        async with self.scan() as scan:
+            async for message in scan:
+                matched = _names(message) & wanted if wanted is not None else set()
+                if wanted is not None and not matched:
+                    continue  # held until the scan ends, so the next get moves on
+                await self.replay(message, replayed_at)
+                replayed.append(_ref(message))
+                found |= matched
+        return replayed, found
+
     async def purge(self) -> int:
         result = await self._queue.purge(timeout=10)
         return int(getattr(result, "message_count", 0) or 0)
