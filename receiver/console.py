@@ -60,7 +60,7 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # "no-referrer" would make Chrome send "Origin: null"
 }
 
 PROBE = web.AppKey("console_probe", console_data.BrokerProbe)
