@@ -552,7 +552,7 @@ async def resume(request: web.Request) -> web.Response:
 
 async def parked(request: web.Request) -> web.Response:
     try:
-        total, messages = await console_data.parked(request.config_dict[SETTINGS])
+        total, messages = await console_data.parked(request.config_dict[PROBE])
         problem = None
     except BrokerUnavailable as exc:
         total, messages, problem = 0, [], str(exc)
@@ -577,7 +577,7 @@ async def replay(request: web.Request) -> web.Response:
     if every and form.get("confirm") != "yes":
         return await _confirm(request, "replay", "Replay every parked message to cloudamqp.alarms?")
     try:
-        replayed, found = await console_data.replay(request.config_dict[SETTINGS], ids)
+        replayed, found = await console_data.replay(request.config_dict[PROBE], ids)
     except BrokerUnavailable as exc:
         raise _back(session, f"{PREFIX}/parked", f"Nothing replayed: {exc}") from None
     missing = sorted((ids or set()) - found)
@@ -597,7 +597,7 @@ async def purge(request: web.Request) -> web.Response:
             request, "purge", "Delete every parked message for good? This cannot be undone."
         )
     try:
-        purged = await console_data.purge(request.config_dict[SETTINGS])
+        purged = await console_data.purge(request.config_dict[PROBE])
     except BrokerUnavailable as exc:
         raise _back(session, f"{PREFIX}/parked", f"Nothing purged: {exc}") from None
     log.info("console.purged", count=purged, operator=session.get("name"))
@@ -606,7 +606,7 @@ async def purge(request: web.Request) -> web.Response:
 
 async def _confirm(request: web.Request, what: str, question: str) -> web.Response:
     try:
-        total, _ = await console_data.parked(request.config_dict[SETTINGS], limit=0)
+        total, _ = await console_data.parked(request.config_dict[PROBE], limit=0)
     except BrokerUnavailable:
         total = 0
     context = await _context(request, what=what, question=question, total=total)

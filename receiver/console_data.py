@@ -6,7 +6,8 @@ single read-only statements below, each served by an index of the schema (``inci
 ``actions_created``, ``audit_at``) or by a table that stays small (claims, pauses). The broker
 side — how many workers consume, how deep the queues are — comes from passive queue
 declarations on a connection of the console's own; the parking lot goes through
-``worker.dlq.ParkingLot``, exactly as the ``autopilot-dlq`` command does.
+``worker.dlq.ParkingLot`` (on that same connection), exactly as the ``autopilot-dlq``
+command does.
 """
 
 from __future__ import annotations
@@ -14,15 +15,18 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractConnection
+from aio_pika.abc import AbstractConnection
 
 from shared import topology
 from shared.db import Row
+from shared.errors import BrokerUnavailable
 from shared.settings import Settings, redact_url
 from shared.store import ActionStatus, Store
 from worker import dlq
@@ -89,7 +93,18 @@ async def last_upgrades(store: Store, *, instance: str | None = None, limit: int
             *args,
         )
     for row in rows:
-        row["detail"] = json.loads(row["detail"]) if isinstance(row["detail"], str) else row["detail"]
+        detail = json.loads(row["detail"]) if isinstance(row["detail"], str) else row["detail"]
+        detail = detail if isinstance(detail, dict) else {}
+        raw_cause = detail.get("cause")
+        cause: dict[str, Any] = raw_cause if isinstance(raw_cause, dict) else {}
+        row["detail"] = detail
+        row["upgrade"] = {
+            "plan_from": detail.get("plan_from"),
+            "plan_to": detail.get("plan_to"),
+            "rule": detail.get("rule"),
+            "approved_by": detail.get("approved_by"),
+            "cause": " ".join(str(cause[k]) for k in ("alarm_type", "value") if cause.get(k) is not None),
+        }
     return rows
 
 
@@ -151,9 +166,11 @@ class BrokerFacts:
 
 
 class BrokerProbe:
-    """Passive declarations of the work queue and the parking lot on a connection of the
-    console's own (opened on first use, reopened after a failure): how many workers consume
-    and how many messages wait, without declaring or changing anything."""
+    """The console's own broker connection (opened on first use, reopened after a failure).
+
+    ``facts``: passive declarations of the work queue and the parking lot — how many workers
+    consume and how many messages wait, declaring or changing nothing. ``parking_lot``: a
+    confirming channel of it wrapped in ``worker.dlq.ParkingLot``, for one page or act."""
 
     def __init__(self, url: str, timeout: float = 3.0):
         self._url = url
@@ -161,37 +178,54 @@ class BrokerProbe:
         self._connection: AbstractConnection | None = None
         self._lock = asyncio.Lock()
 
-    async def _channel(self) -> AbstractChannel:
-        if self._connection is None or self._connection.is_closed:
-            self._connection = await aio_pika.connect(self._url, timeout=self._timeout)
-        # A channel per probe: a passive declare of a missing queue closes its channel.
-        return await self._connection.channel()
+    async def _connected(self) -> AbstractConnection:
+        async with self._lock:
+            if self._connection is None or self._connection.is_closed:
+                try:
+                    self._connection = await aio_pika.connect(self._url, timeout=self._timeout)
+                except Exception as exc:
+                    where, why = redact_url(self._url), str(exc) or type(exc).__name__
+                    raise BrokerUnavailable(f"cannot connect to RabbitMQ at {where}: {why}") from exc
+            return self._connection
 
     async def facts(self) -> BrokerFacts:
         out = BrokerFacts()
-        async with self._lock:
+        try:
+            connection = await self._connected()
+        except BrokerUnavailable as exc:
+            out.work.error = out.dead.error = str(exc)
+            return out
+        for name, facts in ((topology.WORK_QUEUE, out.work), (topology.DEAD_QUEUE, out.dead)):
+            await self._declare_passively(connection, name, facts)
+        return out
+
+    async def _declare_passively(self, connection: AbstractConnection, name: str, facts: QueueFacts) -> None:
+        # A channel per queue: a passive declaration of a missing queue closes its channel.
+        try:
+            channel = await connection.channel()
             try:
-                channel = await self._channel()
-            except Exception as exc:
-                problem = f"cannot connect to RabbitMQ at {redact_url(self._url)}: {type(exc).__name__}"
-                out.work.error = out.dead.error = problem
-                return out
-            try:
-                for name, facts in ((topology.WORK_QUEUE, out.work), (topology.DEAD_QUEUE, out.dead)):
-                    try:
-                        result = await asyncio.wait_for(
-                            channel.declare_queue(name, passive=True), self._timeout
-                        )
-                        declared = result.declaration_result
-                        facts.messages = int(declared.message_count or 0)
-                        facts.consumers = int(declared.consumer_count or 0)
-                    except Exception as exc:
-                        facts.error = f"{type(exc).__name__}: {exc}"[:200]
-                        channel = await self._channel()
+                result = await asyncio.wait_for(channel.declare_queue(name, passive=True), self._timeout)
+                facts.messages = int(result.declaration_result.message_count or 0)
+                facts.consumers = int(result.declaration_result.consumer_count or 0)
             finally:
                 if not channel.is_closed:
                     await channel.close()
-        return out
+        except Exception as exc:
+            facts.error = f"{type(exc).__name__}: {exc}"[:200]
+
+    @asynccontextmanager
+    async def parking_lot(self) -> AsyncIterator[dlq.ParkingLot]:
+        connection = await self._connected()
+        try:
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        except Exception as exc:
+            raise BrokerUnavailable(f"cannot open a channel: {type(exc).__name__}: {exc}") from exc
+        try:
+            yield await dlq.parking_lot_on(channel)
+        finally:
+            # Closing the channel hands back whatever a scan still held.
+            if not channel.is_closed:
+                await channel.close()
 
     async def close(self) -> None:
         if self._connection is not None and not self._connection.is_closed:
@@ -209,34 +243,36 @@ class Parked:
     body_pretty: str
 
 
-async def parked(settings: Settings, limit: int = PARKED_SHOWN) -> tuple[int, list[Parked]]:
+async def parked(broker: BrokerProbe, limit: int = PARKED_SHOWN) -> tuple[int, list[Parked]]:
     """How many messages are parked, and the first ``limit`` of them (every one is handed
     back: reading removes nothing)."""
     out: list[Parked] = []
-    async with dlq.open_parking_lot(settings) as lot:
+    async with broker.parking_lot() as lot:
         total = await lot.count()
         if limit <= 0:
             return total, out
         async with lot.scan() as scan:
             async for message in scan:
+                if len(out) >= limit:
+                    # Read on to the end all the same: handing back only a prefix would move
+                    # it behind the rest of the queue (see ``ParkingLot.scan``).
+                    continue
                 headers = message.headers or {}
                 ref = dlq.message_ref(message.message_id, headers, message.body)
                 view = dlq.describe(ref, message.message_id, headers, message.body)
                 body = view.get("body", view.get("body_text"))
                 pretty = body if isinstance(body, str) else json.dumps(body, indent=2, ensure_ascii=False)
                 out.append(Parked(ref, dlq.summary_row(ref, headers, message.body), view, pretty))
-                if len(out) >= limit:
-                    break
     return max(total, len(out)), out
 
 
-async def replay(settings: Settings, ids: set[str] | None) -> tuple[list[str], set[str]]:
+async def replay(broker: BrokerProbe, ids: set[str] | None) -> tuple[list[str], set[str]]:
     """Replay the parked messages named (None: all), as ``autopilot-dlq replay`` does."""
     replayed_at = datetime.fromtimestamp(time.time(), UTC).isoformat(timespec="milliseconds")
-    async with dlq.open_parking_lot(settings) as lot:
+    async with broker.parking_lot() as lot:
         return await lot.replay_matching(ids, replayed_at.replace("+00:00", "Z"))
 
 
-async def purge(settings: Settings) -> int:
-    async with dlq.open_parking_lot(settings) as lot:
+async def purge(broker: BrokerProbe) -> int:
+    async with broker.parking_lot() as lot:
         return await lot.purge()

@@ -289,12 +289,17 @@ async def open_parking_lot(settings: Settings) -> AsyncIterator[ParkingLot]:
         where, why = redact_url(settings.rabbitmq_url), str(exc) or type(exc).__name__
         raise BrokerUnavailable(f"cannot connect to RabbitMQ at {where}: {why}") from exc
     try:
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        queue = await _declare(channel, topology.DEAD_QUEUE)
-        await _declare(channel, topology.WORK_QUEUE)
-        yield ParkingLot(channel, queue)
+        yield await parking_lot_on(await connection.channel(publisher_confirms=True, on_return_raises=True))
     finally:
         await connection.close()
+
+
+async def parking_lot_on(channel: AbstractChannel) -> ParkingLot:
+    """The parking lot over a confirming channel the caller owns (the receiver's console keeps
+    one connection open instead of connecting per page)."""
+    queue = await _declare(channel, topology.DEAD_QUEUE)
+    await _declare(channel, topology.WORK_QUEUE)
+    return ParkingLot(channel, queue)
 
 
 # --- commands ----------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from pytest_aiohttp import AiohttpClient
 from receiver.app import create_app
 from receiver.keys import STORE
 from shared.settings import Settings
-from shared.store import ActionStatus
+from shared.store import ActionStatus, AuditEntry
 from tests.integration.conftest import SEED_INSTANCE
 from tests.integration.test_receiver_inprocess import T0, record
 
@@ -98,7 +98,16 @@ async def test_the_root_and_every_page_lead_to_the_login_until_one_logs_in(recei
 async def test_given_an_operator_login_then_every_page_renders_with_a_strict_csp_and_write_buttons(
     receiver: Client,
 ) -> None:
-    await record(receiver.app[STORE], {"message": "m1", "value": 91, "alarm_type": "memory"}, T0)
+    store = receiver.app[STORE]
+    await record(store, {"message": "m1", "value": 91, "alarm_type": "memory"}, T0)
+    async with store.unit() as unit:  # an upgrade as the worker records it, and one with less said
+        detail = {"plan_from": "hare-1", "plan_to": "rabbit-1", "rule": "memory", "cause": {"value": 91}}
+        await unit.audit(
+            AuditEntry("upgrade:1", T0, "autopilot", "automatic", "upgrade", SEED_INSTANCE, detail)
+        )
+        await unit.audit(
+            AuditEntry("upgrade:2", T0 + 1, "autopilot", "automatic", "upgrade", SEED_INSTANCE, {})
+        )
     await login(receiver, OPERATOR_TOKEN)
 
     for path in (*PAGES, "/ui/parked"):
@@ -111,6 +120,7 @@ async def test_given_an_operator_login_then_every_page_renders_with_a_strict_csp
         assert "<script>" not in html and " style=" not in html and " on" + "click" not in html
     _, html, _ = await page(receiver, f"/ui/instances/{SEED_INSTANCE}")
     assert 'action="/ui/instances/' in html and ">Pause</button>" in html
+    assert "rabbit-1 <span" in html and '<li class="here">rabbit-1</li>' in html  # plan and rung
     assert OPERATOR_TOKEN not in html and WEBHOOK_TOKEN not in html
 
 
