@@ -15,6 +15,7 @@ write is a form POST that carries the session's CSRF token, and goes through the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import time
@@ -130,7 +131,7 @@ async def console_middleware(request: web.Request, handler: Handler) -> web.Stre
         session = await get_session(request)
         if request.method == "POST":
             await _check_post(request, session)
-        if not is_public and session.get("role") not in (OPERATOR, VIEWER):
+        if not is_public and not _logged_in(request, session):
             response = _login_redirect(request)
         else:
             response = await handler(request)
@@ -164,7 +165,7 @@ async def _error_page(request: web.Request, status: int, title: str, detail: str
 
 def _chrome(request: web.Request, session: Session | None) -> dict[str, Any]:
     settings = request.config_dict[SETTINGS]
-    role = session.get("role") if session is not None else None
+    role = session.get("role") if session is not None and _logged_in(request, session) else None
     return {
         "user": session.get("name") if session is not None and role else None,
         "role": role,
@@ -247,6 +248,26 @@ def _role_for(settings: Settings, token: str) -> str | None:
     return None
 
 
+def grant(settings: Settings, role: str | None) -> str | None:
+    """What a session's role was granted by: a digest of the token it logged in with, so that
+    changing (or unsetting) that token ends every session it opened."""
+    if role == OPERATOR:
+        token = settings.operator_token
+    elif role == VIEWER:
+        token = settings.webhook_token or ""
+    else:
+        return None
+    if role == OPERATOR and not token:
+        return None
+    return hashlib.sha256(f"autopilot-console:{role}:{token}".encode()).hexdigest()[:32]
+
+
+def _logged_in(request: web.Request, session: Session) -> bool:
+    role = session.get("role")
+    expected = grant(request.config_dict[SETTINGS], role)
+    return expected is not None and same_secret(session.get("grant"), expected)
+
+
 def _next(target: str | None) -> str:
     if target and target.startswith(f"{PREFIX}/") and not target.startswith("//") and "\\" not in target:
         return target
@@ -291,7 +312,15 @@ async def login(request: web.Request) -> web.Response:
         context["csrf"] = session.get("csrf", "")
         return aiohttp_jinja2.render_template("login.html", request, context, status=401)
     session = await new_session(request)  # a fresh session (and CSRF token) at every login
-    session.update({"role": role, "name": name, "csrf": secrets.token_urlsafe(32), "since": time.time()})
+    session.update(
+        {
+            "role": role,
+            "grant": grant(settings, role),
+            "name": name,
+            "csrf": secrets.token_urlsafe(32),
+            "since": time.time(),
+        }
+    )
     log.info("console.login", role=role, operator=name)
     raise web.HTTPSeeOther(_next(str(form.get("next", ""))))
 

@@ -253,3 +253,21 @@ async def test_the_console_pages_page_through_incidents_fifty_at_a_time(receiver
     assert first.count('href="/ui/incidents/') == 50 and "incident-54" in first and "older →" in first
     assert second.count('href="/ui/incidents/') == 5 and "incident-00" in second and "older →" not in second
     assert "No incidents match these filters" in none
+
+
+async def test_given_a_session_key_then_logins_survive_a_restart_but_not_a_changed_operator_token(
+    make_receiver: MakeReceiver,
+) -> None:
+    key = "QmVuY2gtY29uc29sZS1zZXNzaW9uLWtleS0zMmJ5dGU="
+    first = await make_receiver(CONSOLE_SESSION_KEY=key)
+    await login(first, OPERATOR_TOKEN)
+    [cookie] = [c for c in first.session.cookie_jar if c.key == "autopilot_console"]
+    sent = {"Cookie": f"autopilot_console={cookie.value}"}
+
+    same = await make_receiver(CONSOLE_SESSION_KEY=key)
+    rotated = await make_receiver(CONSOLE_SESSION_KEY=key, OPERATOR_TOKEN="another-operator-token-8a7b6c")
+    other_key = await make_receiver()
+
+    assert (await page(same, "/ui/", headers=sent))[0] == 200
+    assert (await page(rotated, "/ui/", headers=sent))[0] == 303
+    assert (await page(other_key, "/ui/", headers=sent))[0] == 303
