@@ -488,11 +488,16 @@ async def deny(request: web.Request) -> web.Response:
 
 async def audit(request: web.Request) -> web.Response:
     offset = _offset(request)
-    rows = await request.config_dict[STORE].list_audit(limit=PAGE_SIZE + 1, offset=offset)
+    filters = {
+        "act": _query(request, "act"),
+        "actor": _query(request, "actor"),
+        "target": _query(request, "target"),
+    }
+    rows = await request.config_dict[STORE].list_audit(**filters, limit=PAGE_SIZE + 1, offset=offset)
     for row in rows:
         row["detail"] = json.loads(row["detail"]) if isinstance(row["detail"], str) else row["detail"]
     context = await _context(
-        request, rows=rows[:PAGE_SIZE], pager=_pager(request, offset, len(rows) > PAGE_SIZE)
+        request, rows=rows[:PAGE_SIZE], filters=filters, pager=_pager(request, offset, len(rows) > PAGE_SIZE)
     )
     return _render(request, "audit.html", "audit_live.html", context)
 

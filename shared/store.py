@@ -315,10 +315,22 @@ class Store:
             )
         return [_pause(r) for r in rows]
 
-    async def list_audit(self, *, limit: int = 100, offset: int = 0) -> list[Row]:
+    async def list_audit(
+        self,
+        *,
+        act: str | None = None,
+        actor: str | None = None,
+        target: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Row]:
+        where, args = _filters((("act", act), ("actor", actor), ("target", target)), 2)
         async with self.db.transaction(write=False) as tx:
             return await tx.fetch(
-                "SELECT * FROM audit ORDER BY at DESC, audit_id DESC LIMIT $1 OFFSET $2", limit, offset
+                f"SELECT * FROM audit {where} ORDER BY at DESC, audit_id DESC LIMIT $1 OFFSET $2",
+                limit,
+                offset,
+                *args,
             )
 
     async def get_action(self, action_id: str) -> Row | None:

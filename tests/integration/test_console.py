@@ -271,3 +271,25 @@ async def test_given_a_session_key_then_logins_survive_a_restart_but_not_a_chang
     assert (await page(same, "/ui/", headers=sent))[0] == 200
     assert (await page(rotated, "/ui/", headers=sent))[0] == 303
     assert (await page(other_key, "/ui/", headers=sent))[0] == 303
+
+
+async def test_the_audit_page_filters_by_act_who_and_target(receiver: Client) -> None:
+    store = receiver.app[STORE]
+    async with store.unit() as unit:
+        await unit.audit(
+            AuditEntry("pause:1", T0, "alice", "operator", "pause", SEED_INSTANCE, {"reason": "r1"})
+        )
+        await unit.audit(
+            AuditEntry("resume:1", T0 + 1, "bob", "operator", "resume", SEED_INSTANCE, {"reason": "r2"})
+        )
+        await unit.audit(AuditEntry("pause:2", T0 + 2, "bob", "operator", "pause", "*", {"reason": "r3"}))
+    await login(receiver, OPERATOR_TOKEN)
+
+    async def reasons(query: str) -> list[str]:
+        _, html, _ = await page(receiver, f"/ui/audit{query}")
+        return re.findall(r"&#34;(r\d)&#34;", html)
+
+    assert await reasons("") == ["r3", "r2", "r1"]
+    assert await reasons("?act=pause") == ["r3", "r1"]
+    assert await reasons("?actor=bob&act=pause") == ["r3"]
+    assert await reasons(f"?target={SEED_INSTANCE}") == ["r2", "r1"]
