@@ -1,4 +1,4 @@
-"""``python -m bench [--quick] [--only accept,workers,e2e,footprint,flask] [--profile]``.
+"""``python -m bench [--quick] [--only accept,workers,e2e,footprint,flask,console] [--profile]``.
 
 Runs the benchmarks against the local RabbitMQ (a fresh vhost per run) and PostgreSQL (a fresh
 database per run), prints a table of ratios against the baselines measured in the same run,
@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import report, suite
+from bench import console, report, suite
 from bench.harness import ROOT, git_revision, machine_facts
 
-ALL = ("footprint", "accept", "flask", "e2e", "workers")
+ALL = ("footprint", "accept", "flask", "e2e", "workers", "console")
 
 
 async def run(cfg: suite.Config, only: tuple[str, ...]) -> dict[str, Any]:
@@ -32,7 +32,9 @@ async def run(cfg: suite.Config, only: tuple[str, ...]) -> dict[str, Any]:
             continue
         print(f"[bench] {name} …", file=sys.stderr, flush=True)
         t0 = time.monotonic()
-        if name == "flask":
+        if name == "console":
+            results[name] = await console.bench_console(cfg)
+        elif name == "flask":
             receiver_rate = results.get("accept", {}).get("receiver", {}).get("rate_per_s")
             results[name] = await suite.bench_flask(cfg, receiver_rate)
         else:

@@ -195,6 +195,29 @@ def _flask_rows(r: dict[str, Any], accept: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def _console_rows(r: dict[str, Any]) -> list[str]:
+    rows = []
+    for store in ("sqlite", "postgresql"):
+        if store not in r:
+            continue
+        run = r[store]
+        json_view, bare = run["baseline_json_incidents"], run["baseline_healthz"]
+        for name, page in run["pages"].items():
+            rows.append(
+                _row(
+                    f"6 console, {store}, {r['incidents']:,} incidents: {name}",
+                    f"p50 {_fmt(page['p50_ms'])} ms, p99 {_fmt(page['p99_ms'])} ms "
+                    f"({page['requests']} requests, {page['bytes'] / 1024:.0f} KiB)",
+                    f"JSON /incidents?limit=50 p50 {_fmt(json_view['p50_ms'])} ms; "
+                    f"/healthz p50 {_fmt(bare['p50_ms'])} ms",
+                    _fmt(page["ratio_p50_vs_json"], "×"),
+                    f"< {r['target_ms']:.0f} ms",
+                    _verdict(page["meets"]),
+                )
+            )
+    return rows
+
+
 def markdown(results: dict[str, Any]) -> str:
     lines = [
         _row("benchmark", "ours", "baseline (same run)", "ratio", "target", "verdict"),
@@ -210,6 +233,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines += _footprint_rows(results["footprint"])
     if "flask" in results:
         lines += _flask_rows(results["flask"], results.get("accept"))
+    if "console" in results:
+        lines += _console_rows(results["console"])
     m = results["machine"]
     lines += [
         "",

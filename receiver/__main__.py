@@ -31,6 +31,11 @@ async def main(settings: Settings) -> None:
             "receiver.operator_writes_disabled",
             detail="OPERATOR_TOKEN is unset: pause, resume, approve and deny answer 403",
         )
+    if not settings.console_session_key:
+        log.warning(
+            "receiver.console_session_key_generated",
+            detail="CONSOLE_SESSION_KEY is unset: console logins end when this receiver stops",
+        )
     site = web.TCPSite(runner, settings.receiver_host, settings.receiver_port)
     try:
         await site.start()

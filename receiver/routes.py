@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from receiver import controls, views
+from receiver import console, controls, views
+from receiver.keys import SETTINGS
 from shared import metrics
 
 
@@ -40,3 +41,8 @@ def setup_routes(app: web.Application) -> None:
     router.add_get("/readyz", views.readyz)
     router.add_get("/metrics", metrics.metrics_view)
     router.add_get("/openapi.json", views.openapi_view)
+    # The operator console: HTML pages, a sub-application with its own middlewares (session,
+    # CSRF, security headers, HTML errors) that the routes above never pass through.
+    router.add_get("/", console.redirect_to_console)
+    router.add_get("/ui", console.redirect_to_console)
+    app.add_subapp("/ui/", console.console_app(app[SETTINGS]))

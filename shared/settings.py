@@ -7,6 +7,8 @@ names the variable, so the process can stop at start with exactly that line.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 import os
 import sys
@@ -42,6 +44,7 @@ class Settings:
     receiver_port: int = 8080
     webhook_token: str | None = field(default=None, repr=False)
     operator_token: str | None = field(default=None, repr=False)
+    console_session_key: str | None = field(default=None, repr=False)
     cloudamqp_api_url: str = "https://customer.cloudamqp.com"
     cloudamqp_api_key: str | None = field(default=None, repr=False)
     instance_ids: tuple[str, ...] = ()
@@ -103,8 +106,8 @@ class Settings:
 
 
 _SECRET_FIELDS = frozenset(
-    {"webhook_token", "operator_token", "cloudamqp_api_key", "notify_webhook_secret", "notify_slack_url",
-     "notify_pagerduty_routing_key"}
+    {"webhook_token", "operator_token", "cloudamqp_api_key", "console_session_key", "notify_webhook_secret",
+     "notify_slack_url", "notify_pagerduty_routing_key"}
 )  # fmt: skip
 
 
@@ -133,8 +136,9 @@ def read_dotenv(path: Path) -> dict[str, str]:
 
 
 _SECRET_VARS = frozenset(
-    {"WEBHOOK_TOKEN", "OPERATOR_TOKEN", "CLOUDAMQP_API_KEY", "RABBITMQ_URL", "DATABASE_URL",
-     "NOTIFY_WEBHOOK_URL", "NOTIFY_WEBHOOK_SECRET", "NOTIFY_SLACK_URL", "NOTIFY_PAGERDUTY_ROUTING_KEY"}
+    {"WEBHOOK_TOKEN", "OPERATOR_TOKEN", "CLOUDAMQP_API_KEY", "CONSOLE_SESSION_KEY", "RABBITMQ_URL",
+     "DATABASE_URL", "NOTIFY_WEBHOOK_URL", "NOTIFY_WEBHOOK_SECRET", "NOTIFY_SLACK_URL",
+     "NOTIFY_PAGERDUTY_ROUTING_KEY"}
 )  # fmt: skip
 MIN_OPERATOR_TOKEN = 16  # characters: it lets its holder approve spending
 
@@ -234,6 +238,20 @@ def _operator_token(raw: str) -> str:
     return token
 
 
+def _fernet_key(raw: str) -> str:
+    """A Fernet key, as the console's encrypted session cookie wants: 32 url-safe base64 bytes."""
+    try:
+        decoded = base64.b64decode(raw.encode("ascii"), altchars=b"-_", validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        decoded = b""
+    if len(decoded) != 32:
+        raise ValueError(
+            "expected 32 url-safe base64-encoded bytes (make one with "
+            "`python -c 'import base64,os; print(base64.urlsafe_b64encode(os.urandom(32)).decode())'`)"
+        )
+    return raw
+
+
 def _url_no_slash(*schemes: str) -> Callable[[str], str]:
     check = _url(*schemes)
     return lambda raw: check(raw).rstrip("/")
@@ -260,6 +278,7 @@ _VARIABLES: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("receiver_port", "RECEIVER_PORT", _int_range(1, 65535)),
     ("webhook_token", "WEBHOOK_TOKEN", _secret),
     ("operator_token", "OPERATOR_TOKEN", _operator_token),
+    ("console_session_key", "CONSOLE_SESSION_KEY", _fernet_key),
     ("cloudamqp_api_url", "CLOUDAMQP_API_URL", _url_no_slash("http", "https")),
     ("cloudamqp_api_key", "CLOUDAMQP_API_KEY", _secret),
     ("instance_ids", "CLOUDAMQP_INSTANCE_ID", _ids),

@@ -304,9 +304,17 @@ class Store:
     # --- reads ----------------------------------------------------------------------------
 
     async def list_actions(
-        self, *, instance: str | None = None, limit: int = 100, offset: int = 0
+        self,
+        *,
+        instance: str | None = None,
+        status: str | None = None,
+        alarm_type: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
     ) -> list[Row]:
-        where, args = ("WHERE a.instance_id = $3", [instance]) if instance else ("", [])
+        where, args = _filters(
+            (("a.instance_id", instance), ("a.status", status), ("a.alarm_type", alarm_type)), 2
+        )
         async with self.db.transaction(write=False) as tx:
             return await tx.fetch(
                 f"""SELECT {_ACTION_COLUMNS} FROM actions a {_APPROVAL_JOIN} {where}
@@ -324,10 +332,22 @@ class Store:
             )
         return [_pause(r) for r in rows]
 
-    async def list_audit(self, *, limit: int = 100, offset: int = 0) -> list[Row]:
+    async def list_audit(
+        self,
+        *,
+        act: str | None = None,
+        actor: str | None = None,
+        target: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Row]:
+        where, args = _filters((("act", act), ("actor", actor), ("target", target)), 2)
         async with self.db.transaction(write=False) as tx:
             return await tx.fetch(
-                "SELECT * FROM audit ORDER BY at DESC, audit_id DESC LIMIT $1 OFFSET $2", limit, offset
+                f"SELECT * FROM audit {where} ORDER BY at DESC, audit_id DESC LIMIT $1 OFFSET $2",
+                limit,
+                offset,
+                *args,
             )
 
     async def get_action(self, action_id: str) -> Row | None:
@@ -344,20 +364,17 @@ class Store:
         *,
         status: str | None = None,
         instance: str | None = None,
+        alarm_type: str | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> list[Row]:
-        clauses: list[str] = []
-        args: list[Any] = [limit, offset]
-        for column, value in (("status", status), ("instance_id", instance)):
-            if value:
-                args.append(value)
-                clauses.append(f"{column} = ${len(args)}")
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        where, args = _filters((("status", status), ("instance_id", instance), ("alarm_type", alarm_type)), 2)
         async with self.db.transaction(write=False) as tx:
             return await tx.fetch(
                 f"""SELECT * FROM incidents {where}
                     ORDER BY last_seen DESC, incident_id DESC LIMIT $1 OFFSET $2""",
+                limit,
+                offset,
                 *args,
             )
 
@@ -932,6 +949,18 @@ class ApprovalDecision:
     reason: str | None
     now: float
     lease: float  # the claim's lease once approved (a worker is then about to call)
+
+
+def _filters(pairs: tuple[tuple[str, str | None], ...], taken: int) -> tuple[str, list[Any]]:
+    """``WHERE column = $n AND …`` for the pairs whose value is given, numbered after the
+    ``taken`` placeholders the query already uses, and their arguments."""
+    clauses: list[str] = []
+    args: list[Any] = []
+    for column, value in pairs:
+        if value:
+            args.append(value)
+            clauses.append(f"{column} = ${taken + len(args)}")
+    return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), args
 
 
 def _pause(row: Row) -> Pause:

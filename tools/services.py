@@ -1,5 +1,6 @@
 """The one place that brings up the local services the tests and ``make run`` need: RabbitMQ,
-its management plugin, PostgreSQL and the test database.
+its management plugin, PostgreSQL and the test database — and, for the console's browser
+tests, Debian's chromium.
 
 ``python -m tools.services`` (what ``make test`` runs first) makes sure of what the tests use:
 ``TEST_RABBITMQ_URL``, ``TEST_RABBITMQ_MANAGEMENT_URL`` and ``TEST_POSTGRES_URL``, with the
@@ -312,6 +313,60 @@ async def _admin(host: str, port: int, statement: str, where: str) -> None:
         raise Missing(f"{where}: {_last_line(result)} (as the postgres system user)")
 
 
+# --- chromium, for the console's browser tests -----------------------------------------------
+
+CHROMIUM_NAMES = ("chromium", "chromium-browser")  # the same names as tests/browser/conftest.py
+APT_SECONDS = 900.0
+
+
+def _chromium() -> str | None:
+    for name in CHROMIUM_NAMES:
+        found = which(name)
+        if found is not None:
+            return found
+    return None
+
+
+def ensure_chromium(*, required: bool) -> str | None:
+    """A headless chromium for ``tests/browser`` (driven by Playwright, never downloaded by it):
+    Debian's package, installed with apt-get when missing and we are root. Where it cannot be
+    had, the browser tests skip — unless ``required`` (``CI=true``), which stops here."""
+    found = _chromium()
+    if found is not None:
+        say(f"chromium: {found}")
+        return found
+    apt = which("apt-get")
+    if apt is None or os.geteuid() != 0:
+        problem = "chromium is not installed: `apt-get install chromium` as root (the browser tests need it)"
+        if required:
+            raise Missing(problem)
+        say(f"{problem}; the browser tests will skip")
+        return None
+    say("chromium is not installed: apt-get update && apt-get install -y chromium")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (
+        [apt, "update", "-qq"],
+        [apt, "install", "-y", "-qq", "--no-install-recommends", "chromium"],
+    ):
+        result = _run_env(command, env, APT_SECONDS)
+        if result.returncode != 0:
+            raise Missing(f"{' '.join(command[:2])} failed: {_last_line(result)}")
+    found = _chromium()
+    if found is None:
+        raise Missing("apt-get installed chromium, but no chromium command is on the PATH")
+    say(f"chromium: installed {found}")
+    return found
+
+
+def _run_env(command: Sequence[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(
+            list(command), capture_output=True, text=True, timeout=timeout, check=False, env=env
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return subprocess.CompletedProcess(list(command), 1, "", str(exc))
+
+
 # --- what each command needs ---------------------------------------------------------------
 
 
@@ -323,6 +378,7 @@ def ensure_for_tests(environ: dict[str, str]) -> None:
         management = environ.get("TEST_RABBITMQ_MANAGEMENT_URL", TEST_RABBITMQ_MANAGEMENT_URL)
         ensure_management(management, variable="TEST_RABBITMQ_MANAGEMENT_URL")
     ensure_postgres(environ.get("TEST_POSTGRES_URL", TEST_POSTGRES_URL), variable="TEST_POSTGRES_URL")
+    ensure_chromium(required=environ.get("CI", "").lower() in {"1", "true", "yes"})
 
 
 def ensure_for_run(rabbitmq_url: str, database_url: str) -> list[Started]:

@@ -105,11 +105,11 @@ def summary(payload: dict[str, Any]) -> str:
 
 
 def console_link(payload: dict[str, Any], public_url: str | None) -> str | None:
-    """The receiver's page of the incident (or the actions list) when ``PUBLIC_URL`` is set."""
+    """The console page of the incident (or the actions page) when ``PUBLIC_URL`` is set."""
     if not public_url:
         return None
     incident_id = _facts(payload)["incident_id"]
-    return f"{public_url}/incidents/{incident_id}" if incident_id else f"{public_url}/actions"
+    return f"{public_url}/ui/incidents/{incident_id}" if incident_id else f"{public_url}/ui/actions"
 
 
 def slack_request(endpoint: Endpoint, payload: dict[str, Any], public_url: str | None) -> Request:

@@ -252,6 +252,21 @@ class ParkingLot:
             raise BrokerUnavailable(f"the broker did not confirm the replay of {why}") from exc
         await message.ack()
 
+    async def replay_matching(self, wanted: set[str] | None, replayed_at: str) -> tuple[list[str], set[str]]:
+        """Replay every parked message named in ``wanted`` (None: every one); the refs replayed
+        and the names of ``wanted`` that were found."""
+        replayed: list[str] = []
+        found: set[str] = set()
+        async with self.scan() as scan:
+            async for message in scan:
+                matched = _names(message) & wanted if wanted is not None else set()
+                if wanted is not None and not matched:
+                    continue  # held until the scan ends, so the next get moves on
+                await self.replay(message, replayed_at)
+                replayed.append(_ref(message))
+                found |= matched
+        return replayed, found
+
     async def purge(self) -> int:
         result = await self._queue.purge(timeout=10)
         return int(getattr(result, "message_count", 0) or 0)
@@ -274,12 +289,17 @@ async def open_parking_lot(settings: Settings) -> AsyncIterator[ParkingLot]:
         where, why = redact_url(settings.rabbitmq_url), str(exc) or type(exc).__name__
         raise BrokerUnavailable(f"cannot connect to RabbitMQ at {where}: {why}") from exc
     try:
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        queue = await _declare(channel, topology.DEAD_QUEUE)
-        await _declare(channel, topology.WORK_QUEUE)
-        yield ParkingLot(channel, queue)
+        yield await parking_lot_on(await connection.channel(publisher_confirms=True, on_return_raises=True))
     finally:
         await connection.close()
+
+
+async def parking_lot_on(channel: AbstractChannel) -> ParkingLot:
+    """The parking lot over a confirming channel the caller owns (the receiver's console keeps
+    one connection open instead of connecting per page)."""
+    queue = await _declare(channel, topology.DEAD_QUEUE)
+    await _declare(channel, topology.WORK_QUEUE)
+    return ParkingLot(channel, queue)
 
 
 # --- commands ----------------------------------------------------------------------------------

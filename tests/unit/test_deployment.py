@@ -97,13 +97,20 @@ def _requirement_names(requirements: list[str]) -> set[str]:
     return {re.sub(r"[-_.]+", "-", m.group(0)).lower() for m in names if m}
 
 
+# Developer commands in tools/ that need the dev extras (Playwright drives chromium for them).
+DEV_TOOLS = ("tools/screenshots.py",)
+
+
 def _third_party_imports(*folders: str) -> dict[str, str]:
     """Top-level modules imported under ``folders`` that are neither stdlib nor ours, with a
     file that imports each."""
     own = {"receiver", "worker", "shared", "tools", "tests", "bench"}
     found: dict[str, str] = {}
     for folder in folders:
-        for path in sorted((ROOT / folder).rglob("*.py")):
+        where = ROOT / folder
+        for path in [where] if where.is_file() else sorted(where.rglob("*.py")):
+            if path.relative_to(ROOT).as_posix() in DEV_TOOLS and folder != path.relative_to(ROOT).as_posix():
+                continue
             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
                 if isinstance(node, ast.Import):
                     modules = [alias.name for alias in node.names]
@@ -123,7 +130,7 @@ def _third_party_imports(*folders: str) -> dict[str, str]:
     [
         # `make run` and `make demo` install the runtime dependencies only.
         (("receiver", "worker", "shared", "tools"), ()),
-        (("tests", "bench"), ("dev",)),
+        (("tests", "bench", *DEV_TOOLS), ("dev",)),
     ],
     ids=["runtime", "dev"],
 )

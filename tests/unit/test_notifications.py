@@ -116,7 +116,7 @@ def test_slack_says_instance_what_and_plans_and_links_to_the_incident_when_publi
     assert message["text"] == "Upgraded i-1: bunny-1 → bunny-2 (memory alarm, value 85)"
     blocks = json.dumps(message["blocks"], ensure_ascii=False)
     assert "i-1" in blocks and "bunny-1 → bunny-2" in blocks
-    assert "https://autopilot.example.com/incidents/inc-1" in blocks
+    assert "https://autopilot.example.com/ui/incidents/inc-1" in blocks
     plain = json.loads(channels.slack_request(endpoint, succeeded(), None).body)
     assert "autopilot.example.com" not in json.dumps(plain)
 

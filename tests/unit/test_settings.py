@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import sys
 from pathlib import Path
 
@@ -151,3 +152,19 @@ def test_log_format_defaults_to_console_on_a_tty_and_json_elsewhere(
 
     assert Settings.from_env({}).log_format == expected
     assert Settings.from_env({"LOG_FORMAT": "json" if tty else "console"}).log_format != expected
+
+
+def test_the_console_session_key_is_a_fernet_key_kept_out_of_errors_and_public_settings() -> None:
+    key = base64.urlsafe_b64encode(bytes(range(32))).decode()
+
+    s = Settings.from_env({"CONSOLE_SESSION_KEY": key})
+
+    assert s.console_session_key == key and s.public_dict()["console_session_key"] == "set"
+    assert key not in repr(s)
+    assert Settings.from_env({}).console_session_key is None
+    for bad in ("short", key[:-4], key + "AAAA", "not base64 at all!!"):
+        with pytest.raises(ConfigError) as info:
+            Settings.from_env({"CONSOLE_SESSION_KEY": bad})
+        message = str(info.value)
+        assert message.startswith("CONSOLE_SESSION_KEY=(hidden) is invalid") and "\n" not in message
+        assert bad not in message

@@ -118,3 +118,53 @@ def test_the_webhook_url_shows_where_the_token_goes_never_the_token() -> None:
 
     assert launcher.webhook_url(with_token) == "http://localhost:9000/cloudamqp/alarm/<WEBHOOK_TOKEN>"
     assert launcher.webhook_url(without) == "http://127.0.0.1:8080/cloudamqp/alarm"
+
+
+def test_given_chromium_installed_then_it_is_named_and_nothing_is_run(
+    monkeypatch: pytest.MonkeyPatch, commands: list[list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert services.ensure_chromium(required=True) == "/usr/sbin/chromium"
+
+    assert commands == [] and capsys.readouterr().out == "[setup] chromium: /usr/sbin/chromium\n"
+
+
+def test_given_no_chromium_as_root_then_apt_get_installs_it_with_one_line_a_step(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    installed: list[str] = []
+    ran: list[list[str]] = []
+
+    def run(command: Sequence[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+        ran.append(list(command))
+        if "install" in command:
+            installed.append("chromium")
+        return subprocess.CompletedProcess(list(command), 0, "", "")
+
+    def which(name: str) -> str | None:
+        return f"/usr/bin/{name}" if name == "apt-get" or (name == "chromium" and installed) else None
+
+    monkeypatch.setattr(services, "_run_env", run)
+    monkeypatch.setattr(services, "which", which)
+    monkeypatch.setattr(services.os, "geteuid", lambda: 0)
+
+    assert services.ensure_chromium(required=True) == "/usr/bin/chromium"
+    assert ran == [
+        ["/usr/bin/apt-get", "update", "-qq"],
+        ["/usr/bin/apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"],
+    ]
+    assert capsys.readouterr().out.splitlines() == [
+        "[setup] chromium is not installed: apt-get update && apt-get install -y chromium",
+        "[setup] chromium: installed /usr/bin/chromium",
+    ]
+
+
+def test_given_no_chromium_and_no_way_to_install_it_then_ci_stops_and_elsewhere_the_tests_skip(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(services, "which", lambda name: None)
+
+    assert services.ensure_chromium(required=False) is None
+    assert "the browser tests will skip" in capsys.readouterr().out
+    with pytest.raises(services.Missing) as info:
+        services.ensure_chromium(required=True)
+    assert "apt-get install chromium" in str(info.value) and "\n" not in str(info.value)

@@ -1,0 +1,278 @@
+"""What the console's pages show, read from the store and the broker — no HTML here.
+
+The store's own read methods (``Store.list_incidents`` …) do the lists; the few questions
+only the console asks (counts for the overview, an instance's cooldowns and plan history) are
+single read-only statements below, each served by an index of the schema (``incidents_seen``,
+``actions_created``, ``audit_at``) or by a table that stays small (claims, pauses). The broker
+side — how many workers consume, how deep the queues are — comes from passive queue
+declarations on a connection of the console's own; the parking lot goes through
+``worker.dlq.ParkingLot`` (on that same connection), exactly as the ``autopilot-dlq``
+command does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractConnection
+
+from shared import topology
+from shared.db import Row
+from shared.errors import BrokerUnavailable
+from shared.settings import Settings, redact_url
+from shared.store import ActionStatus, Store
+from worker import dlq
+from worker.plans import DEFAULT_LADDER, Ladder, parse_plan
+
+# Statuses of an action that went (or would have gone) to the CloudAMQP API.
+UPGRADE_STATUSES = (
+    ActionStatus.SUCCEEDED,
+    ActionStatus.IN_PROGRESS,
+    ActionStatus.UNCONFIRMED,
+    ActionStatus.DRY_RUN,
+)
+PARKED_SHOWN = 200  # parked messages read for one page; the count says how many there are
+
+
+def start_of_day(now: float) -> float:
+    """Midnight UTC of ``now``'s day, in epoch seconds."""
+    day = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return day.timestamp()
+
+
+@dataclass(frozen=True)
+class Counts:
+    open_incidents: int
+    actions_today: int
+    awaiting_approval: int
+    last_action_at: float | None
+    last_decision_status: str | None  # of the newest action that went (or would go) to the API
+
+
+async def counts(store: Store, now: float) -> Counts:
+    """The overview's numbers, in one read transaction."""
+    upgrade_sql = ", ".join(f"'{s.value}'" for s in UPGRADE_STATUSES)
+    async with store.db.transaction(write=False) as tx:
+        incidents = await tx.fetchrow("SELECT COUNT(*) AS n FROM incidents WHERE status = 'open'")
+        today = await tx.fetchrow(
+            "SELECT COUNT(*) AS n, MAX(created_at) AS last FROM actions WHERE created_at >= $1",
+            start_of_day(now),
+        )
+        awaiting = await tx.fetchrow("SELECT COUNT(*) AS n FROM actions WHERE status = 'awaiting_approval'")
+        last = await tx.fetchrow("SELECT MAX(created_at) AS last FROM actions")
+        decision = await tx.fetchrow(
+            f"""SELECT status FROM actions WHERE status IN ({upgrade_sql})
+                ORDER BY created_at DESC LIMIT 1"""
+        )
+    assert incidents is not None and today is not None and awaiting is not None and last is not None
+    return Counts(
+        open_incidents=int(incidents["n"]),
+        actions_today=int(today["n"]),
+        awaiting_approval=int(awaiting["n"]),
+        last_action_at=float(last["last"]) if last["last"] is not None else None,
+        last_decision_status=decision["status"] if decision is not None else None,
+    )
+
+
+async def last_upgrades(store: Store, *, instance: str | None = None, limit: int = 10) -> list[Row]:
+    """The newest automatic upgrades from the audit trail (plan from and to, cause, approver)."""
+    where, args = ("AND target = $2", [instance]) if instance else ("", [])
+    async with store.db.transaction(write=False) as tx:
+        rows = await tx.fetch(
+            f"""SELECT * FROM audit WHERE act = 'upgrade' {where}
+                ORDER BY at DESC, audit_id DESC LIMIT $1""",
+            limit,
+            *args,
+        )
+    for row in rows:
+        detail = json.loads(row["detail"]) if isinstance(row["detail"], str) else row["detail"]
+        detail = detail if isinstance(detail, dict) else {}
+        raw_cause = detail.get("cause")
+        cause: dict[str, Any] = raw_cause if isinstance(raw_cause, dict) else {}
+        row["detail"] = detail
+        row["upgrade"] = {
+            "plan_from": detail.get("plan_from"),
+            "plan_to": detail.get("plan_to"),
+            "rule": detail.get("rule"),
+            "approved_by": detail.get("approved_by"),
+            "cause": " ".join(str(cause[k]) for k in ("alarm_type", "value") if cause.get(k) is not None),
+        }
+    return rows
+
+
+async def claims_of(store: Store, instance: str) -> list[Row]:
+    """The cooldown claims of one instance (one per alarm type that upgraded it)."""
+    async with store.db.transaction(write=False) as tx:
+        return await tx.fetch("SELECT * FROM claims WHERE instance_id = $1 ORDER BY scope", instance)
+
+
+async def known_instances(store: Store, settings: Settings) -> list[str]:
+    """Managed instances first (``CLOUDAMQP_INSTANCE_ID``), then any other one a claim or a
+    pause names."""
+    async with store.db.transaction(write=False) as tx:
+        rows = await tx.fetch(
+            "SELECT instance_id AS id FROM claims UNION SELECT scope AS id FROM pauses WHERE scope <> '*'"
+        )
+    others = sorted({r["id"] for r in rows} - set(settings.instance_ids))
+    return [*settings.instance_ids, *others]
+
+
+@dataclass(frozen=True)
+class PlanFacts:
+    """What the console knows of an instance's plan: the target of its last upgrade."""
+
+    current: str | None
+    rung: int | None  # 0-based position on the default ladder
+    ladder: tuple[str, ...]
+
+
+def plan_facts(upgrades: list[Row]) -> PlanFacts:
+    """The plan the last recorded upgrade moved the instance to, and its ladder rung."""
+    current = None
+    for row in upgrades:
+        detail = row["detail"] if isinstance(row["detail"], dict) else {}
+        current = detail.get("plan_to") or detail.get("plan_from")
+        if current:
+            break
+    plan = parse_plan(current) if isinstance(current, str) else None
+    ladder = Ladder.of(DEFAULT_LADDER)
+    rung = ladder.position(plan) if plan is not None else None
+    nodes = plan.nodes if plan is not None else 1
+    return PlanFacts(current, rung, tuple(f"{family}-{nodes}" for family in ladder.families))
+
+
+# --- the broker --------------------------------------------------------------------------------
+
+
+@dataclass
+class QueueFacts:
+    messages: int | None = None
+    consumers: int | None = None
+    error: str | None = None
+
+
+@dataclass
+class BrokerFacts:
+    work: QueueFacts = field(default_factory=QueueFacts)
+    dead: QueueFacts = field(default_factory=QueueFacts)
+
+
+class BrokerProbe:
+    """The console's own broker connection (opened on first use, reopened after a failure).
+
+    ``facts``: passive declarations of the work queue and the parking lot — how many workers
+    consume and how many messages wait, declaring or changing nothing. ``parking_lot``: a
+    confirming channel of it wrapped in ``worker.dlq.ParkingLot``, for one page or act."""
+
+    def __init__(self, url: str, timeout: float = 3.0):
+        self._url = url
+        self._timeout = timeout
+        self._connection: AbstractConnection | None = None
+        self._lock = asyncio.Lock()
+
+    async def _connected(self) -> AbstractConnection:
+        async with self._lock:
+            if self._connection is None or self._connection.is_closed:
+                try:
+                    self._connection = await aio_pika.connect(self._url, timeout=self._timeout)
+                except Exception as exc:
+                    where, why = redact_url(self._url), str(exc) or type(exc).__name__
+                    raise BrokerUnavailable(f"cannot connect to RabbitMQ at {where}: {why}") from exc
+            return self._connection
+
+    async def facts(self) -> BrokerFacts:
+        out = BrokerFacts()
+        try:
+            connection = await self._connected()
+        except BrokerUnavailable as exc:
+            out.work.error = out.dead.error = str(exc)
+            return out
+        for name, facts in ((topology.WORK_QUEUE, out.work), (topology.DEAD_QUEUE, out.dead)):
+            await self._declare_passively(connection, name, facts)
+        return out
+
+    async def _declare_passively(self, connection: AbstractConnection, name: str, facts: QueueFacts) -> None:
+        # A channel per queue: a passive declaration of a missing queue closes its channel.
+        try:
+            channel = await connection.channel()
+            try:
+                result = await asyncio.wait_for(channel.declare_queue(name, passive=True), self._timeout)
+                facts.messages = int(result.declaration_result.message_count or 0)
+                facts.consumers = int(result.declaration_result.consumer_count or 0)
+            finally:
+                if not channel.is_closed:
+                    await channel.close()
+        except Exception as exc:
+            facts.error = f"{type(exc).__name__}: {exc}"[:200]
+
+    @asynccontextmanager
+    async def parking_lot(self) -> AsyncIterator[dlq.ParkingLot]:
+        connection = await self._connected()
+        try:
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        except Exception as exc:
+            raise BrokerUnavailable(f"cannot open a channel: {type(exc).__name__}: {exc}") from exc
+        try:
+            yield await dlq.parking_lot_on(channel)
+        finally:
+            # Closing the channel hands back whatever a scan still held.
+            if not channel.is_closed:
+                await channel.close()
+
+    async def close(self) -> None:
+        if self._connection is not None and not self._connection.is_closed:
+            await self._connection.close()
+
+
+# --- the parking lot ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Parked:
+    ref: str
+    row: dlq.Row  # the one-line summary ``autopilot-dlq list`` prints
+    view: dict[str, Any]  # what ``autopilot-dlq show`` prints: headers and original body
+    body_pretty: str
+
+
+async def parked(broker: BrokerProbe, limit: int = PARKED_SHOWN) -> tuple[int, list[Parked]]:
+    """How many messages are parked, and the first ``limit`` of them (every one is handed
+    back: reading removes nothing)."""
+    out: list[Parked] = []
+    async with broker.parking_lot() as lot:
+        total = await lot.count()
+        if limit <= 0:
+            return total, out
+        async with lot.scan() as scan:
+            async for message in scan:
+                if len(out) >= limit:
+                    # Read on to the end all the same: handing back only a prefix would move
+                    # it behind the rest of the queue (see ``ParkingLot.scan``).
+                    continue
+                headers = message.headers or {}
+                ref = dlq.message_ref(message.message_id, headers, message.body)
+                view = dlq.describe(ref, message.message_id, headers, message.body)
+                body = view.get("body", view.get("body_text"))
+                pretty = body if isinstance(body, str) else json.dumps(body, indent=2, ensure_ascii=False)
+                out.append(Parked(ref, dlq.summary_row(ref, headers, message.body), view, pretty))
+    return max(total, len(out)), out
+
+
+async def replay(broker: BrokerProbe, ids: set[str] | None) -> tuple[list[str], set[str]]:
+    """Replay the parked messages named (None: all), as ``autopilot-dlq replay`` does."""
+    replayed_at = datetime.fromtimestamp(time.time(), UTC).isoformat(timespec="milliseconds")
+    async with broker.parking_lot() as lot:
+        return await lot.replay_matching(ids, replayed_at.replace("+00:00", "Z"))
+
+
+async def purge(broker: BrokerProbe) -> int:
+    async with broker.parking_lot() as lot:
+        return await lot.purge()

@@ -1,0 +1,155 @@
+"""The console in a real headless chromium, against the real receiver, worker, broker and store:
+what an operator sees and does, and that the page's defences hold in a browser."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import SEED_INSTANCE, seed_alarm
+from tests.support import FakeCloudAmqp, wait_until
+
+pytestmark = pytest.mark.browser
+
+APPROVE_POLICY = """
+[[rules]]
+name = "careful"
+alarm_type = "memory"
+above = 80
+plan = "bunny-2"
+approve = true
+approve_timeout = 600
+"""
+
+
+async def posted(stack: Any, **changes: Any) -> str:
+    status, body = await stack.post(seed_alarm(**changes))
+    assert status == 202, body
+    return str(body["id"])
+
+
+async def action_of(stack: Any, event_id: str, *statuses: str) -> dict[str, Any]:
+    async def found() -> dict[str, Any] | None:
+        row = next((a for a in await stack.actions() if a["event_id"] == event_id), None)
+        return row if row is not None and row["status"] in statuses else None
+
+    return await wait_until(found, timeout=30, what=f"action {event_id} to be {statuses}")
+
+
+async def test_given_the_incidents_page_open_when_an_alarm_is_posted_then_its_incident_shows_without_a_reload(
+    console: Any,
+) -> None:
+    stack, page = await console()
+    await page.click("nav >> text=Incidents")
+    await page.wait_for_selector("text=No incidents")
+    await page.evaluate("window.__sameDocument = true")
+
+    await posted(stack, message="Memory watermark reached on node 1")
+
+    await page.wait_for_selector("table#incidents >> text=Memory watermark reached on node 1")
+    assert await page.evaluate("window.__sameDocument === true"), "the page was reloaded"
+
+
+async def test_given_an_instance_paused_in_the_console_then_a_posted_alarm_is_skipped_as_paused(
+    console: Any, fake_api: FakeCloudAmqp
+) -> None:
+    stack, page = await console()
+    await page.goto(f"/ui/instances/{SEED_INSTANCE}")
+    await page.select_option("#pause-form select[name=duration]", "3600")
+    await page.fill("#pause-form input[name=reason]", "broker maintenance")
+    await page.click("#pause-form button[type=submit]")
+    await page.wait_for_selector("text=Paused: instance")
+    await page.wait_for_selector("#pause-state >> text=paused by alice")
+
+    event_id = await posted(stack)
+
+    row = await action_of(stack, event_id, "skipped")
+    assert row["reason"] == "paused" and fake_api.upgrade_requests() == []
+    await page.wait_for_selector("#actions >> text=paused")  # the instance page's list, live
+    await page.click("#resume-form button[type=submit]")
+    await page.wait_for_selector(f"text=Resumed instance {SEED_INSTANCE}")
+
+
+async def test_given_an_upgrade_awaiting_approval_when_approved_in_the_console_then_exactly_one_api_call(
+    console: Any, fake_api: FakeCloudAmqp, tmp_path: Path
+) -> None:
+    policy = tmp_path / "policy.toml"
+    policy.write_text(APPROVE_POLICY)
+    stack, page = await console(POLICY_FILE=str(policy))
+    await page.goto("/ui/actions")
+
+    event_id = await posted(stack)
+    await action_of(stack, event_id, "awaiting_approval")
+    row = page.locator(f"#awaiting tr[data-action='{event_id}']")
+    await row.wait_for()
+    assert fake_api.upgrade_requests() == []
+    await row.locator("input[name=reason]").fill("capacity review done")
+    await row.locator("button:has-text('Approve')").click()
+    await page.wait_for_selector(f"text=Approved upgrade {event_id}")
+
+    await action_of(stack, event_id, "succeeded")
+    await wait_until(lambda: len(fake_api.upgrade_requests()) == 1, timeout=10, what="the upgrade call")
+    await page.wait_for_selector("#awaiting >> text=Nothing awaits approval")
+    [call] = fake_api.upgrade_requests()
+    assert call.path == f"/api/instances/{SEED_INSTANCE}/actions/upgrade" and call.body["plan"] == "bunny-2"
+    await page.goto("/ui/audit")
+    await page.wait_for_selector("#audit >> text=capacity review done")
+    assert len(fake_api.upgrade_requests()) == 1
+
+
+async def test_given_a_parked_alarm_when_replayed_in_the_console_then_it_is_processed(
+    console: Any, fake_api: FakeCloudAmqp
+) -> None:
+    fake_api.script = [400]  # a permanent refusal: the alarm is parked at once
+    stack, page = await console()
+    event_id = await posted(stack)
+    await action_of(stack, event_id, "failed")
+
+    await page.goto("/ui/parked")
+    card = page.locator(f"section.parked[data-ref='{event_id}']")
+    await card.wait_for()
+    assert "CloudAMQP API answered 400" in await card.inner_text()
+    assert '"alarm_type": "memory"' in await card.inner_text()  # the original body
+    await card.locator("button:has-text('Replay')").click()
+    await page.wait_for_selector("text=Replayed 1 message(s)")
+
+    await action_of(stack, event_id, "succeeded")
+    assert len(fake_api.upgrade_requests()) == 2  # the refused call, then the replayed one
+    await page.wait_for_selector("text=Nothing is parked")
+
+
+async def test_an_xss_payload_in_an_alarm_message_is_shown_as_text_and_never_runs(console: Any) -> None:
+    stack, page = await console()
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: dialogs.append(dialog.message))
+    violations: list[str] = []
+    page.on(
+        "console", lambda msg: violations.append(msg.text) if "Content Security Policy" in msg.text else None
+    )
+    payload = '<img src=x onerror="window.__pwned=1;alert(1)"><script>window.__pwned=2;alert(2)</script>'
+
+    event_id = await posted(stack, message=payload)
+    await action_of(stack, event_id, "succeeded", "skipped")
+    await page.goto("/ui/incidents")
+    link = page.locator("table#incidents a", has_text="<script>")
+    await link.wait_for()
+    assert await link.inner_text() == payload
+    await link.click()
+    await page.wait_for_selector("h1 >> text=<script>")
+
+    assert await page.evaluate("window.__pwned === undefined")
+    assert dialogs == [] and await page.locator("#live img").count() == 0
+
+
+async def test_a_form_post_without_the_csrf_token_is_refused_and_pauses_nothing(console: Any) -> None:
+    stack, page = await console()
+    await page.goto(f"/ui/instances/{SEED_INSTANCE}")
+    await page.evaluate("document.querySelector('#pause-form input[name=_csrf]').remove()")
+
+    await page.click("#pause-form button[type=submit]")
+
+    await page.wait_for_selector("text=CSRF token is missing or wrong")
+    status, body = await stack.get("/pauses")
+    assert status == 200 and body["pauses"] == []
