@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
@@ -143,19 +143,10 @@ class Consumer:
         message is in flight (``python -m worker --burst``; the in-process tests use it).
         """
         self._burst = burst
-        while not stop.is_set():
-            connection = await connect_with_backoff(self.settings.rabbitmq_url, stop)
-            if connection is None:
-                break
-            lost = asyncio.Event()
-            connection.close_callbacks.add(lambda *_, event=lost: event.set())
-            try:
-                if await self._consume(connection, stop, lost):
-                    break
-            finally:
-                self._connection = None
-                if not connection.is_closed:
-                    await connection.close()
+        try:
+            await connected(self.settings.rabbitmq_url, stop, self._consume)
+        finally:
+            self._connection = None
         log.info("worker.stopped")
 
     async def _consume(self, connection: Any, stop: asyncio.Event, lost: asyncio.Event) -> bool:
@@ -246,6 +237,26 @@ async def _first(*waits: Any) -> None:
     finally:
         for task in tasks:
             task.cancel()
+
+
+async def connected(
+    url: str, stop: asyncio.Event, serve: Callable[[Any, asyncio.Event, asyncio.Event], Awaitable[bool]]
+) -> None:
+    """Run ``serve(connection, stop, lost)`` on a connection to ``url``, again on a new one
+    each time the connection is lost, until ``serve`` says it stopped on request (True) or
+    ``stop`` is set while no broker answers."""
+    while not stop.is_set():
+        connection = await connect_with_backoff(url, stop)
+        if connection is None:
+            return
+        lost = asyncio.Event()
+        connection.close_callbacks.add(lambda *_, event=lost: event.set())
+        try:
+            if await serve(connection, stop, lost):
+                return
+        finally:
+            if not connection.is_closed:
+                await connection.close()
 
 
 async def connect_with_backoff(url: str, stop: asyncio.Event) -> Any:

@@ -34,7 +34,7 @@ from shared.notifications import Endpoint, route
 from shared.settings import Settings
 from shared.store import Store
 from worker import channels
-from worker.consumer import _first, connect_with_backoff, settle
+from worker.consumer import _first, connected, settle
 from worker.outcomes import DECODE_ERROR, PERMANENT_ERROR, Ack, Outcome, Park, Retries, Retry
 
 log = structlog.get_logger("notify")
@@ -80,18 +80,11 @@ class Notifier:
     ) -> None:
         """Relay and deliver until ``stop`` is set. ``burst``: stop by itself once ``upstream``
         (the alarm consumer) is done and the outbox and the notification queues are empty."""
-        while not stop.is_set():
-            connection = await connect_with_backoff(self.settings.rabbitmq_url, stop)
-            if connection is None:
-                break
-            lost = asyncio.Event()
-            connection.close_callbacks.add(lambda *_, event=lost: event.set())
-            try:
-                if await self._serve(connection, stop, lost, burst, upstream):
-                    break
-            finally:
-                if not connection.is_closed:
-                    await connection.close()
+
+        async def serve(connection: Any, stop: asyncio.Event, lost: asyncio.Event) -> bool:
+            return await self._serve(connection, stop, lost, burst, upstream)
+
+        await connected(self.settings.rabbitmq_url, stop, serve)
         log.info("notify.stopped")
 
     async def _serve(

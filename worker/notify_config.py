@@ -7,13 +7,11 @@ secret itself — so the worker stops at start with exactly that line.
 
 from __future__ import annotations
 
-import tomllib
-from pathlib import Path
 from typing import Any
 
 from shared.notifications import ChannelKind, Endpoint, endpoint_id, parse_event_types, parse_webhook_secret
 from shared.settings import Settings
-from worker.policy_file import PolicyError
+from worker.policy_file import PolicyError, read_policy_file
 
 NOTIFY_KEYS = frozenset({"channel", "url", "secret", "routing_key", "events", "instances"})
 PAGERDUTY_URL = "https://events.pagerduty.com"
@@ -59,12 +57,7 @@ def endpoints(settings: Settings) -> list[Endpoint]:
 
 
 def load_notify(path: str, pagerduty_url: str = PAGERDUTY_URL) -> list[Endpoint]:
-    try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise PolicyError(f"POLICY_FILE {path}: cannot read it: {exc.strerror or exc}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise PolicyError(f"POLICY_FILE {path}: not valid TOML: {exc}") from None
+    data = read_policy_file(path)
     return parse_notify(data.get("notify", []), path, pagerduty_url)
 
 

@@ -27,15 +27,19 @@ class PolicyError(Exception):
     """A policy file mistake; the message is one line naming file, rule and key."""
 
 
-def load_policy(path: str) -> Policy:
-    """The policy in ``path``."""
+def read_policy_file(path: str) -> dict[str, Any]:
+    """``POLICY_FILE`` as TOML; ``PolicyError`` (one line) when it cannot be read."""
     try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise PolicyError(f"POLICY_FILE {path}: cannot read it: {exc.strerror or exc}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise PolicyError(f"POLICY_FILE {path}: not valid TOML: {exc}") from None
-    return parse_policy(data, path)
+
+
+def load_policy(path: str) -> Policy:
+    """The policy in ``path``."""
+    return parse_policy(read_policy_file(path), path)
 
 
 def parse_policy(data: dict[str, Any], path: str = "<policy>") -> Policy:
