@@ -36,14 +36,41 @@ def failure_outcome(retries: Retries, message: AbstractIncomingMessage, exc: Bas
     return retries.after_failure(f"internal error: {type(exc).__name__}: {exc}", attempts)
 
 
+class InFlight:
+    """The messages being worked on, each in a task of ours, shielded.
+
+    The client library cancels its delivery tasks when the connection drops. The work must not
+    be abandoned with it: an upgrade call in flight would go unrecorded and be repeated after
+    the lease. So it runs in a task of ours; its ack then fails and the broker redelivers,
+    which the store recognises as already processed. ``idle`` is set while nothing runs."""
+
+    def __init__(self) -> None:
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    async def run(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self.tasks.add(task)
+        self.idle.clear()
+        task.add_done_callback(self._done)
+        await asyncio.shield(task)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not self.tasks:
+            self.idle.set()
+
+
 class Consumer:
     def __init__(self, settings: Settings, processor: Processor):
         self.settings = settings
         self.processor = processor
         self.channel: AbstractChannel | None = None
-        self._inflight: set[asyncio.Task[None]] = set()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._inflight = InFlight()
         self._connection: Any = None
         self._burst = False
 
@@ -53,15 +80,7 @@ class Consumer:
         return self._connection is not None and not self._connection.is_closed
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
-        # The client library cancels its delivery tasks when the connection drops. The work
-        # must not be abandoned with it: an upgrade call in flight would go unrecorded and be
-        # repeated after the lease. So it runs in a task of ours, shielded; its ack then fails
-        # and the broker redelivers, which the store recognises as already processed.
-        task = asyncio.ensure_future(self._work(message))
-        self._inflight.add(task)
-        self._idle.clear()
-        task.add_done_callback(self._done)
-        await asyncio.shield(task)
+        await self._inflight.run(self._work(message))
 
     async def _work(self, message: AbstractIncomingMessage) -> None:
         metrics.IN_FLIGHT.inc()
@@ -69,11 +88,6 @@ class Consumer:
             await self.settle(message, await self.handle(message))
         finally:
             metrics.IN_FLIGHT.dec()
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._inflight.discard(task)
-        if not self._inflight:
-            self._idle.set()
 
     async def handle(self, message: AbstractIncomingMessage) -> Outcome:
         headers = message.headers or {}
@@ -173,7 +187,7 @@ class Consumer:
         log.info("worker.stopping", in_flight=len(self._inflight))
         if not lost.is_set():
             await queue.cancel(tag)
-        await self._idle.wait()
+        await self._inflight.idle.wait()
         return True
 
     async def _until_drained(self, channel: AbstractChannel, stop: asyncio.Event) -> None:
@@ -187,7 +201,7 @@ class Consumer:
             for name in names:
                 declared = await channel.declare_queue(name, passive=True)
                 ready += int(declared.declaration_result.message_count or 0)
-            quiet = quiet + 1 if ready == 0 and self._idle.is_set() else 0
+            quiet = quiet + 1 if ready == 0 and self._inflight.idle.is_set() else 0
         log.info("worker.drained")
         stop.set()
 

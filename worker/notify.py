@@ -34,7 +34,7 @@ from shared.notifications import Endpoint, route
 from shared.settings import Settings
 from shared.store import Store
 from worker import channels
-from worker.consumer import _first, connected, settle
+from worker.consumer import InFlight, _first, connected, settle
 from worker.outcomes import DECODE_ERROR, PERMANENT_ERROR, Ack, Outcome, Park, Retries, Retry
 
 log = structlog.get_logger("notify")
@@ -69,9 +69,7 @@ class Notifier:
         self.channel: AbstractChannel | None = None
         self._disabled: set[str] = set()
         self._disabled_read = 0.0
-        self._inflight: set[asyncio.Task[None]] = set()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._inflight = InFlight()
 
     # --- the connection ----------------------------------------------------------------------
 
@@ -124,7 +122,7 @@ class Notifier:
         if not lost.is_set():
             with contextlib.suppress(Exception):
                 await queue.cancel(tag)
-        await self._idle.wait()
+        await self._inflight.idle.wait()
         return True
 
     async def _until_drained(
@@ -141,7 +139,7 @@ class Notifier:
             for name in names:
                 declared = await channel.declare_queue(name, passive=True)
                 ready += int(declared.declaration_result.message_count or 0)
-            idle = ready == 0 and self._idle.is_set() and not await self.outbox.pending()
+            idle = ready == 0 and self._inflight.idle.is_set() and not await self.outbox.pending()
             quiet = quiet + 1 if idle else 0
         log.info("notify.drained")
         stop.set()
@@ -202,16 +200,7 @@ class Notifier:
     # --- the deliverer -----------------------------------------------------------------------
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
-        task = asyncio.ensure_future(self._work(message))
-        self._inflight.add(task)
-        self._idle.clear()
-        task.add_done_callback(self._done)
-        await asyncio.shield(task)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._inflight.discard(task)
-        if not self._inflight:
-            self._idle.set()
+        await self._inflight.run(self._work(message))
 
     async def _work(self, message: AbstractIncomingMessage) -> None:
         try:
