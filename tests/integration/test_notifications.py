@@ -199,7 +199,9 @@ async def test_given_the_seed_alarm_then_one_opened_and_one_succeeded_per_channe
     texts = [d.body["text"] for d in slack.accepted()]
     assert any("Upgraded" in t and SEED_INSTANCE in t and "bunny-2" in t for t in texts)
     assert all(d.body["blocks"] for d in slack.accepted())
-    assert f"https://autopilot.example.com/ui/incidents/{incident_id}" in str(slack.accepted()[0].body["blocks"])
+    assert f"https://autopilot.example.com/ui/incidents/{incident_id}" in str(
+        slack.accepted()[0].body["blocks"]
+    )
     # PagerDuty: trigger and resolve with the incident id as dedup_key; the upgrade a change event.
     events = [(d.path, d.body.get("event_action"), d.body.get("dedup_key")) for d in pagerduty.accepted()]
     assert sorted(events, key=str) == sorted(
