@@ -106,7 +106,9 @@ async def test_given_a_worker_killed_after_upgrading_but_before_acking_then_the_
     await stack.wait_actions(1)  # the store says succeeded …
     await doomed.kill()  # … and the worker dies before the broker saw an ack
     await proxy.cut()
-    assert await queue_depth(vhost, topology.WORK_QUEUE) == 1  # redelivered: back on the queue
+    # Redelivered: back on the queue once the broker has seen the connection close (it
+    # requeues the unacknowledged message asynchronously, so wait for it rather than race).
+    await wait_until(lambda: _depth_is(vhost, 1), timeout=10, what="the unacked message back on the queue")
 
     survivor = await stack.start_worker()
 
@@ -116,7 +118,11 @@ async def test_given_a_worker_killed_after_upgrading_but_before_acking_then_the_
 
 
 async def _drained(url: str) -> bool:
-    return await queue_depth(url, topology.WORK_QUEUE) == 0
+    return await _depth_is(url, 0)
+
+
+async def _depth_is(url: str, depth: int) -> bool:
+    return await queue_depth(url, topology.WORK_QUEUE) == depth
 
 
 async def test_given_a_worker_killed_during_its_api_call_then_another_finishes_after_the_lease(
