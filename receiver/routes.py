@@ -29,6 +29,8 @@ def setup_routes(app: web.Application) -> None:
     router.add_get("/notifications", views.list_notifications)
     router.add_get("/pauses", views.list_pauses)
     router.add_get("/audit", views.list_audit)
+    router.add_get("/advice", views.list_advice)
+    router.add_get("/instances/{instance}/usage", views.instance_usage)
     # The operator's controls (OPERATOR_TOKEN): pauses and approvals.
     router.add_post("/instances/{instance}/pause", controls.pause)
     router.add_delete("/instances/{instance}/pause", controls.resume)

@@ -18,7 +18,7 @@ import structlog
 from aiohttp import web
 
 from receiver.keys import OPENAPI, PUBLISHER, SETTINGS, STORE
-from shared import metrics
+from shared import metrics, watch
 from shared.alarm import iso, new_id
 from shared.controls import GLOBAL, Pause
 from shared.errors import BrokerUnavailable
@@ -181,6 +181,8 @@ def action_json(row: dict[str, Any]) -> dict[str, Any]:
         "reason": row["reason"],
         "detail": row["detail"],
         "plan": row["plan"],
+        "from_plan": row.get("from_plan"),
+        "verification": _loads(row.get("verification")),
         "attempts": row["attempts"],
         "created_at": iso(row["created_at"]),
         "updated_at": iso(row["updated_at"]),
@@ -311,6 +313,28 @@ async def list_audit(request: web.Request) -> web.Response:
     limit, offset = _page(request)
     rows = await request.app[STORE].list_audit(limit=limit, offset=offset)
     return web.json_response({"audit": [audit_json(r) for r in rows], "limit": limit, "offset": offset})
+
+
+async def list_advice(request: web.Request) -> web.Response:
+    """Downgrade advice, newest first: recorded and notified, never carried out."""
+    check_token(request, operator_too=True)
+    limit, offset = _page(request)
+    rows = await watch.list_advice(
+        request.app[STORE].db, instance=request.query.get("instance"), limit=limit, offset=offset
+    )
+    advice = [watch.advice_view(r) for r in rows]
+    return web.json_response({"advice": advice, "limit": limit, "offset": offset})
+
+
+async def instance_usage(request: web.Request) -> web.Response:
+    """The sampled usage of an instance's nodes (the watchdog's ring of samples), oldest first."""
+    check_token(request, operator_too=True)
+    instance = request.match_info["instance"]
+    rows = await watch.list_samples(request.app[STORE].db, instance)
+    nodes: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        nodes.setdefault(r["node"], []).append(watch.sample_view(r))
+    return web.json_response({"instance": instance, "nodes": nodes})
 
 
 def notification_json(row: dict[str, Any], deliveries: list[dict[str, Any]]) -> dict[str, Any]:

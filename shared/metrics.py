@@ -74,6 +74,19 @@ NOTIFY_REQUEST_SECONDS = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 
+WATCHDOG_POLLS = Counter(
+    "autopilot_watchdog_polls",
+    "Reads of a managed instance's /api/nodes by the watchdog, by outcome (ok, unreachable)",
+    ["outcome"],
+)
+WATCHDOG_ALARMS = Counter("autopilot_watchdog_alarms", "Alarms the watchdog raised itself", ["alarm_type"])
+BROKER_CHECKS = Counter(
+    "autopilot_broker_checks",
+    "Broker checks before an upgrade, by result (verified, cleared, unverified)",
+    ["result"],
+)
+ADVICE = Counter("autopilot_advice", "Downgrade advice recorded", ["kind"])
+
 
 def render() -> tuple[bytes, str]:
     """The exposition text and its content type."""

@@ -77,6 +77,20 @@ class Settings:
     notify_retry_delays: tuple[float, ...] = (10.0, 60.0, 300.0, 1800.0)
     notify_max_attempts: int = 8
     public_url: str | None = None
+    # The managed instances' own RabbitMQ management APIs (worker.management, worker.verify).
+    instance_management: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # (id, url)
+    management_timeout_seconds: float = 5.0
+    watchdog_interval_seconds: float = 60.0  # 0: no watchdog
+    watchdog_time_threshold_seconds: float = 600.0
+    disk_free_margin: float = 2.0
+    sample_history: int = 1440
+    advice_quiet_window_seconds: float = 7 * 86400.0
+    advice_fraction: float = 0.5
+    plan_memory_step: float = 2.0
+
+    def management_url(self, instance_id: str) -> str | None:
+        """The management API URL (credentials included) of a managed instance, if given."""
+        return dict(self.instance_management).get(instance_id)
 
     @property
     def effective_dry_run(self) -> bool:
@@ -99,6 +113,8 @@ class Settings:
                 value = "set" if value else "unset"
             elif f.name == "notify_webhook_urls":
                 value = [_origin(url) for url in value]
+            elif f.name == "instance_management":
+                value = {instance: redact_url(url) for instance, url in value}
             elif f.name in {"rabbitmq_url", "database_url"}:
                 value = redact_url(value)
             out[f.name] = value
@@ -138,7 +154,7 @@ def read_dotenv(path: Path) -> dict[str, str]:
 _SECRET_VARS = frozenset(
     {"WEBHOOK_TOKEN", "OPERATOR_TOKEN", "CLOUDAMQP_API_KEY", "CONSOLE_SESSION_KEY", "RABBITMQ_URL",
      "DATABASE_URL", "NOTIFY_WEBHOOK_URL", "NOTIFY_WEBHOOK_SECRET", "NOTIFY_SLACK_URL",
-     "NOTIFY_PAGERDUTY_ROUTING_KEY"}
+     "NOTIFY_PAGERDUTY_ROUTING_KEY", "CLOUDAMQP_INSTANCE_MANAGEMENT_URL"}
 )  # fmt: skip
 MIN_OPERATOR_TOKEN = 16  # characters: it lets its holder approve spending
 
@@ -262,6 +278,31 @@ def _urls(*schemes: str) -> Callable[[str], tuple[str, ...]]:
     return lambda raw: tuple(check(part.strip()) for part in raw.split(",") if part.strip())
 
 
+def _management_urls(raw: str) -> tuple[tuple[str, str], ...]:
+    """``id=https://user:pass@host,…``; a lone URL without ``id=`` is the first managed
+    instance's (resolved in ``_parse``, which knows CLOUDAMQP_INSTANCE_ID) and marked ``""``."""
+    check = _url_no_slash("http", "https")
+    pairs: list[tuple[str, str]] = []
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        instance, sep, url = part.partition("=")
+        if not sep or "://" in instance:
+            instance, url = "", part
+        instance = instance.strip()
+        if any(seen == instance for seen, _ in pairs):
+            raise ValueError(f"instance {instance or '(first)'} is named twice")
+        pairs.append((instance, check(url.strip())))
+    return tuple(pairs)
+
+
+def _fraction(raw: str) -> float:
+    value = _number(0, allow_equal=False)(raw)
+    if value > 1:
+        raise ValueError("expected a number > 0 and at most 1")
+    return value
+
+
 def _webhook_secret(raw: str) -> str:
     parse_webhook_secret(raw)
     return raw
@@ -310,6 +351,15 @@ _VARIABLES: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("notify_retry_delays", "NOTIFY_RETRY_DELAYS", _delays),
     ("notify_max_attempts", "NOTIFY_MAX_ATTEMPTS", _int_range(1, 1000)),
     ("public_url", "PUBLIC_URL", _url_no_slash("http", "https")),
+    ("instance_management", "CLOUDAMQP_INSTANCE_MANAGEMENT_URL", _management_urls),
+    ("management_timeout_seconds", "MANAGEMENT_TIMEOUT", _number(0, allow_equal=False)),
+    ("watchdog_interval_seconds", "WATCHDOG_INTERVAL_SECONDS", _number(0)),
+    ("watchdog_time_threshold_seconds", "WATCHDOG_TIME_THRESHOLD_SECONDS", _number(0)),
+    ("disk_free_margin", "DISK_FREE_MARGIN", _number(1)),
+    ("sample_history", "SAMPLE_HISTORY", _int_range(1, 100000)),
+    ("advice_quiet_window_seconds", "ADVICE_QUIET_WINDOW_SECONDS", _number(0, allow_equal=False)),
+    ("advice_fraction", "ADVICE_FRACTION", _fraction),
+    ("plan_memory_step", "PLAN_MEMORY_STEP", _number(1, allow_equal=False)),
 )
 VARIABLES: frozenset[str] = frozenset(name for _, name, _ in _VARIABLES)
 
@@ -322,8 +372,35 @@ def _parse(env: Mapping[str, str]) -> dict[str, Any]:
     if parsed["operator_token"] and parsed["operator_token"] == parsed["webhook_token"]:
         # The webhook token sits in a URL configured at CloudAMQP: it must not approve upgrades.
         raise ConfigError("OPERATOR_TOKEN=(hidden) is invalid: it must differ from WEBHOOK_TOKEN")
+    parsed["instance_management"] = _management_for(parsed["instance_management"], parsed["instance_ids"])
     if parsed["notify_webhook_urls"] and not parsed["notify_webhook_secret"]:
         raise ConfigError(
             "NOTIFY_WEBHOOK_SECRET is unset: NOTIFY_WEBHOOK_URL needs a whsec_… secret to sign with"
         )
     return parsed
+
+
+def _management_for(
+    pairs: tuple[tuple[str, str], ...], instance_ids: tuple[str, ...]
+) -> tuple[tuple[str, str], ...]:
+    """Each management URL tied to a managed instance (a lone URL: the first one)."""
+    resolved: list[tuple[str, str]] = []
+    for instance, url in pairs:
+        if not instance:
+            if not instance_ids:
+                raise ConfigError(
+                    "CLOUDAMQP_INSTANCE_MANAGEMENT_URL=(hidden) is invalid: a URL without id= "
+                    "needs CLOUDAMQP_INSTANCE_ID"
+                )
+            instance = instance_ids[0]
+        if instance not in instance_ids:
+            raise ConfigError(
+                f"CLOUDAMQP_INSTANCE_MANAGEMENT_URL=(hidden) is invalid: instance {instance} "
+                "is not in CLOUDAMQP_INSTANCE_ID"
+            )
+        if any(seen == instance for seen, _ in resolved):
+            raise ConfigError(
+                f"CLOUDAMQP_INSTANCE_MANAGEMENT_URL=(hidden) is invalid: instance {instance} is named twice"
+            )
+        resolved.append((instance, url))
+    return tuple(resolved)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from shared import outbox
+from shared import outbox, watch
 from shared.alarm import Alarm, new_id
 from shared.claims import ClaimRow, ClaimStatus, ClaimVerdict, claim_verdict
 from shared.controls import GLOBAL, ControlError, Pause
@@ -61,7 +61,8 @@ HANDED_OFF = frozenset({ActionStatus.AWAITING_APPROVAL, ActionStatus.APPROVED})
 DECIDED_STATUSES = frozenset({ActionStatus.SUCCEEDED, ActionStatus.SKIPPED, ActionStatus.DRY_RUN})
 # Skips that say "not now" rather than "no": an identical alarm after a pause ended or an
 # approval was denied is decided afresh (level-triggered), not a duplicate.
-PASSING_SKIPS = ("paused", "awaiting_approval")
+# A cleared condition too: the next identical alarm is checked against the broker afresh.
+PASSING_SKIPS = ("paused", "awaiting_approval", "condition_cleared")
 
 
 def _sql_list(statuses: frozenset[ActionStatus]) -> str:
@@ -197,6 +198,8 @@ MIGRATIONS: list[list[str]] = [
     # Notifications (issue #14): the outbox, delivery records, disabled endpoints, and the
     # actions' from_plan column. The DDL lives with its queries in shared/outbox.py.
     outbox.MIGRATION,
+    # Looking at the broker (issue #17): verification, watchdog, samples, advice (shared/watch.py).
+    watch.MIGRATION,
 ]
 
 
@@ -550,13 +553,15 @@ class Unit:
         """
         row = await self.tx.fetchrow(
             f"""INSERT INTO actions (action_id, event_id, event_key, incident_id, instance_id,
-                   alarm_type, status, reason, detail, plan, attempts, created_at, updated_at, from_plan)
-               VALUES ($1, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $13)
+                   alarm_type, status, reason, detail, plan, attempts, created_at, updated_at, from_plan,
+                   verification)
+               VALUES ($1, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $13, $14)
                ON CONFLICT (action_id) DO UPDATE SET
                    status = excluded.status, reason = excluded.reason,
                    detail = excluded.detail, plan = COALESCE(excluded.plan, actions.plan),
                    attempts = excluded.attempts, updated_at = excluded.updated_at,
-                   from_plan = COALESCE(excluded.from_plan, actions.from_plan)
+                   from_plan = COALESCE(excluded.from_plan, actions.from_plan),
+                   verification = COALESCE(excluded.verification, actions.verification)
                WHERE (actions.status NOT IN ({_SETTLED_SQL})
                       AND COALESCE(actions.reason, '') <> '{AWAITING_CONFIRMATION}') OR $12
                RETURNING *""",
@@ -573,6 +578,7 @@ class Unit:
             record.now,
             record.alarm.replayed,
             record.from_plan,
+            json.dumps(record.verification) if record.verification is not None else None,
         )
         if row is None:
             return False
@@ -895,6 +901,7 @@ class ActionRecord:
     plan: str | None = None
     attempts: int = 0
     from_plan: str | None = None  # the plan read before the upgrade, where it was
+    verification: dict[str, Any] | None = None  # what the broker check saw (worker.verify)
 
 
 def _event_alarm_data(event: Row) -> dict[str, Any]:

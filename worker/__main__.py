@@ -11,6 +11,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from receiver.publisher import Publisher
 from shared import metrics
 from shared.errors import StoreError
 from shared.runtime import fail, install_stop_handlers, load_settings_or_exit, run_main
@@ -19,10 +20,12 @@ from shared.store import Store
 from worker import notify_config
 from worker.cloudamqp import CloudAmqpClient
 from worker.consumer import Consumer
+from worker.management import ManagementApi
 from worker.notify import Notifier
 from worker.policy import Policy, off_ladder_warnings
 from worker.policy_file import PolicyError, load_policy
 from worker.process import Processor
+from worker.watchdog import Watchdog
 
 log = structlog.get_logger("worker")
 
@@ -61,14 +64,32 @@ async def main(settings: Settings, *, burst: bool = False) -> None:
                 quick_retries=settings.quick_retries,
                 mode=settings.upgrade_api,
             )
-        processor = Processor(settings, store, client, worker_id=worker_id, policy=policy)
+        management = (
+            ManagementApi(
+                session, dict(settings.instance_management), timeout=settings.management_timeout_seconds
+            )
+            if settings.instance_management
+            else None
+        )
+        processor = Processor(
+            settings, store, client, worker_id=worker_id, policy=policy, management=management
+        )
         consumer = Consumer(settings, processor)
         notifier = Notifier(settings, store, notify_to, session)
+        watchdog = None
+        if management is not None and settings.watchdog_interval_seconds > 0 and not burst:
+            publisher = Publisher(settings.rabbitmq_url, settings.retry_delays)
+            watchdog = Watchdog(
+                settings, store, management, publisher, policy, worker_id=worker_id, dry_run=processor.dry_run
+            )
         log.info("worker.starting", worker_id=worker_id, settings=settings.public_dict())
         log.info("notify.endpoints", endpoints=[{"id": e.id, "channel": e.kind.value} for e in notify_to])
         runner = await serve_metrics(settings, consumer) if settings.worker_metrics_port else None
         try:
-            await run_both(consumer, notifier, stop, burst)
+            if watchdog is not None:
+                await asyncio.gather(run_both(consumer, notifier, stop, burst), watchdog.run(stop))
+            else:
+                await run_both(consumer, notifier, stop, burst)
         finally:
             if runner is not None:
                 await runner.cleanup()

@@ -68,6 +68,13 @@ class Ladder:
             return None
         return Plan(self.families[pos + 1], current.nodes)
 
+    def step_down(self, current: Plan) -> Plan | None:
+        """One family down, same node count; None at the bottom (or when not on the ladder)."""
+        pos = self.position(current)
+        if pos is None or pos == 0:
+            return None
+        return Plan(self.families[pos - 1], current.nodes)
+
     def at_or_above(self, current: Plan, target: Plan) -> bool:
         """Is ``current`` already at least ``target``? Off-ladder plans compare by name."""
         cur, tgt = self.position(current), self.position(target)

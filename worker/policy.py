@@ -15,6 +15,7 @@ from shared.alarm import Alarm
 from shared.controls import Pause
 from shared.settings import Settings
 from worker.plans import DEFAULT_LADDER, Ladder, Plan, parse_plan
+from worker.verify import CHECKABLE, Condition
 
 ALARM_TYPES = frozenset(
     {"cpu", "memory", "disk", "queue", "connection", "flow", "consumer", "netsplit",
@@ -42,6 +43,7 @@ class SkipReason(StrEnum):
     ALREADY_AT_OR_ABOVE_TARGET = "already_at_or_above_target"
     PAUSED = "paused"
     AWAITING_APPROVAL = "awaiting_approval"
+    CONDITION_CLEARED = "condition_cleared"  # the instance's nodes no longer show the alarm
 
 
 DEFAULT_APPROVE_TIMEOUT = 3600.0  # seconds an upgrade waits for a person before it expires
@@ -63,10 +65,21 @@ class Rule:
     cooldown_seconds: float | None = None
     approve: bool = False  # a person approves each upgrade first (POST /actions/{id}/approve)
     approve_timeout: float = DEFAULT_APPROVE_TIMEOUT
+    # How long the watchdog sees the condition hold before raising an alarm itself (None:
+    # WATCHDOG_TIME_THRESHOLD_SECONDS).
+    time_threshold: float | None = None
 
     @property
     def has_threshold(self) -> bool:
         return self.above is not None or self.below is not None
+
+    def condition(self, settings: Settings) -> Condition | None:
+        """What the instance's nodes must show for this rule's alarm to still be true; None
+        for alarm types the nodes' figures do not show."""
+        if self.action != "upgrade" or self.alarm_type not in CHECKABLE:
+            return None
+        found = Condition(self.alarm_type, self.above, settings.disk_free_margin)
+        return found if found.checkable else None
 
 
 @dataclass(frozen=True)
@@ -121,6 +134,7 @@ class Upgrade:
     max_plan: Plan | None = None
     approve: bool = False
     approve_timeout: float = DEFAULT_APPROVE_TIMEOUT
+    condition: Condition | None = None  # what the broker check verifies before the call
 
 
 Decision = Skip | Upgrade
@@ -131,6 +145,12 @@ def target_instance(alarm: Alarm, settings: Settings) -> str | None:
     if alarm.instance_id is not None:
         return alarm.instance_id
     return settings.instance_ids[0] if settings.instance_ids else None
+
+
+def upgrade_scope(instance_id: str, alarm_type: str | None) -> str:
+    """The cooldown claim's scope: one per instance and alarm type, so that a disk rule and
+    a memory rule act independently."""
+    return f"{instance_id}/{alarm_type}"
 
 
 def _format_value(value: float) -> str:
@@ -222,8 +242,7 @@ def _act(rule: Rule, alarm: Alarm, settings: Settings, instance: str) -> Decisio
         instance_id=instance,
         plan=rule.plan,
         reason=f"Automatic upgrade triggered by {alarm.alarm_type} alarm{shown}",
-        # One claim per instance and alarm type: a disk rule and a memory rule act independently.
-        scope=f"{instance}/{alarm.alarm_type}",
+        scope=upgrade_scope(instance, alarm.alarm_type),
         cooldown_seconds=settings.cooldown_seconds
         if rule.cooldown_seconds is None
         else rule.cooldown_seconds,
@@ -232,6 +251,7 @@ def _act(rule: Rule, alarm: Alarm, settings: Settings, instance: str) -> Decisio
         max_plan=rule.max_plan,
         approve=rule.approve,
         approve_timeout=rule.approve_timeout,
+        condition=rule.condition(settings),
     )
 
 

@@ -16,7 +16,7 @@ from worker.policy import ALARM_TYPES, DEFAULT_APPROVE_TIMEOUT, NEXT, Policy, Ru
 TOP_KEYS = frozenset({"ladder", "max_plan", "rules", "notify"})  # [[notify]]: worker.notify_config
 RULE_KEYS = frozenset(
     {"name", "alarm_type", "above", "below", "instances", "action", "plan", "max_plan", "ladder",
-     "cooldown_seconds", "approve", "approve_timeout"}
+     "cooldown_seconds", "approve", "approve_timeout", "time_threshold"}
 )  # fmt: skip
 
 
@@ -158,6 +158,9 @@ def _rule(raw: dict[str, Any], number: int, top_ladder: Ladder, default_max: Any
     if cooldown is not None and cooldown < 0:
         raise _KeyProblem("cooldown_seconds", "expected a number >= 0")
     approve, approve_timeout = _approval(raw, action)
+    time_threshold = _number(raw, "time_threshold")
+    if time_threshold is not None and time_threshold < 0:
+        raise _KeyProblem("time_threshold", "expected seconds >= 0")
     name = raw.get("name", f"rule-{number}")
     if not isinstance(name, str) or not name:
         raise _KeyProblem("name", "expected a non-empty string")
@@ -174,4 +177,5 @@ def _rule(raw: dict[str, Any], number: int, top_ladder: Ladder, default_max: Any
         cooldown_seconds=cooldown,
         approve=approve,
         approve_timeout=approve_timeout,
+        time_threshold=time_threshold,
     )

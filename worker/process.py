@@ -41,6 +41,7 @@ from shared.store import (
     Unit,
 )
 from worker.cloudamqp import CloudAmqpClient
+from worker.management import ManagementApi, read_nodes
 from worker.outcomes import (
     PERMANENT_ERROR,
     RETRIES_EXHAUSTED,
@@ -63,6 +64,7 @@ from worker.policy import (
     resolve_plan,
     target_instance,
 )
+from worker.verify import assess
 
 log = structlog.get_logger("worker")
 
@@ -83,6 +85,7 @@ class Job:
     log: structlog.typing.FilteringBoundLogger
     plan: str | None = None
     from_plan: str | None = None  # the plan read before the upgrade, where it was read
+    verification: dict[str, Any] | None = None  # what the broker check saw, where it looked
 
     def action(self, status: ActionStatus, now: float, **fields: Any) -> ActionRecord:
         """A write of this alarm's action row."""
@@ -94,6 +97,7 @@ class Job:
             self.instance_id,
             plan=self.plan,
             from_plan=self.from_plan,
+            verification=self.verification,
             attempts=fields.pop("attempts", self.alarm.attempts),
             **fields,
         )
@@ -117,8 +121,10 @@ class Processor:
         worker_id: str,
         policy: Policy | None = None,
         clock: Callable[[], float] = time.time,
+        management: ManagementApi | None = None,
     ):
         self.settings = settings
+        self.management = management
         self.policy = policy or Policy.default(settings)
         self.retries = Retries.from_settings(settings)
         self.store = store
@@ -425,6 +431,7 @@ class Processor:
             rule=row["rule"],
             ladder=rule.ladder,
             max_plan=rule.max_plan,
+            condition=rule.condition(self.settings),
         )
 
     async def check(self, check: Check) -> Outcome:
@@ -536,6 +543,9 @@ class UpgradeCall:
         async def before_request() -> None:
             job.log.info("upgrade.requested", plan=job.plan, rule=upgrade.rule)
 
+        cleared = await self._verify()
+        if cleared is not None:
+            return await self._skip_after_read(cleared)
         try:
             plan = await self._target_plan()
             if isinstance(plan, Skip):
@@ -550,15 +560,53 @@ class UpgradeCall:
         metrics.LAST_UPGRADE.labels(upgrade.instance_id).set(self.processor.clock())
         if self.settings.upgrade_api is not UpgradeApi.INSTANCES:
             job.log.info("upgrade.succeeded", plan=plan, attempts=self.attempts)
-            await self._record_call(ActionStatus.SUCCEEDED, detail=upgrade.reason)
+            await self._record_call(ActionStatus.SUCCEEDED, detail=self._noted(upgrade.reason))
             return Ack()
         job.log.info("upgrade.accepted", plan=plan, attempts=self.attempts)
         await self._record_call(
             ActionStatus.IN_PROGRESS,
             reason=AWAITING_CONFIRMATION,
-            detail=f"CloudAMQP accepted the upgrade to {plan}; waiting for the plan to show",
+            detail=self._noted(f"CloudAMQP accepted the upgrade to {plan}; waiting for the plan to show"),
         )
         return self.processor.follow(job.alarm.event_id, upgrade.instance_id, plan)
+
+    async def _verify(self) -> Skip | None:
+        """Ask the instance's own nodes whether the alarm's condition still holds: a skip
+        (``condition_cleared``) when no node shows it any more. A management API that cannot
+        be read never holds the upgrade up: it goes ahead, recorded as unverified."""
+        condition, api = self.upgrade.condition, self.processor.management
+        instance = self.upgrade.instance_id
+        if condition is None or api is None or not api.covers(instance):
+            return None
+        readings = await read_nodes(api, instance)
+        if isinstance(readings, str):
+            metrics.BROKER_CHECKS.labels("unverified").inc()
+            self.job.verification = {"status": "unverified", "error": readings}
+            self.job.log.warning("upgrade.unverified", error=readings)
+            return None
+        found = assess(condition, readings)
+        figures = {"value": found.value, "nodes": list(found.nodes), "checked": found.describe(condition)}
+        metrics.BROKER_CHECKS.labels(
+            {None: "unverified", True: "verified", False: "cleared"}[found.holds]
+        ).inc()
+        if found.holds is None:
+            self.job.verification = {"status": "unverified", "error": found.describe(condition), **figures}
+            self.job.log.warning("upgrade.unverified", error=found.describe(condition))
+            return None
+        if found.holds:
+            self.job.verification = {"status": "verified", **figures}
+            self.job.log.info("upgrade.verified", checked=found.describe(condition))
+            return None
+        self.job.verification = {"status": "cleared", **figures}
+        detail = f"the instance's nodes no longer show it: {found.describe(condition)}"
+        return Skip(SkipReason.CONDITION_CLEARED, detail)
+
+    def _noted(self, detail: str) -> str:
+        """The outcome's detail, saying so when the broker check could not verify the alarm."""
+        verification = self.job.verification
+        if verification is None or verification.get("status") != "unverified":
+            return detail
+        return f"{detail} (unverified: {verification.get('error')})"
 
     async def _target_plan(self) -> str | Skip:
         """Read the current plan where possible (always in ``instances`` mode; for ``next``

@@ -233,12 +233,15 @@ class OwnBroker:
     """A second RabbitMQ node, started by this suite with its own name, ports, data and log
     directories, cookie (``HOME``) and an empty plugin list; stopped and deleted at the end."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, *, management: bool = False, config: str = ""):
         tag = uuid.uuid4().hex[:8]
         self.node = f"chaos-{tag}@localhost"
         self.dir = workdir / f"rabbit-{tag}"
         self.port = free_port()
         self.dist_port = free_port()
+        # The management plugin on a port of its own (the broker checks read its /api/nodes).
+        self.management_port = free_port() if management else None
+        self.config = config  # more rabbitmq.conf lines
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
 
@@ -254,6 +257,11 @@ class OwnBroker:
     @property
     def url(self) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    @property
+    def management_url(self) -> str:
+        assert self.management_port is not None, "started without management"
+        return f"http://guest:guest@127.0.0.1:{self.management_port}"
 
     def _env(self) -> dict[str, str]:
         base = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
@@ -277,9 +285,13 @@ class OwnBroker:
         if self.proc is None:
             (self.dir / "mnesia").mkdir(parents=True, exist_ok=True)
             (self.dir / "log").mkdir(exist_ok=True)
-            (self.dir / "enabled_plugins").write_text("[].\n")
+            plugins = "rabbitmq_management" if self.management_port else ""
+            (self.dir / "enabled_plugins").write_text(f"[{plugins}].\n")
             (self.dir / "rabbitmq-env.conf").write_text("")
-            (self.dir / "rabbitmq.conf").write_text(f"listeners.tcp.default = 127.0.0.1:{self.port}\n")
+            conf = [f"listeners.tcp.default = 127.0.0.1:{self.port}"]
+            if self.management_port:
+                conf += [f"management.tcp.port = {self.management_port}", "management.tcp.ip = 127.0.0.1"]
+            (self.dir / "rabbitmq.conf").write_text("\n".join([*conf, self.config, ""]))
         else:
             self.restarts += 1
         self.proc = self._spawn()
@@ -308,6 +320,24 @@ class OwnBroker:
     def tail(self, chars: int = 2000) -> str:
         path = self.dir / "server.out"
         return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+    async def ctl(self, *args: str, timeout: float = 30.0) -> str:
+        """``rabbitmqctl -n NODE ARGS…`` against this node; its output, or AssertionError."""
+        script = _rabbit_script("rabbitmqctl")
+        assert script is not None
+        proc = await asyncio.create_subprocess_exec(
+            script,
+            "-n",
+            self.node,
+            *args,
+            env=self._env(),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout=timeout)
+        if proc.returncode != 0:
+            raise AssertionError(f"rabbitmqctl {' '.join(args)}: {out.decode(errors='replace')[-500:]}")
+        return out.decode(errors="replace")
 
     async def stop(self, timeout: float = 60.0) -> None:
         """Graceful: ``rabbitmqctl stop`` (falls back to SIGTERM of the script we started)."""

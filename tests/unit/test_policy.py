@@ -9,6 +9,7 @@ import pytest
 from shared.alarm import Alarm, event_key
 from shared.settings import Settings
 from worker.policy import DecisionState, Skip, SkipReason, Upgrade, decide
+from worker.verify import Condition
 
 NOW = 1_790_000_000.0  # 2026-09-21
 INSTANCE = "inst-1"
@@ -103,4 +104,6 @@ def test_the_upgrade_carries_the_seed_plan_reason_scope_and_cooldown() -> None:
         reason="Automatic upgrade triggered by memory alarm (85%)",
         scope=f"{INSTANCE}/memory",
         cooldown_seconds=1800.0,
+        # What the broker check verifies first, where the instance's management API is known.
+        condition=Condition("memory", 80.0, 2.0),
     )
