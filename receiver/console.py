@@ -537,6 +537,9 @@ async def instance(request: web.Request) -> web.Response:
         plan=console_data.plan_facts(upgrades),
         claims=claims,
         recent=recent,
+        usage=await console_data.usage_of(store, name),
+        spark=(console_data.SPARK_W, console_data.SPARK_H),
+        advice=await console_data.advice_of(store, name),
         now=now,
         pause_choices=PAUSE_CHOICES,
     )
@@ -666,7 +669,16 @@ def _filters() -> dict[str, Callable[..., Any]]:
         # Plain text for autoescape to escape (``tojson`` would show ``<`` as ``\u003c``).
         return json.dumps(value, indent=1, ensure_ascii=False, sort_keys=True, default=str)
 
-    return {"when": when, "left": left, "pretty": pretty}
+    def size(value: float | None) -> str:
+        if value is None:
+            return "?"
+        for unit in ("B", "kB", "MB"):
+            if abs(value) < 1000:
+                return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+            value /= 1000
+        return f"{value:.1f} GB"
+
+    return {"when": when, "left": left, "pretty": pretty, "size": size}
 
 
 async def _probe(app: web.Application) -> Any:

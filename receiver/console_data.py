@@ -24,7 +24,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractConnection
 
-from shared import topology
+from shared import topology, watch
 from shared.db import Row
 from shared.errors import BrokerUnavailable
 from shared.settings import Settings, redact_url
@@ -132,6 +132,43 @@ class PlanFacts:
     current: str | None
     rung: int | None  # 0-based position on the default ladder
     ladder: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class NodeUsage:
+    """One node's sampled usage for the instance page: the latest figures, the memory
+    high-water mark of the kept samples, and an SVG polyline of memory percent over them."""
+
+    node: str
+    samples: int
+    latest: dict[str, Any]
+    peak_percent: float | None
+    points: str  # "x,y x,y …" in a 0..SPARK_W × 0..SPARK_H box, newest on the right
+
+
+SPARK_W, SPARK_H = 240, 40
+
+
+async def usage_of(store: Store, instance: str) -> list[NodeUsage]:
+    """The watchdog's samples of the instance's nodes (``shared.watch``), shaped per node."""
+    by_node: dict[str, list[dict[str, Any]]] = {}
+    for row in await watch.list_samples(store.db, instance):
+        by_node.setdefault(row["node"], []).append(watch.sample_view(row))
+    out = []
+    for node, samples in sorted(by_node.items()):
+        percents = [s["mem_percent"] for s in samples if s["mem_percent"] is not None]
+        top = max(max(percents, default=0.0), 100.0)  # the limit line stays in view
+        step = SPARK_W / max(len(percents) - 1, 1)
+        points = " ".join(
+            f"{i * step:.1f},{SPARK_H - SPARK_H * p / top:.1f}" for i, p in enumerate(percents)
+        )
+        out.append(NodeUsage(node, len(samples), samples[-1], max(percents, default=None), points))
+    return out
+
+
+async def advice_of(store: Store, instance: str) -> list[dict[str, Any]]:
+    rows = await watch.list_advice(store.db, instance=instance, limit=5, offset=0)
+    return [watch.advice_view(r) for r in rows]
 
 
 def plan_facts(upgrades: list[Row]) -> PlanFacts:

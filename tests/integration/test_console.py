@@ -6,6 +6,7 @@ the security headers, escaping, and every page rendering; what a browser does wi
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,10 +17,12 @@ from pytest_aiohttp import AiohttpClient
 
 from receiver.app import create_app
 from receiver.keys import STORE
+from shared import watch
 from shared.settings import Settings
 from shared.store import ActionStatus, AuditEntry
 from tests.integration.conftest import SEED_INSTANCE
 from tests.integration.test_receiver_inprocess import T0, record
+from worker.verify import Advice
 
 OPERATOR_TOKEN = "operator-token-7d1e0c4b9a"
 WEBHOOK_TOKEN = "webhook-token-3f9a2b"
@@ -293,3 +296,29 @@ async def test_the_audit_page_filters_by_act_who_and_target(receiver: Client) ->
     assert await reasons("?act=pause") == ["r3", "r1"]
     assert await reasons("?actor=bob&act=pause") == ["r3"]
     assert await reasons(f"?target={SEED_INSTANCE}") == ["r2", "r1"]
+
+
+async def test_the_instance_page_shows_the_watchdogs_sampled_usage_and_the_downgrade_advice(
+    receiver: Client,
+) -> None:
+    mb = 1_000_000
+    evidence = {
+        "peak_mem_used": 300 * mb,
+        "lower_plan_mem_limit_assumed": 500 * mb,
+        "peak_of_lower_plan": 0.6,
+        "quiet_seconds": 604800.0,
+    }
+    async with receiver.app[STORE].unit() as unit:
+        for slot in range(3):
+            sample = watch.Sample("rabbit@n1", (slot + 1) * 100 * mb, 1000 * mb, 5000 * mb, 50 * mb, 10, 2)
+            await watch.record_samples(unit.tx, SEED_INSTANCE, [sample], slot, time.time() + slot)
+        advice = Advice(SEED_INSTANCE, "hare-1", "bunny-1", evidence)
+        await watch.record_advice(unit.tx, "advice-1", "upgrade:x", advice, time.time())
+    await login(receiver, WEBHOOK_TOKEN)
+
+    status, html, _ = await page(receiver, f"/ui/instances/{SEED_INSTANCE}")
+
+    assert status == 200
+    assert "rabbit@n1" in html and "memory 30.0% of mem_limit" in html and "over 3 samples" in html
+    assert html.count("<polyline") == 1
+    assert "hare-1 → bunny-1 would do" in html and "Nothing was changed" in html
