@@ -159,9 +159,7 @@ async def usage_of(store: Store, instance: str) -> list[NodeUsage]:
         percents = [s["mem_percent"] for s in samples if s["mem_percent"] is not None]
         top = max(max(percents, default=0.0), 100.0)  # the limit line stays in view
         step = SPARK_W / max(len(percents) - 1, 1)
-        points = " ".join(
-            f"{i * step:.1f},{SPARK_H - SPARK_H * p / top:.1f}" for i, p in enumerate(percents)
-        )
+        points = " ".join(f"{i * step:.1f},{SPARK_H - SPARK_H * p / top:.1f}" for i, p in enumerate(percents))
         out.append(NodeUsage(node, len(samples), samples[-1], max(percents, default=None), points))
     return out
 
