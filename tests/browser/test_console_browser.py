@@ -3,13 +3,14 @@ what an operator sees and does, and that the page's defences hold in a browser."
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.integration.conftest import SEED_INSTANCE, seed_alarm
-from tests.support import FakeCloudAmqp, wait_until
+from tests.support import FakeCloudAmqp, Services, wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -153,3 +154,30 @@ async def test_a_form_post_without_the_csrf_token_is_refused_and_pauses_nothing(
     await page.wait_for_selector("text=CSRF token is missing or wrong")
     status, body = await stack.get("/pauses")
     assert status == 200 and body["pauses"] == []
+
+
+async def test_the_instance_page_draws_the_sampled_broker_usage_live_without_a_policy_violation(
+    console: Any, services: Services
+) -> None:
+    # The machine's own broker stands in for the instance: the watchdog only reads its
+    # /api/nodes (and raises nothing within the hour threshold).
+    stack, page = await console(
+        CLOUDAMQP_INSTANCE_MANAGEMENT_URL=services.management_url,
+        WATCHDOG_INTERVAL_SECONDS="0.5",
+        WATCHDOG_TIME_THRESHOLD_SECONDS="3600",
+    )
+    violations: list[str] = []
+    page.on("console", lambda message: violations.append(message.text) if message.type == "error" else None)
+    await page.goto(f"/ui/instances/{SEED_INSTANCE}")
+
+    await page.wait_for_selector(".usage >> text=of mem_limit")
+    await wait_until(
+        lambda: page.evaluate("document.querySelector('svg.spark polyline').points.numberOfItems >= 2"),
+        timeout=30,
+        what="a sparkline of two samples or more",
+    )
+    box = await page.locator("svg.spark").bounding_box()
+    assert box is not None and box["width"] > 100 and box["height"] > 20
+    assert violations == []
+    if shots := os.environ.get("CONSOLE_SHOTS"):  # a look for people (tools.screenshots does all pages)
+        await page.screenshot(path=f"{shots}/instance-usage.png", full_page=True)
