@@ -339,8 +339,11 @@ class OwnBroker:
         import psutil
 
         for child in psutil.Process(self.proc.pid).children(recursive=True):
-            if "beam" in child.name():
-                child.kill()
+            # The node runs short-lived helpers (``df`` for its disk monitor, …): one may be
+            # gone by the time it is looked at.
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if "beam" in child.name():
+                    child.kill()
         await self._wait_exit(30)
 
     async def _wait_exit(self, timeout: float) -> None:
