@@ -369,8 +369,11 @@ class OwnBroker:
         import psutil
 
         for child in psutil.Process(self.proc.pid).children(recursive=True):
-            if "beam" in child.name():
-                child.kill()
+            # The node runs short-lived helpers (``df`` for its disk monitor, …): one may be
+            # gone by the time it is looked at.
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if "beam" in child.name():
+                    child.kill()
         await self._wait_exit(30)
 
     async def _wait_exit(self, timeout: float) -> None:
@@ -492,12 +495,22 @@ class SendLog:
 
 
 async def send(
-    base: str, plan: Plan, rate: float, *, deadline: float, concurrency: int = 16, log: SendLog | None = None
+    base: str,
+    plan: Plan,
+    rate: float,
+    *,
+    deadline: float,
+    concurrency: int = 16,
+    log: SendLog | None = None,
+    holds: dict[int, asyncio.Event] | None = None,
 ) -> SendLog:
     """Offer every planned alarm at ``rate``; on 503 or a connection error, post it again
     (after 0.2 s) until 202 or ``deadline`` (monotonic). An answer that was lost in transit
     leaves the alarm's fate unknown, so the re-post may make it a second event — that is the
-    sender's side, and the store must still end up with exactly one upgrade."""
+    sender's side, and the store must still end up with exactly one upgrade.
+
+    ``holds`` (alarm index → event): that alarm and the ones after it wait until the event is
+    set, so that a scenario can be sure some alarms meet its fault instead of racing it."""
     log = log or SendLog()
     gate = asyncio.Semaphore(concurrency)
     timeout = aiohttp.ClientTimeout(total=10)
@@ -529,14 +542,24 @@ async def send(
 
     async with aiohttp.ClientSession(timeout=timeout) as session:
         tasks = []
-        start = time.monotonic()
-        for index, body in enumerate(plan.alarms):
-            delay = start + index / rate - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)  # pacing the offered load
-            tasks.append(asyncio.create_task(one(session, index, body)))
+        async for index in _paced(len(plan.alarms), rate, holds or {}):
+            tasks.append(asyncio.create_task(one(session, index, plan.alarms[index])))
         await asyncio.gather(*tasks)
     return log
+
+
+async def _paced(count: int, rate: float, holds: dict[int, asyncio.Event]) -> AsyncIterator[int]:
+    """0 … count-1, each at its time: ``rate`` per second, waiting at each of ``holds``."""
+    start = time.monotonic()
+    for index in range(count):
+        held = holds.get(index)
+        if held is not None and not held.is_set():
+            await held.wait()
+            start = time.monotonic() - index / rate  # the pacing goes on from here
+        delay = start + index / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)  # pacing the offered load
+        yield index
 
 
 # --- settling and counting -----------------------------------------------------------------
