@@ -390,8 +390,11 @@ async def test_given_a_hanging_channel_then_upgrades_proceed_at_their_normal_lat
     baseline_pilot.stop.set()
     await asyncio.wait_for(asyncio.gather(*baseline_pilot.tasks), 30)
 
+    channel_timeout = 5.0
     pilot = await start(
-        notify_webhook_urls=(hanging.url,), notify_webhook_secret=SECRET, notify_timeout_seconds=5
+        notify_webhook_urls=(hanging.url,),
+        notify_webhook_secret=SECRET,
+        notify_timeout_seconds=channel_timeout,
     )
     with_hang = await upgrade_latencies(pilot, OTHER_INSTANCES[4:8])
 
@@ -399,4 +402,6 @@ async def test_given_a_hanging_channel_then_upgrades_proceed_at_their_normal_lat
     mean_base, mean_hang = sum(baseline) / len(baseline), sum(with_hang) / len(with_hang)
     print(f"alarm → upgrade: no channel {mean_base * 1000:.0f} ms, hanging channel {mean_hang * 1000:.0f} ms")
     assert mean_hang <= 2 * mean_base + 0.25, (baseline, with_hang)
-    assert max(with_hang) < 1.0, with_hang
+    # An upgrade that waited for the channel would take its whole timeout; the margin is half of
+    # it, not a fixed second, which a loaded machine once missed (1.1 s) with nothing waiting.
+    assert max(with_hang) < channel_timeout / 2, with_hang
