@@ -15,10 +15,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import aio_pika
+
+from shared import topology
 from tests.chaos.harness import (
+    RETRY_DELAYS,
     Env,
     Expectation,
     OwnBroker,
+    OwnCluster,
     Plan,
     SendLog,
     Size,
@@ -26,6 +31,7 @@ from tests.chaos.harness import (
     StandIn,
     Summary,
     plan_alarms,
+    queue_names,
     reconcile,
     send,
     settle,
@@ -352,6 +358,193 @@ async def broker_drop_mid_call(env: Env, faults: Faults) -> Summary:
     return summary
 
 
+# --- a 3-node cluster losing a node ----------------------------------------------------------
+
+
+def _starting_at(cluster: OwnCluster, first: int) -> str:
+    """``RABBITMQ_URL`` listing every node, ``first`` first: where a process connects first."""
+    n = len(cluster.nodes)
+    return ",".join(cluster.urls[(first + k) % n] for k in range(n))
+
+
+async def _replication(cluster: OwnCluster) -> tuple[dict[str, int], list[str]]:
+    """Members per queue of ours, and what is wrong: every queue must be a quorum queue with
+    a member on each node."""
+    members = await cluster.queue_members()
+    wanted = {node.node for node in cluster.nodes}
+    counts, wrong = {}, []
+    for name in queue_names():
+        row = members.get(name)
+        if row is None:
+            wrong.append(f"{name}: not declared")
+            continue
+        counts[name] = len(row["members"])
+        if row["type"] != "quorum" or set(row["members"]) != wanted:
+            wrong.append(f"{name}: {row['type']} on {sorted(row['members'])}")
+    return counts, wrong
+
+
+async def _declare_on(url: str) -> None:
+    """Declare our topology through one node, once the cluster has formed: the queues get a
+    member on every node (nothing in our declare arguments limits the group size)."""
+    connection = await aio_pika.connect(url, timeout=10)
+    async with connection:
+        await topology.declare_topology(await connection.channel(), RETRY_DELAYS)
+
+
+def _node_of(proc: Any) -> str | None:
+    """``host:port`` of the node a process last connected to (its ``broker.connected`` log)."""
+    events = proc.events("broker.connected")
+    return str(events[-1]["node"]) if events else None
+
+
+async def _on_cluster(
+    env: Env, faults: Faults, name: str, prefix: str, victim: Callable[[OwnCluster, Stack], Awaitable[int]]
+) -> Summary:
+    """A receiver and two workers on a 3-node cluster of our own, spread over the nodes (each
+    process lists every node in RABBITMQ_URL, starting with a different one): the receiver
+    on a follower of ``cloudamqp.alarms``, one worker on its leader, one on the other
+    follower. Under load, ``broker_cycles`` times: the node ``victim`` picks is stopped
+    (graceful, then SIGKILL on odd cycles) and, after ``broker_outage`` seconds, started
+    again. 202s must go on while it is down — failover, not waiting for the node."""
+    reason = OwnCluster.available()
+    if reason is not None:
+        return Summary(name, 0, 0, 0, 0, 0, 0, details={"failed_checks": [f"no cluster: {reason}"]})
+    cluster = OwnCluster(env.workdir)
+    plan = plan_alarms(faults.size, prefix)
+    # Slow enough that the sending spans every cycle (a stop, the outage, a restart).
+    rate = min(faults.size.rate, len(plan.alarms) / ((16.0 + faults.broker_outage) * faults.broker_cycles))
+    checks: list[str] = []
+    details: dict[str, Any] = {}
+    try:
+        started = time.monotonic()
+        await cluster.start()
+        details["cluster_start_s"] = round(time.monotonic() - started, 1)
+        await _declare_on(cluster.urls[0])
+        replicas, wrong = await _replication(cluster)
+        checks += wrong
+        details["members_per_queue"] = sorted(set(replicas.values()))
+        leader = await cluster.leader_of(topology.WORK_QUEUE)
+        followers = [i for i in range(len(cluster.nodes)) if i != leader]
+        async with stand_in(latency=0.02) as api:
+            db = env.sqlite()
+            senv = stack_env(cluster.url, db, api, plan.managed, UPGRADE_API="instances")
+            stack = Stack(senv, env.workdir)
+            try:
+                await stack.start_receiver({"RABBITMQ_URL": _starting_at(cluster, followers[0])})
+                for first in (leader, followers[1]):
+                    await stack.start_worker(overrides={"RABBITMQ_URL": _starting_at(cluster, first)})
+                log = SendLog()
+                deadline = _send_deadline(plan, faults.size, 120)
+                sender = asyncio.create_task(send(stack.base, plan, rate, deadline=deadline, log=log))
+                cycles: list[dict[str, Any]] = []
+                for cycle in range(faults.broker_cycles):
+                    enough = 5 * (cycle + 1)
+                    await wait_until(lambda n=enough: len(log.accepted) >= n, timeout=60, what="some 202s")
+                    index = await victim(cluster, stack)
+                    node = cluster.nodes[index]
+                    was_leader = await cluster.leader_of(topology.WORK_QUEUE) == index
+                    stopped_at = time.monotonic()
+                    await (node.kill() if cycle % 2 == 1 else node.stop())
+                    accepted, down_at = len(log.accepted), time.monotonic()
+                    first_202: float | None = None
+                    try:
+                        # The node stays down meanwhile: 202s now come through the others.
+                        await wait_until(
+                            lambda a=accepted: len(log.accepted) > a or sender.done(),
+                            timeout=60,
+                            what="202s again",
+                        )
+                        first_202 = round(time.monotonic() - down_at, 2)
+                    except AssertionError:
+                        checks.append(f"cycle {cycle}: no 202 for 60 s while node {index} was down")
+                    moved = None
+                    if was_leader:
+                        try:
+                            await wait_until(
+                                lambda i=index: _leader_moved(cluster, i), timeout=60, what="a new leader"
+                            )
+                            moved = round(time.monotonic() - stopped_at, 2)
+                        except AssertionError:
+                            checks.append(f"cycle {cycle}: the leader did not move off the stopped node")
+                    await asyncio.sleep(faults.broker_outage)  # the rest of the outage
+                    restart_at = time.monotonic()
+                    await node.start()
+                    cycles.append(
+                        {
+                            "stopped": f"node {index}" + (" (leader)" if was_leader else ""),
+                            "how": "kill" if cycle % 2 == 1 else "stop",
+                            "stop_s": round(down_at - stopped_at, 2),
+                            "first_202_once_down_s": first_202,
+                            "longest_202_gap_s": _longest_gap(
+                                log.accepted_at,
+                                stopped_at,
+                                max(log.accepted_at) if sender.done() else restart_at,
+                            ),
+                            "leader_moved_after_s": moved,
+                            "receiver_on": _node_of(stack.receiver),
+                        }
+                    )
+                log = await sender
+                assert stack.receiver is not None
+                summary = await _finish(name, stack, plan, log, api, cluster.urls[0], db, faults)
+                summary.details["cycles"] = cycles
+                summary.details["http_503"] = log.statuses.get("503", 0)
+                summary.details["worker_reconnects"] = len(stack.worker_events("broker.connection_lost"))
+                summary.details["receiver_connects"] = len(stack.receiver.events("broker.connected"))
+                replicas, wrong = await _replication(cluster)
+                checks += [f"after: {w}" for w in wrong]
+            finally:
+                await stack.close()
+    finally:
+        await cluster.cleanup()
+    summary.details.update(details)
+    summary.details["failed_checks"] = checks
+    return summary
+
+
+def _longest_gap(times: list[float], start: float, end: float) -> float:
+    """The longest stretch without a 202 between ``start`` and ``end`` (both counted as edges)."""
+    inside = sorted(t for t in times if start < t < end)
+    edges = [start, *inside, end]
+    return round(max(b - a for a, b in zip(edges, edges[1:], strict=False)), 2)
+
+
+async def _leader_moved(cluster: OwnCluster, old: int) -> bool:
+    """The queue has a leader again, and not on node ``old`` (while electing, none is shown)."""
+    try:
+        return await cluster.leader_of(topology.WORK_QUEUE) != old
+    except (KeyError, AssertionError):
+        return False
+
+
+async def _the_leader(cluster: OwnCluster, stack: Stack) -> int:
+    return await cluster.leader_of(topology.WORK_QUEUE)
+
+
+async def _the_receivers_node(cluster: OwnCluster, stack: Stack) -> int:
+    assert stack.receiver is not None
+    node = _node_of(stack.receiver)
+    assert node is not None, "the receiver never said which node it is connected to"
+    index = cluster.index_of(node)
+    # The broker's side agrees: that node holds a client connection.
+    assert await cluster.connections(index), f"node {index} holds no connection"
+    return index
+
+
+async def cluster_leader_stop(env: Env, faults: Faults) -> Summary:
+    """The node leading ``cloudamqp.alarms`` stopped under load: a follower takes over the
+    queue, the worker connected to the stopped node reconnects to the next one, the other
+    worker and the receiver (on followers) carry on."""
+    return await _on_cluster(env, faults, "cluster-leader", "leader", _the_leader)
+
+
+async def cluster_receiver_node_stop(env: Env, faults: Faults) -> Summary:
+    """The node the receiver is connected to stopped under load: the receiver publishes
+    through the next node in RABBITMQ_URL while that one is still down."""
+    return await _on_cluster(env, faults, "cluster-receiver", "recvnode", _the_receivers_node)
+
+
 SCENARIOS: dict[str, Callable[[Env, Faults], Awaitable[Summary]]] = {
     "worker-kill": worker_kill,
     "broker-restart": broker_restart,
@@ -360,6 +553,8 @@ SCENARIOS: dict[str, Callable[[Env, Faults], Awaitable[Summary]]] = {
     "api-hang": api_hang,
     "store-outage": store_unavailable,
     "store-outage-instances": store_unavailable_instances,
+    "cluster-leader": cluster_leader_stop,
+    "cluster-receiver": cluster_receiver_node_stop,
 }
 
 # Scenarios that reveal a known, not yet fixed bug: expected to fail (pytest: xfail strict)
