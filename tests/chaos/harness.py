@@ -7,6 +7,7 @@ accepted = processed, lost = 0, duplicate upgrades = 0, and nothing unexplained 
   upgrade requests it answered with success per instance.
 - ``OwnBroker``: a second RabbitMQ node this suite starts, stops and kills, on its own ports
   with its own data directory — never the machine's shared broker.
+- ``OwnCluster``: three such nodes with a cookie of their own, joined into one cluster.
 - ``Stack``: the receiver and workers as real processes (``tests.support.Proc``).
 - ``send``: posts every planned alarm, re-posting on 503 / connection errors the way a
   webhook sender would, and remembers every event id answered with 202.
@@ -339,8 +340,11 @@ class OwnBroker:
         import psutil
 
         for child in psutil.Process(self.proc.pid).children(recursive=True):
-            if "beam" in child.name():
-                child.kill()
+            try:
+                if "beam" in child.name():
+                    child.kill()
+            except (psutil.Error, OSError):
+                continue  # a short-lived helper of the node (a disk check's shell) already gone
         await self._wait_exit(30)
 
     async def _wait_exit(self, timeout: float) -> None:
