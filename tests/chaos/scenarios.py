@@ -442,49 +442,8 @@ async def _on_cluster(
                 for cycle in range(faults.broker_cycles):
                     enough = 5 * (cycle + 1)
                     await wait_until(lambda n=enough: len(log.accepted) >= n, timeout=60, what="some 202s")
-                    index = await victim(cluster, stack)
-                    node = cluster.nodes[index]
-                    was_leader = await cluster.leader_of(topology.WORK_QUEUE) == index
-                    stopped_at = time.monotonic()
-                    await (node.kill() if cycle % 2 == 1 else node.stop())
-                    accepted, down_at = len(log.accepted), time.monotonic()
-                    first_202: float | None = None
-                    try:
-                        # The node stays down meanwhile: 202s now come through the others.
-                        await wait_until(
-                            lambda a=accepted: len(log.accepted) > a or sender.done(),
-                            timeout=60,
-                            what="202s again",
-                        )
-                        first_202 = round(time.monotonic() - down_at, 2)
-                    except AssertionError:
-                        checks.append(f"cycle {cycle}: no 202 for 60 s while node {index} was down")
-                    moved = None
-                    if was_leader:
-                        try:
-                            await wait_until(
-                                lambda i=index: _leader_moved(cluster, i), timeout=60, what="a new leader"
-                            )
-                            moved = round(time.monotonic() - stopped_at, 2)
-                        except AssertionError:
-                            checks.append(f"cycle {cycle}: the leader did not move off the stopped node")
-                    await asyncio.sleep(faults.broker_outage)  # the rest of the outage
-                    restart_at = time.monotonic()
-                    await node.start()
                     cycles.append(
-                        {
-                            "stopped": f"node {index}" + (" (leader)" if was_leader else ""),
-                            "how": "kill" if cycle % 2 == 1 else "stop",
-                            "stop_s": round(down_at - stopped_at, 2),
-                            "first_202_once_down_s": first_202,
-                            "longest_202_gap_s": _longest_gap(
-                                log.accepted_at,
-                                stopped_at,
-                                max(log.accepted_at) if sender.done() else restart_at,
-                            ),
-                            "leader_moved_after_s": moved,
-                            "receiver_on": _node_of(stack.receiver),
-                        }
+                        await _lose_a_node(cluster, stack, log, sender, victim, cycle, faults, checks)
                     )
                 log = await sender
                 assert stack.receiver is not None
@@ -502,6 +461,78 @@ async def _on_cluster(
     summary.details.update(details)
     summary.details["failed_checks"] = checks
     return summary
+
+
+async def _seconds_until(check: Callable[[], Any], since: float, timeout: float) -> float | None:
+    """Seconds from ``since`` until ``check`` holds, or None when it did not within ``timeout``."""
+    try:
+        await wait_until(check, timeout=timeout, interval=0.05, what="")
+    except AssertionError:
+        return None
+    return round(time.monotonic() - since, 2)
+
+
+async def _whole(cluster: OwnCluster) -> bool:
+    """Every queue of ours has every node's member online again (a restarted node has
+    rejoined and caught up: the cluster can lose a node once more)."""
+    try:
+        members = await cluster.queue_members()
+    except AssertionError:
+        return False
+    everyone = {node.node for node in cluster.nodes}
+    return all(set(members.get(name, {}).get("online", [])) == everyone for name in queue_names())
+
+
+async def _lose_a_node(
+    cluster: OwnCluster,
+    stack: Stack,
+    log: SendLog,
+    sender: asyncio.Task[SendLog],
+    victim: Callable[[OwnCluster, Stack], Awaitable[int]],
+    cycle: int,
+    faults: Faults,
+    checks: list[str],
+) -> dict[str, Any]:
+    """One cycle: stop (even cycles) or SIGKILL (odd) the victim node; while it stays down,
+    202s must go on and a stopped leader must be replaced; then start it again and wait
+    until it has rejoined every queue."""
+    index = await victim(cluster, stack)
+    node = cluster.nodes[index]
+    was_leader = await cluster.leader_of(topology.WORK_QUEUE) == index
+    crash = cycle % 2 == 1
+    stopped_at = time.monotonic()
+    await (node.kill() if crash else node.stop())
+    accepted, down_at = len(log.accepted), time.monotonic()
+    # The node stays down while these are measured: 202s now come through the others.
+    first_202, moved = await asyncio.gather(
+        _seconds_until(lambda: len(log.accepted) > accepted or sender.done(), down_at, 60),
+        _seconds_until(lambda: _leader_moved(cluster, index), stopped_at, 60) if was_leader else _none(),
+    )
+    if first_202 is None:
+        checks.append(f"cycle {cycle}: no 202 for 60 s while node {index} was down")
+    if was_leader and moved is None:
+        checks.append(f"cycle {cycle}: the leader did not move off the stopped node in 60 s")
+    await asyncio.sleep(faults.broker_outage)  # the rest of the outage
+    restart_at = time.monotonic()
+    await node.start()
+    rejoined = await _seconds_until(lambda: _whole(cluster), restart_at, 120)
+    if rejoined is None:
+        checks.append(f"cycle {cycle}: node {index} did not rejoin every queue in 120 s")
+    gap_end = max(log.accepted_at) if sender.done() else restart_at
+    return {
+        "stopped": f"node {index}" + (" (leader)" if was_leader else ""),
+        "how": "kill" if crash else "stop",
+        "stop_s": round(down_at - stopped_at, 2),
+        "first_202_once_down_s": first_202,
+        "longest_202_gap_s": _longest_gap(log.accepted_at, stopped_at, gap_end),
+        "leader_moved_after_s": moved,
+        "rejoined_after_s": rejoined,
+        "receiver_on": _node_of(stack.receiver),
+    }
+
+
+async def _none() -> None:
+    return None
 
 
 def _longest_gap(times: list[float], start: float, end: float) -> float | None:
