@@ -120,8 +120,6 @@ class Nodes:
                 if len(self.urls) > 1:
                     log.warning("broker.node_unavailable", node=node_name(url), error=why)
                 continue
-            if len(self.urls) > 1:
-                log.info("broker.node_connected", node=node_name(url))
             return connection
         raise NoNodeAnswered("; ".join(errors))
 
