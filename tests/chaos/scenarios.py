@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -457,6 +458,11 @@ async def _on_cluster(
             finally:
                 await stack.close()
     finally:
+        for node in (n for n in cluster.nodes if (n.dir / "log").is_dir()):
+            # The nodes' own logs, next to the processes' (``--keep``).
+            shutil.copytree(
+                node.dir / "log", env.workdir / f"{node.node.split('@')[0]}-log", dirs_exist_ok=True
+            )
         await cluster.cleanup()
     summary.details.update(details)
     summary.details["failed_checks"] = checks
@@ -561,8 +567,16 @@ async def _the_receivers_node(cluster: OwnCluster, stack: Stack) -> int:
     node = _node_of(stack.receiver)
     assert node is not None, "the receiver never said which node it is connected to"
     index = cluster.index_of(node)
-    # The broker's side agrees: that node holds a client connection.
-    assert await cluster.connections(index), f"node {index} holds no connection"
+    # The broker's side agrees: that node holds a connection from the receiver's local port.
+    import psutil
+
+    ours = {
+        c.laddr.port
+        for c in psutil.Process(stack.receiver.popen.pid).net_connections(kind="tcp")
+        if c.raddr and c.raddr.port == cluster.nodes[index].port
+    }
+    theirs = {int(c["peer_port"]) for c in await cluster.connections(index)}
+    assert ours & theirs, f"node {index} holds no connection of the receiver ({ours} vs {theirs})"
     return index
 
 
