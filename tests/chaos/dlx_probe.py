@@ -46,6 +46,7 @@ async def _publish(
 async def probe(rounds: int) -> dict[str, int]:
     cluster = OwnCluster(Path(tempfile.mkdtemp(prefix="autopilot-dlx-probe-")))
     sent: dict[int, int] = {}  # message number -> round
+    visible = {DELAY_QUEUE: 0, topology.WORK_QUEUE: 0}  # ready at the rounds' ends, summed
     arrived: dict[int, int] = {}  # message number -> round in which it came out
     current = 0
     try:
@@ -79,6 +80,11 @@ async def probe(rounds: int) -> dict[str, int]:
                 publishing.clear()
                 await publisher
                 await asyncio.sleep(10)  # the round's own window for arrivals
+                # Not waiting in either queue where anyone can see it (ready counts), while
+                # some of the round's messages have not come out: then the delay queue holds them.
+                for name in (DELAY_QUEUE, topology.WORK_QUEUE):
+                    declared = await channel.declare_queue(name, passive=True)
+                    visible[name] += int(declared.declaration_result.message_count or 0)
         # A last leader change of the delay queue: whatever it held may come out now.
         holder = await cluster.leader_of(DELAY_QUEUE)
         current = rounds
@@ -100,7 +106,14 @@ async def probe(rounds: int) -> dict[str, int]:
         await cluster.cleanup()
     on_time = sum(1 for n, r in sent.items() if arrived.get(n) == r)
     late = sum(1 for n, r in sent.items() if n in arrived and arrived[n] != r)
-    return {"sent": len(sent), "on_time": on_time, "late": late, "never": len(sent) - on_time - late}
+    return {
+        "sent": len(sent),
+        "on_time": on_time,
+        "late": late,
+        "never": len(sent) - on_time - late,
+        "ready_in_delay_queue_at_round_ends": visible[DELAY_QUEUE],
+        "ready_in_work_queue_at_round_ends": visible[topology.WORK_QUEUE],
+    }
 
 
 def cli() -> int:
