@@ -18,6 +18,7 @@ never came back; see docs/benchmarks.md, Chaos.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sys
 import tempfile
 import time
@@ -44,7 +45,8 @@ async def _publish(
 
 
 async def probe(rounds: int) -> dict[str, int]:
-    cluster = OwnCluster(Path(tempfile.mkdtemp(prefix="autopilot-dlx-probe-")))
+    workdir = Path(tempfile.mkdtemp(prefix="autopilot-dlx-probe-"))
+    cluster = OwnCluster(workdir)
     sent: dict[int, int] = {}  # message number -> round
     visible = {DELAY_QUEUE: 0, topology.WORK_QUEUE: 0}  # ready at the rounds' ends, summed
     arrived: dict[int, int] = {}  # message number -> round in which it came out
@@ -104,6 +106,7 @@ async def probe(rounds: int) -> dict[str, int]:
                 arrived.setdefault(int(message.body), current)
     finally:
         await cluster.cleanup()
+        shutil.rmtree(workdir, ignore_errors=True)
     on_time = sum(1 for n, r in sent.items() if arrived.get(n) == r)
     late = sum(1 for n, r in sent.items() if n in arrived and arrived[n] != r)
     return {
