@@ -57,7 +57,7 @@ bench: $(DEV_STAMP) ## benchmarks against the limits, ratios vs baselines in the
 	$(PY) -m tools.services
 	$(PY) -m bench $(BENCH_ARGS)
 
-chaos: $(DEV_STAMP) ## the long fault-injection run (tests/chaos); its short run is part of `make test`
+chaos: $(DEV_STAMP) ## the long fault-injection run (tests/chaos), 3-node cluster included; its short run is part of `make test`
 	$(PY) -m tools.services
 	$(PY) -m tests.chaos $(CHAOS_ARGS)
 

@@ -21,13 +21,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import aio_pika
 from aio_pika.abc import AbstractConnection
 
-from shared import topology, watch
+from shared import brokers, topology, watch
 from shared.db import Row
 from shared.errors import BrokerUnavailable
-from shared.settings import Settings, redact_url
+from shared.settings import Settings
 from shared.store import ActionStatus, Store
 from worker import dlq
 from worker.plans import DEFAULT_LADDER, Ladder, parse_plan
@@ -208,7 +207,8 @@ class BrokerProbe:
     confirming channel of it wrapped in ``worker.dlq.ParkingLot``, for one page or act."""
 
     def __init__(self, url: str, timeout: float = 3.0):
-        self._url = url
+        self._nodes = brokers.Nodes(url)
+        self._where = brokers.redact_urls(url)
         self._timeout = timeout
         self._connection: AbstractConnection | None = None
         self._lock = asyncio.Lock()
@@ -217,9 +217,9 @@ class BrokerProbe:
         async with self._lock:
             if self._connection is None or self._connection.is_closed:
                 try:
-                    self._connection = await aio_pika.connect(self._url, timeout=self._timeout)
+                    self._connection = await self._nodes.connect(self._timeout)
                 except Exception as exc:
-                    where, why = redact_url(self._url), str(exc) or type(exc).__name__
+                    where, why = self._where, str(exc) or type(exc).__name__
                     raise BrokerUnavailable(f"cannot connect to RabbitMQ at {where}: {why}") from exc
             return self._connection
 

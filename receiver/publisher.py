@@ -1,9 +1,10 @@
 """Publishing accepted alarms: persistent, mandatory, confirmed — or ``BrokerUnavailable``.
 
 The connection is opened lazily and re-opened after any failure, so the receiver recovers by
-itself when the broker returns. While the broker is down, reconnects are attempted at most
-once per ``reconnect_interval`` so that requests fail fast with a 503 instead of each waiting
-for a connect timeout.
+itself when the broker returns — or, with a cluster's nodes in ``RABBITMQ_URL``, on the next
+node that answers (``shared.brokers``). While no node answers, reconnects are attempted at
+most once per ``reconnect_interval`` so that requests fail fast with a 503 instead of each
+waiting for a connect timeout.
 
 Throughput (docs/benchmarks.md): aio-pika's ``Exchange.publish`` has aiormq hold the channel's
 lock until the frame is written to the socket, so under HTTP load each publish queued behind
@@ -24,7 +25,7 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from aiormq import Channel, spec
 
-from shared import envelope, topology
+from shared import brokers, envelope, topology
 from shared.errors import BrokerUnavailable
 
 log = structlog.get_logger("receiver.publisher")
@@ -40,7 +41,7 @@ class Publisher:
         publish_timeout: float = 5.0,
         reconnect_interval: float = 1.0,
     ):
-        self._url = url
+        self._nodes = brokers.Nodes(url)
         self._retry_delays = retry_delays
         self._connect_timeout = connect_timeout
         self._publish_timeout = publish_timeout
@@ -70,7 +71,7 @@ class Publisher:
             if time.monotonic() < self._next_attempt:
                 raise BrokerUnavailable(f"broker unavailable: {self._last_error}")
             try:
-                connection = await aio_pika.connect(self._url, timeout=self._connect_timeout)
+                connection = await self._nodes.connect(self._connect_timeout)
                 channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
                 await topology.declare_topology(channel, self._retry_delays)
                 raw = cast(Channel, await channel.get_underlay_channel())
@@ -78,11 +79,14 @@ class Publisher:
                 self._fail(exc)
                 raise BrokerUnavailable(f"broker unavailable: {self._last_error}") from None
             self._connection, self._channel, self._raw = connection, channel, raw
-            log.info("broker.connected")
+            log.info("broker.connected", node=self._nodes.current)
             return raw
 
     def _fail(self, exc: BaseException) -> None:
-        self._last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if isinstance(exc, brokers.NoNodeAnswered):
+            self._last_error = str(exc)  # already "<error>" or "<node>: <error>; …"
+        else:
+            self._last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         self._next_attempt = time.monotonic() + self._reconnect_interval
         log.warning("broker.unavailable", error=self._last_error)
 
@@ -136,6 +140,10 @@ class Publisher:
             raise BrokerUnavailable(f"broker did not take the message: {reason}") from None
         except Exception as exc:
             self._fail(exc)
+            if len(self._nodes.urls) > 1:
+                # The connection was lost, not refused: another node may answer at once, so
+                # the next request tries them instead of being held back for this one.
+                self._next_attempt = 0.0
             async with self._lock:
                 if self._raw is channel:
                     await self._reset()

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
+from shared.brokers import parse_urls, redact_urls
 from shared.notifications import parse_event_types, parse_webhook_secret
 
 T = TypeVar("T")
@@ -39,6 +40,7 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class Settings:
+    # One node's URL, or a cluster's nodes comma-separated (shared.brokers fails over).
     rabbitmq_url: str = "amqp://guest:guest@localhost:5672/"
     receiver_host: str = "0.0.0.0"
     receiver_port: int = 8080
@@ -115,7 +117,9 @@ class Settings:
                 value = [_origin(url) for url in value]
             elif f.name == "instance_management":
                 value = {instance: redact_url(url) for instance, url in value}
-            elif f.name in {"rabbitmq_url", "database_url"}:
+            elif f.name == "rabbitmq_url":
+                value = redact_urls(value)
+            elif f.name == "database_url":
                 value = redact_url(value)
             out[f.name] = value
         return out
@@ -314,7 +318,7 @@ def _event_types(raw: str) -> frozenset[str] | None:
 
 # (field, variable, parser): the one table of every variable the processes read.
 _VARIABLES: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
-    ("rabbitmq_url", "RABBITMQ_URL", _url("amqp", "amqps")),
+    ("rabbitmq_url", "RABBITMQ_URL", parse_urls),
     ("receiver_host", "RECEIVER_HOST", str),
     ("receiver_port", "RECEIVER_PORT", _int_range(1, 65535)),
     ("webhook_token", "WEBHOOK_TOKEN", _secret),

@@ -30,6 +30,8 @@ from urllib.parse import unquote, urlsplit
 
 import asyncpg
 
+from shared import brokers
+
 # The same variables and defaults as tests/conftest.py (and bench/harness.py).
 TEST_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
 TEST_RABBITMQ_MANAGEMENT_URL = "http://guest:guest@127.0.0.1:15672"
@@ -385,7 +387,10 @@ def ensure_for_run(rabbitmq_url: str, database_url: str) -> list[Started]:
     """What ``make run`` needs: the broker, and PostgreSQL when the store is one."""
     started: list[Started] = []
     try:
-        broker = ensure_rabbitmq(rabbitmq_url, variable="RABBITMQ_URL", docker="compose")
+        nodes = brokers.split_urls(rabbitmq_url)
+        answering = [url for url in nodes[1:] if port_open(*_address(url, 5672))] if len(nodes) > 1 else []
+        # A cluster with a node up is enough (the processes fail over); else the first node.
+        broker = None if answering else ensure_rabbitmq(nodes[0], variable="RABBITMQ_URL", docker="compose")
         if broker is not None:
             started.append(broker)
         if urlsplit(database_url).scheme in {"postgresql", "postgres"}:

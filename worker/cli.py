@@ -24,9 +24,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import aio_pika
-
-from shared import envelope, topology
+from shared import brokers, envelope, topology
 from shared.alarm import iso
 from shared.controls import ControlError, clean_text, operator_name, pause_until
 from shared.envelope import ApprovalCheck
@@ -96,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def _nudge(settings: Settings, check: ApprovalCheck) -> None:
     """Tell the workers at once that an approval came (they also look by themselves)."""
-    connection = await aio_pika.connect(settings.rabbitmq_url, timeout=10)
+    connection = await brokers.connect(settings.rabbitmq_url, node_timeout=10)
     async with connection:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         await channel.default_exchange.publish(

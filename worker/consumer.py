@@ -14,11 +14,10 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
-import aio_pika
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from shared import envelope, metrics, topology
+from shared import brokers, envelope, metrics, topology
 from shared.errors import DecodeError
 from shared.notifications import alarm_data, parked_notice
 from shared.settings import Settings
@@ -256,11 +255,13 @@ async def _first(*waits: Any) -> None:
 async def connected(
     url: str, stop: asyncio.Event, serve: Callable[[Any, asyncio.Event, asyncio.Event], Awaitable[bool]]
 ) -> None:
-    """Run ``serve(connection, stop, lost)`` on a connection to ``url``, again on a new one
-    each time the connection is lost, until ``serve`` says it stopped on request (True) or
-    ``stop`` is set while no broker answers."""
+    """Run ``serve(connection, stop, lost)`` on a connection to ``url`` (``RABBITMQ_URL``:
+    one node or a cluster's), again on a new one each time the connection is lost — to the
+    next node that answers — until ``serve`` says it stopped on request (True) or ``stop``
+    is set while no broker answers."""
+    nodes = brokers.Nodes(url)
     while not stop.is_set():
-        connection = await connect_with_backoff(url, stop)
+        connection = await connect_with_backoff(nodes, stop)
         if connection is None:
             return
         lost = asyncio.Event()
@@ -273,16 +274,21 @@ async def connected(
                 await connection.close()
 
 
-async def connect_with_backoff(url: str, stop: asyncio.Event) -> Any:
-    """A connection, retried with backoff until the broker answers or ``stop`` is set."""
+async def connect_with_backoff(nodes: brokers.Nodes, stop: asyncio.Event) -> Any:
+    """A connection, retried with backoff until a node answers or ``stop`` is set; every
+    node is tried before each wait."""
     delay = 0.5
     while not stop.is_set():
         try:
-            return await aio_pika.connect(url, timeout=5)
+            connection = await nodes.connect(node_timeout=5)
         except Exception as exc:
-            log.warning("broker.unavailable", error=f"{type(exc).__name__}: {exc}", retry_in_s=delay)
+            error = str(exc) if isinstance(exc, brokers.NoNodeAnswered) else f"{type(exc).__name__}: {exc}"
+            log.warning("broker.unavailable", error=error, retry_in_s=delay)
             try:
                 await asyncio.wait_for(stop.wait(), timeout=delay)
             except TimeoutError:
                 delay = min(delay * 2, 10.0)
+        else:
+            log.info("broker.connected", node=nodes.current)
+            return connection
     return None

@@ -39,11 +39,11 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
-from shared import envelope, topology
+from shared import brokers, envelope, topology
 from shared.alarm import iso
 from shared.errors import BrokerUnavailable
 from shared.runtime import load_settings_or_exit
-from shared.settings import Settings, redact_url
+from shared.settings import Settings
 
 PROGRAM = "autopilot-dlq"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -284,9 +284,9 @@ async def open_parking_lot(settings: Settings) -> AsyncIterator[ParkingLot]:
     queues for the default ``RETRY_DELAYS`` behind on a broker whose workers use others.
     """
     try:
-        connection = await aio_pika.connect(settings.rabbitmq_url, timeout=10)
+        connection = await brokers.connect(settings.rabbitmq_url, node_timeout=10)
     except Exception as exc:
-        where, why = redact_url(settings.rabbitmq_url), str(exc) or type(exc).__name__
+        where, why = brokers.redact_urls(settings.rabbitmq_url), str(exc) or type(exc).__name__
         raise BrokerUnavailable(f"cannot connect to RabbitMQ at {where}: {why}") from exc
     try:
         yield await parking_lot_on(await connection.channel(publisher_confirms=True, on_return_raises=True))

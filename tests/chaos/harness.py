@@ -7,6 +7,7 @@ accepted = processed, lost = 0, duplicate upgrades = 0, and nothing unexplained 
   upgrade requests it answered with success per instance.
 - ``OwnBroker``: a second RabbitMQ node this suite starts, stops and kills, on its own ports
   with its own data directory — never the machine's shared broker.
+- ``OwnCluster``: three such nodes with a cookie of their own, joined into one cluster.
 - ``Stack``: the receiver and workers as real processes (``tests.support.Proc``).
 - ``send``: posts every planned alarm, re-posting on 503 / connection errors the way a
   webhook sender would, and remembers every event id answered with 202.
@@ -369,11 +370,11 @@ class OwnBroker:
         import psutil
 
         for child in psutil.Process(self.proc.pid).children(recursive=True):
-            # The node runs short-lived helpers (``df`` for its disk monitor, …): one may be
-            # gone by the time it is looked at.
-            with contextlib.suppress(psutil.NoSuchProcess):
+            try:
                 if "beam" in child.name():
                     child.kill()
+            except (psutil.Error, OSError):
+                continue  # a short-lived helper of the node (a disk check's shell) already gone
         await self._wait_exit(30)
 
     async def _wait_exit(self, timeout: float) -> None:
@@ -399,6 +400,104 @@ class OwnBroker:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class OwnCluster:
+    """A RabbitMQ cluster of our own: ``size`` ``OwnBroker`` nodes (own names, ports, data
+    directories) sharing a cookie of their own, joined to the first one. Never the machine's
+    shared broker; stopped and deleted by ``cleanup``. Quorum queues declared once all nodes
+    have joined get a member on every node (RabbitMQ's default group size: the cluster)."""
+
+    def __init__(self, workdir: Path, size: int = 3):
+        self.nodes = [OwnBroker(workdir) for _ in range(size)]
+        self.cookie = uuid.uuid4().hex
+
+    @staticmethod
+    def available() -> str | None:
+        return OwnBroker.available()
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
+
+    @property
+    def url(self) -> str:
+        """``RABBITMQ_URL`` for the whole cluster: every node, comma-separated."""
+        return ",".join(self.urls)
+
+    def index_of(self, name: str) -> int:
+        """Which of ours a node is, by its Erlang name or ``host:port``."""
+        for index, node in enumerate(self.nodes):
+            if name in {node.node, f"127.0.0.1:{node.port}"}:
+                return index
+        raise KeyError(name)
+
+    def running(self) -> list[int]:
+        return [i for i, node in enumerate(self.nodes) if node.proc is not None and node.proc.poll() is None]
+
+    async def start(self, timeout: float = 120.0) -> None:
+        for node in self.nodes:
+            node.dir.mkdir(parents=True, exist_ok=True)
+            cookie = node.dir / ".erlang.cookie"  # HOME is the node's directory
+            cookie.write_text(self.cookie)
+            cookie.chmod(0o400)
+        await asyncio.gather(*(node.start(timeout) for node in self.nodes))
+        first = self.nodes[0]
+        for node in self.nodes[1:]:
+            await self.ctl(node, "stop_app")
+            await self.ctl(node, "join_cluster", first.node)
+            await self.ctl(node, "start_app")
+            await wait_until(
+                lambda n=node: port_open(n.port), timeout=timeout, interval=0.1, what=f"{node.node}"
+            )
+        status = json.loads(await self.ctl(first, "cluster_status", "--formatter", "json"))
+        running = set(status.get("running_nodes", []))
+        if running != {node.node for node in self.nodes}:
+            raise AssertionError(f"the cluster did not form: running {sorted(running)}")
+
+    async def ctl(self, node: OwnBroker, *args: str, timeout: float = 60.0, tool: str = "rabbitmqctl") -> str:
+        """``rabbitmqctl -n <node> ARGS`` (or another CLI tool) with the node's environment;
+        its output, or ``AssertionError`` with it when the tool fails."""
+        script = _rabbit_script(tool)
+        assert script is not None
+        pipe, devnull = asyncio.subprocess.PIPE, asyncio.subprocess.DEVNULL
+        proc = await asyncio.create_subprocess_exec(
+            script, "-n", node.node, *args, env=node._env(), stdout=pipe, stderr=asyncio.subprocess.STDOUT,
+            stdin=devnull,
+        )  # fmt: skip
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), timeout=timeout)
+        except TimeoutError:
+            proc.kill()
+            raise AssertionError(f"{tool} {' '.join(args)} on {node.node} timed out") from None
+        text = out.decode(errors="replace")
+        if proc.returncode != 0:
+            raise AssertionError(f"{tool} {' '.join(args)} on {node.node} failed: {text[-1000:]}")
+        return text
+
+    async def queue_members(self, vhost: str = "/") -> dict[str, dict[str, Any]]:
+        """Per queue: its type, leader, members and online members, as a running node sees them."""
+        node = self.nodes[self.running()[0]]
+        out = await self.ctl(
+            node, "list_queues", "-p", vhost, "name", "type", "leader", "members", "online",
+            "--formatter", "json", "--quiet",
+        )  # fmt: skip
+        return {row["name"]: row for row in json.loads(out)}
+
+    async def leader_of(self, queue: str, vhost: str = "/") -> int:
+        """Which node leads ``queue`` now."""
+        leader = (await self.queue_members(vhost))[queue]["leader"]
+        return self.index_of(str(leader))
+
+    async def connections(self, index: int) -> list[dict[str, Any]]:
+        """The client connections one node holds (peer port and host of each)."""
+        out = await self.ctl(
+            self.nodes[index], "list_connections", "peer_host", "peer_port", "--formatter", "json", "--quiet"
+        )
+        return list(json.loads(out))
+
+    async def cleanup(self) -> None:
+        await asyncio.gather(*(node.cleanup() for node in self.nodes), return_exceptions=True)
+
+
 # --- our processes -------------------------------------------------------------------------
 
 
@@ -418,16 +517,16 @@ class Stack:
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def _spawn(self, module: str) -> Proc:
-        env = self.worker_env if module == "worker" else self.env
+    def _spawn(self, module: str, overrides: dict[str, str] | None = None) -> Proc:
+        env = {**(self.worker_env if module == "worker" else self.env), **(overrides or {})}
         return Proc(module, env, self.workdir / f"{module}-{uuid.uuid4().hex[:6]}.log")
 
-    async def start_receiver(self) -> None:
-        self.receiver = self._spawn("receiver")
+    async def start_receiver(self, overrides: dict[str, str] | None = None) -> None:
+        self.receiver = self._spawn("receiver", overrides)
         await self.receiver.wait_event("receiver.ready", timeout=60)
 
-    async def start_worker(self, *, wait: bool = True) -> Proc:
-        worker = self._spawn("worker")
+    async def start_worker(self, *, wait: bool = True, overrides: dict[str, str] | None = None) -> Proc:
+        worker = self._spawn("worker", overrides)
         self.workers.append(worker)
         if wait:
             await worker.wait_event("worker.ready", timeout=60)
@@ -488,6 +587,7 @@ class SendLog:
     """What the sender saw: per planned alarm, the event id of its 202 (or None)."""
 
     accepted: dict[int, str] = field(default_factory=dict)
+    accepted_at: list[float] = field(default_factory=list)  # monotonic time of each 202
     statuses: Counter[str] = field(default_factory=Counter)
     first_503: float | None = None
     last_503: float | None = None
@@ -528,6 +628,7 @@ async def send(
                     log.statuses[str(status)] += 1
                     if status == 202 and isinstance(answer, dict) and answer.get("id"):
                         log.accepted[index] = str(answer["id"])
+                        log.accepted_at.append(time.monotonic())
                         return
                     if status == 503:
                         now = time.monotonic()
@@ -648,6 +749,7 @@ class Summary:
             and self.parked == 0
             and self.not_accepted == 0
             and not self.details.get("wrong_answers")
+            and not self.details.get("failed_checks")
         )
 
     def line(self) -> str:

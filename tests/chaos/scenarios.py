@@ -10,15 +10,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import aio_pika
+
+from shared import topology
 from tests.chaos.harness import (
+    RETRY_DELAYS,
     Env,
     Expectation,
     OwnBroker,
+    OwnCluster,
     Plan,
     SendLog,
     Size,
@@ -26,6 +32,7 @@ from tests.chaos.harness import (
     StandIn,
     Summary,
     plan_alarms,
+    queue_names,
     reconcile,
     send,
     settle,
@@ -357,6 +364,240 @@ async def broker_drop_mid_call(env: Env, faults: Faults) -> Summary:
     return summary
 
 
+# --- a 3-node cluster losing a node ----------------------------------------------------------
+
+
+def _starting_at(cluster: OwnCluster, first: int) -> str:
+    """``RABBITMQ_URL`` listing every node, ``first`` first: where a process connects first."""
+    n = len(cluster.nodes)
+    return ",".join(cluster.urls[(first + k) % n] for k in range(n))
+
+
+async def _replication(cluster: OwnCluster) -> tuple[dict[str, int], list[str]]:
+    """Members per queue of ours, and what is wrong: every queue must be a quorum queue with
+    a member on each node."""
+    members = await cluster.queue_members()
+    wanted = {node.node for node in cluster.nodes}
+    counts, wrong = {}, []
+    for name in queue_names():
+        row = members.get(name)
+        if row is None:
+            wrong.append(f"{name}: not declared")
+            continue
+        counts[name] = len(row["members"])
+        if row["type"] != "quorum" or set(row["members"]) != wanted:
+            wrong.append(f"{name}: {row['type']} on {sorted(row['members'])}")
+    return counts, wrong
+
+
+async def _declare_on(url: str) -> None:
+    """Declare our topology through one node, once the cluster has formed: the queues get a
+    member on every node (nothing in our declare arguments limits the group size)."""
+    connection = await aio_pika.connect(url, timeout=10)
+    async with connection:
+        await topology.declare_topology(await connection.channel(), RETRY_DELAYS)
+
+
+def _node_of(proc: Any) -> str | None:
+    """``host:port`` of the node a process last connected to (its ``broker.connected`` log)."""
+    events = proc.events("broker.connected")
+    return str(events[-1]["node"]) if events else None
+
+
+async def _on_cluster(
+    env: Env, faults: Faults, name: str, prefix: str, victim: Callable[[OwnCluster, Stack], Awaitable[int]]
+) -> Summary:
+    """A receiver and two workers on a 3-node cluster of our own, spread over the nodes (each
+    process lists every node in RABBITMQ_URL, starting with a different one): the receiver
+    on a follower of ``cloudamqp.alarms``, one worker on its leader, one on the other
+    follower. Under load, ``broker_cycles`` times: the node ``victim`` picks is stopped
+    (graceful, then SIGKILL on odd cycles) and, after ``broker_outage`` seconds, started
+    again. 202s must go on while it is down — failover, not waiting for the node."""
+    reason = OwnCluster.available()
+    if reason is not None:
+        return Summary(name, 0, 0, 0, 0, 0, 0, details={"failed_checks": [f"no cluster: {reason}"]})
+    cluster = OwnCluster(env.workdir)
+    plan = plan_alarms(faults.size, prefix)
+    # Slow enough that the sending spans every cycle (a stop, an election, the outage, a
+    # restart: up to half a minute on a busy machine).
+    rate = min(faults.size.rate, len(plan.alarms) / ((25.0 + faults.broker_outage) * faults.broker_cycles))
+    checks: list[str] = []
+    details: dict[str, Any] = {}
+    try:
+        started = time.monotonic()
+        await cluster.start()
+        details["cluster_start_s"] = round(time.monotonic() - started, 1)
+        await _declare_on(cluster.urls[0])
+        replicas, wrong = await _replication(cluster)
+        checks += wrong
+        details["members_per_queue"] = sorted(set(replicas.values()))
+        leader = await cluster.leader_of(topology.WORK_QUEUE)
+        followers = [i for i in range(len(cluster.nodes)) if i != leader]
+        async with stand_in(latency=0.02) as api:
+            db = env.sqlite()
+            senv = stack_env(cluster.url, db, api, plan.managed, UPGRADE_API="instances")
+            stack = Stack(senv, env.workdir)
+            try:
+                await stack.start_receiver({"RABBITMQ_URL": _starting_at(cluster, followers[0])})
+                for first in (leader, followers[1]):
+                    await stack.start_worker(overrides={"RABBITMQ_URL": _starting_at(cluster, first)})
+                log = SendLog()
+                deadline = _send_deadline(plan, faults.size, 120)
+                sender = asyncio.create_task(send(stack.base, plan, rate, deadline=deadline, log=log))
+                cycles: list[dict[str, Any]] = []
+                for cycle in range(faults.broker_cycles):
+                    enough = 5 * (cycle + 1)
+                    await wait_until(lambda n=enough: len(log.accepted) >= n, timeout=60, what="some 202s")
+                    cycles.append(
+                        await _lose_a_node(cluster, stack, log, sender, victim, cycle, faults, checks)
+                    )
+                log = await sender
+                assert stack.receiver is not None
+                summary = await _finish(name, stack, plan, log, api, cluster.urls[0], db, faults)
+                summary.details["cycles"] = cycles
+                summary.details["http_503"] = log.statuses.get("503", 0)
+                summary.details["worker_reconnects"] = len(stack.worker_events("broker.connection_lost"))
+                summary.details["receiver_connects"] = len(stack.receiver.events("broker.connected"))
+                replicas, wrong = await _replication(cluster)
+                checks += [f"after: {w}" for w in wrong]
+            finally:
+                await stack.close()
+    finally:
+        for node in (n for n in cluster.nodes if (n.dir / "log").is_dir()):
+            # The nodes' own logs, next to the processes' (``--keep``).
+            shutil.copytree(
+                node.dir / "log", env.workdir / f"{node.node.split('@')[0]}-log", dirs_exist_ok=True
+            )
+        await cluster.cleanup()
+    summary.details.update(details)
+    summary.details["failed_checks"] = checks
+    return summary
+
+
+async def _seconds_until(check: Callable[[], Any], since: float, timeout: float) -> float | None:
+    """Seconds from ``since`` until ``check`` holds, or None when it did not within ``timeout``."""
+    try:
+        await wait_until(check, timeout=timeout, interval=0.05, what="")
+    except AssertionError:
+        return None
+    return round(time.monotonic() - since, 2)
+
+
+async def _whole(cluster: OwnCluster) -> bool:
+    """Every queue of ours has every node's member online again (a restarted node has
+    rejoined and caught up: the cluster can lose a node once more)."""
+    try:
+        members = await cluster.queue_members()
+    except AssertionError:
+        return False
+    everyone = {node.node for node in cluster.nodes}
+    return all(set(members.get(name, {}).get("online", [])) == everyone for name in queue_names())
+
+
+async def _lose_a_node(
+    cluster: OwnCluster,
+    stack: Stack,
+    log: SendLog,
+    sender: asyncio.Task[SendLog],
+    victim: Callable[[OwnCluster, Stack], Awaitable[int]],
+    cycle: int,
+    faults: Faults,
+    checks: list[str],
+) -> dict[str, Any]:
+    """One cycle: stop (even cycles) or SIGKILL (odd) the victim node; while it stays down,
+    202s must go on and a stopped leader must be replaced; then start it again and wait
+    until it has rejoined every queue."""
+    index = await victim(cluster, stack)
+    node = cluster.nodes[index]
+    was_leader = await cluster.leader_of(topology.WORK_QUEUE) == index
+    crash = cycle % 2 == 1
+    stopped_at = time.monotonic()
+    await (node.kill() if crash else node.stop())
+    accepted, down_at = len(log.accepted), time.monotonic()
+    # The node stays down while these are measured: 202s now come through the others.
+    first_202, moved = await asyncio.gather(
+        _seconds_until(lambda: len(log.accepted) > accepted or sender.done(), down_at, 60),
+        _seconds_until(lambda: _leader_moved(cluster, index), stopped_at, 60) if was_leader else _none(),
+    )
+    if first_202 is None:
+        checks.append(f"cycle {cycle}: no 202 for 60 s while node {index} was down")
+    if was_leader and moved is None:
+        checks.append(f"cycle {cycle}: the leader did not move off the stopped node in 60 s")
+    await asyncio.sleep(faults.broker_outage)  # the rest of the outage
+    restart_at = time.monotonic()
+    await node.start()
+    rejoined = await _seconds_until(lambda: _whole(cluster), restart_at, 120)
+    if rejoined is None:
+        checks.append(f"cycle {cycle}: node {index} did not rejoin every queue in 120 s")
+    gap_end = max(log.accepted_at) if sender.done() else restart_at
+    return {
+        "stopped": f"node {index}" + (" (leader)" if was_leader else ""),
+        "how": "kill" if crash else "stop",
+        "stop_s": round(down_at - stopped_at, 2),
+        "first_202_once_down_s": first_202,
+        "longest_202_gap_s": _longest_gap(log.accepted_at, stopped_at, gap_end),
+        "leader_moved_after_s": moved,
+        "rejoined_after_s": rejoined,
+        "receiver_on": _node_of(stack.receiver),
+    }
+
+
+async def _none() -> None:
+    return None
+
+
+def _longest_gap(times: list[float], start: float, end: float) -> float | None:
+    """The longest stretch without a 202 between ``start`` and ``end`` (both counted as edges)."""
+    if end <= start:
+        return None  # every alarm was in before the stop: no load to measure
+    inside = sorted(t for t in times if start < t < end)
+    edges = [start, *inside, end]
+    return round(max(b - a for a, b in zip(edges, edges[1:], strict=False)), 2)
+
+
+async def _leader_moved(cluster: OwnCluster, old: int) -> bool:
+    """The queue has a leader again, and not on node ``old`` (while electing, none is shown)."""
+    try:
+        return await cluster.leader_of(topology.WORK_QUEUE) != old
+    except (KeyError, AssertionError):
+        return False
+
+
+async def _the_leader(cluster: OwnCluster, stack: Stack) -> int:
+    return await cluster.leader_of(topology.WORK_QUEUE)
+
+
+async def _the_receivers_node(cluster: OwnCluster, stack: Stack) -> int:
+    assert stack.receiver is not None
+    node = _node_of(stack.receiver)
+    assert node is not None, "the receiver never said which node it is connected to"
+    index = cluster.index_of(node)
+    # The broker's side agrees: that node holds a connection from the receiver's local port.
+    import psutil
+
+    ours = {
+        c.laddr.port
+        for c in psutil.Process(stack.receiver.popen.pid).net_connections(kind="tcp")
+        if c.raddr and c.raddr.port == cluster.nodes[index].port
+    }
+    theirs = {int(c["peer_port"]) for c in await cluster.connections(index)}
+    assert ours & theirs, f"node {index} holds no connection of the receiver ({ours} vs {theirs})"
+    return index
+
+
+async def cluster_leader_stop(env: Env, faults: Faults) -> Summary:
+    """The node leading ``cloudamqp.alarms`` stopped under load: a follower takes over the
+    queue, the worker connected to the stopped node reconnects to the next one, the other
+    worker and the receiver (on followers) carry on."""
+    return await _on_cluster(env, faults, "cluster-leader", "leader", _the_leader)
+
+
+async def cluster_receiver_node_stop(env: Env, faults: Faults) -> Summary:
+    """The node the receiver is connected to stopped under load: the receiver publishes
+    through the next node in RABBITMQ_URL while that one is still down."""
+    return await _on_cluster(env, faults, "cluster-receiver", "recvnode", _the_receivers_node)
+
+
 SCENARIOS: dict[str, Callable[[Env, Faults], Awaitable[Summary]]] = {
     "worker-kill": worker_kill,
     "broker-restart": broker_restart,
@@ -365,6 +606,8 @@ SCENARIOS: dict[str, Callable[[Env, Faults], Awaitable[Summary]]] = {
     "api-hang": api_hang,
     "store-outage": store_unavailable,
     "store-outage-instances": store_unavailable_instances,
+    "cluster-leader": cluster_leader_stop,
+    "cluster-receiver": cluster_receiver_node_stop,
 }
 
 # Scenarios that reveal a known, not yet fixed bug: expected to fail (pytest: xfail strict)

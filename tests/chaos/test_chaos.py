@@ -1,7 +1,8 @@
-"""The chaos suite, short: every scenario with small counts (about two minutes in all).
+"""The chaos suite, short: every scenario with small counts (about two minutes in all), but
+the two on a 3-node cluster (``cluster-*``), which spend half a minute forming it each.
 
-``make chaos`` runs the same scenarios long (``python -m tests.chaos``). Each test prints its
-summary line: sent, accepted, processed, upgrades, duplicates, lost.
+``make chaos`` runs the same scenarios long (``python -m tests.chaos``), the cluster ones too.
+Each test prints its summary line: sent, accepted, processed, upgrades, duplicates, lost.
 """
 
 from __future__ import annotations
