@@ -1,6 +1,7 @@
-"""The store's side of looking at the broker (``worker.watchdog``): the poll schedule that
-one worker at a time wins, each condition's watch state, the sampled usage (a ring of
-``SAMPLE_HISTORY`` slots per node), the quiet window behind downgrade advice, and the advice.
+"""The store's side of looking at the broker (``worker.watchdog``) and of the periodic jobs
+(``worker.schedule``): the slot that one worker at a time wins, each condition's watch state,
+the sampled usage (a ring of ``SAMPLE_HISTORY`` slots per node), the quiet window behind
+downgrade advice, the advice, and the upgrades whose confirmation checks stopped coming back.
 """
 
 from __future__ import annotations
@@ -70,6 +71,10 @@ MIGRATION: list[str] = [
         created_at DOUBLE PRECISION NOT NULL
     )""",
     "CREATE INDEX advice_created ON advice (created_at)",
+    # The last look at an upgrade awaiting confirmation, so that the confirmation sweep
+    # (worker.sweep) finds one whose check message stopped coming back.
+    "ALTER TABLE actions ADD COLUMN checked_at DOUBLE PRECISION",
+    "CREATE INDEX actions_awaiting ON actions (updated_at) WHERE reason = 'awaiting_confirmation'",
 ]
 
 
@@ -278,6 +283,32 @@ def advice_view(row: Row) -> dict[str, Any]:
         "evidence": json.loads(row["evidence"]),
         "created_at": iso(row["created_at"]),
     }
+
+
+async def checked(db: Database, action_id: str, now: float) -> None:
+    """A check looked at this upgrade awaiting confirmation (and will look again)."""
+    async with db.transaction() as tx:
+        await tx.execute(
+            """UPDATE actions SET checked_at = $2
+               WHERE action_id = $1 AND reason = 'awaiting_confirmation'""",
+            action_id,
+            now,
+        )
+
+
+async def unchecked_confirmations(db: Database, before: float, limit: int) -> list[Row]:
+    """Upgrades awaiting confirmation that no check has looked at since ``before`` (the
+    sweep marks each it sends a check to with ``checked``, so it sends one, not one per sweep)."""
+    async with db.transaction() as tx:
+        rows = await tx.fetch(
+            """SELECT action_id, instance_id, plan, updated_at FROM actions
+               WHERE reason = 'awaiting_confirmation' AND status = 'in_progress'
+               AND COALESCE(checked_at, updated_at) < $1
+               ORDER BY updated_at LIMIT $2""",
+            before,
+            limit,
+        )
+    return rows
 
 
 def sample_view(row: Row) -> dict[str, Any]:

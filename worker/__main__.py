@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import os
 import socket
+from collections.abc import Coroutine
+from typing import Any
 
 import aiohttp
 import structlog
@@ -25,6 +27,7 @@ from worker.notify import Notifier
 from worker.policy import Policy, off_ladder_warnings
 from worker.policy_file import PolicyError, load_policy
 from worker.process import Processor
+from worker.sweep import ConfirmationSweep
 from worker.watchdog import Watchdog
 
 log = structlog.get_logger("worker")
@@ -76,24 +79,44 @@ async def main(settings: Settings, *, burst: bool = False) -> None:
         )
         consumer = Consumer(settings, processor)
         notifier = Notifier(settings, store, notify_to, session)
-        watchdog = None
-        if management is not None and settings.watchdog_interval_seconds > 0 and not burst:
-            publisher = Publisher(settings.rabbitmq_url, settings.retry_delays)
-            watchdog = Watchdog(
-                settings, store, management, publisher, policy, worker_id=worker_id, dry_run=processor.dry_run
-            )
         log.info("worker.starting", worker_id=worker_id, settings=settings.public_dict())
         log.info("notify.endpoints", endpoints=[{"id": e.id, "channel": e.kind.value} for e in notify_to])
         runner = await serve_metrics(settings, consumer) if settings.worker_metrics_port else None
+        jobs = [run_both(consumer, notifier, stop, burst)]
+        if not burst:
+            jobs += periodic_jobs(settings, store, processor, policy, stop)
         try:
-            if watchdog is not None:
-                await asyncio.gather(run_both(consumer, notifier, stop, burst), watchdog.run(stop))
-            else:
-                await run_both(consumer, notifier, stop, burst)
+            await asyncio.gather(*jobs)
         finally:
             if runner is not None:
                 await runner.cleanup()
             await store.close()
+
+
+def periodic_jobs(
+    settings: Settings, store: Store, processor: Processor, policy: Policy, stop: asyncio.Event
+) -> list[Coroutine[Any, Any, None]]:
+    """What one worker among all runs per interval (``worker.schedule``): the confirmation
+    sweep, and the watchdog where an instance's management API is known. Each publishes on a
+    connection of its own."""
+    worker_id = processor.worker_id
+
+    def publisher() -> Publisher:
+        return Publisher(settings.rabbitmq_url, settings.retry_delays)
+
+    jobs = [ConfirmationSweep(settings, store, publisher(), worker_id=worker_id).run(stop)]
+    if processor.management is not None and settings.watchdog_interval_seconds > 0:
+        watchdog = Watchdog(
+            settings,
+            store,
+            processor.management,
+            publisher(),
+            policy,
+            worker_id=worker_id,
+            dry_run=processor.dry_run,
+        )
+        jobs.append(watchdog.run(stop))
+    return jobs
 
 
 async def run_both(consumer: Consumer, notifier: Notifier, stop: asyncio.Event, burst: bool) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 from tenacity import AsyncRetrying, stop_after_delay, wait_exponential
 
-from shared import metrics
+from shared import metrics, watch
 from shared.alarm import Alarm, iso, new_id
 from shared.claims import ClaimVerdict
 from shared.controls import effective_pause
@@ -447,18 +447,28 @@ class Processor:
             current = None
         if plan_shows(check.plan, current):
             detail = f"instance is now on {current}"
-            await self.store.confirm_action(check.action_id, ActionStatus.SUCCEEDED, detail, now)
+            if not await self.store.confirm_action(check.action_id, ActionStatus.SUCCEEDED, detail, now):
+                return _say_confirmed(bound)
             bound.info("upgrade.succeeded", checks=check.checks + 1)
             metrics.MESSAGES.labels("upgrade_confirmed").inc()
             return Ack()
         if now >= check.deadline:
             detail = f"plan {check.plan} did not show before the deadline (last seen: {current or 'unknown'})"
-            await self.store.confirm_action(check.action_id, ActionStatus.UNCONFIRMED, detail, now)
+            if not await self.store.confirm_action(check.action_id, ActionStatus.UNCONFIRMED, detail, now):
+                return _say_confirmed(bound)
             bound.error("upgrade.unconfirmed", detail=detail)
             metrics.MESSAGES.labels("upgrade_unconfirmed").inc()
             return Ack()
         bound.info("upgrade.waiting", current=current, checks=check.checks + 1)
+        await watch.checked(self.store.db, check.action_id, now)
         return Follow(replace(check, checks=check.checks + 1), self.retries.check_interval)
+
+
+def _say_confirmed(bound: structlog.typing.FilteringBoundLogger) -> Outcome:
+    """A second chain of checks (one the confirmation sweep sent, or a reschedule) found the
+    upgrade already closed by the other: nothing more to do."""
+    bound.info("upgrade.check_settled")
+    return Ack()
 
 
 # The statuses of an approved upgrade that a look carries on: approved (not started yet),

@@ -12,7 +12,6 @@ and verification rules like any other. The decisions are ``worker.verify``'s pur
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from shared.alarm import iso
 from shared.errors import BrokerUnavailable
 from shared.settings import Settings
 from shared.store import Store
+from worker import schedule
 from worker.management import ManagementApi, read_nodes
 from worker.plans import DEFAULT_LADDER, Ladder
 from worker.policy import Policy, Rule, upgrade_scope
@@ -114,22 +114,12 @@ class Watchdog:
         self.interval = settings.watchdog_interval_seconds
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Look for a due slot a few times per interval until ``stop``; poll when this worker
-        takes it. A failure is logged and tried again at the next slot."""
-        tick = min(max(self.interval / 4, 0.05), 5.0)
+        """Poll at each slot this worker takes, until ``stop``."""
         log.info("watchdog.starting", interval_s=self.interval, instances=self.api.instances)
         try:
-            while not stop.is_set():
-                try:
-                    runs = await watch.take_slot(
-                        self.store.db, SCHEDULE, self.worker_id, self.clock(), self.interval
-                    )
-                    if runs is not None:
-                        await self.poll(runs)
-                except Exception as exc:
-                    log.warning("watchdog.failed", error=f"{type(exc).__name__}: {exc}")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), tick)
+            await schedule.every(
+                self.store, SCHEDULE, self.worker_id, self.interval, self.poll, stop, self.clock
+            )
         finally:
             await self.publisher.close()
 
