@@ -17,7 +17,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from receiver.keys import OPENAPI, PUBLISHER, SETTINGS, STORE
+from receiver.keys import ACCEPT_LOG, OPENAPI, PUBLISHER, SETTINGS, STORE
 from shared import metrics
 from shared.alarm import iso, new_id
 from shared.controls import GLOBAL, Pause
@@ -94,10 +94,26 @@ def _is_json_type(content_type: str) -> bool:
     return content_type == "application/json" or content_type.endswith("+json")
 
 
+# Content-Type header as sent → is it JSON: the header is parsed once per distinct value, not
+# on every request (aiohttp parses it into a new dict per request). Bounded: values beyond
+# the first few are parsed each time.
+_JSON_HEADER: dict[str, bool] = {}
+
+
+def _sends_json(request: web.Request) -> bool:
+    raw = request.headers.get("Content-Type")
+    known = _JSON_HEADER.get(raw) if raw is not None else None
+    if known is None:
+        known = _is_json_type(request.content_type)
+        if raw is not None and len(_JSON_HEADER) < 64:
+            _JSON_HEADER[raw] = known
+    return known
+
+
 async def receive_alarm(request: web.Request) -> web.Response:
     started = time.perf_counter()
     check_token(request)
-    if not _is_json_type(request.content_type):
+    if not _sends_json(request):
         raise json_error(
             web.HTTPUnsupportedMediaType,
             "unsupported_media_type",
@@ -135,7 +151,7 @@ async def receive_alarm(request: web.Request) -> web.Response:
             "the alarm was not stored; retry later",
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
         ) from None
-    log.info(
+    request.app[ACCEPT_LOG].info(
         "alarm.accepted",
         event_id=event_id,
         alarm_type=parsed.get("alarm_type"),
