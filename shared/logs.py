@@ -20,24 +20,9 @@ _LEVEL_NAMES = {"warn": "warning", "exception": "error"}  # what structlog's add
 _format_exc_info = structlog.processors.format_exc_info
 
 
-class _Clock:
-    """ISO 8601 UTC timestamps with microseconds, the date and time formatted once a second
-    (``datetime.now(UTC).isoformat()`` costs a few times more, and runs for every line)."""
-
-    def __init__(self) -> None:
-        self._second = -1
-        self._prefix = ""
-
-    def now(self) -> str:
-        ns = time.time_ns()
-        second, rest = divmod(ns, 1_000_000_000)
-        if second != self._second:
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-            self._second = second
-        return f"{self._prefix}.{rest // 1000:06d}Z"
-
-
-_clock = _Clock()
+# The current second, formatted: a line's ISO 8601 UTC timestamp is this and its microseconds
+# (``datetime.now(UTC).isoformat()`` costs a few times more, and runs for every line).
+_second: list[Any] = [-1, ""]
 
 
 def _fallback(obj: Any) -> Any:
@@ -52,7 +37,10 @@ def render_json(logger: Any, method_name: str, event_dict: Any) -> bytes:
     """add_log_level + TimeStamper(iso, utc) + format_exc_info + JSONRenderer, in one call:
     the same keys in the same order, one JSON object and a newline."""
     event_dict["level"] = _LEVEL_NAMES.get(method_name, method_name)
-    event_dict["timestamp"] = _clock.now()
+    second, rest = divmod(time.time_ns(), 1_000_000_000)
+    if second != _second[0]:
+        _second[:] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    event_dict["timestamp"] = f"{_second[1]}.{rest // 1000:06d}Z"
     if "exc_info" in event_dict:
         event_dict = _format_exc_info(logger, method_name, event_dict)
     return orjson.dumps(event_dict, default=_fallback, option=orjson.OPT_APPEND_NEWLINE)
