@@ -62,14 +62,33 @@ class FdLogger:
     log = debug = info = warn = warning = error = err = critical = fatal = exception = failure = msg
 
 
+def _json_wrapper(level: int) -> type[Any]:
+    """structlog's level-filtering logger whose lines go straight to ``render_json`` and the
+    logger: the JSON chain is that one processor, so structlog's generic loop over processors
+    (a copy of the context, a second copy of the keywords, type checks of the result) is
+    skipped. Key order as structlog's: bound context, keywords, ``event``."""
+    base: Any = structlog.make_filtering_bound_logger(level)
+
+    class JsonBoundLogger(base):  # type: ignore[misc]
+        def _proxy_to_logger(self, method_name: str, event: str | None = None, **event_kw: Any) -> Any:
+            if self._context:
+                event_kw = {**self._context, **event_kw}
+            event_kw["event"] = event
+            return self._logger.msg(render_json(self._logger, method_name, event_kw))
+
+    return JsonBoundLogger
+
+
 def configure_logging(log_format: str, level: str) -> None:
     """Route structlog and stdlib logging to stderr in the chosen format."""
+    numeric = getattr(logging, level.upper(), logging.INFO)
     processors: list[structlog.types.Processor]
     factory: Any
     if log_format == "json":
         processors = [render_json]
         stderr = FdLogger(sys.stderr.fileno())
         factory = lambda *args: stderr  # noqa: E731 - structlog calls it with the logger's name
+        wrapper = _json_wrapper(numeric)
     else:
         processors = [
             structlog.processors.add_log_level,
@@ -78,11 +97,11 @@ def configure_logging(log_format: str, level: str) -> None:
             structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()),
         ]
         factory = structlog.PrintLoggerFactory(file=sys.stderr)
-    numeric = getattr(logging, level.upper(), logging.INFO)
+        wrapper = structlog.make_filtering_bound_logger(numeric)
     logging.basicConfig(stream=sys.stderr, level=max(numeric, logging.WARNING), format="%(message)s")
     structlog.configure(
         processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        wrapper_class=wrapper,
         logger_factory=factory,
         cache_logger_on_first_use=True,
     )

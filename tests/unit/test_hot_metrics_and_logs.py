@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import subprocess
 import sys
 import time
 from datetime import datetime
@@ -118,3 +119,33 @@ def test_the_fd_logger_writes_each_line_whole(tmp_path: Any) -> None:
             logger.info(line)
     assert path.read_bytes() == b"".join(lines)
     assert io.BytesIO(path.read_bytes()).read().count(b"\n") == 200
+
+
+def test_the_json_format_writes_filtered_lines_with_context_keywords_and_event_in_order() -> None:
+    """A process configured for JSON logs (as the receiver and the worker are)."""
+    script = """
+import structlog
+from shared.logs import configure_logging
+configure_logging("json", "info")
+log = structlog.get_logger("receiver")
+log.debug("hidden")
+log.info("alarm.accepted", event_id="e1", instance="i1")
+log.bind(worker=2).warning("broker.unavailable", error="gone")
+try:
+    1 / 0
+except ZeroDivisionError:
+    log.exception("request.failed", path="/x")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, check=True, timeout=60)
+    lines = [json.loads(line) for line in done.stderr.splitlines()]
+    assert [list(line) for line in lines] == [
+        ["event_id", "instance", "event", "level", "timestamp"],
+        ["worker", "error", "event", "level", "timestamp"],
+        ["path", "event", "level", "timestamp", "exception"],
+    ]
+    assert [(line["event"], line["level"]) for line in lines] == [
+        ("alarm.accepted", "info"),
+        ("broker.unavailable", "warning"),
+        ("request.failed", "error"),
+    ]
+    assert lines[1]["worker"] == 2 and "ZeroDivisionError" in lines[2]["exception"]
