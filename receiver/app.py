@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import structlog
 from aiohttp import web
 
-from receiver.keys import OPENAPI, OPERATIONS, PUBLISHER, SETTINGS, STORE
+from receiver.keys import ACCEPT_LOG, OPENAPI, OPERATIONS, PUBLISHER, SETTINGS, STORE
 from receiver.publisher import Publisher
 from receiver.routes import setup_routes
 from receiver.views import MAX_BODY
@@ -40,17 +39,10 @@ _ERROR_NAMES = {
     503: "unavailable",
 }
 
-# (route, status) → its counter: labels() costs a lock and a lookup on every request.
-_REQUEST_COUNTERS: dict[tuple[str, int], Any] = {}
-
 
 def _count(request: web.Request, status: int) -> None:
     resource = request.match_info.route.resource
-    route = resource.canonical if resource is not None else "unmatched"
-    child = _REQUEST_COUNTERS.get((route, status))
-    if child is None:
-        child = _REQUEST_COUNTERS[route, status] = metrics.RECEIVER_REQUESTS.labels(route, str(status))
-    child.inc()
+    metrics.RECEIVER_REQUESTS.inc((resource.canonical if resource is not None else "unmatched", status))
 
 
 @web.middleware
@@ -110,6 +102,8 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[middleware], client_max_size=MAX_BODY)
     app[SETTINGS] = settings
     app[OPENAPI] = OPENAPI_PATH.read_bytes()
+    # Resolved once: the module's lazy proxy resolves the configured logger on every call.
+    app[ACCEPT_LOG] = structlog.get_logger("receiver").bind()
     app.cleanup_ctx.append(broker_and_store)
     setup_routes(app)
     return app

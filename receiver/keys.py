@@ -5,6 +5,7 @@ other."""
 from __future__ import annotations
 
 from aiohttp import web
+from structlog.typing import FilteringBoundLogger
 
 from receiver.publisher import Publisher
 from shared.operations import Operations
@@ -16,3 +17,4 @@ PUBLISHER = web.AppKey("publisher", Publisher)
 STORE = web.AppKey("store", Store)
 OPENAPI = web.AppKey("openapi", bytes)
 OPERATIONS = web.AppKey("operations", Operations)
+ACCEPT_LOG = web.AppKey("accept_log", FilteringBoundLogger)

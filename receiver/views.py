@@ -17,7 +17,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from receiver.keys import OPENAPI, PUBLISHER, SETTINGS, STORE
+from receiver.keys import ACCEPT_LOG, OPENAPI, PUBLISHER, SETTINGS, STORE
 from shared import metrics, watch
 from shared.alarm import iso, new_id
 from shared.controls import GLOBAL, Pause
@@ -73,7 +73,9 @@ def check_token(request: web.Request, *, operator_too: bool = False) -> None:
     expected = settings.webhook_token
     if not expected:
         return
-    candidates = [request.match_info.get("token"), request.query.get("token"), bearer(request)]
+    # Without a query string there is no ?token= to parse (aiohttp builds a dict for it).
+    query = request.query.get("token") if request.query_string else None
+    candidates = [request.match_info.get("token"), query, bearer(request)]
     ok = False
     for given in candidates:
         ok |= same_secret(given, expected)
@@ -94,22 +96,39 @@ def _is_json_type(content_type: str) -> bool:
     return content_type == "application/json" or content_type.endswith("+json")
 
 
+# Content-Type header as sent → is it JSON: the header is parsed once per distinct value, not
+# on every request (aiohttp parses it into a new dict per request). Bounded: values beyond
+# the first few are parsed each time.
+_JSON_HEADER: dict[str, bool] = {}
+
+
+def _sends_json(request: web.Request) -> bool:
+    raw = request.headers.get("Content-Type")
+    known = _JSON_HEADER.get(raw) if raw is not None else None
+    if known is None:
+        known = _is_json_type(request.content_type)
+        if raw is not None and len(_JSON_HEADER) < 64:
+            _JSON_HEADER[raw] = known
+    return known
+
+
 async def receive_alarm(request: web.Request) -> web.Response:
     started = time.perf_counter()
     check_token(request)
-    if not _is_json_type(request.content_type):
+    if not _sends_json(request):
         raise json_error(
             web.HTTPUnsupportedMediaType,
             "unsupported_media_type",
             f"Content-Type is {request.content_type!r}; send application/json",
         )
-    if request.content_length is not None and request.content_length > MAX_BODY:
+    length = request.content_length
+    if length is not None and length > MAX_BODY:
         raise json_error(
             web.HTTPRequestEntityTooLarge,
             "payload_too_large",
             f"the body must be at most {MAX_BODY} bytes",
             max_size=MAX_BODY,
-            actual_size=request.content_length,
+            actual_size=length,
         )
     body = await request.read()
     try:
@@ -124,8 +143,9 @@ async def receive_alarm(request: web.Request) -> web.Response:
         )
     event_id = new_id()
     received_at = time.time()
+    app = request.app
     try:
-        await request.app[PUBLISHER].publish(body, event_id, received_at)
+        await app[PUBLISHER].publish(body, event_id, received_at)
     except BrokerUnavailable as exc:
         metrics.PUBLISH_FAILURES.inc()
         log.warning("alarm.rejected", reason="broker_unavailable", error=str(exc))
@@ -135,7 +155,7 @@ async def receive_alarm(request: web.Request) -> web.Response:
             "the alarm was not stored; retry later",
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
         ) from None
-    log.info(
+    app[ACCEPT_LOG].info(
         "alarm.accepted",
         event_id=event_id,
         alarm_type=parsed.get("alarm_type"),
