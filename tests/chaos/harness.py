@@ -322,9 +322,10 @@ class OwnBroker:
         path = self.dir / "server.out"
         return path.read_text(errors="replace")[-chars:] if path.exists() else ""
 
-    async def ctl(self, *args: str, timeout: float = 30.0) -> str:
-        """``rabbitmqctl -n NODE ARGS…`` against this node; its output, or AssertionError."""
-        script = _rabbit_script("rabbitmqctl")
+    async def _run_ctl(self, *args: str, timeout: float, tool: str = "rabbitmqctl") -> tuple[int | None, str]:
+        """``rabbitmqctl -n NODE ARGS…`` (or another CLI tool) with the node's environment: its
+        exit status (None when it had to be killed after ``timeout``) and its output."""
+        script = _rabbit_script(tool)
         assert script is not None
         proc = await asyncio.create_subprocess_exec(
             script,
@@ -334,32 +335,31 @@ class OwnBroker:
             env=self._env(),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
+            stdin=asyncio.subprocess.DEVNULL,
         )
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout=timeout)
-        if proc.returncode != 0:
-            raise AssertionError(f"rabbitmqctl {' '.join(args)}: {out.decode(errors='replace')[-500:]}")
-        return out.decode(errors="replace")
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), timeout=timeout)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            return None, ""
+        return proc.returncode, out.decode(errors="replace")
+
+    async def ctl(self, *args: str, timeout: float = 30.0, tool: str = "rabbitmqctl") -> str:
+        """``rabbitmqctl`` (or ``tool``) against this node; its output, or AssertionError with it."""
+        status, out = await self._run_ctl(*args, timeout=timeout, tool=tool)
+        if status is None:
+            raise AssertionError(f"{tool} {' '.join(args)} on {self.node} timed out")
+        if status != 0:
+            raise AssertionError(f"{tool} {' '.join(args)} on {self.node} failed: {out[-1000:]}")
+        return out
 
     async def stop(self, timeout: float = 60.0) -> None:
         """Graceful: ``rabbitmqctl stop`` (falls back to SIGTERM of the script we started)."""
         if self.proc is None or self.proc.poll() is not None:
             return
-        ctl = _rabbit_script("rabbitmqctl")
-        assert ctl is not None
-        result = await asyncio.create_subprocess_exec(
-            ctl,
-            "-n",
-            self.node,
-            "stop",
-            env=self._env(),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        try:
-            await asyncio.wait_for(result.wait(), timeout=timeout)
-        except TimeoutError:
-            result.kill()
-        if result.returncode != 0:
+        status, _ = await self._run_ctl("stop", timeout=timeout)
+        if status != 0:
             self.proc.send_signal(signal.SIGTERM)
         await self._wait_exit(timeout)
 
@@ -454,24 +454,8 @@ class OwnCluster:
             raise AssertionError(f"the cluster did not form: running {sorted(running)}")
 
     async def ctl(self, node: OwnBroker, *args: str, timeout: float = 60.0, tool: str = "rabbitmqctl") -> str:
-        """``rabbitmqctl -n <node> ARGS`` (or another CLI tool) with the node's environment;
-        its output, or ``AssertionError`` with it when the tool fails."""
-        script = _rabbit_script(tool)
-        assert script is not None
-        pipe, devnull = asyncio.subprocess.PIPE, asyncio.subprocess.DEVNULL
-        proc = await asyncio.create_subprocess_exec(
-            script, "-n", node.node, *args, env=node._env(), stdout=pipe, stderr=asyncio.subprocess.STDOUT,
-            stdin=devnull,
-        )  # fmt: skip
-        try:
-            out, _ = await asyncio.wait_for(proc.communicate(), timeout=timeout)
-        except TimeoutError:
-            proc.kill()
-            raise AssertionError(f"{tool} {' '.join(args)} on {node.node} timed out") from None
-        text = out.decode(errors="replace")
-        if proc.returncode != 0:
-            raise AssertionError(f"{tool} {' '.join(args)} on {node.node} failed: {text[-1000:]}")
-        return text
+        """``OwnBroker.ctl`` on one of the cluster's nodes."""
+        return await node.ctl(*args, timeout=timeout, tool=tool)
 
     async def queue_members(self, vhost: str = "/") -> dict[str, dict[str, Any]]:
         """Per queue: its type, leader, members and online members, as a running node sees them."""
