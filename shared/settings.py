@@ -63,6 +63,8 @@ class Settings:
     claim_lease_seconds: float = 120.0
     worker_metrics_port: int | None = None
     worker_prefetch: int = 64
+    # Alarms delivered together whose first steps share one transaction (1: one each).
+    worker_batch: int = 64
     dry_run: bool = False
     log_format: str = "console"
     log_level: str = "info"
@@ -297,6 +299,7 @@ _VARIABLES: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("claim_lease_seconds", "CLAIM_LEASE_SECONDS", _number(0, allow_equal=False)),
     ("worker_metrics_port", "WORKER_METRICS_PORT", _int_range(1, 65535)),
     ("worker_prefetch", "WORKER_PREFETCH", _int_range(1, 1000)),
+    ("worker_batch", "WORKER_BATCH", _int_range(1, 1000)),
     ("dry_run", "DRY_RUN", _bool),
     ("log_format", "LOG_FORMAT", _choice("console", "json")),
     ("log_level", "LOG_LEVEL", _choice("debug", "info", "warning", "error")),

@@ -22,6 +22,7 @@ from shared import envelope, metrics, topology
 from shared.errors import DecodeError
 from shared.notifications import alarm_data, parked_notice
 from shared.settings import Settings
+from worker.batch import FirstSteps
 from worker.outcomes import DECODE_ERROR, Outcome, Park, Retries
 from worker.process import Processor
 
@@ -71,6 +72,7 @@ class Consumer:
         self.processor = processor
         self.channel: AbstractChannel | None = None
         self._inflight = InFlight()
+        self._first_steps = FirstSteps(processor, settings.worker_batch)
         self._connection: Any = None
         self._burst = False
 
@@ -99,7 +101,8 @@ class Consumer:
             log.error("message.undecodable", error=str(exc), message_id=message.message_id)
             return Park(f"cannot decode: {exc}", DECODE_ERROR, 0)
         try:
-            return await self.processor.process(alarm)
+            then = await self._first_steps.take(alarm)
+            return await then()
         except Exception as exc:
             log.exception("alarm.processing_failed", event_id=alarm.event_id)
             return failure_outcome(self.processor.retries, message, exc)
