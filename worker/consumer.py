@@ -72,7 +72,7 @@ class Consumer:
         self.processor = processor
         self.channel: AbstractChannel | None = None
         self._inflight = InFlight()
-        self._first_steps = FirstSteps(processor, settings.worker_batch)
+        self._first_steps = FirstSteps(processor, settings.worker_batch, lambda: len(self._inflight))
         self._connection: Any = None
         self._burst = False
 
