@@ -11,9 +11,10 @@ waits for nothing: when no other message is in flight, or the last batch was a s
 too (light load), the store takes it on the next turn of the event loop. Under load it waits
 up to ``WINDOW_SECONDS`` for more: deliveries come back from the broker in small groups, one
 per group of acks, and without the wait those groups would stay small; with it they merge
-(the time is the broker's to deliver them, on a machine whose cores it shares). A batch whose transaction fails is tried
-again one alarm at a time, so that one alarm the store refuses fails alone and never sends
-its neighbours to a retry.
+(the time is the broker's to deliver them, on a machine whose cores it shares).
+
+A batch whose transaction fails is tried again one alarm at a time, so that one alarm the
+store refuses fails alone and never sends its neighbours to a retry.
 """
 
 from __future__ import annotations
