@@ -67,11 +67,32 @@ class Config:
     rounds: int = 3
     use_wrk: bool = True
     compare_root: Path | None = None
+    # 7: the storm (bench/storm.py): its size, the (store, processes) runs, the arrival rate
+    storm_alarms: int = 100_000
+    storm_instances: int = 10_000
+    storm_runs: tuple[tuple[str, int], ...] = (
+        ("sqlite", 1),
+        ("postgresql", 1),
+        ("postgresql", 2),
+        ("postgresql", 4),
+    )
+    storm_arrivals_per_s: float = 2.0
+    storm_timeout: float = 900.0
     results: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def quick(cls, workdir: Path) -> Config:
-        return cls(workdir, duration=3.0, warmup=1.0, worker_messages=600, worker_scales=(1, 2), e2e_count=40)
+        return cls(
+            workdir,
+            duration=3.0,
+            warmup=1.0,
+            worker_messages=600,
+            worker_scales=(1, 2),
+            e2e_count=40,
+            storm_alarms=10_000,
+            storm_instances=1_000,
+            storm_runs=(("sqlite", 1), ("postgresql", 1)),
+        )
 
 
 def alarm_body(i: int, instance: str | None = None, value: float = 85) -> bytes:

@@ -15,7 +15,8 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from receiver.keys import OPENAPI, OPERATIONS, PUBLISHER, SETTINGS, STORE
+from receiver.keys import LANES, OPENAPI, OPERATIONS, PUBLISHER, SETTINGS, STORE
+from receiver.lanes import Lanes
 from receiver.publisher import Publisher
 from receiver.routes import setup_routes
 from receiver.views import MAX_BODY
@@ -25,6 +26,7 @@ from shared.errors import StoreError
 from shared.operations import Operations
 from shared.settings import Settings
 from shared.store import Store
+from worker.policy_file import load_policy
 
 log = structlog.get_logger("receiver")
 
@@ -110,6 +112,9 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[middleware], client_max_size=MAX_BODY)
     app[SETTINGS] = settings
     app[OPENAPI] = OPENAPI_PATH.read_bytes()
+    # The worker's rules, to send upgrade-worthy alarms ahead of repeats (PolicyError: a bad
+    # POLICY_FILE stops the receiver at start, as it stops the worker).
+    app[LANES] = Lanes(settings, load_policy(settings.policy_file) if settings.policy_file else None)
     app.cleanup_ctx.append(broker_and_store)
     setup_routes(app)
     return app

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from receiver.lanes import Lanes
 from receiver.publisher import Publisher
 from shared.operations import Operations
 from shared.settings import Settings
@@ -16,3 +17,4 @@ PUBLISHER = web.AppKey("publisher", Publisher)
 STORE = web.AppKey("store", Store)
 OPENAPI = web.AppKey("openapi", bytes)
 OPERATIONS = web.AppKey("operations", Operations)
+LANES = web.AppKey("lanes", Lanes)

@@ -17,7 +17,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from receiver.keys import OPENAPI, PUBLISHER, SETTINGS, STORE
+from receiver.keys import LANES, OPENAPI, PUBLISHER, SETTINGS, STORE
 from shared import metrics
 from shared.alarm import iso, new_id
 from shared.controls import GLOBAL, Pause
@@ -125,7 +125,8 @@ async def receive_alarm(request: web.Request) -> web.Response:
     event_id = new_id()
     received_at = time.time()
     try:
-        await request.app[PUBLISHER].publish(body, event_id, received_at)
+        queue = request.app[LANES].queue_for(parsed, received_at)
+        await request.app[PUBLISHER].publish(body, event_id, received_at, queue)
     except BrokerUnavailable as exc:
         metrics.PUBLISH_FAILURES.inc()
         log.warning("alarm.rejected", reason="broker_unavailable", error=str(exc))

@@ -175,6 +175,10 @@ class Consumer:
             await topology.declare_topology(channel, self.settings.retry_delays)
             queue = await channel.get_queue(topology.WORK_QUEUE, ensure=False)
             tag = await queue.consume(self.on_message)
+            # The receiver's second lane: with a prefetch of its own (per consumer), so that
+            # what arrives in the work queue is delivered at once, however long the lane.
+            repeats = await channel.get_queue(topology.REPEATS_QUEUE, ensure=False)
+            repeats_tag = await repeats.consume(self.on_message)
         except Exception as exc:
             log.warning("broker.setup_failed", error=f"{type(exc).__name__}: {exc}")
             return False
@@ -190,13 +194,18 @@ class Consumer:
         log.info("worker.stopping", in_flight=len(self._inflight))
         if not lost.is_set():
             await queue.cancel(tag)
+            await repeats.cancel(repeats_tag)
         await self._inflight.idle.wait()
         return True
 
     async def _until_drained(self, channel: AbstractChannel, stop: asyncio.Event) -> None:
         """Set ``stop`` once nothing is ready in our queues and nothing is in flight, seen
         twice in a row (a message on its way to us is in neither count for a moment)."""
-        names = [topology.WORK_QUEUE, *(topology.retry_queue_name(d) for d in self.settings.retry_delays)]
+        names = [
+            topology.WORK_QUEUE,
+            topology.REPEATS_QUEUE,
+            *(topology.retry_queue_name(d) for d in self.settings.retry_delays),
+        ]
         quiet = 0
         while quiet < 2:
             await asyncio.sleep(DRAIN_POLL_SECONDS)
