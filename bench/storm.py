@@ -145,6 +145,7 @@ async def run_storm(
             await sender
         cpu = sum(cpu_seconds(w.popen.pid) for w in workers) - cpu_before
         rows = await _arrivals(api_url)
+        fallbacks = sum(1 for w in workers for e in w.lines() if e.get("event") == "batch.fallback")
     by_instance = {path.split("/")[3]: t for t, _, path in rows}
     storm_upgrades = [by_instance[i] - start for i in storm.upgrades if i in by_instance]
     out: dict[str, Any] = {
@@ -158,6 +159,7 @@ async def run_storm(
         "upgrades_requested": len(storm_upgrades),
         "last_upgrade_s": round(max(storm_upgrades), 2) if storm_upgrades else None,
         "cpu_us_per_alarm": round(cpu / total * 1e6),
+        "batch_fallbacks": fallbacks,
         "curve": curve,
     }
     if arrivals_per_s:

@@ -462,6 +462,7 @@ async def run_workers(cfg: Config, api_url: str, kind: str, k: int) -> dict[str,
         busy, elapsed = (after - before for after, before in zip(machine_cpu(), machine_before, strict=True))
         for worker in workers:
             await worker.stop()
+        fallbacks = sum(1 for w in workers for e in w.lines() if e.get("event") == "batch.fallback")
         first_decision: dict[str, float] = {}
         for worker in workers:
             for entry in worker.lines():
@@ -475,6 +476,7 @@ async def run_workers(cfg: Config, api_url: str, kind: str, k: int) -> dict[str,
         # where the time went, and whether the machine had anything left to give.
         "cpu_us_per_alarm": round(cpu / len(bodies) * 1e6),
         "machine_cpu_busy": round(busy / elapsed, 2) if elapsed else None,
+        "batch_fallbacks": fallbacks,
     }
 
 

@@ -46,12 +46,19 @@ class FirstSteps:
         self._runner: asyncio.Future[None] | None = None
         self._full: asyncio.Future[None] | None = None  # set when a waiting batch is full
         self._last_size = 1
+        self._ahead = 0  # how many of those waiting came ``first``
 
-    async def take(self, alarm: Alarm) -> Then:
+    async def take(self, alarm: Alarm, *, first: bool = False) -> Then:
         """Commit ``alarm``'s first step (with whatever else is waiting); what to do next.
-        Raises what the step raised when it failed on its own."""
+        Raises what the step raised when it failed on its own. ``first``: ahead of the others
+        waiting (in its order among those that came ``first`` too) — an alarm from the work
+        queue passes those from the repeats lane (``receiver.lanes``)."""
         step: asyncio.Future[Then] = asyncio.get_running_loop().create_future()
-        self._waiting.append((alarm, step))
+        if first:
+            self._waiting.insert(self._ahead, (alarm, step))
+            self._ahead += 1
+        else:
+            self._waiting.append((alarm, step))
         if self._full is not None and len(self._waiting) >= self.limit and not self._full.done():
             self._full.set_result(None)
         if self._runner is None:
@@ -65,6 +72,7 @@ class FirstSteps:
                 if self._busy():
                     await self._gather()
                 batch, self._waiting = self._waiting[: self.limit], self._waiting[self.limit :]
+                self._ahead = max(0, self._ahead - len(batch))
                 await self._commit(batch)
         finally:
             self._runner = None

@@ -82,16 +82,20 @@ class Consumer:
         return self._connection is not None and not self._connection.is_closed
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
-        await self._inflight.run(self._work(message))
+        await self._inflight.run(self._work(message, first=True))
 
-    async def _work(self, message: AbstractIncomingMessage) -> None:
+    async def on_repeat(self, message: AbstractIncomingMessage) -> None:
+        """A delivery from the repeats lane: decided after what came from the work queue."""
+        await self._inflight.run(self._work(message, first=False))
+
+    async def _work(self, message: AbstractIncomingMessage, *, first: bool) -> None:
         metrics.IN_FLIGHT.inc()
         try:
-            await self.settle(message, await self.handle(message))
+            await self.settle(message, await self.handle(message, first=first))
         finally:
             metrics.IN_FLIGHT.dec()
 
-    async def handle(self, message: AbstractIncomingMessage) -> Outcome:
+    async def handle(self, message: AbstractIncomingMessage, *, first: bool = True) -> Outcome:
         headers = message.headers or {}
         if envelope.is_check(headers):
             return await self.handle_check(message)
@@ -101,7 +105,7 @@ class Consumer:
             log.error("message.undecodable", error=str(exc), message_id=message.message_id)
             return Park(f"cannot decode: {exc}", DECODE_ERROR, 0)
         try:
-            then = await self._first_steps.take(alarm)
+            then = await self._first_steps.take(alarm, first=first)
             return await then()
         except Exception as exc:
             log.exception("alarm.processing_failed", event_id=alarm.event_id)
@@ -178,7 +182,7 @@ class Consumer:
             # The receiver's second lane: with a prefetch of its own (per consumer), so that
             # what arrives in the work queue is delivered at once, however long the lane.
             repeats = await channel.get_queue(topology.REPEATS_QUEUE, ensure=False)
-            repeats_tag = await repeats.consume(self.on_message)
+            repeats_tag = await repeats.consume(self.on_repeat)
         except Exception as exc:
             log.warning("broker.setup_failed", error=f"{type(exc).__name__}: {exc}")
             return False

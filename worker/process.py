@@ -139,8 +139,19 @@ class Processor:
         each one does next once it has committed. When the transaction fails, none of them
         took its step (the caller decides whether to try them one by one)."""
         now = self.clock()
+        thens: list[Then | None] = [None] * len(alarms)
         async with self.store.unit() as unit:
-            return [await self._record_and_decide(unit, alarm, now) for alarm in alarms]
+            for i in sorted(range(len(alarms)), key=lambda i: self._lock_order(alarms[i])):
+                thens[i] = await self._record_and_decide(unit, alarm=alarms[i], now=now)
+        return [then for then in thens if then is not None]
+
+    def _lock_order(self, alarm: Alarm) -> tuple[str, str]:
+        """The order a batch takes its steps in: by instance and incident, so that batches of
+        several workers lock incident and claim rows in one order (PostgreSQL would otherwise
+        break their deadlocks by failing one). A stable sort: alarms of one instance and
+        incident keep their delivery order, the only order their outcomes depend on."""
+        instance = target_instance(alarm, self.settings)
+        return instance or "", plan_incident(alarm, instance).key or ""
 
     async def _record_and_decide(self, unit: Unit, alarm: Alarm, now: float) -> Then:
         instance = target_instance(alarm, self.settings)
