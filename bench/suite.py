@@ -432,7 +432,9 @@ async def decided_count(url: str) -> int:
         await db.close()
 
 
-async def run_workers(cfg: Config, api_url: str, kind: str, k: int) -> dict[str, Any]:
+async def run_workers(
+    cfg: Config, api_url: str, kind: str, k: int, extra: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Alarms decided per second by ``k`` worker processes, counted from the moment the last
     of them was ready (so start-up is not in the number) to the last decision."""
     bodies, instances = worker_mix(cfg.worker_messages)
@@ -445,6 +447,7 @@ async def run_workers(cfg: Config, api_url: str, kind: str, k: int) -> dict[str,
             "CLOUDAMQP_API_KEY": API_KEY,
             "CLOUDAMQP_INSTANCE_ID": ",".join(instances),
             "RETRY_DELAYS": "0.2,0.5",
+            **(extra or {}),
         }
         workers = [procs.spawn("worker", env) for _ in range(k)]
         machine_before = machine_cpu()
@@ -539,6 +542,11 @@ async def bench_workers(cfg: Config) -> dict[str, Any]:
                 result["per_process"] = round(rate / k, 1) if rate else None
                 result["ratio_vs_raw"] = round(rate / raw_rate, 3) if rate and raw_rate else None
                 out["worker"][kind][k] = result
+            # The same, one transaction per alarm (as before group commit), for the difference.
+            unbatched = await run_workers(cfg, api_url, kind, 1, {"WORKER_BATCH": "1"})
+            raw_rate, rate = out["raw"][1]["rate_per_s"], unbatched["rate_per_s"]
+            unbatched["ratio_vs_raw"] = round(rate / raw_rate, 3) if rate and raw_rate else None
+            out.setdefault("unbatched", {})[kind] = unbatched
     return out
 
 
