@@ -191,6 +191,24 @@ def _e2e_rows(r: dict[str, Any]) -> list[str]:
             f"{_fmt(r['ratio_p50'], '×')} / {_fmt(r['ratio_p99'], '×')}",
             "p50 ≤ 20 ms, p99 ≤ 100 ms",
             _verdict(ours["p50_ms"] <= 20 and ours["p99_ms"] <= 100),
+        ),
+        *_unbatched_e2e(r),
+    ]
+
+
+def _unbatched_e2e(r: dict[str, Any]) -> list[str]:
+    if "unbatched" not in r:
+        return []
+    ours, before = r["ours"], r["unbatched"]
+    return [
+        _row(
+            f"3 end-to-end at {_fmt(r['rate_per_s'])}/s, group commit vs none",
+            f"p50 {_fmt(ours['p50_ms'])} ms (rounds {ours.get('rounds_p50_ms')})",
+            f"WORKER_BATCH=1: p50 {_fmt(before['p50_ms'])} ms, p99 {_fmt(before['p99_ms'])} ms "
+            f"(rounds {before.get('rounds_p50_ms')})",
+            _fmt(round(ours["p50_ms"] / before["p50_ms"], 2) if before["p50_ms"] else None, "× (p50)"),
+            "p50 ≤ 10 ms, no worse",
+            _verdict(ours["p50_ms"] <= 10),
         )
     ]
 
