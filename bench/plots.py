@@ -22,24 +22,25 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 def scaling(workers: dict[str, Any], out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    raw = workers["raw"]
-    ks = sorted(int(k) for k in raw)
-    ax.plot(ks, [raw[str(k)]["rate_per_s"] for k in ks], "k--", marker="o", label="raw consume+ack")
+    ks: list[int] = []
     for kind, scales in workers["worker"].items():
         xs = sorted(int(k) for k in scales)
+        ks = sorted(set(ks) | set(xs))
         rates = [scales[str(k)]["rate_per_s"] or 0 for k in xs]
-        ax.plot(xs, rates, marker="o", label=f"worker, {kind}")
+        (line,) = ax.plot(xs, rates, marker="o", label=f"worker, {kind}")
+        raws = [scales[str(k)].get("raw_rate_per_s") or 0 for k in xs]
+        ax.plot(xs, raws, "--", marker="x", color=line.get_color(), alpha=0.5, label=f"raw, beside {kind}")
         for x, rate in zip(xs, rates, strict=True):
             ratio = scales[str(x)].get("ratio_vs_raw")
             if ratio:
                 ax.annotate(f"{ratio:.2f}×", (x, rate), textcoords="offset points", xytext=(4, 6), fontsize=8)
     ax.set_xticks(ks)
     ax.set_xlabel("worker processes (2 cores, shared with RabbitMQ, PostgreSQL and the load)")
-    ax.set_ylabel("alarms decided per second")
+    ax.set_ylabel("alarms decided (raw: acked) per second, log")
     ax.set_title("Worker throughput, 3000 queued alarms (ratio to raw in the same run)")
-    ax.set_ylim(bottom=0)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
     path = out / "worker-scaling.png"
     fig.tight_layout()
     fig.savefig(path)

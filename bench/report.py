@@ -121,7 +121,7 @@ def _worker_rows(r: dict[str, Any]) -> list[str]:
     rows = []
     for kind, scales in r["worker"].items():
         for k, res in scales.items():
-            raw = r["raw"][k]
+            raw = {"rate_per_s": res["raw_rate_per_s"], "cpu_us_per_message": res["raw_cpu_us_per_message"]}
             ratio = res.get("ratio_vs_raw")
             target = TARGET.get(kind) if int(k) == 1 else None
             rows.append(
@@ -130,9 +130,9 @@ def _worker_rows(r: dict[str, Any]) -> list[str]:
                     f"{_fmt(res['rate_per_s'])}/s ({_fmt(res['per_process'])}/s per process, "
                     f"{_fmt(res.get('cpu_us_per_alarm'))} µs CPU/alarm, "
                     f"machine {_fmt(_percent(res.get('machine_cpu_busy')))} % busy)",
-                    f"raw consume+ack, {k} proc: {_fmt(raw['rate_per_s'])}/s "
+                    f"raw consume+ack, {k} proc, just before: {_fmt(raw['rate_per_s'])}/s "
                     f"({_fmt(raw.get('cpu_us_per_message'))} µs CPU/msg)",
-                    _fmt(ratio, "×"),
+                    f"{_fmt(ratio, '×')} (CPU: {_fmt(res.get('cpu_ratio_vs_raw'), '×')})",
                     f"≥ {target}×" if target else "rises",
                     _verdict(ratio >= target if ratio is not None and target else None),
                 )
@@ -144,8 +144,10 @@ def _worker_rows(r: dict[str, Any]) -> list[str]:
                     f"2 same, {kind}, 1 proc, WORKER_BATCH=1",
                     f"{_fmt(unbatched['rate_per_s'])}/s ({_fmt(unbatched.get('cpu_us_per_alarm'))} µs "
                     "CPU/alarm): one transaction per alarm, as before group commit",
-                    f"raw consume+ack, 1 proc: {_fmt(r['raw'][1 if 1 in r['raw'] else '1']['rate_per_s'])}/s",
-                    _fmt(unbatched.get("ratio_vs_raw"), "×"),
+                    f"raw consume+ack, 1 proc, just before: {_fmt(unbatched['raw_rate_per_s'])}/s "
+                    f"({_fmt(unbatched['raw_cpu_us_per_message'])} µs CPU/msg)",
+                    f"{_fmt(unbatched.get('ratio_vs_raw'), '×')} "
+                    f"(CPU: {_fmt(unbatched.get('cpu_ratio_vs_raw'), '×')})",
                     "–",
                     "–",
                 )

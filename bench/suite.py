@@ -525,29 +525,39 @@ async def run_raw_consumers(cfg: Config, k: int) -> dict[str, Any]:
 
 
 async def bench_workers(cfg: Config) -> dict[str, Any]:
-    out: dict[str, Any] = {"raw": {}, "worker": {}}
+    """Each worker run right after a raw run of as many processes (its baseline: on a shared
+    machine the load moves within minutes), and one process also with ``WORKER_BATCH=1``."""
+    out: dict[str, Any] = {"raw": {}, "worker": {}, "raw_beside": {}}
     async with running(cfg) as procs:
         api_port = free_port()
         procs.spawn("bench.stand_in", {}, ["--port", str(api_port), "--latency", "0.05"])
         api_url = f"http://127.0.0.1:{api_port}"
         await wait_http_ready(f"{api_url}/_bench/arrivals")
-        for k in cfg.worker_scales:
-            out["raw"][k] = await run_raw_consumers(cfg, k)
         for kind in cfg.stores:
-            out["worker"][kind] = {}
+            out["worker"][kind], out["raw_beside"][kind] = {}, {}
             for k in cfg.worker_scales:
+                raw = out["raw_beside"][kind][k] = await run_raw_consumers(cfg, k)
+                out["raw"].setdefault(k, raw)
                 result = await run_workers(cfg, api_url, kind, k)
-                raw_rate = out["raw"][k]["rate_per_s"]
-                rate = result["rate_per_s"]
-                result["per_process"] = round(rate / k, 1) if rate else None
-                result["ratio_vs_raw"] = round(rate / raw_rate, 3) if rate and raw_rate else None
-                out["worker"][kind][k] = result
+                out["worker"][kind][k] = _against(result, raw, k)
             # The same, one transaction per alarm (as before group commit), for the difference.
+            raw = await run_raw_consumers(cfg, 1)
             unbatched = await run_workers(cfg, api_url, kind, 1, {"WORKER_BATCH": "1"})
-            raw_rate, rate = out["raw"][1]["rate_per_s"], unbatched["rate_per_s"]
-            unbatched["ratio_vs_raw"] = round(rate / raw_rate, 3) if rate and raw_rate else None
-            out.setdefault("unbatched", {})[kind] = unbatched
+            out.setdefault("unbatched", {})[kind] = _against(unbatched, raw, 1)
     return out
+
+
+def _against(result: dict[str, Any], raw: dict[str, Any], k: int) -> dict[str, Any]:
+    """A worker run with its ratios to the raw run beside it: rate, and CPU per message."""
+    rate, raw_rate = result["rate_per_s"], raw["rate_per_s"]
+    cpu, raw_cpu = result.get("cpu_us_per_alarm"), raw.get("cpu_us_per_message")
+    return result | {
+        "per_process": round(rate / k, 1) if rate else None,
+        "raw_rate_per_s": raw_rate,
+        "raw_cpu_us_per_message": raw_cpu,
+        "ratio_vs_raw": round(rate / raw_rate, 3) if rate and raw_rate else None,
+        "cpu_ratio_vs_raw": round(raw_cpu / cpu, 3) if cpu and raw_cpu else None,
+    }
 
 
 # --- 3. end-to-end latency -------------------------------------------------------------------
