@@ -112,7 +112,7 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[middleware], client_max_size=MAX_BODY)
     app[SETTINGS] = settings
     app[OPENAPI] = OPENAPI_PATH.read_bytes()
-    # The worker's rules, to send upgrade-worthy alarms ahead of repeats (PolicyError: a bad
+    # The worker's rules, to send upgrade-worthy alarms ahead of the others (PolicyError: a bad
     # POLICY_FILE stops the receiver at start, as it stops the worker).
     app[LANES] = Lanes(settings, load_policy(settings.policy_file) if settings.policy_file else None)
     app.cleanup_ctx.append(broker_and_store)

@@ -5,17 +5,19 @@ being upgraded, cooling down or below any threshold. Queued behind tens of thous
 in one FIFO queue, the one alarm that needs an upgrade would wait for the whole backlog to be
 decided. RabbitMQ 3.10's quorum queues have no priorities, so the receiver sorts at the door:
 
-- ``cloudamqp.alarms`` (the work queue): an alarm that the policy would act on by its content
-  alone (managed instance, a rule that upgrades, not stale, not resolved) and that is the
-  first such one of its instance and alarm type this receiver has seen within the rule's
+- ``cloudamqp.alarms.fast`` (the fast lane): an alarm that the policy would act on by its
+  content alone (managed instance, a rule that upgrades, not stale, not resolved) and that is
+  the first such one of its instance and alarm type this receiver has seen within the rule's
   cooldown;
-- ``cloudamqp.alarms.repeats``: everything else — repeats, reminders, alarms no rule acts on.
+- ``cloudamqp.alarms`` (the work queue, as before): everything else — repeats, reminders,
+  alarms no rule acts on.
 
-Both are decided the same way by the worker, which consumes both; only the order changes.
-The choice is a pure function of the alarm, what this receiver saw, and the time: nothing is
-read from the store (the worker still decides with it), and a wrong guess costs order, not
-correctness — a repeat in the work queue is decided as a repeat, an upgrade-worthy alarm in
-the repeats queue is decided when its turn comes, as it was before lanes existed.
+Both are decided the same way by the worker, which consumes both and takes the fast lane
+first; only the order changes. The choice is a pure function of the alarm, what this
+receiver saw, and the time: nothing is read from the store (the worker still decides with
+it), and a wrong guess costs order, not correctness — a repeat in the fast lane is decided as
+a repeat, an upgrade-worthy alarm in the work queue is decided when its turn comes, as it was
+before the fast lane existed.
 """
 
 from __future__ import annotations
@@ -43,12 +45,12 @@ class Lanes:
         """The queue ``body`` (an alarm received at ``now``) is published to."""
         decision = decide(Alarm("", now, body, ""), _NO_STATE, self.settings, now, self.policy)
         if not isinstance(decision, Upgrade):
-            return topology.REPEATS_QUEUE
+            return topology.WORK_QUEUE
         pair = (decision.instance_id, body.get("alarm_type"))
         if self._until.get(pair, 0.0) > now:
-            return topology.REPEATS_QUEUE
+            return topology.WORK_QUEUE
         self._until.pop(pair, None)  # re-inserted last: the dict stays oldest-first
         self._until[pair] = now + decision.cooldown_seconds
         if len(self._until) > self.remembered:
             del self._until[next(iter(self._until))]
-        return topology.WORK_QUEUE
+        return topology.FAST_QUEUE

@@ -98,7 +98,7 @@ class Publisher:
         self, body: bytes, event_id: str, received_at: float, queue: str = topology.WORK_QUEUE
     ) -> None:
         """Return only once the broker has confirmed the message onto ``queue`` (the work
-        queue, or the repeats lane: ``receiver.lanes``)."""
+        queue, or the fast lane: ``receiver.lanes``)."""
         channel = await self._channel_or_raise()
         # What aio_pika.Message(...).properties would be, without building the Message.
         properties = spec.Basic.Properties(

@@ -51,8 +51,8 @@ class FirstSteps:
     async def take(self, alarm: Alarm, *, first: bool = False) -> Then:
         """Commit ``alarm``'s first step (with whatever else is waiting); what to do next.
         Raises what the step raised when it failed on its own. ``first``: ahead of the others
-        waiting (in its order among those that came ``first`` too) — an alarm from the work
-        queue passes those from the repeats lane (``receiver.lanes``)."""
+        waiting (in its order among those that came ``first`` too) — an alarm from the fast
+        lane passes those from the work queue (``receiver.lanes``)."""
         step: asyncio.Future[Then] = asyncio.get_running_loop().create_future()
         if first:
             self._waiting.insert(self._ahead, (alarm, step))

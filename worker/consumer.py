@@ -82,11 +82,11 @@ class Consumer:
         return self._connection is not None and not self._connection.is_closed
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
-        await self._inflight.run(self._work(message, first=True))
-
-    async def on_repeat(self, message: AbstractIncomingMessage) -> None:
-        """A delivery from the repeats lane: decided after what came from the work queue."""
         await self._inflight.run(self._work(message, first=False))
+
+    async def on_fast(self, message: AbstractIncomingMessage) -> None:
+        """A delivery from the fast lane: decided before what came from the work queue."""
+        await self._inflight.run(self._work(message, first=True))
 
     async def _work(self, message: AbstractIncomingMessage, *, first: bool) -> None:
         metrics.IN_FLIGHT.inc()
@@ -95,7 +95,7 @@ class Consumer:
         finally:
             metrics.IN_FLIGHT.dec()
 
-    async def handle(self, message: AbstractIncomingMessage, *, first: bool = True) -> Outcome:
+    async def handle(self, message: AbstractIncomingMessage, *, first: bool = False) -> Outcome:
         headers = message.headers or {}
         if envelope.is_check(headers):
             return await self.handle_check(message)
@@ -179,10 +179,10 @@ class Consumer:
             await topology.declare_topology(channel, self.settings.retry_delays)
             queue = await channel.get_queue(topology.WORK_QUEUE, ensure=False)
             tag = await queue.consume(self.on_message)
-            # The receiver's second lane: with a prefetch of its own (per consumer), so that
-            # what arrives in the work queue is delivered at once, however long the lane.
-            repeats = await channel.get_queue(topology.REPEATS_QUEUE, ensure=False)
-            repeats_tag = await repeats.consume(self.on_repeat)
+            # The fast lane: with a prefetch of its own (per consumer), so that what arrives
+            # there is delivered at once, however long the work queue.
+            fast = await channel.get_queue(topology.FAST_QUEUE, ensure=False)
+            fast_tag = await fast.consume(self.on_fast)
         except Exception as exc:
             log.warning("broker.setup_failed", error=f"{type(exc).__name__}: {exc}")
             return False
@@ -198,7 +198,7 @@ class Consumer:
         log.info("worker.stopping", in_flight=len(self._inflight))
         if not lost.is_set():
             await queue.cancel(tag)
-            await repeats.cancel(repeats_tag)
+            await fast.cancel(fast_tag)
         await self._inflight.idle.wait()
         return True
 
@@ -207,7 +207,7 @@ class Consumer:
         twice in a row (a message on its way to us is in neither count for a moment)."""
         names = [
             topology.WORK_QUEUE,
-            topology.REPEATS_QUEUE,
+            topology.FAST_QUEUE,
             *(topology.retry_queue_name(d) for d in self.settings.retry_delays),
         ]
         quiet = 0

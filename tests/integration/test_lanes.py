@@ -1,5 +1,5 @@
 """Upgrade-worthy alarms are decided ahead of a storm of repeats: the real receiver sorts them
-into the work queue and the repeats lane, and a real worker takes the work queue first."""
+into the fast lane and the work queue, and a real worker takes the fast lane first."""
 
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ async def test_given_a_storm_of_reminders_queued_then_a_new_upgrade_worthy_alarm
         assert {status for status, _ in statuses} == {202}
     status, new = await stack.post(seed_alarm(instance_id="lane-new"))
     assert status == 202
-    assert await queue_depth(vhost, topology.WORK_QUEUE) == len(STORM) + 1
-    assert await queue_depth(vhost, topology.REPEATS_QUEUE) == len(reminders)
+    assert await queue_depth(vhost, topology.FAST_QUEUE) == len(STORM) + 1
+    assert await queue_depth(vhost, topology.WORK_QUEUE) == len(reminders)
 
     await stack.start_worker()
     actions = await stack.wait_actions(len(STORM) + 1 + len(reminders), timeout=120)
@@ -41,4 +41,4 @@ async def test_given_a_storm_of_reminders_queued_then_a_new_upgrade_worthy_alarm
     assert order.index(new["id"]) < 100, order.index(new["id"])
     paths = [r.path for r in fake_api.upgrade_requests()]
     assert sorted(p.split("/")[3] for p in paths) == sorted([*STORM, "lane-new"])
-    assert await queue_depth(vhost, topology.REPEATS_QUEUE) == 0
+    assert await queue_depth(vhost, topology.WORK_QUEUE) == 0

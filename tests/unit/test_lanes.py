@@ -9,7 +9,7 @@ import pytest
 
 from receiver.lanes import Lanes
 from shared.settings import Settings
-from shared.topology import REPEATS_QUEUE, WORK_QUEUE
+from shared.topology import FAST_QUEUE, WORK_QUEUE
 
 NOW = 1_800_000_000.0
 MANAGED = ("inst-a", "inst-b")
@@ -29,18 +29,18 @@ def lanes() -> Lanes:
 @pytest.mark.parametrize(
     ("body", "queue"),
     [
-        (alarm(), WORK_QUEUE),  # the default rule would upgrade it
-        (alarm(value=60), REPEATS_QUEUE),  # below the threshold
-        (alarm("inst-unmanaged"), REPEATS_QUEUE),
-        (alarm(alarm_type="cpu"), REPEATS_QUEUE),  # no rule for it
-        (alarm(resolved=True), REPEATS_QUEUE),
-        (alarm(metadata={"resolved": True}), REPEATS_QUEUE),
-        (alarm(triggered_at="2000-01-01T00:00:00Z"), REPEATS_QUEUE),  # stale
-        (alarm(value="high"), REPEATS_QUEUE),  # not a number: no rule can fire
-        ({"message": "queue depth"}, REPEATS_QUEUE),
+        (alarm(), FAST_QUEUE),  # the default rule would upgrade it
+        (alarm(value=60), WORK_QUEUE),  # below the threshold
+        (alarm("inst-unmanaged"), WORK_QUEUE),
+        (alarm(alarm_type="cpu"), WORK_QUEUE),  # no rule for it
+        (alarm(resolved=True), WORK_QUEUE),
+        (alarm(metadata={"resolved": True}), WORK_QUEUE),
+        (alarm(triggered_at="2000-01-01T00:00:00Z"), WORK_QUEUE),  # stale
+        (alarm(value="high"), WORK_QUEUE),  # not a number: no rule can fire
+        ({"message": "queue depth"}, WORK_QUEUE),
     ],
 )
-def test_given_a_first_alarm_then_only_what_the_policy_would_upgrade_goes_to_the_work_queue(
+def test_given_a_first_alarm_then_only_what_the_policy_would_upgrade_goes_to_the_fast_lane(
     body: dict[str, Any], queue: str
 ) -> None:
     assert lanes().queue_for(body, NOW) == queue
@@ -49,14 +49,14 @@ def test_given_a_first_alarm_then_only_what_the_policy_would_upgrade_goes_to_the
 @pytest.mark.parametrize(
     ("earlier", "later", "after", "queue"),
     [
-        (alarm(), alarm(), 1.0, REPEATS_QUEUE),  # an identical re-send
-        (alarm(), alarm(value=95), 1.0, REPEATS_QUEUE),  # a reminder of the same instance
-        (alarm(), alarm("inst-b"), 1.0, WORK_QUEUE),  # another instance
-        (alarm(), alarm(), 1801.0, WORK_QUEUE),  # the cooldown is over: worth a look again
-        (alarm(value=60), alarm(value=90), 1.0, WORK_QUEUE),  # crossed the threshold
+        (alarm(), alarm(), 1.0, WORK_QUEUE),  # an identical re-send
+        (alarm(), alarm(value=95), 1.0, WORK_QUEUE),  # a reminder of the same instance
+        (alarm(), alarm("inst-b"), 1.0, FAST_QUEUE),  # another instance
+        (alarm(), alarm(), 1801.0, FAST_QUEUE),  # the cooldown is over: worth a look again
+        (alarm(value=60), alarm(value=90), 1.0, FAST_QUEUE),  # crossed the threshold
     ],
 )
-def test_given_an_earlier_alarm_then_repeats_within_the_cooldown_go_to_the_repeats_lane(
+def test_given_an_earlier_alarm_then_repeats_within_the_cooldown_go_to_the_work_queue(
     earlier: dict[str, Any], later: dict[str, Any], after: float, queue: str
 ) -> None:
     router = lanes()
@@ -66,7 +66,7 @@ def test_given_an_earlier_alarm_then_repeats_within_the_cooldown_go_to_the_repea
 
 def test_given_more_pairs_than_remembered_then_the_oldest_is_forgotten() -> None:
     router = Lanes(Settings(instance_ids=MANAGED), None, remembered=1)
-    assert router.queue_for(alarm("inst-a"), NOW) == WORK_QUEUE
+    assert router.queue_for(alarm("inst-a"), NOW) == FAST_QUEUE
+    assert router.queue_for(alarm("inst-b"), NOW) == FAST_QUEUE
     assert router.queue_for(alarm("inst-b"), NOW) == WORK_QUEUE
-    assert router.queue_for(alarm("inst-b"), NOW) == REPEATS_QUEUE
-    assert router.queue_for(alarm("inst-a"), NOW) == WORK_QUEUE  # forgotten: first again
+    assert router.queue_for(alarm("inst-a"), NOW) == FAST_QUEUE  # forgotten: first again
