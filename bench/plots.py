@@ -49,7 +49,7 @@ def scaling(workers: dict[str, Any], out: Path) -> Path:
 
 
 def _label(run: dict[str, Any]) -> str:
-    lanes = "two lanes" if run["lanes"] else "one queue"
+    lanes = "fast lane" if run["lanes"] else "one queue"
     arriving = ", alarms arriving" if run.get("arrivals") else ""
     return f"{run['store']}, {run['processes']} proc, {lanes}{arriving}"
 

@@ -158,7 +158,7 @@ def _worker_rows(r: dict[str, Any]) -> list[str]:
 def _storm_rows(r: dict[str, Any]) -> list[str]:
     rows = []
     for run in r["runs"]:
-        lanes = "two lanes" if run["lanes"] else "one queue"
+        lanes = "fast lane" if run["lanes"] else "one queue"
         arrivals = run.get("arrivals")
         ours = (
             f"drained in {_fmt(run['drain_s'])} s ({_fmt(run['rate_per_s'])}/s, "
