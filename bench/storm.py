@@ -117,7 +117,10 @@ async def run_storm(
             await http.delete(f"{api_url}/_bench/arrivals")
         port = free_port()
         if arrivals_per_s:
-            await procs.start("receiver", receiver_env(amqp_url, cfg.workdir, port, **env), "receiver.ready")
+            lane = {"FAST_LANE": "true" if lanes else "false"}
+            await procs.start(
+                "receiver", receiver_env(amqp_url, cfg.workdir, port, **env, **lane), "receiver.ready"
+            )
         workers = [procs.spawn("worker", env) for _ in range(k)]
         for worker in workers:
             await worker.wait_event("worker.ready", timeout=60)

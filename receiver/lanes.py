@@ -43,6 +43,8 @@ class Lanes:
 
     def queue_for(self, body: dict[str, Any], now: float) -> str:
         """The queue ``body`` (an alarm received at ``now``) is published to."""
+        if not self.settings.fast_lane:
+            return topology.WORK_QUEUE
         decision = decide(Alarm("", now, body, ""), _NO_STATE, self.settings, now, self.policy)
         if not isinstance(decision, Upgrade):
             return topology.WORK_QUEUE

@@ -66,6 +66,7 @@ class Settings:
     # Alarms delivered together whose first steps share one transaction (1: one each).
     worker_batch: int = 64
     dry_run: bool = False
+    fast_lane: bool = True  # the receiver sends upgrade-worthy first alarms ahead (receiver.lanes)
     log_format: str = "console"
     log_level: str = "info"
     # Outbound notifications (shared.notifications, worker.notify).
@@ -301,6 +302,7 @@ _VARIABLES: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("worker_prefetch", "WORKER_PREFETCH", _int_range(1, 1000)),
     ("worker_batch", "WORKER_BATCH", _int_range(1, 1000)),
     ("dry_run", "DRY_RUN", _bool),
+    ("fast_lane", "FAST_LANE", _bool),
     ("log_format", "LOG_FORMAT", _choice("console", "json")),
     ("log_level", "LOG_LEVEL", _choice("debug", "info", "warning", "error")),
     ("notify_webhook_urls", "NOTIFY_WEBHOOK_URL", _urls("http", "https")),

@@ -70,3 +70,8 @@ def test_given_more_pairs_than_remembered_then_the_oldest_is_forgotten() -> None
     assert router.queue_for(alarm("inst-b"), NOW) == FAST_QUEUE
     assert router.queue_for(alarm("inst-b"), NOW) == WORK_QUEUE
     assert router.queue_for(alarm("inst-a"), NOW) == FAST_QUEUE  # forgotten: first again
+
+
+def test_given_the_fast_lane_switched_off_then_everything_goes_to_the_work_queue() -> None:
+    router = Lanes(Settings(instance_ids=MANAGED, fast_lane=False), None)
+    assert router.queue_for(alarm(), NOW) == WORK_QUEUE
