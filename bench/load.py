@@ -288,14 +288,18 @@ async def fixed_rate_raw_publish(
     return result
 
 
-async def publish_all(amqp_url: str, messages: list[aio_pika.Message], *, concurrency: int = 64) -> None:
-    """Put ``messages`` on the work queue in order (confirmed), declaring the topology first."""
+async def publish_all(
+    amqp_url: str,
+    messages: list[aio_pika.Message],
+    *,
+    concurrency: int = 64,
+    queue: str = topology.WORK_QUEUE,
+) -> None:
+    """Put ``messages`` on ``queue`` in order (confirmed), declaring the topology first."""
     connection = await aio_pika.connect(amqp_url)
     async with connection:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         await topology.declare_topology(channel, (0.2, 0.5))
         for start in range(0, len(messages), concurrency):
             batch = messages[start : start + concurrency]
-            await asyncio.gather(
-                *(channel.default_exchange.publish(m, routing_key=topology.WORK_QUEUE) for m in batch)
-            )
+            await asyncio.gather(*(channel.default_exchange.publish(m, routing_key=queue) for m in batch))

@@ -67,11 +67,32 @@ class Config:
     rounds: int = 3
     use_wrk: bool = True
     compare_root: Path | None = None
+    # 7: the storm (bench/storm.py): its size, the (store, processes) runs, the arrival rate
+    storm_alarms: int = 100_000
+    storm_instances: int = 10_000
+    storm_runs: tuple[tuple[str, int], ...] = (
+        ("sqlite", 1),
+        ("postgresql", 1),
+        ("postgresql", 2),
+        ("postgresql", 4),
+    )
+    storm_arrivals_per_s: float = 2.0
+    storm_timeout: float = 900.0
     results: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def quick(cls, workdir: Path) -> Config:
-        return cls(workdir, duration=3.0, warmup=1.0, worker_messages=600, worker_scales=(1, 2), e2e_count=40)
+        return cls(
+            workdir,
+            duration=3.0,
+            warmup=1.0,
+            worker_messages=600,
+            worker_scales=(1, 2),
+            e2e_count=40,
+            storm_alarms=10_000,
+            storm_instances=1_000,
+            storm_runs=(("sqlite", 1), ("postgresql", 1)),
+        )
 
 
 def alarm_body(i: int, instance: str | None = None, value: float = 85) -> bytes:
@@ -411,7 +432,9 @@ async def decided_count(url: str) -> int:
         await db.close()
 
 
-async def run_workers(cfg: Config, api_url: str, kind: str, k: int) -> dict[str, Any]:
+async def run_workers(
+    cfg: Config, api_url: str, kind: str, k: int, extra: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Alarms decided per second by ``k`` worker processes, counted from the moment the last
     of them was ready (so start-up is not in the number) to the last decision."""
     bodies, instances = worker_mix(cfg.worker_messages)
@@ -424,6 +447,7 @@ async def run_workers(cfg: Config, api_url: str, kind: str, k: int) -> dict[str,
             "CLOUDAMQP_API_KEY": API_KEY,
             "CLOUDAMQP_INSTANCE_ID": ",".join(instances),
             "RETRY_DELAYS": "0.2,0.5",
+            **(extra or {}),
         }
         workers = [procs.spawn("worker", env) for _ in range(k)]
         machine_before = machine_cpu()
@@ -441,6 +465,7 @@ async def run_workers(cfg: Config, api_url: str, kind: str, k: int) -> dict[str,
         busy, elapsed = (after - before for after, before in zip(machine_cpu(), machine_before, strict=True))
         for worker in workers:
             await worker.stop()
+        fallbacks = sum(1 for w in workers for e in w.lines() if e.get("event") == "batch.fallback")
         first_decision: dict[str, float] = {}
         for worker in workers:
             for entry in worker.lines():
@@ -454,6 +479,7 @@ async def run_workers(cfg: Config, api_url: str, kind: str, k: int) -> dict[str,
         # where the time went, and whether the machine had anything left to give.
         "cpu_us_per_alarm": round(cpu / len(bodies) * 1e6),
         "machine_cpu_busy": round(busy / elapsed, 2) if elapsed else None,
+        "batch_fallbacks": fallbacks,
     }
 
 
@@ -499,24 +525,39 @@ async def run_raw_consumers(cfg: Config, k: int) -> dict[str, Any]:
 
 
 async def bench_workers(cfg: Config) -> dict[str, Any]:
-    out: dict[str, Any] = {"raw": {}, "worker": {}}
+    """Each worker run right after a raw run of as many processes (its baseline: on a shared
+    machine the load moves within minutes), and one process also with ``WORKER_BATCH=1``."""
+    out: dict[str, Any] = {"raw": {}, "worker": {}, "raw_beside": {}}
     async with running(cfg) as procs:
         api_port = free_port()
         procs.spawn("bench.stand_in", {}, ["--port", str(api_port), "--latency", "0.05"])
         api_url = f"http://127.0.0.1:{api_port}"
         await wait_http_ready(f"{api_url}/_bench/arrivals")
-        for k in cfg.worker_scales:
-            out["raw"][k] = await run_raw_consumers(cfg, k)
         for kind in cfg.stores:
-            out["worker"][kind] = {}
+            out["worker"][kind], out["raw_beside"][kind] = {}, {}
             for k in cfg.worker_scales:
+                raw = out["raw_beside"][kind][k] = await run_raw_consumers(cfg, k)
+                out["raw"].setdefault(k, raw)
                 result = await run_workers(cfg, api_url, kind, k)
-                raw_rate = out["raw"][k]["rate_per_s"]
-                rate = result["rate_per_s"]
-                result["per_process"] = round(rate / k, 1) if rate else None
-                result["ratio_vs_raw"] = round(rate / raw_rate, 3) if rate and raw_rate else None
-                out["worker"][kind][k] = result
+                out["worker"][kind][k] = _against(result, raw, k)
+            # The same, one transaction per alarm (as before group commit), for the difference.
+            raw = await run_raw_consumers(cfg, 1)
+            unbatched = await run_workers(cfg, api_url, kind, 1, {"WORKER_BATCH": "1"})
+            out.setdefault("unbatched", {})[kind] = _against(unbatched, raw, 1)
     return out
+
+
+def _against(result: dict[str, Any], raw: dict[str, Any], k: int) -> dict[str, Any]:
+    """A worker run with its ratios to the raw run beside it: rate, and CPU per message."""
+    rate, raw_rate = result["rate_per_s"], raw["rate_per_s"]
+    cpu, raw_cpu = result.get("cpu_us_per_alarm"), raw.get("cpu_us_per_message")
+    return result | {
+        "per_process": round(rate / k, 1) if rate else None,
+        "raw_rate_per_s": raw_rate,
+        "raw_cpu_us_per_message": raw_cpu,
+        "ratio_vs_raw": round(rate / raw_rate, 3) if rate and raw_rate else None,
+        "cpu_ratio_vs_raw": round(raw_cpu / cpu, 3) if cpu and raw_cpu else None,
+    }
 
 
 # --- 3. end-to-end latency -------------------------------------------------------------------
@@ -524,7 +565,29 @@ async def bench_workers(cfg: Config) -> dict[str, Any]:
 
 async def bench_e2e(cfg: Config) -> dict[str, Any]:
     """Alarm POST → upgrade request at the stand-in, at a light steady rate, each alarm for a
-    new instance so that each one is an upgrade."""
+    new instance so that each one is an upgrade; the worker as configured and with
+    ``WORKER_BATCH=1`` (one transaction per alarm, as before group commit), interleaved over
+    ``cfg.rounds`` rounds (the median round of each reported)."""
+    runs: dict[str, list[dict[str, Any]]] = {"ours": [], "unbatched": []}
+    for _ in range(cfg.rounds):
+        runs["ours"].append(await e2e_ours(cfg, {}))
+        runs["unbatched"].append(await e2e_ours(cfg, {"WORKER_BATCH": "1"}))
+    ours, unbatched = (sorted(r, key=lambda x: x["p50_ms"])[len(r) // 2] for r in runs.values())
+    ours = {**ours, "rounds_p50_ms": [r["p50_ms"] for r in runs["ours"]]}
+    unbatched = {**unbatched, "rounds_p50_ms": [r["p50_ms"] for r in runs["unbatched"]]}
+    raw = await raw_roundtrip(cfg)
+    return {
+        "ours": ours,
+        "unbatched": unbatched,
+        "raw_publish_to_consume": raw,
+        "ratio_p50": round(ours["p50_ms"] / raw["p50_ms"], 1) if raw["p50_ms"] else None,
+        "ratio_p99": round(ours["p99_ms"] / raw["p99_ms"], 1) if raw["p99_ms"] else None,
+        "rate_per_s": cfg.e2e_rate,
+    }
+
+
+async def e2e_ours(cfg: Config, extra: dict[str, str]) -> dict[str, Any]:
+    """One end-to-end run: a receiver and a worker (with ``extra`` in its environment)."""
     n = cfg.e2e_count
     instances = [f"e2e-{i:04d}" for i in range(n)]
     sent: dict[str, float] = {}
@@ -543,7 +606,7 @@ async def bench_e2e(cfg: Config) -> dict[str, Any]:
         )
         env["DATABASE_URL"] = f"sqlite:///{cfg.workdir}/e2e-{port}.db"
         await procs.start("receiver", env, "receiver.ready")
-        await procs.start("worker", env, "worker.ready")
+        await procs.start("worker", {**env, **extra}, "worker.ready")
         async with aiohttp.ClientSession() as http:
 
             async def post(i: int) -> None:
@@ -571,18 +634,10 @@ async def bench_e2e(cfg: Config) -> dict[str, Any]:
 
             rows = await wait_until(arrivals, timeout=60, interval=0.2, what="every upgrade at the stand-in")
     latencies = [(t - sent[path.split("/")[3]]) * 1000 for t, _, path in rows]
-    ours = {
+    return {
         "p50_ms": round(percentile(latencies, 50), 1),
         "p99_ms": round(percentile(latencies, 99), 1),
         "n": n,
-    }
-    raw = await raw_roundtrip(cfg)
-    return {
-        "ours": ours,
-        "raw_publish_to_consume": raw,
-        "ratio_p50": round(ours["p50_ms"] / raw["p50_ms"], 1) if raw["p50_ms"] else None,
-        "ratio_p99": round(ours["p99_ms"] / raw["p99_ms"], 1) if raw["p99_ms"] else None,
-        "rate_per_s": cfg.e2e_rate,
     }
 
 

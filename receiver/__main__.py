@@ -11,6 +11,7 @@ from receiver.app import create_app
 from shared.errors import StoreError
 from shared.runtime import fail, install_stop_handlers, load_settings_or_exit, run_main
 from shared.settings import Settings
+from worker.policy_file import PolicyError
 
 log = structlog.get_logger("receiver")
 
@@ -19,7 +20,12 @@ async def main(settings: Settings) -> None:
     stop = asyncio.Event()
     install_stop_handlers(stop, lambda name: log.info("receiver.signal", signal=name))
     # No access log: the token may be part of the path.
-    runner = web.AppRunner(create_app(settings), access_log=None)
+    try:
+        app = create_app(settings)
+    except PolicyError as exc:
+        fail("receiver", str(exc))
+        return
+    runner = web.AppRunner(app, access_log=None)
     try:
         await runner.setup()
     except StoreError as exc:

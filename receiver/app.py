@@ -14,7 +14,8 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
-from receiver.keys import ACCEPT_LOG, OPENAPI, OPERATIONS, PUBLISHER, SETTINGS, STORE
+from receiver.keys import ACCEPT_LOG, LANES, OPENAPI, OPERATIONS, PUBLISHER, SETTINGS, STORE
+from receiver.lanes import Lanes
 from receiver.publisher import Publisher
 from receiver.routes import setup_routes
 from receiver.views import MAX_BODY
@@ -24,6 +25,7 @@ from shared.errors import StoreError
 from shared.operations import Operations
 from shared.settings import Settings
 from shared.store import Store
+from worker.policy_file import load_policy
 
 log = structlog.get_logger("receiver")
 
@@ -104,6 +106,9 @@ def create_app(settings: Settings) -> web.Application:
     app[OPENAPI] = OPENAPI_PATH.read_bytes()
     # Resolved once: the module's lazy proxy resolves the configured logger on every call.
     app[ACCEPT_LOG] = structlog.get_logger("receiver").bind()
+    # The worker's rules, to send upgrade-worthy alarms ahead of the others (PolicyError: a bad
+    # POLICY_FILE stops the receiver at start, as it stops the worker).
+    app[LANES] = Lanes(settings, load_policy(settings.policy_file) if settings.policy_file else None)
     app.cleanup_ctx.append(broker_and_store)
     setup_routes(app)
     return app

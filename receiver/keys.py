@@ -7,6 +7,7 @@ from __future__ import annotations
 from aiohttp import web
 from structlog.typing import FilteringBoundLogger
 
+from receiver.lanes import Lanes
 from receiver.publisher import Publisher
 from shared.operations import Operations
 from shared.settings import Settings
@@ -18,3 +19,4 @@ STORE = web.AppKey("store", Store)
 OPENAPI = web.AppKey("openapi", bytes)
 OPERATIONS = web.AppKey("operations", Operations)
 ACCEPT_LOG = web.AppKey("accept_log", FilteringBoundLogger)
+LANES = web.AppKey("lanes", Lanes)

@@ -98,8 +98,11 @@ class Publisher:
             except Exception:  # already broken; nothing more to do
                 log.debug("broker.close_failed")
 
-    async def publish(self, body: bytes, event_id: str, received_at: float) -> None:
-        """Return only once the broker has confirmed the message onto the work queue."""
+    async def publish(
+        self, body: bytes, event_id: str, received_at: float, queue: str = topology.WORK_QUEUE
+    ) -> None:
+        """Return only once the broker has confirmed the message onto ``queue`` (the work
+        queue, or the fast lane: ``receiver.lanes``)."""
         channel = await self._channel_or_raise()
         # What aio_pika.Message(...).properties would be, without building the Message.
         properties = spec.Basic.Properties(
@@ -110,18 +113,24 @@ class Publisher:
             timestamp=datetime.fromtimestamp(received_at, tz=UTC),
             headers=envelope.alarm_headers(event_id, received_at),
         )
-        await self._send(channel, body, properties)
+        await self._send(channel, body, properties, queue)
 
     async def publish_message(self, message: aio_pika.Message) -> None:
         """Any message of ours (an approval's nudge) onto the work queue, confirmed."""
         await self._send(await self._channel_or_raise(), message.body, message.properties)
 
-    async def _send(self, channel: Channel, body: bytes, properties: spec.Basic.Properties) -> None:
+    async def _send(
+        self,
+        channel: Channel,
+        body: bytes,
+        properties: spec.Basic.Properties,
+        queue: str = topology.WORK_QUEUE,
+    ) -> None:
         try:
             # The timeout covers the broker's confirm, not only the write.
             await channel.basic_publish(
                 body,
-                routing_key=topology.WORK_QUEUE,
+                routing_key=queue,
                 properties=properties,
                 mandatory=True,
                 timeout=self._publish_timeout,

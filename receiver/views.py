@@ -17,7 +17,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from receiver.keys import ACCEPT_LOG, OPENAPI, PUBLISHER, SETTINGS, STORE
+from receiver.keys import ACCEPT_LOG, LANES, OPENAPI, PUBLISHER, SETTINGS, STORE
 from shared import metrics, watch
 from shared.alarm import iso, new_id
 from shared.controls import GLOBAL, Pause
@@ -145,7 +145,8 @@ async def receive_alarm(request: web.Request) -> web.Response:
     received_at = time.time()
     app = request.app
     try:
-        await app[PUBLISHER].publish(body, event_id, received_at)
+        queue = app[LANES].queue_for(parsed, received_at)
+        await app[PUBLISHER].publish(body, event_id, received_at, queue)
     except BrokerUnavailable as exc:
         metrics.PUBLISH_FAILURES.inc()
         log.warning("alarm.rejected", reason="broker_unavailable", error=str(exc))

@@ -127,6 +127,14 @@ API_RESPONSES = Counter(
     "autopilot_worker_api_responses", "CloudAMQP API responses by status (or network/timeout)", ["status"]
 )
 IN_FLIGHT = Gauge("autopilot_worker_in_flight", "Messages being processed right now")
+BATCH_SIZE = Histogram(
+    "autopilot_worker_batch_size",
+    "Alarms whose first steps committed in one transaction (group commit)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
+BATCH_FALLBACKS = Counter(
+    "autopilot_worker_batch_fallbacks", "Batches whose transaction failed and were tried one by one"
+)
 LAST_UPGRADE = Gauge(
     "autopilot_worker_last_upgrade_timestamp_seconds",
     "Unix time of the last upgrade CloudAMQP accepted, per instance",

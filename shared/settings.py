@@ -65,7 +65,10 @@ class Settings:
     claim_lease_seconds: float = 120.0
     worker_metrics_port: int | None = None
     worker_prefetch: int = 64
+    # Alarms delivered together whose first steps share one transaction (1: one each).
+    worker_batch: int = 64
     dry_run: bool = False
+    fast_lane: bool = True  # the receiver sends upgrade-worthy first alarms ahead (receiver.lanes)
     log_format: str = "console"
     log_level: str = "info"
     # Outbound notifications (shared.notifications, worker.notify).
@@ -342,7 +345,9 @@ _VARIABLES: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("claim_lease_seconds", "CLAIM_LEASE_SECONDS", _number(0, allow_equal=False)),
     ("worker_metrics_port", "WORKER_METRICS_PORT", _int_range(1, 65535)),
     ("worker_prefetch", "WORKER_PREFETCH", _int_range(1, 1000)),
+    ("worker_batch", "WORKER_BATCH", _int_range(1, 1000)),
     ("dry_run", "DRY_RUN", _bool),
+    ("fast_lane", "FAST_LANE", _bool),
     ("log_format", "LOG_FORMAT", _choice("console", "json")),
     ("log_level", "LOG_LEVEL", _choice("debug", "info", "warning", "error")),
     ("notify_webhook_urls", "NOTIFY_WEBHOOK_URL", _urls("http", "https")),

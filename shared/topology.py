@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 WORK_QUEUE = "cloudamqp.alarms"
+# The fast lane (``receiver.lanes``): alarms the policy would upgrade, the first of their
+# instance in a while; the workers decide them before what waits in the work queue.
+FAST_QUEUE = "cloudamqp.alarms.fast"
 DEAD_QUEUE = "cloudamqp.alarms.dead"
 RETRY_QUEUE_PREFIX = "cloudamqp.alarms.retry."
 
@@ -30,6 +33,7 @@ class Family:
     work: str
     dead: str
     retry_prefix: str
+    fast: str | None = None  # a second work queue, taken before the first
 
     def retry_queue(self, delay_seconds: float) -> str:
         """``<work>.retry.10s`` / ``….retry.200ms``: the TTL is in the name so that changed
@@ -42,6 +46,8 @@ class Family:
     def queues(self, retry_delays: tuple[float, ...]) -> list[tuple[str, dict[str, Any]]]:
         """Every queue of the family with its arguments, parking lot first."""
         queues = [(self.dead, self.arguments(self.dead)), (self.work, self.arguments(self.work))]
+        if self.fast is not None:
+            queues.append((self.fast, self.arguments(self.fast)))
         for delay in sorted(set(retry_delays)):
             name = self.retry_queue(delay)
             queues.append((name, self.arguments(name, delay)))
@@ -52,7 +58,7 @@ class Family:
         args: dict[str, Any] = {"x-queue-type": "quorum"}
         if name == self.dead:
             args["x-delivery-limit"] = PARKING_DELIVERY_LIMIT
-        elif name == self.work:
+        elif name in (self.work, self.fast):
             args.update(_dead_letter_to(self.dead))
             args["x-delivery-limit"] = DELIVERY_LIMIT
         elif name.startswith(self.retry_prefix):
@@ -107,5 +113,5 @@ async def declare_topology(
         await channel.declare_queue(name, durable=True, arguments=args)
 
 
-ALARMS = Family(WORK_QUEUE, DEAD_QUEUE, RETRY_QUEUE_PREFIX)
+ALARMS = Family(WORK_QUEUE, DEAD_QUEUE, RETRY_QUEUE_PREFIX, FAST_QUEUE)
 NOTIFICATIONS = Family(NOTIFY_QUEUE, NOTIFY_DEAD_QUEUE, NOTIFY_RETRY_QUEUE_PREFIX)

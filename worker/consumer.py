@@ -21,6 +21,7 @@ from shared import brokers, envelope, metrics, topology
 from shared.errors import DecodeError
 from shared.notifications import alarm_data, parked_notice
 from shared.settings import Settings
+from worker.batch import FirstSteps
 from worker.outcomes import DECODE_ERROR, Outcome, Park, Retries
 from worker.process import Processor
 
@@ -70,6 +71,7 @@ class Consumer:
         self.processor = processor
         self.channel: AbstractChannel | None = None
         self._inflight = InFlight()
+        self._first_steps = FirstSteps(processor, settings.worker_batch, lambda: len(self._inflight))
         self._connection: Any = None
         self._burst = False
 
@@ -79,16 +81,20 @@ class Consumer:
         return self._connection is not None and not self._connection.is_closed
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
-        await self._inflight.run(self._work(message))
+        await self._inflight.run(self._work(message, first=False))
 
-    async def _work(self, message: AbstractIncomingMessage) -> None:
+    async def on_fast(self, message: AbstractIncomingMessage) -> None:
+        """A delivery from the fast lane: decided before what came from the work queue."""
+        await self._inflight.run(self._work(message, first=True))
+
+    async def _work(self, message: AbstractIncomingMessage, *, first: bool) -> None:
         metrics.IN_FLIGHT.inc()
         try:
-            await self.settle(message, await self.handle(message))
+            await self.settle(message, await self.handle(message, first=first))
         finally:
             metrics.IN_FLIGHT.dec()
 
-    async def handle(self, message: AbstractIncomingMessage) -> Outcome:
+    async def handle(self, message: AbstractIncomingMessage, *, first: bool = False) -> Outcome:
         headers = message.headers or {}
         if envelope.is_check(headers):
             return await self.handle_check(message)
@@ -98,7 +104,8 @@ class Consumer:
             log.error("message.undecodable", error=str(exc), message_id=message.message_id)
             return Park(f"cannot decode: {exc}", DECODE_ERROR, 0)
         try:
-            return await self.processor.process(alarm)
+            then = await self._first_steps.take(alarm, first=first)
+            return await then()
         except Exception as exc:
             log.exception("alarm.processing_failed", event_id=alarm.event_id)
             return failure_outcome(self.processor.retries, message, exc)
@@ -171,6 +178,10 @@ class Consumer:
             await topology.declare_topology(channel, self.settings.retry_delays)
             queue = await channel.get_queue(topology.WORK_QUEUE, ensure=False)
             tag = await queue.consume(self.on_message)
+            # The fast lane: with a prefetch of its own (per consumer), so that what arrives
+            # there is delivered at once, however long the work queue.
+            fast = await channel.get_queue(topology.FAST_QUEUE, ensure=False)
+            fast_tag = await fast.consume(self.on_fast)
         except Exception as exc:
             log.warning("broker.setup_failed", error=f"{type(exc).__name__}: {exc}")
             return False
@@ -186,13 +197,18 @@ class Consumer:
         log.info("worker.stopping", in_flight=len(self._inflight))
         if not lost.is_set():
             await queue.cancel(tag)
+            await fast.cancel(fast_tag)
         await self._inflight.idle.wait()
         return True
 
     async def _until_drained(self, channel: AbstractChannel, stop: asyncio.Event) -> None:
         """Set ``stop`` once nothing is ready in our queues and nothing is in flight, seen
         twice in a row (a message on its way to us is in neither count for a moment)."""
-        names = [topology.WORK_QUEUE, *(topology.retry_queue_name(d) for d in self.settings.retry_delays)]
+        names = [
+            topology.WORK_QUEUE,
+            topology.FAST_QUEUE,
+            *(topology.retry_queue_name(d) for d in self.settings.retry_delays),
+        ]
         quiet = 0
         while quiet < 2:
             await asyncio.sleep(DRAIN_POLL_SECONDS)

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
@@ -137,7 +137,29 @@ class Processor:
         return self.client is None or self.settings.effective_dry_run
 
     async def process(self, alarm: Alarm) -> Outcome:
+        [then] = await self.first_steps([alarm])
+        return await then()
+
+    async def first_steps(self, alarms: Sequence[Alarm]) -> list[Then]:
+        """The first steps of ``alarms``, in order, in one transaction (group commit): what
+        each one does next once it has committed. When the transaction fails, none of them
+        took its step (the caller decides whether to try them one by one)."""
         now = self.clock()
+        thens: list[Then | None] = [None] * len(alarms)
+        async with self.store.unit() as unit:
+            for i in sorted(range(len(alarms)), key=lambda i: self._lock_order(alarms[i])):
+                thens[i] = await self._record_and_decide(unit, alarm=alarms[i], now=now)
+        return [then for then in thens if then is not None]
+
+    def _lock_order(self, alarm: Alarm) -> tuple[str, str]:
+        """The order a batch takes its steps in: by instance and incident, so that batches of
+        several workers lock incident and claim rows in one order (PostgreSQL would otherwise
+        break their deadlocks by failing one). A stable sort: alarms of one instance and
+        incident keep their delivery order, the only order their outcomes depend on."""
+        instance = target_instance(alarm, self.settings)
+        return instance or "", plan_incident(alarm, instance).key or ""
+
+    async def _record_and_decide(self, unit: Unit, alarm: Alarm, now: float) -> Then:
         instance = target_instance(alarm, self.settings)
         bound = log.bind(
             event_id=alarm.event_id,
@@ -147,18 +169,12 @@ class Processor:
             replayed=alarm.replayed,
         )
         incident = plan_incident(alarm, instance)
-        async with self.store.unit() as unit:
-            record = await unit.record_event(alarm, instance, incident, now)
-            job = Job(alarm, instance, record.incident_id, bound)
-            then = await self._first_step(unit, job, record, now)
-        if record.new:
-            bound.info(
-                f"incident.{record.incident_change}",
-                incident_id=record.incident_id,
-                key=incident.key,
-                reason=incident.reason,
-            )
-        return await then()
+        record = await unit.record_event(alarm, instance, incident, now)
+        job = Job(alarm, instance, record.incident_id, bound)
+        then = await self._first_step(unit, job, record, now)
+        if not record.new:
+            return then
+        return partial(_incident_changed, bound, record, incident.key, incident.reason, then)
 
     async def _first_step(self, unit: Unit, job: Job, record: EventRecord, now: float) -> Then:
         alarm = job.alarm
@@ -506,6 +522,18 @@ def _expiry_entry(action_id: str, approval: Any, now: float) -> AuditEntry:
         approval["instance_id"],
         {"action_id": action_id, "plan": approval["plan"], "deadline": iso(float(approval["deadline"]))},
     )
+
+
+async def _incident_changed(
+    bound: structlog.typing.FilteringBoundLogger,
+    record: EventRecord,
+    key: str | None,
+    reason: str | None,
+    then: Then,
+) -> Outcome:
+    """Say the incident change that committed, then go on with the alarm's next step."""
+    bound.info(f"incident.{record.incident_change}", incident_id=record.incident_id, key=key, reason=reason)
+    return await then()
 
 
 async def skipped(job: Job, skip: Skip) -> Outcome:

@@ -82,7 +82,7 @@ async def test_given_the_same_envelope_published_twice_then_one_upgrade(
     worker = await stack.start_worker()  # both arrive at once (prefetch), racing each other
 
     await worker.wait_event("alarm.already_processed")
-    await wait_until(lambda: _drained(vhost), what="the work queue to drain")
+    await wait_until(lambda: _drained(vhost), what="the alarm queues to drain")
     assert len(fake_api.upgrade_requests()) == 1
     [action] = await stack.actions()
     assert action["status"] == "succeeded"
@@ -113,7 +113,7 @@ async def test_given_a_worker_killed_after_upgrading_but_before_acking_then_the_
     survivor = await stack.start_worker()
 
     await survivor.wait_event("alarm.already_processed")
-    await wait_until(lambda: _drained(vhost), what="the work queue to drain")
+    await wait_until(lambda: _drained(vhost), what="the alarm queues to drain")
     assert len(fake_api.upgrade_requests()) == 1
 
 
@@ -122,7 +122,9 @@ async def _drained(url: str) -> bool:
 
 
 async def _depth_is(url: str, depth: int) -> bool:
-    return await queue_depth(url, topology.WORK_QUEUE) == depth
+    """Ready alarms in the work queue and the fast lane (where a first upgrade-worthy one goes)."""
+    ready = [await queue_depth(url, name) for name in (topology.WORK_QUEUE, topology.FAST_QUEUE)]
+    return sum(ready) == depth
 
 
 async def test_given_a_worker_killed_during_its_api_call_then_another_finishes_after_the_lease(
@@ -147,7 +149,7 @@ async def test_given_a_worker_killed_during_its_api_call_then_another_finishes_a
     [action] = await stack.wait_actions(1, timeout=30)
     assert action["status"] == "succeeded"
     assert len(fake_api.upgrade_requests()) == 2  # the lost call and one repeat, no more
-    await wait_until(lambda: _drained(vhost), what="the work queue to drain")
+    await wait_until(lambda: _drained(vhost), what="the alarm queues to drain")
 
 
 @pytest.mark.parametrize("module", ["receiver", "worker"])
