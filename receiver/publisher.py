@@ -31,6 +31,9 @@ from shared.errors import BrokerUnavailable
 log = structlog.get_logger("receiver.publisher")
 
 
+NACKS_BEFORE_RECONNECT = 3
+
+
 class Publisher:
     def __init__(
         self,
@@ -52,6 +55,7 @@ class Publisher:
         self._lock = asyncio.Lock()
         self._next_attempt = 0.0
         self._last_error = "not connected yet"
+        self._nacks = 0  # negative acknowledgements in a row on this connection
 
     @property
     def connected(self) -> bool:
@@ -136,15 +140,21 @@ class Publisher:
                 timeout=self._publish_timeout,
                 wait=False,
             )
+            self._nacks = 0
         except aio_pika.exceptions.DeliveryError as exc:
             # Returned (unroutable) or nacked: the broker did not take it.
             reason = _delivery_reason(exc)
             log.warning("broker.not_confirmed", reason=reason)
-            if reason.startswith("unroutable"):
-                # The work queue is gone (deleted by hand?): the next publish opens a fresh
-                # channel, which declares the topology again.
+            unroutable = reason.startswith("unroutable")
+            self._nacks += not unroutable
+            # Unroutable: the work queue is gone (deleted by hand?), and a fresh channel declares
+            # the topology again. Nacked again and again: the node cannot take it (a cluster
+            # node was seen nacking every publish for a minute after the queue's leader was
+            # killed), so go to the next node; with one node, a fresh connection to it.
+            if unroutable or self._nacks >= NACKS_BEFORE_RECONNECT:
                 async with self._lock:
                     if self._raw is channel:
+                        self._nacks = 0
                         await self._reset()
             raise BrokerUnavailable(f"broker did not take the message: {reason}") from None
         except Exception as exc:

@@ -9,9 +9,12 @@ tests/chaos/scenarios.py, ``cluster-*``.)
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
+from receiver.publisher import NACKS_BEFORE_RECONNECT
+from tests.conftest import vhost_name
 from tests.integration.conftest import seed_alarm
-from tests.support import TcpProxy, free_port, wait_until
+from tests.support import Services, TcpProxy, free_port, management_request, wait_until
 
 
 def _via(vhost: str, port: int) -> str:
@@ -54,6 +57,45 @@ async def test_given_several_nodes_when_the_one_in_use_goes_away_then_both_proce
         for proc in (receiver, worker):
             assert {e["node"] for e in proc.events("broker.connected")[before[proc] :]} == {node_b_name}
             assert ":guest@" not in proc.log_path.read_text(), "a node password in the log"
+    finally:
+        await node_a.cut()
+        await node_b.cut()
+
+
+async def test_given_the_node_in_use_nacking_every_publish_then_the_receiver_moves_to_the_next_node(
+    make_stack: Any, vhost: str, services: Services
+) -> None:
+    # Two "nodes" in front of one broker; a policy caps the work queue at no message, and its
+    # overflow is reject-publish, so every publish is nacked whichever node it comes through.
+    node_a, node_b = TcpProxy(5672), TcpProxy(5672)
+    await node_a.start()
+    await node_b.start()
+    stack = make_stack(RABBITMQ_URL=f"{_via(vhost, node_a.port)},{_via(vhost, node_b.port)}")
+    policy = f"/api/policies/{quote(vhost_name(vhost), safe='')}/nack-everything"
+    try:
+        receiver = await stack.start_receiver()
+        assert (await stack.post(seed_alarm()))[0] == 202
+        await management_request(
+            services,
+            "PUT",
+            policy,
+            {"pattern": r"^cloudamqp\.alarms$", "definition": {"max-length": 0}, "apply-to": "queues"},
+        )
+
+        async def refused() -> bool:
+            return (await stack.post(seed_alarm()))[0] == 503
+
+        for _ in range(NACKS_BEFORE_RECONNECT):
+            await wait_until(refused, timeout=10, interval=0.1, what="a nacked alarm answered 503")
+        await management_request(services, "DELETE", policy)
+
+        async def accepted() -> bool:
+            return (await stack.post(seed_alarm()))[0] == 202
+
+        await wait_until(accepted, timeout=10, interval=0.2, what="a 202 once the broker takes alarms")
+        nodes = [e["node"] for e in receiver.events("broker.connected")]
+        assert nodes == [f"127.0.0.1:{node_a.port}", f"127.0.0.1:{node_b.port}"], nodes
+        assert len(receiver.events("broker.not_confirmed")) >= NACKS_BEFORE_RECONNECT
     finally:
         await node_a.cut()
         await node_b.cut()
