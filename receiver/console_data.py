@@ -197,12 +197,13 @@ class QueueFacts:
 class BrokerFacts:
     work: QueueFacts = field(default_factory=QueueFacts)
     dead: QueueFacts = field(default_factory=QueueFacts)
+    fast: QueueFacts = field(default_factory=QueueFacts)  # the fast lane (FAST_LANE)
 
 
 class BrokerProbe:
     """The console's own broker connection (opened on first use, reopened after a failure).
 
-    ``facts``: passive declarations of the work queue and the parking lot — how many workers
+    ``facts``: passive declarations of the work queue, the fast lane and the parking lot — how many workers
     consume and how many messages wait, declaring or changing nothing. ``parking_lot``: a
     confirming channel of it wrapped in ``worker.dlq.ParkingLot``, for one page or act."""
 
@@ -228,9 +229,14 @@ class BrokerProbe:
         try:
             connection = await self._connected()
         except BrokerUnavailable as exc:
-            out.work.error = out.dead.error = str(exc)
+            out.work.error = out.dead.error = out.fast.error = str(exc)
             return out
-        for name, facts in ((topology.WORK_QUEUE, out.work), (topology.DEAD_QUEUE, out.dead)):
+        queues = (
+            (topology.WORK_QUEUE, out.work),
+            (topology.DEAD_QUEUE, out.dead),
+            (topology.FAST_QUEUE, out.fast),
+        )
+        for name, facts in queues:
             await self._declare_passively(connection, name, facts)
         return out
 

@@ -20,8 +20,9 @@ from receiver.keys import STORE
 from shared import watch
 from shared.settings import Settings
 from shared.store import ActionStatus, AuditEntry
-from tests.integration.conftest import SEED_INSTANCE
+from tests.integration.conftest import SEED_INSTANCE, seed_alarm
 from tests.integration.test_receiver_inprocess import T0, record
+from tests.support import wait_until
 from worker.verify import Advice
 
 OPERATOR_TOKEN = "operator-token-7d1e0c4b9a"
@@ -322,3 +323,16 @@ async def test_the_instance_page_shows_the_watchdogs_sampled_usage_and_the_downg
     assert "rabbit@n1" in html and "memory 30.0% of mem_limit" in html and "over 3 samples" in html
     assert html.count("<polyline") == 1
     assert "hare-1 → bunny-1 would do" in html and "Nothing was changed" in html
+
+
+async def test_the_overview_counts_what_waits_in_the_fast_lane(receiver: Client) -> None:
+    # No worker runs: the first upgrade-worthy alarm of the instance waits in the fast lane.
+    async with receiver.post(f"/cloudamqp/alarm/{WEBHOOK_TOKEN}", json=seed_alarm()) as resp:
+        assert resp.status == 202
+    await login(receiver, WEBHOOK_TOKEN)
+
+    async def shown() -> bool:
+        status, html, _ = await page(receiver, "/ui/")
+        return status == 200 and "cloudamqp.alarms.fast</code>: 1 waiting" in html
+
+    await wait_until(shown, timeout=10, what="the fast lane's depth on the overview")
