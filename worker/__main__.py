@@ -59,14 +59,7 @@ async def main(settings: Settings, *, burst: bool = False) -> None:
     async with aiohttp.ClientSession() as session:
         client = None
         if not settings.effective_dry_run and settings.cloudamqp_api_key:
-            client = CloudAmqpClient(
-                session,
-                base_url=settings.cloudamqp_api_url,
-                api_key=settings.cloudamqp_api_key,
-                timeout=settings.api_timeout_seconds,
-                quick_retries=settings.quick_retries,
-                mode=settings.upgrade_api,
-            )
+            client = CloudAmqpClient.from_settings(session, settings, settings.cloudamqp_api_key)
         management = (
             ManagementApi(
                 session, dict(settings.instance_management), timeout=settings.management_timeout_seconds

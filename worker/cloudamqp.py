@@ -26,7 +26,7 @@ from tenacity import (
 
 from shared import metrics
 from shared.errors import PermanentError, RetryableError
-from shared.settings import UpgradeApi
+from shared.settings import Settings, UpgradeApi
 
 log = structlog.get_logger("worker.api")
 
@@ -106,6 +106,20 @@ class CloudAmqpClient:
         self._secrets = (api_key, token)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._quick_retries = quick_retries
+
+    @classmethod
+    def from_settings(
+        cls, session: aiohttp.ClientSession, settings: Settings, api_key: str
+    ) -> CloudAmqpClient:
+        """The client ``settings`` describe (URL, timeout, quick retries, API mode)."""
+        return cls(
+            session,
+            base_url=settings.cloudamqp_api_url,
+            api_key=api_key,
+            timeout=settings.api_timeout_seconds,
+            quick_retries=settings.quick_retries,
+            mode=settings.upgrade_api,
+        )
 
     def _retrying(self) -> AsyncRetrying:
         return AsyncRetrying(

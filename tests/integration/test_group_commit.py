@@ -118,14 +118,7 @@ async def run(vhost: str, fake_api: FakeCloudAmqp) -> AsyncIterator[Run]:
             settings = Settings(**(fields | overrides))
             store = await Store.open(url)
             stores.append(store)
-            client = CloudAmqpClient(
-                session,
-                base_url=settings.cloudamqp_api_url,
-                api_key=API_KEY,
-                timeout=settings.api_timeout_seconds,
-                quick_retries=0,
-                mode=settings.upgrade_api,
-            )
+            client = CloudAmqpClient.from_settings(session, settings, API_KEY)
             processor = Processor(settings, store, client, worker_id="gc")
             await asyncio.wait_for(Consumer(settings, processor).run(asyncio.Event(), burst=True), 60)
             return store

@@ -87,14 +87,7 @@ async def drain(
             )
             store = await Store.open(database_url)
             stores.append(store)
-            client = CloudAmqpClient(
-                session,
-                base_url=settings.cloudamqp_api_url,
-                api_key=API_KEY,
-                timeout=settings.api_timeout_seconds,
-                quick_retries=settings.quick_retries,
-                mode=settings.upgrade_api,
-            )
+            client = CloudAmqpClient.from_settings(session, settings, API_KEY)
             processor = Processor(settings, store, client, worker_id="in-process")
             await asyncio.wait_for(Consumer(settings, processor).run(asyncio.Event(), burst=True), 60)
             return store
