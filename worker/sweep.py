@@ -48,9 +48,10 @@ class ConfirmationSweep:
         self.worker_id = worker_id
         self.clock = clock
         self.check_interval = Retries.from_settings(settings).check_interval
-        # A chain's next look is due every check interval (plus its queue's delay on a retry):
-        # one silent for several is no longer coming.
-        self.allowance = MISSED_CHECKS * max(self.check_interval, max(settings.retry_delays))
+        # A chain looks every check interval (a failed plan read still counts as a look). One
+        # silent for several is held somewhere; if it was only slow (an internal error's retry
+        # through a longer delay queue), the second chain is harmless.
+        self.allowance = MISSED_CHECKS * self.check_interval
 
     async def run(self, stop: asyncio.Event) -> None:
         try:
