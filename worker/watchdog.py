@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import structlog
 
 from receiver.publisher import Publisher
-from shared import metrics, watch
+from shared import metrics, topology, watch
 from shared.alarm import iso
 from shared.errors import BrokerUnavailable
 from shared.settings import Settings
@@ -169,8 +169,11 @@ class Watchdog:
                 instance_id, alarm_type, step.state.holding_since, step.state.raised_at
             )
             body = watchdog_alarm(instance_id, watched.condition, found, iso(now) or "")
+            # Upgrade-worthy by construction (it never raises while the scope is busy): ahead of
+            # any storm of repeats, as the receiver sends such alarms (``receiver.lanes``).
+            lane = topology.FAST_QUEUE if self.settings.fast_lane else topology.WORK_QUEUE
             try:
-                await self.publisher.publish(json.dumps(body).encode(), event_id, now)
+                await self.publisher.publish(json.dumps(body).encode(), event_id, now, lane)
             except BrokerUnavailable as exc:
                 # Not remembered as raised: the next slot raises it again.
                 log.warning("watchdog.publish_failed", instance=instance_id, error=str(exc))
