@@ -150,11 +150,8 @@ SPARK_W, SPARK_H = 240, 40
 
 async def usage_of(store: Store, instance: str) -> list[NodeUsage]:
     """The watchdog's samples of the instance's nodes (``shared.watch``), shaped per node."""
-    by_node: dict[str, list[dict[str, Any]]] = {}
-    for row in await watch.list_samples(store.db, instance):
-        by_node.setdefault(row["node"], []).append(watch.sample_view(row))
     out = []
-    for node, samples in sorted(by_node.items()):
+    for node, samples in sorted((await watch.samples_by_node(store.db, instance)).items()):
         percents = [s["mem_percent"] for s in samples if s["mem_percent"] is not None]
         top = max(max(percents, default=0.0), 100.0)  # the limit line stays in view
         step = SPARK_W / max(len(percents) - 1, 1)

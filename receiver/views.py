@@ -351,10 +351,7 @@ async def instance_usage(request: web.Request) -> web.Response:
     """The sampled usage of an instance's nodes (the watchdog's ring of samples), oldest first."""
     check_token(request, operator_too=True)
     instance = request.match_info["instance"]
-    rows = await watch.list_samples(request.app[STORE].db, instance)
-    nodes: dict[str, list[dict[str, Any]]] = {}
-    for r in rows:
-        nodes.setdefault(r["node"], []).append(watch.sample_view(r))
+    nodes = await watch.samples_by_node(request.app[STORE].db, instance)
     return web.json_response({"instance": instance, "nodes": nodes})
 
 

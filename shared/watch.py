@@ -299,7 +299,7 @@ async def checked(db: Database, action_id: str, now: float) -> None:
 async def unchecked_confirmations(db: Database, before: float, limit: int) -> list[Row]:
     """Upgrades awaiting confirmation that no check has looked at since ``before`` (the
     sweep marks each it sends a check to with ``checked``, so it sends one, not one per sweep)."""
-    async with db.transaction() as tx:
+    async with db.transaction(write=False) as tx:
         rows = await tx.fetch(
             """SELECT action_id, instance_id, plan, updated_at FROM actions
                WHERE reason = 'awaiting_confirmation' AND status = 'in_progress'
@@ -340,9 +340,13 @@ async def list_advice(db: Database, *, instance: str | None, limit: int, offset:
         )
 
 
-async def list_samples(db: Database, instance_id: str) -> list[Row]:
-    """The sampled usage of an instance's nodes, oldest first."""
+async def samples_by_node(db: Database, instance_id: str) -> dict[str, list[dict[str, Any]]]:
+    """The sampled usage of an instance's nodes (``sample_view`` each), per node, oldest first."""
     async with db.transaction(write=False) as tx:
-        return await tx.fetch(
+        rows = await tx.fetch(
             "SELECT * FROM node_samples WHERE instance_id = $1 ORDER BY node, at", instance_id
         )
+    nodes: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        nodes.setdefault(row["node"], []).append(sample_view(row))
+    return nodes
