@@ -51,7 +51,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--only", default=",".join(ALL), help=f"comma-separated subset of {','.join(ALL)}")
-    parser.add_argument("--profile", action="store_true", help="py-spy the receiver during the c=64 run")
+    parser.add_argument("--profile", action="store_true", help="py-spy the receiver, one worker")
     parser.add_argument("--keep", action="store_true", help="keep the process logs")
     parser.add_argument("--rounds", type=int, help="interleaved rounds of the accept-rate runs")
     parser.add_argument(

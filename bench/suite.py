@@ -300,14 +300,18 @@ async def accept_histogram(url: str) -> dict[str, Any]:
     return out
 
 
-def start_profiler(cfg: Config, pid: int, name: str) -> tuple[subprocess.Popen[bytes], Path] | None:
-    """py-spy on the receiver for the measured window (``--profile``)."""
+def start_profiler(
+    cfg: Config, pid: int, name: str, *, until_exit: bool = False
+) -> tuple[subprocess.Popen[bytes], Path] | None:
+    """py-spy on a process for the measured window (``--profile``): the receiver's c=64 run,
+    or (``until_exit``) a one-process worker run, from its ``worker.ready`` until it stops."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not cfg.profile or not Path(spy).exists():
         return None
     path = cfg.workdir / f"{name}.collapsed"
-    seconds = str(int(cfg.duration + cfg.warmup))
-    cmd = [spy, "record", "--pid", str(pid), "--duration", seconds, "--rate", "200", "--format", "raw"]
+    cmd = [spy, "record", "--pid", str(pid), "--rate", "200", "--format", "raw"]
+    if not until_exit:
+        cmd += ["--duration", str(int(cfg.duration + cfg.warmup))]
     proc = subprocess.Popen(
         [*cmd, "--output", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -456,6 +460,8 @@ async def run_workers(
             ready.append((await worker.wait_event("worker.ready", timeout=60))[0])
             cpu_before += cpu_seconds(worker.popen.pid)  # start-up (imports) excluded
         all_ready = max(log_time(r) for r in ready)
+        profile = f"worker-{kind}" if k == 1 and not extra else None
+        profiler = start_profiler(cfg, workers[0].popen.pid, profile, until_exit=True) if profile else None
 
         async def done() -> bool:
             return await decided_count(db_url) >= len(bodies)
@@ -465,6 +471,7 @@ async def run_workers(
         busy, elapsed = (after - before for after, before in zip(machine_cpu(), machine_before, strict=True))
         for worker in workers:
             await worker.stop()
+        profiled = finish_profiler(profiler)
         fallbacks = sum(1 for w in workers for e in w.lines() if e.get("event") == "batch.fallback")
         first_decision: dict[str, float] = {}
         for worker in workers:
@@ -472,15 +479,19 @@ async def run_workers(
                 if entry.get("event") in DECISIONS and "event_id" in entry:
                     t = log_time(entry)
                     first_decision[entry["event_id"]] = min(t, first_decision.get(entry["event_id"], t))
-    return rate_after(first_decision.values(), all_ready) | {
-        "messages": len(bodies),
-        "upgrades": len(instances),
-        # Approximate (from each worker's "ready" to the poll that saw the last decision):
-        # where the time went, and whether the machine had anything left to give.
-        "cpu_us_per_alarm": round(cpu / len(bodies) * 1e6),
-        "machine_cpu_busy": round(busy / elapsed, 2) if elapsed else None,
-        "batch_fallbacks": fallbacks,
-    }
+    return (
+        rate_after(first_decision.values(), all_ready)
+        | {
+            "messages": len(bodies),
+            "upgrades": len(instances),
+            # Approximate (from each worker's "ready" to the poll that saw the last decision):
+            # where the time went, and whether the machine had anything left to give.
+            "cpu_us_per_alarm": round(cpu / len(bodies) * 1e6),
+            "machine_cpu_busy": round(busy / elapsed, 2) if elapsed else None,
+            "batch_fallbacks": fallbacks,
+        }
+        | ({"profile": profiled} if profiled else {})
+    )
 
 
 def rate_after(times: Any, start: float) -> dict[str, Any]:

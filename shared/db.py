@@ -16,7 +16,7 @@ import random
 import re
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -33,6 +33,8 @@ R = TypeVar("R")
 
 
 class Tx(Protocol):
+    dialect: str
+
     async def execute(self, sql: str, *args: Any) -> None: ...
     async def fetch(self, sql: str, *args: Any) -> list[Row]: ...
     async def fetchrow(self, sql: str, *args: Any) -> Row | None: ...
@@ -46,6 +48,29 @@ class Database(Protocol):
 
 
 _PLACEHOLDER = re.compile(r"\$(\d+)")
+# A column of ``rows_cte``: its name and PostgreSQL type (SQLite needs none).
+Column = tuple[str, str]
+
+
+def rows_cte(
+    dialect: str, name: str, columns: Sequence[Column], rows: Sequence[Sequence[Any]], first: int = 1
+) -> tuple[str, list[Any]]:
+    """A common table expression ``name(column, ...)`` holding ``rows``, for a statement that
+    takes many rows at once (``WITH {cte} INSERT ... SELECT ... FROM name``), and its arguments,
+    numbered from ``$first``. PostgreSQL gets one array per column through ``unnest``: one
+    statement text (one prepared statement) for any number of rows. SQLite gets ``VALUES``."""
+    names = ", ".join(column for column, _ in columns)
+    if dialect == "postgresql":
+        arrays = ", ".join(f"${first + i}::{kind}[]" for i, (_, kind) in enumerate(columns))
+        args: list[Any] = [list(values) for values in zip(*rows, strict=True)]
+        return f"{name}({names}) AS (SELECT * FROM unnest({arrays}))", args
+    width = len(columns)
+    tuples = ", ".join(
+        "(" + ", ".join(f"${first + r * width + c}" for c in range(width)) + ")" for r in range(len(rows))
+    )
+    return f"{name}({names}) AS (VALUES {tuples})", [value for row in rows for value in row]
+
+
 # How long an SQLite write waits for another process's write lock before failing.
 BUSY_TIMEOUT_MS = 30000
 _BEGIN_WRITE = "BEGIN IMMEDIATE"  # the write lock up front: nothing in the transaction waits
@@ -89,6 +114,8 @@ class _SqliteTx:
     """Statements of an open SQLite transaction, run on the event loop's thread: once
     ``BEGIN IMMEDIATE`` holds the write lock (or a WAL read has its snapshot) nothing waits on
     another process, and each statement takes microseconds — far less than a thread hop."""
+
+    dialect = "sqlite"
 
     def __init__(self, db: SqliteDatabase):
         self._db = db
@@ -284,6 +311,8 @@ class _Checkpointer:
 
 
 class _PgTx:
+    dialect = "postgresql"
+
     def __init__(self, conn: Any):
         self._conn = conn
 
@@ -298,6 +327,11 @@ class _PgTx:
         return dict(row) if row is not None else None
 
 
+# PostgreSQL connections per process: the worker's first steps, the outcomes of upgrades
+# whose calls come back together, the outbox relay and the schedule, each without a queue.
+POOL_SIZE = 8
+
+
 class PostgresDatabase:
     dialect = "postgresql"
 
@@ -310,7 +344,8 @@ class PostgresDatabase:
 
         try:
             self._pool = await asyncio.wait_for(
-                asyncpg.create_pool(self._url, min_size=1, max_size=4), timeout=10
+                asyncpg.create_pool(self._url, min_size=1, max_size=POOL_SIZE, reset=_keep_session),
+                timeout=10,
             )
         except (OSError, TimeoutError, asyncpg.PostgresError, ValueError) as exc:
             reason = type(exc).__name__ if isinstance(exc, TimeoutError) else str(exc)
@@ -325,6 +360,13 @@ class PostgresDatabase:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+
+
+async def _keep_session(conn: Any) -> None:
+    """What a connection back in the pool needs: nothing. asyncpg's default resets the session
+    with one more round trip per transaction (``RESET ALL``, ``UNLISTEN *``, advisory locks);
+    the store sets no session state, listens to nothing and takes transaction-scoped locks
+    only, and every use is a transaction that ends in commit or rollback."""
 
 
 async def open_database(url: str) -> Database:

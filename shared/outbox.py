@@ -11,9 +11,10 @@ outcome in ``deliveries`` and endpoints that answered 410 in ``notify_endpoints`
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
-from shared.db import Database, Row, Tx
+from shared.db import Database, Row, Tx, rows_cte
 from shared.notifications import Notice
 
 # Schema of this module, appended to ``shared.store.MIGRATIONS`` as one migration of its own.
@@ -72,6 +73,46 @@ async def insert(tx: Tx, notice: Notice, now: float) -> bool:
     return row is not None
 
 
+_DELIVERY_COLUMNS = (("notification_id", "text"), ("endpoint", "text"), ("channel", "text"))
+_NOTICE_COLUMNS = (
+    ("notification_id", "text"),
+    ("event_type", "text"),
+    ("subject", "text"),
+    ("instance_id", "text"),
+    ("data", "text"),
+    ("created_at", "float8"),
+)
+
+
+async def insert_many(tx: Tx, notices: Sequence[tuple[Notice, float]]) -> None:
+    """``insert`` of several notifications (each with its time) in one statement."""
+    if not notices:
+        return
+    cte, args = rows_cte(
+        tx.dialect,
+        "v",
+        _NOTICE_COLUMNS,
+        [
+            (
+                n.id,
+                n.type.value,
+                n.key,
+                n.instance_id,
+                json.dumps(n.data, ensure_ascii=False, default=str),
+                at,
+            )
+            for n, at in notices
+        ],
+    )
+    await tx.execute(
+        f"""WITH {cte}
+           INSERT INTO notifications (notification_id, event_type, subject, instance_id, data, created_at)
+           SELECT notification_id, event_type, subject, instance_id, data, created_at FROM v WHERE true
+           ON CONFLICT (notification_id) DO NOTHING""",
+        *args,
+    )
+
+
 class Outbox:
     """The relay's and the deliverer's operations, each in a transaction of its own."""
 
@@ -102,22 +143,31 @@ class Outbox:
             )
         return sorted(rows, key=lambda r: (r["created_at"], r["notification_id"]))
 
-    async def published(self, notification_id: str, endpoints: list[tuple[str, str]], now: float) -> None:
-        """The broker confirmed one message per endpoint (``(endpoint id, channel)``)."""
+    async def published(self, done: Sequence[tuple[str, list[tuple[str, str]]]], now: float) -> None:
+        """The broker confirmed, for each notification, one message per endpoint (``(endpoint
+        id, channel)``): one transaction for all of them."""
         async with self.db.transaction() as tx:
-            await tx.execute(
-                "UPDATE notifications SET published_at = $1 WHERE notification_id = $2", now, notification_id
+            cte, args = rows_cte(
+                tx.dialect, "v", [("notification_id", "text")], [(n,) for n, _ in done], first=2
             )
-            for endpoint, channel in endpoints:
+            await tx.execute(
+                f"""WITH {cte} UPDATE notifications SET published_at = CAST($1 AS DOUBLE PRECISION)
+                    WHERE notification_id IN (SELECT notification_id FROM v)""",
+                now,
+                *args,
+            )
+            deliveries = [(n, endpoint, channel) for n, targets in done for endpoint, channel in targets]
+            if deliveries:
+                cte, args = rows_cte(tx.dialect, "v", _DELIVERY_COLUMNS, deliveries, first=3)
                 await tx.execute(
-                    """INSERT INTO deliveries (notification_id, endpoint, channel, status, attempts,
-                           updated_at)
-                       VALUES ($1, $2, $3, $4, 0, $5) ON CONFLICT (notification_id, endpoint) DO NOTHING""",
-                    notification_id,
-                    endpoint,
-                    channel,
+                    f"""WITH {cte}
+                        INSERT INTO deliveries (notification_id, endpoint, channel, status, attempts,
+                            updated_at)
+                        SELECT notification_id, endpoint, channel, $1, 0, CAST($2 AS DOUBLE PRECISION)
+                        FROM v WHERE true ON CONFLICT (notification_id, endpoint) DO NOTHING""",
                     QUEUED,
                     now,
+                    *args,
                 )
 
     async def delivered(self, notification_id: str, endpoint: str) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -19,7 +19,7 @@ from shared import outbox, watch
 from shared.alarm import Alarm, new_id
 from shared.claims import ClaimRow, ClaimStatus, ClaimVerdict, claim_verdict
 from shared.controls import GLOBAL, ControlError, Pause
-from shared.db import Database, Row, Tx, open_database
+from shared.db import Database, Row, Tx, open_database, rows_cte
 from shared.errors import StoreError
 from shared.incidents import IncidentChange, IncidentPlan
 from shared.notifications import EventType, Notice, action_notice, alarm_data, incident_notice
@@ -77,6 +77,23 @@ _DECIDED_SQL = _sql_list(DECIDED_STATUSES)
 # reason. The alarm's own work is done; only the check may change the row.
 AWAITING_CONFIRMATION = "awaiting_confirmation"
 
+
+# The columns ``Unit.flush`` writes actions from (``rows_cte``).
+_ACTION_COLUMNS_IN = (
+    ("action_id", "text"),
+    ("event_key", "text"),
+    ("incident_id", "text"),
+    ("instance_id", "text"),
+    ("alarm_type", "text"),
+    ("status", "text"),
+    ("reason", "text"),
+    ("detail", "text"),
+    ("plan", "text"),
+    ("attempts", "int"),
+    ("at", "float8"),
+    ("from_plan", "text"),
+    ("verification", "text"),
+)
 
 # An action row as the views show it: with its approval, when it has one.
 _ACTION_COLUMNS = """a.*, p.deadline AS approval_deadline, p.decided_by AS approval_decided_by,
@@ -210,8 +227,72 @@ class EventRecord:
     incident_change: str | None
     final_status: str | None  # this event's action status when no more work is due
     awaiting_plan: str | None = None  # the plan of an accepted upgrade still to be confirmed
-    duplicate: bool = False  # another event with identical content already has a decision
     approval_deadline: float | None = None  # its upgrade awaits (or just got) an approval
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """An alarm to record: the instance it is about and what it does to incidents."""
+
+    alarm: Alarm
+    instance_id: str | None
+    plan: IncidentPlan
+
+
+def segments(arrivals: Sequence[Arrival]) -> list[list[int]]:
+    """``arrivals`` (by index, in order) cut into the runs that ``Unit.record_events`` takes at
+    once: a run ends before an event it already holds (a redelivery must see what the first
+    delivery wrote) and before an incident change that cannot join the run's changes of the
+    same key (one resolve, or groupings only)."""
+    runs: list[list[int]] = []
+    run: list[int] = []
+    events: set[str] = set()
+    changes: dict[str, IncidentChange] = {}
+    for i, arrival in enumerate(arrivals):
+        key, change = arrival.plan.key, arrival.plan.change
+        touches = change in (IncidentChange.UPSERT, IncidentChange.RESOLVE) and key is not None
+        clash = arrival.alarm.event_id in events or (
+            touches
+            and key in changes
+            and (change is IncidentChange.RESOLVE or changes[key] is IncidentChange.RESOLVE)
+        )
+        if clash:
+            runs.append(run)
+            run, events, changes = [], set(), {}
+        run.append(i)
+        events.add(arrival.alarm.event_id)
+        if touches and key is not None:
+            changes[key] = change
+    if run:
+        runs.append(run)
+    return runs
+
+
+class QueuedAction:
+    """An action row ``Unit.queue_action`` holds until ``flush``: whether it was written (False when
+    the event's action already had its final word)."""
+
+    written: bool | None = None
+
+
+_EVENT_COLUMNS = (
+    ("event_id", "text"),
+    ("event_key", "text"),
+    ("received_at", "float8"),
+    ("instance_id", "text"),
+    ("alarm_type", "text"),
+    ("incident_key", "text"),
+    ("ungroupable", "text"),
+    ("body", "text"),
+)
+_INCIDENT_COLUMNS = (
+    ("incident_id", "text"),
+    ("incident_key", "text"),
+    ("instance_id", "text"),
+    ("alarm_type", "text"),
+    ("n", "int"),
+    ("last_value", "text"),
+)
 
 
 @dataclass(frozen=True)
@@ -268,7 +349,9 @@ class Store:
         """One write transaction for several operations: what one step of an alarm writes
         (its event, incident change, claim and decision) commits together, or not at all."""
         async with self.db.transaction() as tx:
-            yield Unit(tx)
+            unit = Unit(tx)
+            yield unit
+            await unit.flush()
 
     # The single operations the worker runs outside an alarm's first step.
 
@@ -418,6 +501,13 @@ class Unit:
 
     def __init__(self, tx: Tx):
         self.tx = tx
+        # ``duplicate``'s reading: content key -> lowest and highest decided event id, or
+        # None for none; a key this transaction writes an action for is read afresh.
+        self._decided: dict[str, tuple[str, str] | None] = {}
+        # Skips of new events, written together by ``flush``; their keys for ``duplicate``.
+        self._queued: list[tuple[ActionRecord, QueuedAction]] = []
+        self._decided_queued: dict[str, set[str]] = {}
+        self._pauses: tuple[float, list[Pause]] | None = None  # (as of, running pauses)
 
     # --- notifications ----------------------------------------------------------------------
 
@@ -436,67 +526,186 @@ class Unit:
         notice = Notice(event_type, key, data, instance_id)
         return await outbox.insert(self.tx, notice, time.time() if now is None else now)
 
-    async def _notify_action(self, action: Row, alarm: dict[str, Any]) -> None:
-        notice = action_notice(action, alarm)
-        if notice is not None:
-            await outbox.insert(self.tx, notice, float(action["updated_at"]))
-
     # --- events and incidents -------------------------------------------------------------
 
     async def record_event(
         self, alarm: Alarm, instance_id: str | None, plan: IncidentPlan, now: float
     ) -> EventRecord:
-        """Record the event once (by event id) and apply its incident change in the same
-        transaction, so a redelivery neither double-counts nor loses the incident update
-        (an opened or resolved incident writes its notification here too).
-        When the event still needs a decision, also say whether identical content already
-        has one (``duplicate``)."""
-        inserted = await self.tx.fetchrow(
-            """INSERT INTO events (event_id, event_key, received_at, recorded_at,
-                   instance_id, alarm_type, incident_key, ungroupable, body)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-               ON CONFLICT (event_id) DO NOTHING RETURNING event_id""",
-            alarm.event_id,
-            alarm.event_key,
-            alarm.received_at,
-            now,
-            instance_id,
-            alarm.alarm_type,
-            plan.key,
-            plan.reason if plan.change is IncidentChange.UNGROUPABLE else None,
-            json.dumps(alarm.body, ensure_ascii=False),
+        """``record_events`` of one alarm."""
+        [record] = await self.record_events([Arrival(alarm, instance_id, plan)], now)
+        return record
+
+    async def record_events(self, arrivals: Sequence[Arrival], now: float) -> list[EventRecord]:
+        """Record each event once (by event id) and apply the incident changes of those that
+        are new, in the same transaction, so a redelivery neither double-counts nor loses an
+        incident update (an opened or resolved incident writes its notification here too).
+        Set-based: a handful of statements for any number of alarms, with the outcome the
+        alarms would have had one after the other in this order. ``arrivals`` must be one of
+        ``segments``' runs (no event twice, no incident both resolved and grouped into).
+        Also reads, for ``duplicate``, which of their contents already have a decision."""
+        if not arrivals:
+            return []
+        ids = [a.alarm.event_id for a in arrivals]
+        assert len(set(ids)) == len(ids), "an event twice in one run: see segments()"
+        dialect = self.tx.dialect
+        cte, args = rows_cte(
+            dialect,
+            "v",
+            _EVENT_COLUMNS,
+            [
+                (
+                    a.alarm.event_id,
+                    a.alarm.event_key,
+                    a.alarm.received_at,
+                    a.instance_id,
+                    a.alarm.alarm_type,
+                    a.plan.key,
+                    a.plan.reason if a.plan.change is IncidentChange.UNGROUPABLE else None,
+                    json.dumps(a.alarm.body, ensure_ascii=False),
+                )
+                for a in arrivals
+            ],
+            first=2,
         )
-        if inserted is None:
-            row = await self.tx.fetchrow(
-                """SELECT e.incident_id, e.incident_change, a.status, a.reason, a.plan, p.deadline
-                   FROM events e LEFT JOIN actions a ON a.action_id = e.event_id
-                   LEFT JOIN approvals p ON p.action_id = e.event_id
-                   WHERE e.event_id = $1""",
-                alarm.event_id,
-            )
-            assert row is not None
+        inserted = await self.tx.fetch(
+            f"""WITH {cte}
+               INSERT INTO events (event_id, event_key, received_at, recorded_at, instance_id,
+                   alarm_type, incident_key, ungroupable, body)
+               SELECT event_id, event_key, received_at, CAST($1 AS DOUBLE PRECISION), instance_id,
+                   alarm_type, incident_key, ungroupable, body FROM v WHERE true
+               ON CONFLICT (event_id) DO NOTHING RETURNING event_id""",
+            now,
+            *args,
+        )
+        new = {row["event_id"] for row in inserted}
+        fresh = [a for a in arrivals if a.alarm.event_id in new]
+        changes = await self._apply_incidents(fresh, now) if fresh else {}
+        earlier = await self._recorded([i for i in ids if i not in new])
+        records: list[EventRecord] = []
+        to_check: list[str] = []
+        for a in arrivals:
+            if a.alarm.event_id in new:
+                incident_id, change = changes[a.alarm.event_id]
+                records.append(EventRecord(True, incident_id, change, None))
+                to_check.append(a.alarm.event_key)
+                continue
+            row = earlier[a.alarm.event_id]
             done = row["status"] if _is_done(row["status"], row["reason"]) else None
             awaiting = row["plan"] if row["reason"] == AWAITING_CONFIRMATION else None
-            duplicate = done is None and awaiting is None and await self._duplicate(alarm)
             approval = float(row["deadline"]) if row["status"] in HANDED_OFF else None
-            return EventRecord(
-                False, row["incident_id"], row["incident_change"], done, awaiting, duplicate, approval
+            records.append(
+                EventRecord(False, row["incident_id"], row["incident_change"], done, awaiting, approval)
             )
-        incident_id, change = await self._apply_incident(alarm, instance_id, plan, now)
-        notice = incident_notice(change, incident_id, plan.key, alarm, instance_id, now)
-        if notice is not None:
-            await outbox.insert(self.tx, notice, now)
-        await self.tx.execute(
-            "UPDATE events SET incident_id = $1, incident_change = $2 WHERE event_id = $3",
-            incident_id,
-            change,
-            alarm.event_id,
-        )
-        return EventRecord(True, incident_id, change, None, duplicate=await self._duplicate(alarm))
+            if done is None and awaiting is None:
+                to_check.append(a.alarm.event_key)
+        await self._read_decided(to_check)
+        return records
 
-    async def _duplicate(self, alarm: Alarm) -> bool:
-        # A replay is decided afresh, whatever identical alarms were.
-        return not alarm.replayed and await self.key_already_decided(alarm.event_key, alarm.event_id)
+    async def _recorded(self, event_ids: Sequence[str]) -> dict[str, Row]:
+        """What the store holds about events recorded before: incident, action, approval."""
+        if not event_ids:
+            return {}
+        cte, args = rows_cte(self.tx.dialect, "v", [("event_id", "text")], [(i,) for i in event_ids])
+        rows = await self.tx.fetch(
+            f"""WITH {cte}
+               SELECT e.event_id, e.incident_id, e.incident_change, a.status, a.reason, a.plan, p.deadline
+               FROM v JOIN events e ON e.event_id = v.event_id
+               LEFT JOIN actions a ON a.action_id = e.event_id
+               LEFT JOIN approvals p ON p.action_id = e.event_id""",
+            *args,
+        )
+        return {row["event_id"]: row for row in rows}
+
+    async def _apply_incidents(
+        self, arrivals: Sequence[Arrival], now: float
+    ) -> dict[str, tuple[str | None, str]]:
+        """The incident change of each new event (by event id): its incident and what became
+        of it (opened, grouped, resolved, none, ungroupable), as if applied one at a time.
+        Groupings into one key are one upsert row adding their count; keys are locked in
+        sorted order (as concurrent workers lock them). A run with a resolve applies its
+        changes one at a time, in the order given (the order the worker locks rows in)."""
+        out: dict[str, tuple[str | None, str]] = {}
+        if any(a.plan.change is IncidentChange.RESOLVE for a in arrivals):
+            for a in arrivals:
+                out[a.alarm.event_id] = await self._apply_incident(a.alarm, a.instance_id, a.plan, now)
+        else:
+            groups: dict[str, list[Arrival]] = {}
+            for a in arrivals:
+                if a.plan.change is IncidentChange.UPSERT and a.plan.key is not None:
+                    groups.setdefault(a.plan.key, []).append(a)
+                else:
+                    out[a.alarm.event_id] = (None, a.plan.change.value)
+            out.update(await self._group_incidents(groups, now))
+        notices = []
+        for a in arrivals:
+            incident_id, change = out[a.alarm.event_id]
+            notice = incident_notice(change, incident_id, a.plan.key, a.alarm, a.instance_id, now)
+            if notice is not None:
+                notices.append(notice)
+        if notices:
+            await outbox.insert_many(self.tx, [(notice, now) for notice in notices])
+        cte, args = rows_cte(
+            self.tx.dialect,
+            "v",
+            [("event_id", "text"), ("incident_id", "text"), ("incident_change", "text")],
+            [(a.alarm.event_id, *out[a.alarm.event_id]) for a in arrivals],
+        )
+        await self.tx.execute(
+            f"""WITH {cte}
+               UPDATE events SET incident_id = v.incident_id, incident_change = v.incident_change
+               FROM v WHERE events.event_id = v.event_id""",
+            *args,
+        )
+        return out
+
+    async def _group_incidents(
+        self, groups: dict[str, list[Arrival]], now: float
+    ) -> dict[str, tuple[str | None, str]]:
+        """Open or group into the open incident of each key: one upsert row per key, adding
+        its alarms' count, in sorted key order."""
+        if not groups:
+            return {}
+        rows = []
+        for key in sorted(groups):
+            group = groups[key]
+            values = [a.alarm.body.get("value") for a in group]
+            last = next((v for v in reversed(values) if v is not None), None)
+            first = group[0]
+            rows.append(
+                (
+                    new_id(),
+                    key,
+                    first.instance_id,
+                    first.alarm.alarm_type,
+                    len(group),
+                    None if last is None else json.dumps(last),
+                )
+            )
+        cte, args = rows_cte(self.tx.dialect, "v", _INCIDENT_COLUMNS, rows, first=2)
+        upserted = await self.tx.fetch(
+            f"""WITH {cte}
+               INSERT INTO incidents (incident_id, incident_key, title, status, instance_id,
+                   alarm_type, first_seen, last_seen, event_count, last_value)
+               SELECT incident_id, incident_key, incident_key, 'open', instance_id, alarm_type,
+                   CAST($1 AS DOUBLE PRECISION), CAST($1 AS DOUBLE PRECISION), n, last_value
+               FROM v WHERE true
+               ON CONFLICT (incident_key) WHERE status = 'open' DO UPDATE SET
+                   event_count = incidents.event_count + excluded.event_count,
+                   last_seen = excluded.last_seen,
+                   last_value = COALESCE(excluded.last_value, incidents.last_value)
+               RETURNING incident_id, incident_key, event_count""",
+            now,
+            *args,
+        )
+        out: dict[str, tuple[str | None, str]] = {}
+        for row in upserted:
+            group = groups[row["incident_key"]]
+            # The row was inserted (opened by the group's first alarm) exactly when its count
+            # is the group's own.
+            opened = int(row["event_count"]) == len(group)
+            for n, a in enumerate(group):
+                out[a.alarm.event_id] = (row["incident_id"], "opened" if opened and n == 0 else "grouped")
+        return out
 
     async def _apply_incident(
         self, alarm: Alarm, instance_id: str | None, plan: IncidentPlan, now: float
@@ -531,6 +740,38 @@ class Unit:
             return (row["incident_id"], "resolved") if row else (None, "none")
         return None, plan.change.value
 
+    async def _read_decided(self, event_keys: Sequence[str]) -> None:
+        """Read, for ``duplicate``, which of these contents already have a decision: for each,
+        the lowest and highest event id among the decided events with it."""
+        keys = sorted({k for k in event_keys if k not in self._decided})
+        if not keys:
+            return
+        cte, args = rows_cte(self.tx.dialect, "v", [("event_key", "text")], [(k,) for k in keys])
+        rows = await self.tx.fetch(
+            f"""WITH {cte}
+               SELECT a.event_key, MIN(a.event_id) AS lo, MAX(a.event_id) AS hi FROM actions a
+               WHERE a.event_key IN (SELECT event_key FROM v) AND a.status IN ({_DECIDED_SQL})
+               AND NOT (a.status = 'skipped' AND COALESCE(a.reason, '') IN ({_PASSING_SQL}))
+               GROUP BY a.event_key""",
+            *args,
+        )
+        self._decided.update(dict.fromkeys(keys))
+        self._decided.update({row["event_key"]: (row["lo"], row["hi"]) for row in rows})
+
+    async def duplicate(self, alarm: Alarm) -> bool:
+        """Has another event with identical content already been decided (a replay is
+        decided afresh, whatever identical alarms were)? Answered from what ``record_events``
+        read and this transaction has written or queued since."""
+        if alarm.replayed:
+            return False
+        key, event_id = alarm.event_key, alarm.event_id
+        if any(other != event_id for other in self._decided_queued.get(key, ())):
+            return True
+        if key not in self._decided:
+            return await self.key_already_decided(key, event_id)
+        seen = self._decided[key]
+        return seen is not None and (seen[0] != event_id or seen[1] != event_id)
+
     async def key_already_decided(self, event_key: str, event_id: str) -> bool:
         """Has another event with identical content already been decided?"""
         row = await self.tx.fetchrow(
@@ -551,39 +792,74 @@ class Unit:
         is not a replay: the first final word about an event wins, so a second delivery of
         the same event racing the first cannot overwrite "succeeded" with a skip.
         """
-        row = await self.tx.fetchrow(
-            f"""INSERT INTO actions (action_id, event_id, event_key, incident_id, instance_id,
-                   alarm_type, status, reason, detail, plan, attempts, created_at, updated_at, from_plan,
-                   verification)
-               VALUES ($1, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $13, $14)
-               ON CONFLICT (action_id) DO UPDATE SET
-                   status = excluded.status, reason = excluded.reason,
-                   detail = excluded.detail, plan = COALESCE(excluded.plan, actions.plan),
-                   attempts = excluded.attempts, updated_at = excluded.updated_at,
-                   from_plan = COALESCE(excluded.from_plan, actions.from_plan),
-                   verification = COALESCE(excluded.verification, actions.verification)
-               WHERE (actions.status NOT IN ({_SETTLED_SQL})
-                      AND COALESCE(actions.reason, '') <> '{AWAITING_CONFIRMATION}') OR $12
-               RETURNING *""",
-            record.alarm.event_id,
-            record.alarm.event_key,
-            record.incident_id,
-            record.instance_id,
-            record.alarm.alarm_type,
-            record.status.value,
-            record.reason,
-            record.detail,
-            record.plan,
-            record.attempts,
-            record.now,
-            record.alarm.replayed,
-            record.from_plan,
-            json.dumps(record.verification) if record.verification is not None else None,
-        )
-        if row is None:
-            return False
-        await self._notify_action(row, alarm_data(record.alarm))
-        return True
+        [written] = await self.write_actions([record])
+        return written
+
+    async def write_actions(self, records: Sequence[ActionRecord]) -> list[bool]:
+        """``write_action`` of several events' rows (one statement for those of them that are
+        not replays, one for the replays); each one's answer, in order. An action notice of
+        a row written is part of the same transaction."""
+        if len({r.alarm.event_id for r in records}) < len(records):  # one row twice: in turn
+            return [written for r in records for written in await self.write_actions([r])]
+        written: dict[str, Row] = {}
+        for replayed in (False, True):
+            group = [r for r in records if r.alarm.replayed is replayed]
+            if not group:
+                continue
+            for record in group:
+                self._decided.pop(record.alarm.event_key, None)  # ``duplicate`` reads it afresh
+            cte, args = rows_cte(
+                self.tx.dialect, "v", _ACTION_COLUMNS_IN, [_action_values(r) for r in group], 2
+            )
+            rows = await self.tx.fetch(
+                f"""WITH {cte}
+                   INSERT INTO actions (action_id, event_id, event_key, incident_id, instance_id,
+                       alarm_type, status, reason, detail, plan, attempts, created_at, updated_at,
+                       from_plan, verification)
+                   SELECT action_id, action_id, event_key, incident_id, instance_id, alarm_type, status,
+                       reason, detail, plan, attempts, at, at, from_plan, verification FROM v WHERE true
+                   ON CONFLICT (action_id) DO UPDATE SET
+                       status = excluded.status, reason = excluded.reason,
+                       detail = excluded.detail, plan = COALESCE(excluded.plan, actions.plan),
+                       attempts = excluded.attempts, updated_at = excluded.updated_at,
+                       from_plan = COALESCE(excluded.from_plan, actions.from_plan),
+                       verification = COALESCE(excluded.verification, actions.verification)
+                   WHERE (actions.status NOT IN ({_SETTLED_SQL})
+                          AND COALESCE(actions.reason, '') <> '{AWAITING_CONFIRMATION}') OR $1
+                   RETURNING *""",
+                replayed,
+                *args,
+            )
+            written.update((row["action_id"], row) for row in rows)
+        notices = []
+        for r in records:
+            row = written.get(r.alarm.event_id)
+            notice = action_notice(row, alarm_data(r.alarm)) if row is not None else None
+            if row is not None and notice is not None:
+                notices.append((notice, float(row["updated_at"])))
+        await outbox.insert_many(self.tx, notices)
+        return [r.alarm.event_id in written for r in records]
+
+    def queue_action(self, record: ActionRecord) -> QueuedAction:
+        """A new event's first action row (a skip, or an upgrade in progress), written with the
+        others at ``flush`` (one statement): what ``write_action`` does, for an event whose
+        action row does not exist yet."""
+        queued = QueuedAction()
+        self._queued.append((record, queued))
+        decided = record.status in DECIDED_STATUSES
+        if decided and not (record.status is ActionStatus.SKIPPED and record.reason in PASSING_SKIPS):
+            self._decided_queued.setdefault(record.alarm.event_key, set()).add(record.alarm.event_id)
+        return queued
+
+    async def flush(self) -> None:
+        """Write the queued action rows (``queue_action``)."""
+        queued, self._queued = self._queued, []
+        if not queued:
+            return
+        self._decided_queued.clear()
+        results = await self.write_actions([record for record, _ in queued])
+        for (_, result), written in zip(queued, results, strict=True):
+            result.written = written
 
     async def confirm_action(self, action_id: str, status: ActionStatus, detail: str, now: float) -> bool:
         """Close an upgrade that was awaiting confirmation (``succeeded`` / ``unconfirmed``)."""
@@ -602,7 +878,9 @@ class Unit:
         event = await self.tx.fetchrow(
             "SELECT event_id, received_at, body FROM events WHERE event_id = $1", row["event_id"]
         )
-        await self._notify_action(row, _event_alarm_data(event) if event else {"event_id": row["event_id"]})
+        notice = action_notice(row, _event_alarm_data(event) if event else {"event_id": row["event_id"]})
+        if notice is not None:
+            await outbox.insert(self.tx, notice, float(row["updated_at"]))
         return True
 
     # --- cooldown claims -------------------------------------------------------------------
@@ -680,14 +958,16 @@ class Unit:
     # --- the operator's controls: pauses, approvals, audit --------------------------------
 
     async def pauses_for(self, instance: str, now: float) -> list[Pause]:
-        """Pauses holding ``instance`` at ``now`` (its own and the global one)."""
-        rows = await self.tx.fetch(
-            "SELECT * FROM pauses WHERE scope IN ($1, $2) AND until_at > $3", instance, GLOBAL, now
-        )
-        return [_pause(r) for r in rows]
+        """Pauses holding ``instance`` at ``now`` (its own and the global one). The running
+        pauses are read once per transaction (a batch's upgrades ask one after the other)."""
+        if self._pauses is None or now < self._pauses[0]:
+            rows = await self.tx.fetch("SELECT * FROM pauses WHERE until_at > $1", now)
+            self._pauses = (now, [_pause(r) for r in rows])
+        return [p for p in self._pauses[1] if p.scope in (instance, GLOBAL) and p.until > now]
 
     async def set_pause(self, pause: Pause) -> None:
         """Pause a scope (a new pause replaces the one it had)."""
+        self._pauses = None
         await self.tx.execute(
             """INSERT INTO pauses (scope, until_at, operator, reason, created_at)
                VALUES ($1, $2, $3, $4, $5)
@@ -703,6 +983,7 @@ class Unit:
 
     async def clear_pause(self, scope: str, now: float) -> Pause | None:
         """End a scope's pause; the pause that was still running, or None."""
+        self._pauses = None
         row = await self.tx.fetchrow("DELETE FROM pauses WHERE scope = $1 RETURNING *", scope)
         return _pause(row) if row is not None and row["until_at"] > now else None
 
@@ -902,6 +1183,26 @@ class ActionRecord:
     attempts: int = 0
     from_plan: str | None = None  # the plan read before the upgrade, where it was
     verification: dict[str, Any] | None = None  # what the broker check saw (worker.verify)
+
+
+def _action_values(r: ActionRecord) -> tuple[Any, ...]:
+    """An action row's values in ``_ACTION_COLUMNS_IN`` order."""
+    verification = json.dumps(r.verification) if r.verification is not None else None
+    return (
+        r.alarm.event_id,
+        r.alarm.event_key,
+        r.incident_id,
+        r.instance_id,
+        r.alarm.alarm_type,
+        r.status.value,
+        r.reason,
+        r.detail,
+        r.plan,
+        r.attempts,
+        r.now,
+        r.from_plan,
+        verification,
+    )
 
 
 def _event_alarm_data(event: Row) -> dict[str, Any]:

@@ -164,30 +164,37 @@ class Notifier:
             return 0
         rows = await self.outbox.claim(self.clock(), RELAY_LEASE_SECONDS, RELAY_BATCH)
         disabled = await self.disabled()
-        for row in rows:
-            body = {
-                "type": row["event_type"],
-                "timestamp": _iso(row["created_at"]),
-                "data": outbox.loads(row),
-            }
-            targets = [
-                e
-                for e in route(self.endpoints, row["event_type"], row["instance_id"])
-                if e.id not in disabled
-            ]
-            for endpoint in targets:
-                message = envelope.notification_message(row["notification_id"], endpoint.id, body)
-                await channel.default_exchange.publish(message, routing_key=self.family.work, mandatory=True)
-            await self.outbox.published(
-                row["notification_id"], [(e.id, e.kind.value) for e in targets], self.clock()
-            )
+        # Marked published together, once the broker has confirmed each one's messages: also
+        # when a later one fails (it stays leased, and is published again after the lease).
+        done: list[tuple[str, list[tuple[str, str]]]] = []
+        try:
+            for row in rows:
+                done.append((row["notification_id"], await self._publish(channel, row, disabled)))
+        finally:
+            if done:
+                await self.outbox.published(done, self.clock())
+        for row, (_, sent) in zip(rows, done, strict=False):
             log.info(
                 "notification.published",
                 notification_id=row["notification_id"],
                 type=row["event_type"],
-                endpoints=[e.id for e in targets],
+                endpoints=[endpoint_id for endpoint_id, _ in sent],
             )
         return len(rows)
+
+    async def _publish(
+        self, channel: AbstractChannel, row: dict[str, Any], disabled: set[str]
+    ) -> list[tuple[str, str]]:
+        """One message per endpoint the notification goes to, each confirmed by the broker;
+        those endpoints (``(id, channel)``)."""
+        body = {"type": row["event_type"], "timestamp": _iso(row["created_at"]), "data": outbox.loads(row)}
+        targets = [
+            e for e in route(self.endpoints, row["event_type"], row["instance_id"]) if e.id not in disabled
+        ]
+        for endpoint in targets:
+            message = envelope.notification_message(row["notification_id"], endpoint.id, body)
+            await channel.default_exchange.publish(message, routing_key=self.family.work, mandatory=True)
+        return [(e.id, e.kind.value) for e in targets]
 
     async def disabled(self) -> set[str]:
         """Endpoints that answered 410 (this worker's, and others' as of a few seconds ago)."""

@@ -35,10 +35,13 @@ from shared.store import (
     ActionRecord,
     ActionStatus,
     ApprovalRequest,
+    Arrival,
     AuditEntry,
     EventRecord,
+    QueuedAction,
     Store,
     Unit,
+    segments,
 )
 from worker.cloudamqp import CloudAmqpClient
 from worker.management import ManagementApi, read_nodes
@@ -86,6 +89,7 @@ class Job:
     plan: str | None = None
     from_plan: str | None = None  # the plan read before the upgrade, where it was read
     verification: dict[str, Any] | None = None  # what the broker check saw, where it looked
+    new: bool = False  # its event was recorded in this step (it has no action row yet)
 
     def action(self, status: ActionStatus, now: float, **fields: Any) -> ActionRecord:
         """A write of this alarm's action row."""
@@ -143,12 +147,25 @@ class Processor:
     async def first_steps(self, alarms: Sequence[Alarm]) -> list[Then]:
         """The first steps of ``alarms``, in order, in one transaction (group commit): what
         each one does next once it has committed. When the transaction fails, none of them
-        took its step (the caller decides whether to try them one by one)."""
+        took its step (the caller decides whether to try them one by one).
+
+        The store takes them in runs (``shared.store.segments``), each recorded in a handful
+        of statements for the whole run, then decided one by one; their skips are written
+        together at the end of the run."""
         now = self.clock()
+        order = sorted(range(len(alarms)), key=lambda i: self._lock_order(alarms[i]))
+        arrivals = []
+        for i in order:
+            instance = target_instance(alarms[i], self.settings)
+            arrivals.append(Arrival(alarms[i], instance, plan_incident(alarms[i], instance)))
         thens: list[Then | None] = [None] * len(alarms)
         async with self.store.unit() as unit:
-            for i in sorted(range(len(alarms)), key=lambda i: self._lock_order(alarms[i])):
-                thens[i] = await self._record_and_decide(unit, alarm=alarms[i], now=now)
+            for run in segments(arrivals):
+                taken = [arrivals[n] for n in run]
+                records = await unit.record_events(taken, now)
+                for n, arrival, record in zip(run, taken, records, strict=True):
+                    thens[order[n]] = await self._decide(unit, arrival, record, now)
+                await unit.flush()
         return [then for then in thens if then is not None]
 
     def _lock_order(self, alarm: Alarm) -> tuple[str, str]:
@@ -159,8 +176,8 @@ class Processor:
         instance = target_instance(alarm, self.settings)
         return instance or "", plan_incident(alarm, instance).key or ""
 
-    async def _record_and_decide(self, unit: Unit, alarm: Alarm, now: float) -> Then:
-        instance = target_instance(alarm, self.settings)
+    async def _decide(self, unit: Unit, arrival: Arrival, record: EventRecord, now: float) -> Then:
+        alarm, instance, incident = arrival.alarm, arrival.instance_id, arrival.plan
         bound = log.bind(
             event_id=alarm.event_id,
             instance=instance,
@@ -168,9 +185,7 @@ class Processor:
             attempt=alarm.attempts + 1,
             replayed=alarm.replayed,
         )
-        incident = plan_incident(alarm, instance)
-        record = await unit.record_event(alarm, instance, incident, now)
-        job = Job(alarm, instance, record.incident_id, bound)
+        job = Job(alarm, instance, record.incident_id, bound, new=record.new)
         then = await self._first_step(unit, job, record, now)
         if not record.new:
             return then
@@ -190,7 +205,7 @@ class Processor:
             return partial(self._awaiting_again, job, check)
         if record.final_status is not None and not alarm.replayed:
             return partial(already_processed, job, f"its action is already {record.final_status}")
-        state = DecisionState(duplicate=record.duplicate)
+        state = DecisionState(duplicate=await unit.duplicate(alarm))
         decision = decide(alarm, state, self.settings, now, self.policy)
         if isinstance(decision, Upgrade):
             # Only an alarm that would upgrade pays for the look at pauses.
@@ -236,7 +251,11 @@ class Processor:
             return partial(self._dry_run, job, upgrade)
         if upgrade.approve:
             return await self._request_approval(unit, job, upgrade, claim, now)
-        await unit.write_action(job.action(ActionStatus.IN_PROGRESS, now, attempts=job.alarm.attempts + 1))
+        record = job.action(ActionStatus.IN_PROGRESS, now, attempts=job.alarm.attempts + 1)
+        if job.new:  # no action row yet: written with the run's skips
+            unit.queue_action(record)
+        else:
+            await unit.write_action(record)
         return UpgradeCall(self, job, upgrade, claim).run
 
     async def _request_approval(
@@ -284,6 +303,8 @@ class Processor:
 
     async def _skip(self, unit: Unit, job: Job, skip: Skip, now: float) -> Then:
         record = job.action(ActionStatus.SKIPPED, now, reason=skip.reason.value, detail=skip.detail)
+        if job.new:  # no action row yet: written with the run's other skips
+            return partial(_skipped_if_written, job, skip, unit.queue_action(record))
         if not await unit.write_action(record):
             return partial(already_processed, job)
         return partial(skipped, job, skip)
@@ -540,6 +561,10 @@ async def skipped(job: Job, skip: Skip) -> Outcome:
     job.log.info("upgrade.skipped", reason=skip.reason.value, detail=skip.detail)
     metrics.MESSAGES.labels(skip.reason.value).inc()
     return Ack()
+
+
+async def _skipped_if_written(job: Job, skip: Skip, queued: QueuedAction) -> Outcome:
+    return await (skipped(job, skip) if queued.written else already_processed(job))
 
 
 async def already_processed(job: Job, detail: str = _FIRST_DELIVERY_WON) -> Outcome:
