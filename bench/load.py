@@ -16,10 +16,13 @@ from typing import Any
 
 import aio_pika
 import aiohttp
+import orjson
 
 from bench.harness import percentile
+from receiver.lanes import Lanes
 from shared import topology
 from shared.envelope import alarm_headers
+from shared.settings import Settings
 
 BodyFn = Callable[[int], bytes]
 
@@ -303,3 +306,29 @@ async def publish_all(
         for start in range(0, len(messages), concurrency):
             batch = messages[start : start + concurrency]
             await asyncio.gather(*(channel.default_exchange.publish(m, routing_key=queue) for m in batch))
+
+
+def routed(
+    bodies: list[bytes], managed: list[str], *, lanes: bool = True
+) -> list[tuple[str, aio_pika.Message]]:
+    """(queue, message) for every alarm body, as the receiver publishes it: with ``lanes`` the
+    upgrade-worthy first alarm of an instance to the fast lane (``receiver.lanes``), all else
+    (and everything without lanes) to the work queue."""
+    router = Lanes(Settings(instance_ids=tuple(managed)), None) if lanes else None
+    now = time.time()
+    out = []
+    for body in bodies:
+        queue = router.queue_for(orjson.loads(body), now) if router else topology.WORK_QUEUE
+        out.append((queue, envelope(body)))
+    return out
+
+
+async def publish_routed(
+    amqp_url: str, routed: list[tuple[str, aio_pika.Message]], concurrency: int = 64
+) -> None:
+    """Onto the queues, in order per queue, confirmed."""
+    by_queue: dict[str, list[aio_pika.Message]] = {}
+    for queue, message in routed:
+        by_queue.setdefault(queue, []).append(message)
+    for queue, messages in by_queue.items():
+        await publish_all(amqp_url, messages, concurrency=concurrency, queue=queue)

@@ -21,11 +21,8 @@ from typing import Any
 import aiohttp
 
 from bench.harness import API_KEY, cpu_seconds, free_port, fresh_vhost, percentile, wait_http_ready
-from bench.load import envelope, publish_all
+from bench.load import publish_routed, routed
 from bench.suite import Config, alarm_body, decided_count, receiver_env, running, store_url
-from receiver.lanes import Lanes
-from shared import topology
-from shared.settings import Settings
 
 POLL_SECONDS = 0.25
 
@@ -75,20 +72,7 @@ def storm_mix(alarms: int, instances: int, *, upgrade_share: float = 0.02, seed:
 
 def route(storm: Storm, lanes: bool) -> list[tuple[str, Any]]:
     """(queue, message) for every alarm, as the receiver would publish it."""
-    router = Lanes(Settings(instance_ids=tuple(storm.managed)), None) if lanes else None
-    now = time.time()
-    out = []
-    for body in storm.bodies:
-        queue = router.queue_for(_json(body), now) if router else topology.WORK_QUEUE
-        out.append((queue, envelope(body)))
-    return out
-
-
-def _json(body: bytes) -> dict[str, Any]:
-    import orjson
-
-    parsed: dict[str, Any] = orjson.loads(body)
-    return parsed
+    return routed(storm.bodies, storm.managed, lanes=lanes)
 
 
 async def _arrivals(api_url: str) -> list[list[Any]]:
@@ -176,15 +160,6 @@ async def run_storm(
             "waits_ms": [round(w, 1) for w in waits],
         }
     return out
-
-
-async def publish_routed(amqp_url: str, routed: list[tuple[str, Any]], concurrency: int = 64) -> None:
-    """Onto the queues, in order per queue, confirmed."""
-    by_queue: dict[str, list[Any]] = {}
-    for queue, message in routed:
-        by_queue.setdefault(queue, []).append(message)
-    for queue, messages in by_queue.items():
-        await publish_all(amqp_url, messages, concurrency=concurrency, queue=queue)
 
 
 async def _send_fresh(

@@ -42,7 +42,9 @@ from bench.load import (
     fixed_rate_raw_publish,
     have_wrk,
     publish_all,
+    publish_routed,
     raw_publish,
+    routed,
     wrk_http,
 )
 from shared import topology
@@ -309,7 +311,7 @@ def start_profiler(
     if not cfg.profile or not Path(spy).exists():
         return None
     path = cfg.workdir / f"{name}.collapsed"
-    cmd = [spy, "record", "--pid", str(pid), "--rate", "200", "--format", "raw"]
+    cmd = [spy, "record", "--pid", str(pid), "--rate", "500", "--format", "raw"]
     if not until_exit:
         cmd += ["--duration", str(int(cfg.duration + cfg.warmup))]
     proc = subprocess.Popen(
@@ -437,13 +439,21 @@ async def decided_count(url: str) -> int:
 
 
 async def run_workers(
-    cfg: Config, api_url: str, kind: str, k: int, extra: dict[str, str] | None = None
+    cfg: Config,
+    api_url: str,
+    kind: str,
+    k: int,
+    extra: dict[str, str] | None = None,
+    *,
+    lanes: bool = True,
 ) -> dict[str, Any]:
     """Alarms decided per second by ``k`` worker processes, counted from the moment the last
-    of them was ready (so start-up is not in the number) to the last decision."""
+    of them was ready (so start-up is not in the number) to the last decision. The alarms are
+    queued as the receiver queues them (``lanes``: the upgrade-worthy first alarms in the fast
+    lane), or all in the work queue."""
     bodies, instances = worker_mix(cfg.worker_messages)
     async with fresh_vhost() as amqp_url, store_url(kind, cfg.workdir) as db_url, running(cfg) as procs:
-        await publish_all(amqp_url, [envelope(b) for b in bodies])
+        await publish_routed(amqp_url, routed(bodies, instances, lanes=lanes))
         env = {
             "RABBITMQ_URL": amqp_url,
             "DATABASE_URL": db_url,
@@ -460,7 +470,7 @@ async def run_workers(
             ready.append((await worker.wait_event("worker.ready", timeout=60))[0])
             cpu_before += cpu_seconds(worker.popen.pid)  # start-up (imports) excluded
         all_ready = max(log_time(r) for r in ready)
-        profile = f"worker-{kind}" if k == 1 and not extra else None
+        profile = f"worker-{kind}" if k == 1 and not extra and lanes else None
         profiler = start_profiler(cfg, workers[0].popen.pid, profile, until_exit=True) if profile else None
 
         async def done() -> bool:
@@ -482,6 +492,7 @@ async def run_workers(
     return (
         rate_after(first_decision.values(), all_ready)
         | {
+            "lanes": lanes,
             "messages": len(bodies),
             "upgrades": len(instances),
             # Approximate (from each worker's "ready" to the poll that saw the last decision):
@@ -536,36 +547,54 @@ async def run_raw_consumers(cfg: Config, k: int) -> dict[str, Any]:
 
 
 async def bench_workers(cfg: Config) -> dict[str, Any]:
-    """Each worker run right after a raw run of as many processes (its baseline: on a shared
-    machine the load moves within minutes), and one process also with ``WORKER_BATCH=1``."""
-    out: dict[str, Any] = {"raw": {}, "worker": {}, "raw_beside": {}}
+    """Each worker run between two raw runs of as many processes, its baseline their mean (on a
+    shared machine the raw rate moves by a third between runs a minute apart). One process is
+    also run with everything in one queue (no fast lane) and with ``WORKER_BATCH=1``."""
+    out: dict[str, Any] = {"raw": {}, "worker": {}}
     async with running(cfg) as procs:
         api_port = free_port()
         procs.spawn("bench.stand_in", {}, ["--port", str(api_port), "--latency", "0.05"])
         api_url = f"http://127.0.0.1:{api_port}"
         await wait_http_ready(f"{api_url}/_bench/arrivals")
+
+        async def bracketed(k: int, extra: dict[str, str] | None = None, **kw: Any) -> dict[str, Any]:
+            before = await run_raw_consumers(cfg, k)
+            result = await run_workers(cfg, api_url, kind, k, extra, **kw)
+            after = await run_raw_consumers(cfg, k)
+            raw = _mean_raw(before, after)
+            out["raw"].setdefault(k, raw)
+            return _against(result, raw, k)
+
         for kind in cfg.stores:
-            out["worker"][kind], out["raw_beside"][kind] = {}, {}
+            out["worker"][kind] = {}
             for k in cfg.worker_scales:
-                raw = out["raw_beside"][kind][k] = await run_raw_consumers(cfg, k)
-                out["raw"].setdefault(k, raw)
-                result = await run_workers(cfg, api_url, kind, k)
-                out["worker"][kind][k] = _against(result, raw, k)
-            # The same, one transaction per alarm (as before group commit), for the difference.
-            raw = await run_raw_consumers(cfg, 1)
-            unbatched = await run_workers(cfg, api_url, kind, 1, {"WORKER_BATCH": "1"})
-            out.setdefault("unbatched", {})[kind] = _against(unbatched, raw, 1)
+                out["worker"][kind][k] = await bracketed(k)
+            out.setdefault("one_queue", {})[kind] = await bracketed(1, lanes=False)
+            # One transaction per alarm (as before group commit), for the difference.
+            out.setdefault("unbatched", {})[kind] = await bracketed(1, {"WORKER_BATCH": "1"})
     return out
 
 
+def _mean_raw(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The baseline of a run between two raw runs: their mean rate and CPU per message."""
+    rates = [r["rate_per_s"] for r in (before, after) if r.get("rate_per_s")]
+    cpus = [r["cpu_us_per_message"] for r in (before, after) if r.get("cpu_us_per_message")]
+    return {
+        "rate_per_s": round(sum(rates) / len(rates), 1) if rates else None,
+        "cpu_us_per_message": round(sum(cpus) / len(cpus)) if cpus else None,
+        "runs": [before.get("rate_per_s"), after.get("rate_per_s")],
+    }
+
+
 def _against(result: dict[str, Any], raw: dict[str, Any], k: int) -> dict[str, Any]:
-    """A worker run with its ratios to the raw run beside it: rate, and CPU per message."""
+    """A worker run with its ratios to the raw runs around it: rate, and CPU per message."""
     rate, raw_rate = result["rate_per_s"], raw["rate_per_s"]
     cpu, raw_cpu = result.get("cpu_us_per_alarm"), raw.get("cpu_us_per_message")
     return result | {
         "per_process": round(rate / k, 1) if rate else None,
         "raw_rate_per_s": raw_rate,
         "raw_cpu_us_per_message": raw_cpu,
+        "raw_runs": raw.get("runs"),
         "ratio_vs_raw": round(rate / raw_rate, 3) if rate and raw_rate else None,
         "cpu_ratio_vs_raw": round(raw_cpu / cpu, 3) if cpu and raw_cpu else None,
     }

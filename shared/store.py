@@ -368,10 +368,13 @@ class Store:
         record: ActionRecord | None = None,
         audit: AuditEntry | None = None,
     ) -> bool:
+        [written] = await self.finish_claims([Finish(scope, owner, succeeded, record, audit)])
+        return written
+
+    async def finish_claims(self, finishes: Sequence[Finish]) -> list[bool]:
+        """``Unit.finish_claims`` in a transaction of its own."""
         async with self.unit() as unit:
-            if audit is not None:
-                await unit.audit(audit)
-            return await unit.finish_claim(scope, owner, succeeded=succeeded, record=record)
+            return await unit.finish_claims(finishes)
 
     async def confirm_action(self, action_id: str, status: ActionStatus, detail: str, now: float) -> bool:
         async with self.unit() as unit:
@@ -943,17 +946,44 @@ class Unit:
     async def finish_claim(
         self, scope: str, owner: str, *, succeeded: bool, record: ActionRecord | None = None
     ) -> bool:
-        """``done`` (cooldown runs from the claim) or ``released``, only by its owner, and the
-        action's outcome in the same transaction: no one sees the cooldown without the outcome.
-        Returns what ``write_action`` would (True when there is no record)."""
-        status = ClaimStatus.DONE if succeeded else ClaimStatus.RELEASED
-        await self.tx.execute(
-            "UPDATE claims SET status = $1 WHERE scope = $2 AND owner = $3",
-            status.value,
-            scope,
-            owner,
+        """``finish_claims`` of one claim."""
+        [written] = await self.finish_claims([Finish(scope, owner, succeeded, record)])
+        return written
+
+    async def finish_claims(self, finishes: Sequence[Finish]) -> list[bool]:
+        """Each claim ``done`` (cooldown runs from the claim) or ``released``, only by its
+        owner, with the action's outcome and the audit entry in the same transaction: no one
+        sees the cooldown without the outcome. A handful of statements for any number of
+        claims. Returns, for each, what ``write_action`` would (True without a record)."""
+        audits = [f.audit for f in finishes if f.audit is not None]
+        if audits:
+            await self.audit_many(audits)
+        cte, args = rows_cte(
+            self.tx.dialect,
+            "v",
+            [("scope", "text"), ("owner", "text"), ("status", "text")],
+            sorted(
+                (f.scope, f.owner, (ClaimStatus.DONE if f.succeeded else ClaimStatus.RELEASED).value)
+                for f in finishes
+            ),
         )
-        return await self.write_action(record) if record is not None else True
+        if self.tx.dialect == "postgresql":
+            # Rows locked in scope order, as alarms' claims are taken (an UPDATE ... FROM
+            # locks them in whatever order its join reads them: a deadlock with a batch).
+            await self.tx.execute(
+                f"""WITH {cte} SELECT c.scope FROM claims c
+                    WHERE c.scope IN (SELECT scope FROM v) ORDER BY c.scope FOR UPDATE OF c""",
+                *args,
+            )
+        await self.tx.execute(
+            f"""WITH {cte}
+               UPDATE claims SET status = v.status FROM v
+               WHERE claims.scope = v.scope AND claims.owner = v.owner""",
+            *args,
+        )
+        records = [f.record for f in finishes if f.record is not None]
+        written = iter(await self.write_actions(records))
+        return [next(written) if f.record is not None else True for f in finishes]
 
     # --- the operator's controls: pauses, approvals, audit --------------------------------
 
@@ -989,16 +1019,33 @@ class Unit:
 
     async def audit(self, entry: AuditEntry) -> None:
         """Append to the audit trail; writing the same entry (same id) twice keeps one."""
+        await self.audit_many([entry])
+
+    async def audit_many(self, entries: Sequence[AuditEntry]) -> None:
+        """``audit`` of several entries, in one statement."""
+        cte, args = rows_cte(
+            self.tx.dialect,
+            "v",
+            _AUDIT_COLUMNS,
+            [
+                (
+                    e.audit_id,
+                    e.at,
+                    e.actor,
+                    e.kind,
+                    e.act,
+                    e.target,
+                    json.dumps(e.detail, ensure_ascii=False, sort_keys=True),
+                )
+                for e in entries
+            ],
+        )
         await self.tx.execute(
-            """INSERT INTO audit (audit_id, at, actor, kind, act, target, detail)
-               VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (audit_id) DO NOTHING""",
-            entry.audit_id,
-            entry.at,
-            entry.actor,
-            entry.kind,
-            entry.act,
-            entry.target,
-            json.dumps(entry.detail, ensure_ascii=False, sort_keys=True),
+            f"""WITH {cte}
+               INSERT INTO audit (audit_id, at, actor, kind, act, target, detail)
+               SELECT audit_id, at, actor, kind, act, target, detail FROM v WHERE true
+               ON CONFLICT (audit_id) DO NOTHING""",
+            *args,
         )
 
     async def request_approval(self, request: ApprovalRequest) -> bool:
@@ -1233,6 +1280,29 @@ class AuditEntry:
     act: str  # e.g. "pause", "resume", "approve", "deny", "upgrade", "approval.requested"
     target: str | None
     detail: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Finish:
+    """An upgrade's end in the store: its claim completed (``succeeded``: the cooldown runs)
+    or released by its owner, with the action's outcome and, for an upgrade, its audit entry."""
+
+    scope: str
+    owner: str
+    succeeded: bool
+    record: ActionRecord | None = None
+    audit: AuditEntry | None = None
+
+
+_AUDIT_COLUMNS = (
+    ("audit_id", "text"),
+    ("at", "float8"),
+    ("actor", "text"),
+    ("kind", "text"),
+    ("act", "text"),
+    ("target", "text"),
+    ("detail", "text"),
+)
 
 
 @dataclass(frozen=True)

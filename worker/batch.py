@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import structlog
 
 from shared import metrics
 from shared.alarm import Alarm
+from worker.finishes import settle
 from worker.process import Processor, Then
 
 log = structlog.get_logger("worker")
@@ -87,7 +87,7 @@ class FirstSteps:
         """Up to ``WINDOW_SECONDS`` for the batch to fill."""
         loop = asyncio.get_running_loop()
         self._full = full = loop.create_future()
-        timer = loop.call_later(WINDOW_SECONDS, _settle, full, None)
+        timer = loop.call_later(WINDOW_SECONDS, settle, full, None)
         try:
             await full
         finally:
@@ -101,7 +101,7 @@ class FirstSteps:
             thens = await self.processor.first_steps([alarm for alarm, _ in batch])
         except Exception as exc:
             if len(batch) == 1:
-                _settle(batch[0][1], exc)
+                settle(batch[0][1], exc)
                 return
             log.warning(
                 "batch.fallback",
@@ -115,27 +115,18 @@ class FirstSteps:
             return
         except BaseException as exc:
             for _, step in batch:
-                _settle(step, exc)
+                settle(step, exc)
             raise
         for (_, step), then in zip(batch, thens, strict=True):
-            _settle(step, then)
+            settle(step, then)
 
     async def _alone(self, alarm: Alarm, step: asyncio.Future[Then]) -> None:
         try:
             [then] = await self.processor.first_steps([alarm])
         except Exception as exc:
-            _settle(step, exc)
+            settle(step, exc)
         except BaseException as exc:
-            _settle(step, exc)
+            settle(step, exc)
             raise
         else:
-            _settle(step, then)
-
-
-def _settle(step: asyncio.Future[Any], result: Any) -> None:
-    if step.done():
-        return
-    if isinstance(result, BaseException):
-        step.set_exception(result)
-    else:
-        step.set_result(result)
+            settle(step, then)

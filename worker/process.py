@@ -38,12 +38,14 @@ from shared.store import (
     Arrival,
     AuditEntry,
     EventRecord,
+    Finish,
     QueuedAction,
     Store,
     Unit,
     segments,
 )
 from worker.cloudamqp import CloudAmqpClient
+from worker.finishes import Finishes
 from worker.management import ManagementApi, read_nodes
 from worker.outcomes import (
     PERMANENT_ERROR,
@@ -135,6 +137,7 @@ class Processor:
         self.client = client
         self.worker_id = worker_id
         self.clock = clock
+        self.finishes = Finishes(store)  # upgrades' outcomes, recorded together when together
 
     @property
     def dry_run(self) -> bool:
@@ -707,12 +710,9 @@ class UpgradeCall:
         with its cause) or release the claim, with the outcome."""
         now = self.processor.clock()
         record = self.job.action(status, now, attempts=self.attempts, **fields)
-        written = await self.processor.store.finish_claim(
-            self.claim.scope,
-            self.claim.owner,
-            succeeded=succeeded,
-            record=record,
-            audit=self._audit_entry(now) if succeeded else None,
+        audit = self._audit_entry(now) if succeeded else None
+        written = await self.processor.finishes.finish(
+            Finish(self.claim.scope, self.claim.owner, succeeded, record, audit)
         )
         if not written:
             await already_processed(self.job)

@@ -1,0 +1,80 @@
+"""Group commit of upgrades' outcomes (the other end of ``worker.batch``'s first steps)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+
+from shared import metrics
+from shared.store import Finish, Store
+
+log = structlog.get_logger("worker")
+
+
+class Finishes:
+    """Group commit of upgrades' outcomes: upgrades whose API calls come back together (they
+    were requested together, from one batch) record their ends (claim, action row, audit entry,
+    notification) in one transaction of set-based statements (``Store.finish_claims``). What
+    waits is what arrived while the previous commit ran, at most ``limit``: no window, so a
+    lone outcome is recorded at once. A batch whose transaction fails is tried again one
+    outcome at a time, each failing (and retried by its caller) alone."""
+
+    def __init__(self, store: Store, limit: int = 64):
+        self.store = store
+        self.limit = max(1, limit)
+        self._waiting: list[tuple[Finish, asyncio.Future[bool]]] = []
+        self._runner: asyncio.Future[None] | None = None
+
+    async def finish(self, finish: Finish) -> bool:
+        """Record ``finish`` (with whatever else is waiting); what ``Store.finish_claim`` says."""
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiting.append((finish, done))
+        if self._runner is None:
+            self._runner = asyncio.ensure_future(self._run())
+        return await done
+
+    async def _run(self) -> None:
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting[: self.limit], self._waiting[self.limit :]
+                try:
+                    results = await self.store.finish_claims([finish for finish, _ in batch])
+                except Exception as exc:
+                    if len(batch) == 1:
+                        settle(batch[0][1], exc)
+                        continue
+                    log.warning(
+                        "batch.fallback",
+                        size=len(batch),
+                        error=f"{type(exc).__name__}: {exc}",
+                        detail="the outcomes' transaction failed: they are recorded one at a time",
+                    )
+                    metrics.BATCH_FALLBACKS.inc()
+                    for finish, done in batch:
+                        try:
+                            [written] = await self.store.finish_claims([finish])
+                        except Exception as alone:
+                            settle(done, alone)
+                        else:
+                            settle(done, written)
+                    continue
+                except BaseException as exc:
+                    for _, done in batch:
+                        settle(done, exc)
+                    raise
+                for (_, done), written in zip(batch, results, strict=True):
+                    settle(done, written)
+        finally:
+            self._runner = None
+
+
+def settle(step: asyncio.Future[Any], result: Any) -> None:
+    """Give ``step`` its result (an exception is raised by its waiter), unless it has one."""
+    if step.done():
+        return
+    if isinstance(result, BaseException):
+        step.set_exception(result)
+    else:
+        step.set_result(result)
