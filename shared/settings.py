@@ -64,7 +64,7 @@ class Settings:
     database_url: str = "sqlite:///var/autopilot.db"
     claim_lease_seconds: float = 120.0
     worker_metrics_port: int | None = None
-    worker_prefetch: int = 64
+    worker_prefetch: int = 256
     # Alarms delivered together whose first steps share one transaction (1: one each).
     worker_batch: int = 64
     dry_run: bool = False

@@ -1,0 +1,202 @@
+"""The store's set-based statements for a batch — many rows in one statement — against what
+the same alarms do one at a time, on SQLite and PostgreSQL alike; and the worker's group
+commit of upgrades' outcomes (``worker.finishes``)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from shared import metrics
+from shared.alarm import Alarm, event_key
+from shared.controls import Pause
+from shared.db import rows_cte
+from shared.incidents import plan_incident
+from shared.store import ActionRecord, ActionStatus, Arrival, AuditEntry, Finish, Store
+from worker.finishes import Finishes
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    opened = await Store.open(database_url)
+    yield opened
+    await opened.close()
+
+
+def alarm(event_id: str, instance: str = "i1", **body: Any) -> Alarm:
+    body = {"alarm_type": "memory", "value": 85, "instance_id": instance, **body}
+    return Alarm(event_id, 100.0, body, event_key(body))
+
+
+def arrival(a: Alarm) -> Arrival:
+    instance = a.body.get("instance_id")
+    return Arrival(a, instance, plan_incident(a, instance))
+
+
+@pytest.mark.parametrize("count", [1, 3, 150])
+async def test_rows_cte_hands_back_every_row_and_type(store: Store, count: int) -> None:
+    columns = [("n", "int"), ("name", "text"), ("at", "float8"), ("note", "text")]
+    rows = [(i, f"row-{i}", i + 0.25, None if i % 2 else "é") for i in range(count)]
+    async with store.db.transaction() as tx:
+        cte, args = rows_cte(tx.dialect, "v", columns, rows, first=2)
+        got = await tx.fetch(f"WITH {cte} SELECT n, name, at, note FROM v WHERE n >= $1 ORDER BY n", 0, *args)
+    assert [tuple(r.values()) for r in got] == rows
+
+
+async def test_a_run_of_alarms_groups_into_its_incident_as_one_at_a_time(store: Store) -> None:
+    first, second, third = alarm("e1", value=85), alarm("e2", value=90), alarm("e3", value=None)
+    other = alarm("e4", "i2")
+    async with store.unit() as unit:
+        records = await unit.record_events([arrival(a) for a in (first, second, other, third)], 100.0)
+    assert [(r.new, r.incident_change) for r in records] == [
+        (True, "opened"),
+        (True, "grouped"),
+        (True, "opened"),
+        (True, "grouped"),
+    ]
+    assert (
+        records[0].incident_id == records[1].incident_id == records[3].incident_id != records[2].incident_id
+    )
+    [incident] = [i for i in await store.list_incidents() if i["incident_id"] == records[0].incident_id]
+    # Three alarms counted; the last value any of them carried (the third carried none).
+    assert (incident["event_count"], incident["last_value"]) == (3, "90")
+    opened = [n for n, _ in await store.list_notifications() if n["event_type"] == "incident.opened"]
+    assert len(opened) == 2
+    events = {e["event_id"]: e for e in await store.list_events()}
+    assert {e: events[e]["incident_change"] for e in ("e1", "e2", "e3", "e4")} == {
+        "e1": "opened",
+        "e2": "grouped",
+        "e3": "grouped",
+        "e4": "opened",
+    }
+
+    # A later run: into the open incident, and a redelivery of a recorded event changes nothing.
+    async with store.unit() as unit:
+        later = await unit.record_events([arrival(alarm("e5")), arrival(first)], 200.0)
+    assert [(r.new, r.incident_change) for r in later] == [(True, "grouped"), (False, "opened")]
+    [incident] = [i for i in await store.list_incidents() if i["incident_id"] == records[0].incident_id]
+    assert incident["event_count"] == 4
+
+
+async def test_a_skip_queued_in_a_run_makes_identical_content_a_duplicate(store: Store) -> None:
+    first, same = alarm("e1", value=40), alarm("e2", value=40)
+    async with store.unit() as unit:
+        await unit.record_events([arrival(first), arrival(same)], 100.0)
+        assert not await unit.duplicate(first)
+        unit.queue_action(
+            ActionRecord(first, ActionStatus.SKIPPED, 100.0, None, "i1", reason="below_threshold")
+        )
+        assert await unit.duplicate(same)
+        assert not await unit.duplicate(first)
+    async with store.unit() as unit:
+        # Written by the flush at the end of the unit, and read from the store now.
+        await unit.record_events([arrival(alarm("e3", value=40))], 200.0)
+        assert await unit.duplicate(alarm("e3", value=40))
+    statuses = {a["event_id"]: a["status"] for a in await store.list_actions()}
+    assert statuses == {"e1": "skipped"}
+
+
+async def test_a_pause_set_in_a_transaction_holds_its_later_upgrades(store: Store) -> None:
+    async with store.unit() as unit:
+        assert await unit.pauses_for("i1", 100.0) == []
+        await unit.set_pause(Pause("i1", 500.0, "ops", None, 100.0))
+        assert [p.scope for p in await unit.pauses_for("i1", 100.0)] == ["i1"]
+        await unit.clear_pause("i1", 100.0)
+        assert await unit.pauses_for("i1", 100.0) == []
+
+
+async def _claims(store: Store, *scopes: str) -> None:
+    async with store.unit() as unit:
+        for scope in scopes:
+            result = await unit.try_claim(scope, scope.split("/")[0], f"w/{scope}", 100.0, 60.0, 600.0)
+            assert result.verdict.value == "granted"
+            await unit.write_action(ActionRecord(alarm(scope), ActionStatus.IN_PROGRESS, 100.0, None, "i1"))
+
+
+def _finish(scope: str, *, succeeded: bool = True, owner: str | None = None) -> Finish:
+    record = ActionRecord(
+        alarm(scope),
+        ActionStatus.SUCCEEDED if succeeded else ActionStatus.RETRYING,
+        110.0,
+        None,
+        "i1",
+        plan="hare-1",
+    )
+    audit = (
+        AuditEntry(f"upgrade:{scope}", 110.0, "autopilot", "automatic", "upgrade", scope, {})
+        if succeeded
+        else None
+    )
+    return Finish(scope, owner or f"w/{scope}", succeeded, record, audit)
+
+
+async def test_finishing_several_claims_at_once_is_each_alone(store: Store) -> None:
+    await _claims(store, "a/memory", "b/memory", "c/memory")
+    written = await store.finish_claims(
+        [_finish("b/memory"), _finish("a/memory", succeeded=False), _finish("c/memory", owner="intruder")]
+    )
+    assert written == [True, True, True]  # the action rows; a claim only its owner ends
+    async with store.db.transaction(write=False) as tx:
+        claims = {r["scope"]: r["status"] for r in await tx.fetch("SELECT scope, status FROM claims")}
+        audit = sorted(r["audit_id"] for r in await tx.fetch("SELECT audit_id FROM audit"))
+    assert claims == {"a/memory": "released", "b/memory": "done", "c/memory": "held"}
+    assert audit == ["upgrade:b/memory", "upgrade:c/memory"]
+    statuses = {a["event_id"]: a["status"] for a in await store.list_actions()}
+    assert statuses == {"a/memory": "retrying", "b/memory": "succeeded", "c/memory": "succeeded"}
+    succeeded = sorted(
+        n["subject"] for n, _ in await store.list_notifications() if n["event_type"] == "action.succeeded"
+    )
+    assert succeeded == ["b/memory", "c/memory"]
+    # Written again (a retried write): the first final word stays, nothing is added.
+    assert await store.finish_claims([_finish("b/memory")]) == [False]
+
+
+async def _refuse_action(store: Store, action_id: str) -> None:
+    """Make the store refuse one action row's update, as a real store refuses a value."""
+    async with store.db.transaction() as tx:
+        if store.db.dialect == "sqlite":
+            await tx.execute(
+                f"""CREATE TRIGGER refuse BEFORE UPDATE ON actions WHEN NEW.action_id = '{action_id}'
+                    BEGIN SELECT RAISE(ABORT, 'refused by the store'); END"""
+            )
+            return
+        await tx.execute(
+            f"""CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN
+                  IF NEW.action_id = '{action_id}' THEN RAISE EXCEPTION 'refused by the store'; END IF;
+                  RETURN NEW; END $$ LANGUAGE plpgsql"""
+        )
+        await tx.execute(
+            "CREATE TRIGGER refuse BEFORE UPDATE ON actions FOR EACH ROW EXECUTE FUNCTION refuse()"
+        )
+
+
+async def test_outcomes_that_come_back_together_commit_together_and_one_refused_fails_alone(
+    store: Store,
+) -> None:
+    await _claims(store, "a/memory", "b/memory", "c/memory")
+    await _refuse_action(store, "b/memory")
+    finishes = Finishes(store)
+    before = metrics.BATCH_FALLBACKS._value.get()
+
+    results = await asyncio.gather(
+        *(finishes.finish(_finish(scope)) for scope in ("a/memory", "b/memory", "c/memory")),
+        return_exceptions=True,
+    )
+
+    # Together: the refusal failed their shared transaction, and each was then tried alone.
+    assert metrics.BATCH_FALLBACKS._value.get() == before + 1
+    assert results[0] is True and results[2] is True
+    assert isinstance(results[1], Exception) and "refused by the store" in str(results[1])
+    statuses = {a["event_id"]: a["status"] for a in await store.list_actions()}
+    assert statuses == {"a/memory": "succeeded", "b/memory": "in_progress", "c/memory": "succeeded"}
+    async with store.db.transaction(write=False) as tx:
+        claims = {r["scope"]: r["status"] for r in await tx.fetch("SELECT scope, status FROM claims")}
+    assert claims == {"a/memory": "done", "b/memory": "held", "c/memory": "done"}
+
+    # One alone is recorded at once, in a transaction of its own: no fallback.
+    await _claims(store, "d/memory")
+    assert await finishes.finish(_finish("d/memory")) is True
+    assert metrics.BATCH_FALLBACKS._value.get() == before + 1
