@@ -176,12 +176,13 @@ class Consumer:
             self.channel = channel
             await channel.set_qos(prefetch_count=self.settings.worker_prefetch)
             await topology.declare_topology(channel, self.settings.retry_delays)
-            queue = await channel.get_queue(topology.WORK_QUEUE, ensure=False)
-            tag = await queue.consume(self.on_message)
             # The fast lane: with a prefetch of its own (per consumer), so that what arrives
-            # there is delivered at once, however long the work queue.
+            # there is delivered at once, however long the work queue; consumed first, so that
+            # a worker starting on a backlog takes it before a prefetch of the work queue.
             fast = await channel.get_queue(topology.FAST_QUEUE, ensure=False)
             fast_tag = await fast.consume(self.on_fast)
+            queue = await channel.get_queue(topology.WORK_QUEUE, ensure=False)
+            tag = await queue.consume(self.on_message)
         except Exception as exc:
             log.warning("broker.setup_failed", error=f"{type(exc).__name__}: {exc}")
             return False
