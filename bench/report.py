@@ -163,7 +163,7 @@ def _raw_beside(res: dict[str, Any], k: Any) -> str:
     runs = res.get("raw_runs") or []
     around = " / ".join(_fmt(x) for x in runs)
     return (
-        f"raw consume+ack, {k} proc, mean of the runs before and after ({around}): "
+        f"raw consume+ack, {k} proc, median of the runs around it ({around}): "
         f"{_fmt(res['raw_rate_per_s'])}/s ({_fmt(res.get('raw_cpu_us_per_message'))} µs CPU/msg)"
     )
 

@@ -530,7 +530,7 @@ async def instance(request: web.Request) -> web.Response:
         request,
         flash=_flash(request, await get_session(request)),
         name=name,
-        managed=name in settings.instance_ids,
+        managed=name in settings.managed,
         pauses=pauses,
         own_pause=next((p for p in pauses if p.scope == name), None),
         upgrades=upgrades,

@@ -35,7 +35,7 @@ class Operations:
     def _scope(self, instance: str | None) -> str:
         if instance is None:
             return GLOBAL
-        if self.settings.instance_ids and instance not in self.settings.instance_ids:
+        if self.settings.instance_ids and instance not in self.settings.managed:
             raise ControlError("unknown_instance", f"instance {instance} is not in CLOUDAMQP_INSTANCE_ID")
         return instance
 

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
+from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -96,6 +97,11 @@ class Settings:
     def management_url(self, instance_id: str) -> str | None:
         """The management API URL (credentials included) of a managed instance, if given."""
         return dict(self.instance_management).get(instance_id)
+
+    @cached_property
+    def managed(self) -> frozenset[str]:
+        """``instance_ids`` as a set: a fleet's thousands of ids are looked up per alarm."""
+        return frozenset(self.instance_ids)
 
     @property
     def effective_dry_run(self) -> bool:

@@ -185,7 +185,7 @@ def _not_actionable(
         return Skip(SkipReason.DUPLICATE, "an identical alarm was already decided")
     if instance is None:
         return Skip(SkipReason.NO_INSTANCE, "no instance_id and CLOUDAMQP_INSTANCE_ID is unset")
-    if instance not in settings.instance_ids:
+    if instance not in settings.managed:
         return Skip(SkipReason.NOT_MANAGED, f"instance {instance} is not in CLOUDAMQP_INSTANCE_ID")
     try:
         triggered = alarm.triggered_at

@@ -442,7 +442,7 @@ class Processor:
         self, unit: Unit, job: Job, row: Row, now: float
     ) -> tuple[ActionStatus, Skip] | None:
         instance = str(row["instance_id"])
-        if instance not in self.settings.instance_ids:
+        if instance not in self.settings.managed:
             return ActionStatus.SKIPPED, Skip(
                 SkipReason.NOT_MANAGED, f"instance {instance} is not in CLOUDAMQP_INSTANCE_ID"
             )
