@@ -242,27 +242,16 @@ class Arrival:
 def segments(arrivals: Sequence[Arrival]) -> list[list[int]]:
     """``arrivals`` (by index, in order) cut into the runs that ``Unit.record_events`` takes at
     once: a run ends before an event it already holds (a redelivery must see what the first
-    delivery wrote) and before an incident change that cannot join the run's changes of the
-    same key (one resolve, or groupings only)."""
+    delivery wrote, its action row included)."""
     runs: list[list[int]] = []
     run: list[int] = []
     events: set[str] = set()
-    changes: dict[str, IncidentChange] = {}
     for i, arrival in enumerate(arrivals):
-        key, change = arrival.plan.key, arrival.plan.change
-        touches = change in (IncidentChange.UPSERT, IncidentChange.RESOLVE) and key is not None
-        clash = arrival.alarm.event_id in events or (
-            touches
-            and key in changes
-            and (change is IncidentChange.RESOLVE or changes[key] is IncidentChange.RESOLVE)
-        )
-        if clash:
+        if arrival.alarm.event_id in events:
             runs.append(run)
-            run, events, changes = [], set(), {}
+            run, events = [], set()
         run.append(i)
         events.add(arrival.alarm.event_id)
-        if touches and key is not None:
-            changes[key] = change
     if run:
         runs.append(run)
     return runs
@@ -544,7 +533,7 @@ class Unit:
         incident update (an opened or resolved incident writes its notification here too).
         Set-based: a handful of statements for any number of alarms, with the outcome the
         alarms would have had one after the other in this order. ``arrivals`` must be one of
-        ``segments``' runs (no event twice, no incident both resolved and grouped into).
+        ``segments``' runs (no event twice).
         Also reads, for ``duplicate``, which of their contents already have a decision."""
         if not arrivals:
             return []

@@ -81,6 +81,20 @@ async def test_a_run_of_alarms_groups_into_its_incident_as_one_at_a_time(store: 
     assert incident["event_count"] == 4
 
 
+async def test_a_run_with_a_resolve_changes_its_incidents_in_order(store: Store) -> None:
+    opened, resolve, again = (
+        alarm("e1", message="A"),
+        alarm("e2", message="A", resolved=True),
+        alarm("e3", message="A"),
+    )
+    async with store.unit() as unit:
+        records = await unit.record_events([arrival(a) for a in (opened, resolve, again)], 100.0)
+    assert [r.incident_change for r in records] == ["opened", "resolved", "opened"]
+    assert records[0].incident_id == records[1].incident_id != records[2].incident_id
+    statuses = {i["incident_id"]: i["status"] for i in await store.list_incidents()}
+    assert statuses == {records[0].incident_id: "resolved", records[2].incident_id: "open"}
+
+
 async def test_a_skip_queued_in_a_run_makes_identical_content_a_duplicate(store: Store) -> None:
     first, same = alarm("e1", value=40), alarm("e2", value=40)
     async with store.unit() as unit:
