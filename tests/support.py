@@ -495,3 +495,24 @@ def _pagerduty_problem(path: str, body: Any, routing_key: str) -> str | None:
     if payload.get("severity") not in {"critical", "error", "warning", "info"}:
         return "bad severity"
     return None
+
+
+async def store_refuses(store: Any, table: str, operation: str, column: str, value: str) -> None:
+    """Make the store itself refuse the rows of ``table`` whose ``column`` is ``value`` on
+    ``operation`` (INSERT or UPDATE), as a real store refuses a value: a trigger, on SQLite and
+    PostgreSQL alike."""
+    async with store.db.transaction() as tx:
+        if store.db.dialect == "sqlite":
+            await tx.execute(
+                f"""CREATE TRIGGER refuse BEFORE {operation} ON {table} WHEN NEW.{column} = '{value}'
+                    BEGIN SELECT RAISE(ABORT, 'refused by the store'); END"""
+            )
+            return
+        await tx.execute(
+            f"""CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN
+                  IF NEW.{column} = '{value}' THEN RAISE EXCEPTION 'refused by the store'; END IF;
+                  RETURN NEW; END $$ LANGUAGE plpgsql"""
+        )
+        await tx.execute(
+            f"CREATE TRIGGER refuse BEFORE {operation} ON {table} FOR EACH ROW EXECUTE FUNCTION refuse()"
+        )

@@ -9,7 +9,7 @@ transaction the store records them in set-based statements — one for all their
 for all their incident groupings, one for all their first action rows — and each alarm is
 decided in turn between them (``Processor.first_steps``, ``Unit.record_events``): on
 PostgreSQL every statement is a round trip, so a batch costs a handful, not a handful per
-alarm. Their upgrades' outcomes are recorded the same way (``worker.finishes``).
+alarm. Their upgrades' outcomes are recorded the same way (``worker.group_commit``).
 
 A batch is what has arrived by the time the store is free, at most ``limit``. A lone alarm
 waits for nothing: when no other message is in flight, or the last batch was a single alarm
@@ -31,7 +31,7 @@ import structlog
 
 from shared import metrics
 from shared.alarm import Alarm
-from worker.finishes import settle
+from worker.group_commit import commit_together, settle
 from worker.process import Processor, Then
 
 log = structlog.get_logger("worker")
@@ -102,36 +102,8 @@ class FirstSteps:
     async def _commit(self, batch: Sequence[tuple[Alarm, asyncio.Future[Then]]]) -> None:
         metrics.BATCH_SIZE.observe(len(batch))
         self._last_size = len(batch)
-        try:
-            thens = await self.processor.first_steps([alarm for alarm, _ in batch])
-        except Exception as exc:
-            if len(batch) == 1:
-                settle(batch[0][1], exc)
-                return
-            log.warning(
-                "batch.fallback",
-                size=len(batch),
-                error=f"{type(exc).__name__}: {exc}",
-                detail="the batch's transaction failed: its alarms are tried one at a time",
-            )
-            metrics.BATCH_FALLBACKS.inc()
-            for alarm, step in batch:
-                await self._alone(alarm, step)
-            return
-        except BaseException as exc:
-            for _, step in batch:
-                settle(step, exc)
-            raise
-        for (_, step), then in zip(batch, thens, strict=True):
-            settle(step, then)
-
-    async def _alone(self, alarm: Alarm, step: asyncio.Future[Then]) -> None:
-        try:
-            [then] = await self.processor.first_steps([alarm])
-        except Exception as exc:
-            settle(step, exc)
-        except BaseException as exc:
-            settle(step, exc)
-            raise
-        else:
-            settle(step, then)
+        await commit_together(
+            batch,
+            self.processor.first_steps,
+            "the batch's transaction failed: its alarms are tried one at a time",
+        )

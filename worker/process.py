@@ -45,7 +45,7 @@ from shared.store import (
     segments,
 )
 from worker.cloudamqp import CloudAmqpClient
-from worker.finishes import Finishes
+from worker.group_commit import Finishes
 from worker.management import ManagementApi, read_nodes
 from worker.outcomes import (
     PERMANENT_ERROR,

@@ -22,7 +22,7 @@ from shared.settings import Settings
 from shared.store import Store
 from tests.integration.conftest import API_KEY, now_iso
 from tests.integration.test_worker_inprocess import parked
-from tests.support import FakeCloudAmqp, Services, queue_depth
+from tests.support import FakeCloudAmqp, Services, queue_depth, store_refuses
 from worker import batch
 from worker.cloudamqp import CloudAmqpClient
 from worker.consumer import Consumer
@@ -189,31 +189,12 @@ async def test_given_a_storm_when_decided_in_batches_then_rows_and_outcomes_equa
     assert len(batched["events"]) == len(bodies)
 
 
-async def _refuse_instance(store: Store, instance: str) -> None:
-    """Make the store itself refuse one alarm's event row, as a real store refuses a value."""
-    async with store.db.transaction() as tx:
-        if store.db.dialect == "sqlite":
-            await tx.execute(
-                f"""CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.instance_id = '{instance}'
-                    BEGIN SELECT RAISE(ABORT, 'refused by the store'); END"""
-            )
-            return
-        await tx.execute(
-            f"""CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN
-                  IF NEW.instance_id = '{instance}' THEN RAISE EXCEPTION 'refused by the store'; END IF;
-                  RETURN NEW; END $$ LANGUAGE plpgsql"""
-        )
-        await tx.execute(
-            "CREATE TRIGGER refuse BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION refuse()"
-        )
-
-
 async def test_given_one_alarm_the_store_refuses_in_a_batch_then_only_it_retries_and_is_parked(
     vhost: str, database_url: str, run: Run, fake_api: FakeCloudAmqp
 ) -> None:
     store = await Store.open(database_url)
     try:
-        await _refuse_instance(store, POISON)
+        await store_refuses(store, "events", "INSERT", "instance_id", POISON)
     finally:
         await store.close()
     neighbours = [alarm(i) for i in MANAGED[:3]] + [alarm(MANAGED[3], 40), alarm(MANAGED[4], 40)]

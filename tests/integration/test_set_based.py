@@ -1,6 +1,6 @@
 """The store's set-based statements for a batch — many rows in one statement — against what
 the same alarms do one at a time, on SQLite and PostgreSQL alike; and the worker's group
-commit of upgrades' outcomes (``worker.finishes``)."""
+commit of upgrades' outcomes (``worker.group_commit``)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from shared.controls import Pause
 from shared.db import rows_cte
 from shared.incidents import plan_incident
 from shared.store import ActionRecord, ActionStatus, Arrival, AuditEntry, Finish, Store
-from worker.finishes import Finishes
+from tests.support import store_refuses
+from worker.group_commit import Finishes
 
 
 @pytest.fixture
@@ -168,30 +169,11 @@ async def test_finishing_several_claims_at_once_is_each_alone(store: Store) -> N
     assert await store.finish_claims([_finish("b/memory")]) == [False]
 
 
-async def _refuse_action(store: Store, action_id: str) -> None:
-    """Make the store refuse one action row's update, as a real store refuses a value."""
-    async with store.db.transaction() as tx:
-        if store.db.dialect == "sqlite":
-            await tx.execute(
-                f"""CREATE TRIGGER refuse BEFORE UPDATE ON actions WHEN NEW.action_id = '{action_id}'
-                    BEGIN SELECT RAISE(ABORT, 'refused by the store'); END"""
-            )
-            return
-        await tx.execute(
-            f"""CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN
-                  IF NEW.action_id = '{action_id}' THEN RAISE EXCEPTION 'refused by the store'; END IF;
-                  RETURN NEW; END $$ LANGUAGE plpgsql"""
-        )
-        await tx.execute(
-            "CREATE TRIGGER refuse BEFORE UPDATE ON actions FOR EACH ROW EXECUTE FUNCTION refuse()"
-        )
-
-
 async def test_outcomes_that_come_back_together_commit_together_and_one_refused_fails_alone(
     store: Store,
 ) -> None:
     await _claims(store, "a/memory", "b/memory", "c/memory")
-    await _refuse_action(store, "b/memory")
+    await store_refuses(store, "actions", "UPDATE", "action_id", "b/memory")
     finishes = Finishes(store)
     before = metrics.BATCH_FALLBACKS._value.get()
 

@@ -1,9 +1,11 @@
-"""Group commit of upgrades' outcomes (the other end of ``worker.batch``'s first steps)."""
+"""Group commit: items committed together in one call (one transaction), each settled on its
+own — the alarms' first steps (``worker.batch``) and the upgrades' outcomes (``Finishes``)."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import structlog
 
@@ -11,6 +13,7 @@ from shared import metrics
 from shared.store import Finish, Store
 
 log = structlog.get_logger("worker")
+T = TypeVar("T")
 
 
 class Finishes:
@@ -39,35 +42,48 @@ class Finishes:
         try:
             while self._waiting:
                 batch, self._waiting = self._waiting[: self.limit], self._waiting[self.limit :]
-                try:
-                    results = await self.store.finish_claims([finish for finish, _ in batch])
-                except Exception as exc:
-                    if len(batch) == 1:
-                        settle(batch[0][1], exc)
-                        continue
-                    log.warning(
-                        "batch.fallback",
-                        size=len(batch),
-                        error=f"{type(exc).__name__}: {exc}",
-                        detail="the outcomes' transaction failed: they are recorded one at a time",
-                    )
-                    metrics.BATCH_FALLBACKS.inc()
-                    for finish, done in batch:
-                        try:
-                            [written] = await self.store.finish_claims([finish])
-                        except Exception as alone:
-                            settle(done, alone)
-                        else:
-                            settle(done, written)
-                    continue
-                except BaseException as exc:
-                    for _, done in batch:
-                        settle(done, exc)
-                    raise
-                for (_, done), written in zip(batch, results, strict=True):
-                    settle(done, written)
+                await commit_together(
+                    batch,
+                    self.store.finish_claims,
+                    "the outcomes' transaction failed: they are recorded one at a time",
+                )
         finally:
             self._runner = None
+
+
+async def commit_together(
+    batch: Sequence[tuple[T, asyncio.Future[Any]]],
+    commit: Callable[[list[T]], Awaitable[Sequence[Any]]],
+    fallback: str,
+) -> None:
+    """``commit`` the batch's items in one call (one transaction) and settle each one's future
+    with its result. When the call fails for several, each is committed alone, so that an item
+    the store refuses fails alone (``fallback`` says so in the log) and never its neighbours."""
+    try:
+        results = await commit([item for item, _ in batch])
+    except Exception as exc:
+        if len(batch) == 1:
+            settle(batch[0][1], exc)
+            return
+        log.warning("batch.fallback", size=len(batch), error=f"{type(exc).__name__}: {exc}", detail=fallback)
+        metrics.BATCH_FALLBACKS.inc()
+        for item, done in batch:
+            try:
+                [result] = await commit([item])
+            except Exception as alone:
+                settle(done, alone)
+            except BaseException as alone:
+                settle(done, alone)
+                raise
+            else:
+                settle(done, result)
+        return
+    except BaseException as exc:
+        for _, done in batch:
+            settle(done, exc)
+        raise
+    for (_, done), result in zip(batch, results, strict=True):
+        settle(done, result)
 
 
 def settle(step: asyncio.Future[Any], result: Any) -> None:
