@@ -152,15 +152,20 @@ class Processor:
         each one does next once it has committed. When the transaction fails, none of them
         took its step (the caller decides whether to try them one by one).
 
-        The store takes them in runs (``shared.store.segments``), each recorded in a handful
-        of statements for the whole run, then decided one by one; their skips are written
-        together at the end of the run."""
+        They are taken by instance and incident, so that batches of several workers lock
+        incident and claim rows in one order (PostgreSQL would otherwise break their deadlocks
+        by failing one). A stable sort: alarms of one instance and incident keep their delivery
+        order, the only order their outcomes depend on. The store takes them in runs
+        (``shared.store.segments``), each recorded in a handful of statements for the whole
+        run, then decided one by one; their new action rows are written together at the end
+        of the run."""
         now = self.clock()
-        order = sorted(range(len(alarms)), key=lambda i: self._lock_order(alarms[i]))
         arrivals = []
-        for i in order:
-            instance = target_instance(alarms[i], self.settings)
-            arrivals.append(Arrival(alarms[i], instance, plan_incident(alarms[i], instance)))
+        for alarm in alarms:
+            instance = target_instance(alarm, self.settings)
+            arrivals.append(Arrival(alarm, instance, plan_incident(alarm, instance)))
+        order = sorted(range(len(alarms)), key=lambda i: _lock_order(arrivals[i]))
+        arrivals = [arrivals[i] for i in order]
         thens: list[Then | None] = [None] * len(alarms)
         async with self.store.unit() as unit:
             for run in segments(arrivals):
@@ -170,14 +175,6 @@ class Processor:
                     thens[order[n]] = await self._decide(unit, arrival, record, now)
                 await unit.flush()
         return [then for then in thens if then is not None]
-
-    def _lock_order(self, alarm: Alarm) -> tuple[str, str]:
-        """The order a batch takes its steps in: by instance and incident, so that batches of
-        several workers lock incident and claim rows in one order (PostgreSQL would otherwise
-        break their deadlocks by failing one). A stable sort: alarms of one instance and
-        incident keep their delivery order, the only order their outcomes depend on."""
-        instance = target_instance(alarm, self.settings)
-        return instance or "", plan_incident(alarm, instance).key or ""
 
     async def _decide(self, unit: Unit, arrival: Arrival, record: EventRecord, now: float) -> Then:
         alarm, instance, incident = arrival.alarm, arrival.instance_id, arrival.plan
@@ -564,6 +561,10 @@ async def skipped(job: Job, skip: Skip) -> Outcome:
     job.log.info("upgrade.skipped", reason=skip.reason.value, detail=skip.detail)
     metrics.MESSAGES.labels(skip.reason.value).inc()
     return Ack()
+
+
+def _lock_order(arrival: Arrival) -> tuple[str, str]:
+    return arrival.instance_id or "", arrival.plan.key or ""
 
 
 async def _skipped_if_written(job: Job, skip: Skip, queued: QueuedAction) -> Outcome:
