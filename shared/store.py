@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -500,6 +500,11 @@ class Unit:
         self._queued: list[tuple[ActionRecord, QueuedAction]] = []
         self._decided_queued: dict[str, set[str]] = {}
         self._pauses: tuple[float, list[Pause]] | None = None  # (as of, running pauses)
+        # Claims the coming ``try_claim`` calls may ask for (``expect_claims``), and those of
+        # them read as done: a claim that is done leaves that state only by a ``try_claim``
+        # after its cooldown, so until then its answer is "cooling down" without asking.
+        self._expected: set[str] = set()
+        self._done: dict[str, ClaimRow] = {}
 
     # --- notifications ----------------------------------------------------------------------
 
@@ -877,6 +882,12 @@ class Unit:
 
     # --- cooldown claims -------------------------------------------------------------------
 
+    def expect_claims(self, scopes: Iterable[str]) -> None:
+        """Scopes the coming ``try_claim`` calls of this transaction may ask for: the first of
+        them reads them all in one statement (a batch's reminders of instances that were just
+        upgraded are answered "cooling down" from it, with no statement each)."""
+        self._expected.update(scopes)
+
     async def try_claim(
         self, scope: str, instance_id: str, owner: str, now: float, lease: float, cooldown: float
     ) -> ClaimResult:
@@ -884,6 +895,11 @@ class Unit:
 
         A held lease that ran out is not taken: the same statement marks it ``stale`` and
         gives its holder (still the owner) one more lease from now, and says ``NOTICED``."""
+        if self._expected:
+            await self._read_done_claims()
+        done = self._done.get(scope)
+        if done is not None and done.cooldown_until > now:
+            return ClaimResult(ClaimVerdict.COOLING_DOWN, done)
         row = await self.tx.fetchrow(
             """INSERT INTO claims (scope, instance_id, status, owner, claimed_at,
                    lease_until, cooldown_until)
@@ -919,6 +935,16 @@ class Unit:
         if verdict in (ClaimVerdict.GRANTED, ClaimVerdict.NOTICED):
             verdict = ClaimVerdict.HELD
         return ClaimResult(verdict, claim)
+
+    async def _read_done_claims(self) -> None:
+        scopes, self._expected = sorted(self._expected), set()
+        cte, args = rows_cte(self.tx.dialect, "v", [("scope", "text")], [(s,) for s in scopes])
+        rows = await self.tx.fetch(
+            f"""WITH {cte} SELECT * FROM claims
+               WHERE scope IN (SELECT scope FROM v) AND status = '{ClaimStatus.DONE.value}'""",
+            *args,
+        )
+        self._done.update((row["scope"], _claim_row(row)) for row in rows)
 
     async def renew_claim(self, scope: str, owner: str, lease_until: float) -> bool:
         """The holder is still at work: extend its lease (and end a takeover notice)."""

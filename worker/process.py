@@ -68,6 +68,7 @@ from worker.policy import (
     needs_current_plan,
     resolve_plan,
     target_instance,
+    upgrade_scope,
 )
 from worker.verify import assess
 
@@ -171,10 +172,16 @@ class Processor:
             for run in segments(arrivals):
                 taken = [arrivals[n] for n in run]
                 records = await unit.record_events(taken, now)
+                unit.expect_claims(self._scope(a) for a in taken if a.instance_id is not None)
                 for n, arrival, record in zip(run, taken, records, strict=True):
                     thens[order[n]] = await self._decide(unit, arrival, record, now)
                 await unit.flush()
         return [then for then in thens if then is not None]
+
+    def _scope(self, arrival: Arrival) -> str:
+        """The claim an upgrade decided for this alarm would ask for (``_claim``)."""
+        scope = upgrade_scope(arrival.instance_id or "", arrival.alarm.alarm_type)
+        return f"dry-run:{scope}" if self.dry_run else scope
 
     async def _decide(self, unit: Unit, arrival: Arrival, record: EventRecord, now: float) -> Then:
         alarm, instance, incident = arrival.alarm, arrival.instance_id, arrival.plan

@@ -123,6 +123,23 @@ async def test_a_pause_set_in_a_transaction_holds_its_later_upgrades(store: Stor
         assert await unit.pauses_for("i1", 100.0) == []
 
 
+async def test_a_claim_read_as_done_cools_down_until_its_cooldown_ends(store: Store) -> None:
+    await _claims(store, "a/memory", "b/memory")
+    await store.finish_claims([_finish("a/memory")])  # done: cooling down until 100 + 600
+    for now, verdict in ((650.0, "cooling_down"), (750.0, "granted")):
+        async with store.unit() as unit:
+            unit.expect_claims(["a/memory", "b/memory", "c/memory"])
+            result = await unit.try_claim("a/memory", "a", f"w/{now}", now, 60.0, 600.0)
+            assert result.verdict.value == verdict
+            if now < 700:
+                # Held, its lease run out (not done): asked of the store, as without the read.
+                held = await unit.try_claim("b/memory", "b", "other", now, 60.0, 600.0)
+                assert held.verdict.value == "noticed"
+    async with store.db.transaction(write=False) as tx:
+        row = await tx.fetchrow("SELECT status, owner FROM claims WHERE scope = 'a/memory'")
+    assert row == {"status": "held", "owner": "w/750.0"}
+
+
 async def _claims(store: Store, *scopes: str) -> None:
     async with store.unit() as unit:
         for scope in scopes:
