@@ -20,6 +20,13 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def scaling(workers: dict[str, Any], out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     ks: list[int] = []
@@ -41,11 +48,7 @@ def scaling(workers: dict[str, Any], out: Path) -> Path:
     ax.set_yscale("log")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
-    path = out / "worker-scaling.png"
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "worker-scaling.png")
 
 
 def _label(run: dict[str, Any]) -> str:
@@ -71,11 +74,7 @@ def drain(storm: dict[str, Any], out: Path) -> list[Path]:
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    path = out / "storm-drain.png"
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    paths.append(path)
+    paths.append(_save(fig, out / "storm-drain.png"))
     arriving = [run for run in storm["runs"] if run.get("arrivals")]
     if arriving:
         fig, ax = plt.subplots(figsize=(7, 3.8), dpi=110)
@@ -88,11 +87,7 @@ def drain(storm: dict[str, Any], out: Path) -> list[Path]:
         ax.set_title("Alarms arriving during the storm: how long they wait", fontsize=10)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
-        path = out / "storm-arrivals.png"
-        fig.tight_layout()
-        fig.savefig(path)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save(fig, out / "storm-arrivals.png"))
     return paths
 
 

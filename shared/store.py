@@ -73,6 +73,16 @@ _DONE_SQL = _sql_list(DONE_STATUSES)
 _SETTLED_SQL = _sql_list(DONE_STATUSES | HANDED_OFF)
 _PASSING_SQL = ", ".join(f"'{reason}'" for reason in PASSING_SKIPS)
 _DECIDED_SQL = _sql_list(DECIDED_STATUSES)
+# An action row that makes identical content a duplicate (``DECIDED_STATUSES``, not passing).
+_DECIDED_ROW = f"""status IN ({_DECIDED_SQL})
+    AND NOT (status = 'skipped' AND COALESCE(reason, '') IN ({_PASSING_SQL}))"""
+
+
+def _is_decided(status: ActionStatus, reason: str | None) -> bool:
+    """``_DECIDED_ROW`` for a row about to be written."""
+    return status in DECIDED_STATUSES and not (status is ActionStatus.SKIPPED and reason in PASSING_SKIPS)
+
+
 # An upgrade CloudAMQP accepted and that a check message now follows: "in_progress" with this
 # reason. The alarm's own work is done; only the check may change the row.
 AWAITING_CONFIRMATION = "awaiting_confirmation"
@@ -746,10 +756,9 @@ class Unit:
         cte, args = rows_cte(self.tx.dialect, "v", [("event_key", "text")], [(k,) for k in keys])
         rows = await self.tx.fetch(
             f"""WITH {cte}
-               SELECT a.event_key, MIN(a.event_id) AS lo, MAX(a.event_id) AS hi FROM actions a
-               WHERE a.event_key IN (SELECT event_key FROM v) AND a.status IN ({_DECIDED_SQL})
-               AND NOT (a.status = 'skipped' AND COALESCE(a.reason, '') IN ({_PASSING_SQL}))
-               GROUP BY a.event_key""",
+               SELECT event_key, MIN(event_id) AS lo, MAX(event_id) AS hi FROM actions
+               WHERE event_key IN (SELECT event_key FROM v) AND {_DECIDED_ROW}
+               GROUP BY event_key""",
             *args,
         )
         self._decided.update(dict.fromkeys(keys))
@@ -773,8 +782,7 @@ class Unit:
         """Has another event with identical content already been decided?"""
         row = await self.tx.fetchrow(
             f"""SELECT 1 AS hit FROM actions WHERE event_key = $1 AND event_id <> $2
-               AND status IN ({_DECIDED_SQL})
-               AND NOT (status = 'skipped' AND COALESCE(reason, '') IN ({_PASSING_SQL})) LIMIT 1""",
+               AND {_DECIDED_ROW} LIMIT 1""",
             event_key,
             event_id,
         )
@@ -843,8 +851,7 @@ class Unit:
         action row does not exist yet."""
         queued = QueuedAction()
         self._queued.append((record, queued))
-        decided = record.status in DECIDED_STATUSES
-        if decided and not (record.status is ActionStatus.SKIPPED and record.reason in PASSING_SKIPS):
+        if _is_decided(record.status, record.reason):
             self._decided_queued.setdefault(record.alarm.event_key, set()).add(record.alarm.event_id)
         return queued
 

@@ -180,7 +180,10 @@ class Processor:
 
     def _scope(self, arrival: Arrival) -> str:
         """The claim an upgrade decided for this alarm would ask for (``_claim``)."""
-        scope = upgrade_scope(arrival.instance_id or "", arrival.alarm.alarm_type)
+        return self._claim_scope(upgrade_scope(arrival.instance_id or "", arrival.alarm.alarm_type))
+
+    def _claim_scope(self, scope: str) -> str:
+        """Dry runs have their own claims, so that going live does not inherit a cooldown."""
         return f"dry-run:{scope}" if self.dry_run else scope
 
     async def _decide(self, unit: Unit, arrival: Arrival, record: EventRecord, now: float) -> Then:
@@ -227,10 +230,8 @@ class Processor:
 
     async def _claim(self, unit: Unit, job: Job, upgrade: Upgrade, now: float) -> Then:
         dry_run = self.dry_run
-        # Dry runs have their own claims, so that going live does not inherit a cooldown.
         claim = Claim(
-            f"dry-run:{upgrade.scope}" if dry_run else upgrade.scope,
-            f"{self.worker_id}/{job.alarm.event_id}/{new_id()[:8]}",
+            self._claim_scope(upgrade.scope), f"{self.worker_id}/{job.alarm.event_id}/{new_id()[:8]}"
         )
         result = await unit.try_claim(
             claim.scope,
