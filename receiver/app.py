@@ -84,7 +84,7 @@ async def broker_and_store(app: web.Application) -> AsyncIterator[None]:
     """Open the store and the publisher when the app starts; close both when it stops."""
     settings = app[SETTINGS]
     store = await Store.open(settings.database_url)
-    publisher = Publisher(settings.rabbitmq_url, settings.retry_delays)
+    publisher = Publisher(settings.rabbitmq_url, settings.delay_queues)
     app[STORE], app[PUBLISHER] = store, publisher
 
     async def nudge(check: ApprovalCheck) -> None:

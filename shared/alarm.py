@@ -24,6 +24,10 @@ class Alarm:
     event_key: str
     attempts: int = 0
     replayed: bool = False
+    # The configured name of the instance the alarm names, where it names it otherwise (its
+    # console UUID, its API id, its name: ``worker.instances``).
+    configured_instance: str | None = None
+    busy_since: float | None = None  # when CloudAMQP first answered "busy" to its plan change
 
     @property
     def alarm_type(self) -> str | None:
@@ -32,7 +36,13 @@ class Alarm:
 
     @property
     def instance_id(self) -> str | None:
+        """The instance the alarm is about: CloudAMQP sends its UUID as text, its API id may
+        come as a JSON number."""
+        if self.configured_instance is not None:
+            return self.configured_instance
         value = self.body.get("instance_id")
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
         return value if isinstance(value, str) and value else None
 
     @property

@@ -34,9 +34,12 @@ H_FAILED_AT = "x-autopilot-failed-at"
 H_CHECK = "x-autopilot-check"  # marks a follow-up check of an accepted upgrade, not an alarm
 H_NOTIFICATION = "x-autopilot-notification-id"  # a notification on its way to one endpoint
 H_ENDPOINT = "x-autopilot-endpoint"
+# When CloudAMQP first answered "busy" (still configuring) to this alarm's plan change: the
+# wait for it to be ready spends no attempt, and ends at UPGRADE_CONFIRM_TIMEOUT_SECONDS.
+H_BUSY_SINCE = "x-autopilot-busy-since"
 
-# The parking explanation, dropped from a replayed copy: it is no longer parked.
-PARK_HEADERS = frozenset({H_ERROR, H_STATUS, H_FAILED_AT})
+# The parking explanation (and a busy wait's start), dropped from a replayed copy.
+PARK_HEADERS = frozenset({H_ERROR, H_STATUS, H_FAILED_AT, H_BUSY_SINCE})
 # Written by the broker on dead-lettering and redelivery; stale on any copy we publish.
 BROKER_HEADER_PREFIXES = ("x-death", "x-first-death-", "x-last-death-", "x-delivery-count")
 
@@ -58,6 +61,14 @@ def attempts(headers: Mapping[str, Any]) -> int:
         return max(int(value), 0) if value is not None else 0
     except (TypeError, ValueError):
         return 0
+
+
+def busy_since(headers: Mapping[str, Any]) -> float | None:
+    """When a busy wait started (epoch seconds), or None when there is none or it is unreadable."""
+    value = headers.get(H_BUSY_SINCE)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if 0 <= value < 1e11 else None
 
 
 def event_id_of(headers: Mapping[str, Any]) -> str | None:
@@ -94,6 +105,7 @@ def decode_alarm(
         event_key=key,
         attempts=attempts(headers),
         replayed=_text(headers.get(H_REPLAYED)) is not None,
+        busy_since=busy_since(headers),
     )
 
 
@@ -103,14 +115,15 @@ def is_check(headers: Mapping[str, Any]) -> bool:
 
 @dataclass(frozen=True)
 class Check:
-    """A follow-up on an upgrade CloudAMQP accepted: read the instance until ``plan`` shows,
-    or give up at ``deadline`` (the upgrade itself runs asynchronously at CloudAMQP)."""
+    """A follow-up on an upgrade CloudAMQP accepted: read the instance until it is ready on
+    ``plan``, or give up at ``deadline`` (CloudAMQP applies the change asynchronously)."""
 
     action_id: str
     instance_id: str
     plan: str
     deadline: float
     checks: int = 0
+    accepted_at: float | None = None  # when CloudAMQP took it (None: not known to this check)
 
     KIND: ClassVar[str] = "plan"
 
@@ -152,6 +165,7 @@ def decode_check(body: bytes, headers: Mapping[str, Any] | None = None) -> AnyCh
             str(data["plan"]),
             float(data["deadline"]),
             int(data.get("checks", 0)),
+            float(data["accepted_at"]) if data.get("accepted_at") is not None else None,
         )
     except (TypeError, KeyError, ValueError, AttributeError) as exc:
         raise DecodeError(f"not an upgrade check: {exc}") from exc
@@ -215,11 +229,16 @@ def copy_of(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pi
     )
 
 
-def retry_copy(message: AbstractIncomingMessage, attempts_so_far: int | None = None) -> aio_pika.Message:
-    """The copy for a delay queue: our headers kept, the attempt count updated when given."""
+def retry_copy(
+    message: AbstractIncomingMessage, attempts_so_far: int | None = None, busy_from: float | None = None
+) -> aio_pika.Message:
+    """The copy for a delay queue: our headers kept, the attempt count (and the start of a
+    busy wait) updated when given."""
     headers = _without(message.headers or {})
     if attempts_so_far is not None:
         headers[H_ATTEMPTS] = attempts_so_far
+    if busy_from is not None:
+        headers[H_BUSY_SINCE] = busy_from
     return copy_of(message, headers)
 
 

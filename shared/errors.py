@@ -14,10 +14,25 @@ class DecodeError(AutopilotError):
 class RetryableError(AutopilotError):
     """A failure worth trying again: network, timeout, 429, 5xx."""
 
-    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        max_delay: float | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
+        # The longest wait before the next try when the server named none (429: 60 s).
+        self.max_delay = max_delay
+
+
+class BusyError(RetryableError):
+    """CloudAMQP is still configuring the instance (422 "Please wait for your cluster to be
+    configured", 423 Locked, or ``ready: false``): wait until it is ready and try again,
+    without spending an attempt."""
 
 
 class PermanentError(AutopilotError):

@@ -136,6 +136,7 @@ def action_notice(action: Mapping[str, Any], alarm: Mapping[str, Any]) -> Notice
             "from_plan": action.get("from_plan"),
             "to_plan": action.get("plan"),
             "attempts": action.get("attempts"),
+            "reconfigure_seconds": action.get("reconfigure_seconds"),
         },
         "alarm": dict(alarm),
     }

@@ -31,6 +31,8 @@ T = TypeVar("T")
 class UpgradeApi(StrEnum):
     """Which CloudAMQP API an upgrade goes through (``UPGRADE_API``)."""
 
+    # The blog's endpoint first; once it answers 401/403/404/405, the documented API.
+    AUTO = "auto"
     ACTIONS = "actions"  # POST /api/instances/{id}/actions/upgrade, Bearer key (the blog's)
     INSTANCES = "instances"  # GET/PUT /api/instances/{id}, Basic auth (the documented one)
 
@@ -51,7 +53,7 @@ class Settings:
     cloudamqp_api_url: str = "https://customer.cloudamqp.com"
     cloudamqp_api_key: str | None = field(default=None, repr=False)
     instance_ids: tuple[str, ...] = ()
-    upgrade_api: UpgradeApi = UpgradeApi.ACTIONS
+    upgrade_api: UpgradeApi = UpgradeApi.AUTO
     upgrade_plan: str = "bunny-2"
     memory_threshold: float = 80.0
     policy_file: str | None = None
@@ -60,7 +62,9 @@ class Settings:
     retry_delays: tuple[float, ...] = (10.0, 60.0, 300.0, 1800.0)
     max_attempts: int = 5
     quick_retries: int = 2
-    upgrade_confirm_timeout_seconds: float = 3600.0
+    # A plan change runs at CloudAMQP for minutes to over an hour: read every poll, until this.
+    upgrade_confirm_timeout_seconds: float = 10800.0
+    upgrade_poll_seconds: float = 15.0
     api_timeout_seconds: float = 10.0
     database_url: str = "sqlite:///var/autopilot.db"
     claim_lease_seconds: float = 120.0
@@ -97,6 +101,11 @@ class Settings:
     def management_url(self, instance_id: str) -> str | None:
         """The management API URL (credentials included) of a managed instance, if given."""
         return dict(self.instance_management).get(instance_id)
+
+    @property
+    def delay_queues(self) -> tuple[float, ...]:
+        """The alarms' delay queues: ``RETRY_DELAYS`` and the plan-change poll."""
+        return tuple(sorted({*self.retry_delays, self.upgrade_poll_seconds}))
 
     @cached_property
     def managed(self) -> frozenset[str]:
@@ -346,6 +355,7 @@ _VARIABLES: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("max_attempts", "MAX_ATTEMPTS", _int_range(1, 1000)),
     ("quick_retries", "QUICK_RETRIES", _int_range(0, 10)),
     ("upgrade_confirm_timeout_seconds", "UPGRADE_CONFIRM_TIMEOUT_SECONDS", _number(0, allow_equal=False)),
+    ("upgrade_poll_seconds", "UPGRADE_POLL_SECONDS", _number(0, allow_equal=False)),
     ("api_timeout_seconds", "CLOUDAMQP_API_TIMEOUT", _number(0, allow_equal=False)),
     ("database_url", "DATABASE_URL", _url("sqlite", "postgresql", "postgres")),
     ("claim_lease_seconds", "CLAIM_LEASE_SECONDS", _number(0, allow_equal=False)),

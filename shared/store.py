@@ -28,7 +28,7 @@ from shared.notifications import EventType, Notice, action_notice, alarm_data, i
 class ActionStatus(StrEnum):
     """Where an event's one action row stands."""
 
-    IN_PROGRESS = "in_progress"  # claimed and calling (or, with AWAITING_CONFIRMATION, accepted)
+    IN_PROGRESS = "in_progress"  # claimed and calling (or, with RECONFIGURING, accepted)
     RETRYING = "retrying"  # a retryable failure; the message waits in a delay queue
     SUCCEEDED = "succeeded"
     SKIPPED = "skipped"
@@ -62,7 +62,8 @@ DECIDED_STATUSES = frozenset({ActionStatus.SUCCEEDED, ActionStatus.SKIPPED, Acti
 # Skips that say "not now" rather than "no": an identical alarm after a pause ended or an
 # approval was denied is decided afresh (level-triggered), not a duplicate.
 # A cleared condition too: the next identical alarm is checked against the broker afresh.
-PASSING_SKIPS = ("paused", "awaiting_approval", "condition_cleared")
+# And one that met a plan change still being applied: the alarm after it is looked at afresh.
+PASSING_SKIPS = ("paused", "awaiting_approval", "condition_cleared", "reconfiguring")
 
 
 def _sql_list(statuses: frozenset[ActionStatus]) -> str:
@@ -83,9 +84,10 @@ def _is_decided(status: ActionStatus, reason: str | None) -> bool:
     return status in DECIDED_STATUSES and not (status is ActionStatus.SKIPPED and reason in PASSING_SKIPS)
 
 
-# An upgrade CloudAMQP accepted and that a check message now follows: "in_progress" with this
-# reason. The alarm's own work is done; only the check may change the row.
-AWAITING_CONFIRMATION = "awaiting_confirmation"
+# An upgrade CloudAMQP accepted, which it applies asynchronously while a check message follows
+# it: "in_progress" with this reason. The alarm's own work is done; only the check may change
+# the row (and no other plan change of the instance starts meanwhile).
+RECONFIGURING = "reconfiguring"
 
 
 # The columns ``Unit.flush`` writes actions from (``rows_cte``).
@@ -115,7 +117,7 @@ def _is_done(status: str | None, reason: str | None) -> bool:
     return (
         status in DONE_STATUSES
         or status in HANDED_OFF
-        or (status == ActionStatus.IN_PROGRESS and reason == AWAITING_CONFIRMATION)
+        or (status == ActionStatus.IN_PROGRESS and reason == RECONFIGURING)
     )
 
 
@@ -227,6 +229,15 @@ MIGRATIONS: list[list[str]] = [
     outbox.MIGRATION,
     # Looking at the broker (issue #17): verification, watchdog, samples, advice (shared/watch.py).
     watch.MIGRATION,
+    # CloudAMQP's asynchronous plan change (issue #23): the reason's name, and how long the
+    # reconfiguration took once CloudAMQP said it was done.
+    [
+        "UPDATE actions SET reason = 'reconfiguring' WHERE reason = 'awaiting_confirmation'",
+        "DROP INDEX actions_awaiting",
+        "CREATE INDEX actions_reconfiguring ON actions (updated_at) WHERE reason = 'reconfiguring'",
+        "CREATE INDEX actions_reconfiguring_instance ON actions (instance_id) WHERE reason = 'reconfiguring'",
+        "ALTER TABLE actions ADD COLUMN reconfigure_seconds DOUBLE PRECISION",
+    ],
 ]
 
 
@@ -375,9 +386,16 @@ class Store:
         async with self.unit() as unit:
             return await unit.finish_claims(finishes)
 
-    async def confirm_action(self, action_id: str, status: ActionStatus, detail: str, now: float) -> bool:
+    async def confirm_action(
+        self,
+        action_id: str,
+        status: ActionStatus,
+        detail: str,
+        now: float,
+        reconfigure_seconds: float | None = None,
+    ) -> bool:
         async with self.unit() as unit:
-            return await unit.confirm_action(action_id, status, detail, now)
+            return await unit.confirm_action(action_id, status, detail, now, reconfigure_seconds)
 
     async def notify(self, notice: Notice, now: float | None = None) -> bool:
         """Write a notification in a transaction of its own (one with no state change to join)."""
@@ -598,7 +616,7 @@ class Unit:
                 continue
             row = earlier[a.alarm.event_id]
             done = row["status"] if _is_done(row["status"], row["reason"]) else None
-            awaiting = row["plan"] if row["reason"] == AWAITING_CONFIRMATION else None
+            awaiting = row["plan"] if row["reason"] == RECONFIGURING else None
             approval = float(row["deadline"]) if row["status"] in HANDED_OFF else None
             records.append(
                 EventRecord(False, row["incident_id"], row["incident_change"], done, awaiting, approval)
@@ -830,7 +848,7 @@ class Unit:
                        from_plan = COALESCE(excluded.from_plan, actions.from_plan),
                        verification = COALESCE(excluded.verification, actions.verification)
                    WHERE (actions.status NOT IN ({_SETTLED_SQL})
-                          AND COALESCE(actions.reason, '') <> '{AWAITING_CONFIRMATION}') OR $1
+                          AND COALESCE(actions.reason, '') <> '{RECONFIGURING}') OR $1
                    RETURNING *""",
                 replayed,
                 *args,
@@ -865,20 +883,48 @@ class Unit:
         for (_, result), written in zip(queued, results, strict=True):
             result.written = written
 
-    async def confirm_action(self, action_id: str, status: ActionStatus, detail: str, now: float) -> bool:
-        """Close an upgrade that was awaiting confirmation (``succeeded`` / ``unconfirmed``)."""
+    async def confirm_action(
+        self,
+        action_id: str,
+        status: ActionStatus,
+        detail: str,
+        now: float,
+        reconfigure_seconds: float | None = None,
+    ) -> bool:
+        """Close an upgrade CloudAMQP was reconfiguring the instance for (``succeeded`` /
+        ``unconfirmed``), with how long the reconfiguration took where it is known; a
+        success goes into the audit trail with it."""
         row = await self.tx.fetchrow(
-            """UPDATE actions SET status = $1, reason = NULL, detail = $2, updated_at = $3
+            """UPDATE actions SET status = $1, reason = NULL, detail = $2, updated_at = $3,
+                      reconfigure_seconds = $6
                WHERE action_id = $4 AND status = 'in_progress' AND reason = $5
                RETURNING *""",
             status.value,
             detail,
             now,
             action_id,
-            AWAITING_CONFIRMATION,
+            RECONFIGURING,
+            reconfigure_seconds,
         )
         if row is None:
             return False
+        if status is ActionStatus.SUCCEEDED:
+            await self.audit(
+                AuditEntry(
+                    f"upgrade.confirmed:{action_id}",
+                    now,
+                    "autopilot",
+                    "automatic",
+                    "upgrade.confirmed",
+                    row["instance_id"],
+                    {
+                        "action_id": action_id,
+                        "plan": row["plan"],
+                        "reconfigure_seconds": reconfigure_seconds,
+                        "detail": detail,
+                    },
+                )
+            )
         event = await self.tx.fetchrow(
             "SELECT event_id, received_at, body FROM events WHERE event_id = $1", row["event_id"]
         )
@@ -1016,6 +1062,16 @@ class Unit:
             rows = await self.tx.fetch("SELECT * FROM pauses WHERE until_at > $1", now)
             self._pauses = (now, [_pause(r) for r in rows])
         return [p for p in self._pauses[1] if p.scope in (instance, GLOBAL) and p.until > now]
+
+    async def reconfiguring(self, instance: str) -> str | None:
+        """The plan of a change of ``instance`` that CloudAMQP is still applying, or None."""
+        row = await self.tx.fetchrow(
+            """SELECT plan FROM actions WHERE instance_id = $1 AND reason = $2 AND status = 'in_progress'
+               LIMIT 1""",
+            instance,
+            RECONFIGURING,
+        )
+        return str(row["plan"]) if row is not None else None
 
     async def set_pause(self, pause: Pause) -> None:
         """Pause a scope (a new pause replaces the one it had)."""

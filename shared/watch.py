@@ -290,7 +290,7 @@ async def checked(db: Database, action_id: str, now: float) -> None:
     async with db.transaction() as tx:
         await tx.execute(
             """UPDATE actions SET checked_at = $2
-               WHERE action_id = $1 AND reason = 'awaiting_confirmation'""",
+               WHERE action_id = $1 AND reason = 'reconfiguring'""",
             action_id,
             now,
         )
@@ -302,7 +302,7 @@ async def unchecked_confirmations(db: Database, before: float, limit: int) -> li
     async with db.transaction(write=False) as tx:
         rows = await tx.fetch(
             """SELECT action_id, instance_id, plan, updated_at FROM actions
-               WHERE reason = 'awaiting_confirmation' AND status = 'in_progress'
+               WHERE reason = 'reconfiguring' AND status = 'in_progress'
                AND COALESCE(checked_at, updated_at) < $1
                ORDER BY updated_at LIMIT $2""",
             before,

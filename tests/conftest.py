@@ -16,7 +16,8 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 import pytest
 
-from tests.support import FakeCloudAmqp, Services, management_request
+from tests.cloudamqp_stand_in import CloudAmqpStandIn
+from tests.support import Services, management_request
 
 CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
@@ -136,8 +137,8 @@ def sqlite_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-async def fake_api() -> AsyncIterator[FakeCloudAmqp]:
-    api = FakeCloudAmqp()
+async def fake_api() -> AsyncIterator[CloudAmqpStandIn]:
+    api = CloudAmqpStandIn()
     await api.start()
     yield api
     await api.stop()

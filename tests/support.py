@@ -1,4 +1,5 @@
-"""Test helpers: the stand-in CloudAMQP API, process runners, condition waits."""
+"""Test helpers: process runners, condition waits, stand-in notification channels (the
+CloudAMQP API's stand-in is ``tests.cloudamqp_stand_in``)."""
 
 from __future__ import annotations
 
@@ -99,89 +100,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-@dataclass
-class Recorded:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: Any
-
-
-@dataclass
-class FakeCloudAmqp:
-    """A local aiohttp server standing in for the CloudAMQP API.
-
-    It records every request; ``script`` lists responses to give in order (a status, or a
-    (status, headers) pair), then ``default_status``; ``hold`` (when set) keeps each
-    response waiting until the event is set.
-    """
-
-    script: list[Any] = field(default_factory=list)
-    default_status: int = 200
-    latency: float = 0.0
-    hold: asyncio.Event | None = None
-    requests: list[Recorded] = field(default_factory=list)
-    plans: dict[str, str] = field(default_factory=dict)
-    plan_change_delay: float = 0.0
-    echo_headers: bool = False  # a careless API that repeats the credentials in its errors
-    port: int = 0
-    _runner: web.AppRunner | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        self.port = free_port()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        if self.hold is not None:
-            self.hold.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    def upgrade_requests(self) -> list[Recorded]:
-        return [r for r in self.requests if r.method in {"POST", "PUT"}]
-
-    def reads(self) -> list[Recorded]:
-        return [r for r in self.requests if r.method == "GET"]
-
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        raw = await request.read()
-        try:
-            body = json.loads(raw) if raw else None
-        except json.JSONDecodeError:
-            body = raw.decode(errors="replace")
-        self.requests.append(Recorded(request.method, request.path, dict(request.headers), body))
-        instance = request.path.removeprefix("/api/instances/")
-        if request.method == "GET" and "/" not in instance:
-            # The customer API's instance read: what plan is it on now?
-            if instance not in self.plans:
-                return web.json_response({"error": "not found"}, status=404)
-            return web.json_response({"id": instance, "plan": self.plans[instance]})
-        if self.hold is not None:
-            await self.hold.wait()
-        if self.latency:
-            await asyncio.sleep(self.latency)
-        step = self.script.pop(0) if self.script else self.default_status
-        status, headers = step if isinstance(step, tuple) else (step, {})
-        if status == "hang":
-            await asyncio.sleep(3600)
-        if request.method == "PUT" and 200 <= status < 300 and isinstance(body, dict):
-            # CloudAMQP upgrades asynchronously: the new plan shows a little later.
-            loop = asyncio.get_running_loop()
-            loop.call_later(self.plan_change_delay, self.plans.__setitem__, instance, body["plan"])
-        answer: dict[str, Any] = {"status": status}
-        if self.echo_headers:
-            answer["you_sent"] = dict(request.headers)
-        return web.json_response(answer, status=status, headers=headers)
 
 
 class Proc:

@@ -70,6 +70,7 @@ async def main(settings: Settings, *, burst: bool = False) -> None:
         processor = Processor(
             settings, store, client, worker_id=worker_id, policy=policy, management=management
         )
+        await processor.resolve_instances(force=True)
         consumer = Consumer(settings, processor)
         notifier = Notifier(settings, store, notify_to, session)
         log.info("worker.starting", worker_id=worker_id, settings=settings.public_dict())
@@ -95,7 +96,7 @@ def periodic_jobs(
     worker_id = processor.worker_id
 
     def publisher() -> Publisher:
-        return Publisher(settings.rabbitmq_url, settings.retry_delays)
+        return Publisher(settings.rabbitmq_url, settings.delay_queues)
 
     jobs = [ConfirmationSweep(settings, store, publisher(), worker_id=worker_id).run(stop)]
     if processor.management is not None and settings.watchdog_interval_seconds > 0:
@@ -143,7 +144,13 @@ async def serve_metrics(settings: Settings, consumer: Consumer) -> web.AppRunner
 
     async def healthz(request: web.Request) -> web.Response:
         ok = consumer.consuming
-        return web.json_response({"status": "ok" if ok else "broker_disconnected"}, status=200 if ok else 503)
+        client = consumer.processor.client
+        body = {
+            "status": "ok" if ok else "broker_disconnected",
+            # Which CloudAMQP API plan changes go to (UPGRADE_API=auto: "auto" until the first).
+            "cloudamqp_api": client.api_in_use if client is not None else "dry_run",
+        }
+        return web.json_response(body, status=200 if ok else 503)
 
     app = web.Application()
     app.router.add_get("/metrics", metrics.metrics_view)

@@ -1,17 +1,28 @@
-"""The CloudAMQP API at the edge: HTTP in, our own errors out.
+"""The CloudAMQP customer API at the edge: HTTP in, our own errors out.
 
-Network errors, timeouts, 429 and 5xx become ``RetryableError`` (with ``Retry-After`` when the
-server sent one); other 4xx become ``PermanentError``. Quick retries (a few, short, jittered)
-happen here; longer waits are the worker's durable retries through RabbitMQ.
+CloudAMQP's refusals are classified as its own Terraform provider classifies them
+(``docs/cloudamqp-api.md``): 422 "Please wait for your cluster to be configured" and 423 Locked
+mean *busy* (``BusyError``: wait for the instance to be ready, no attempt spent); 429, 5xx,
+network errors, timeouts and a 400 with ``error_code`` 40001 or 40099 are ``RetryableError``
+(``Retry-After`` honoured; a 429 without one waits at most 60 s); every other 4xx is
+``PermanentError`` with CloudAMQP's own ``error`` / ``message`` text. Quick retries (a few,
+short, jittered) happen here; longer waits are the worker's durable retries through RabbitMQ.
+
+A plan change goes, by ``UPGRADE_API``, to the blog's ``POST …/actions/upgrade`` (Bearer),
+to the documented ``PUT /api/instances/{id}`` (Basic, empty user, key as password), or
+(``auto``) to the blog's endpoint once and, when that answers 401/403/404/405, to the
+documented one from then on in this process.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import email.utils
 import json
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -25,7 +36,7 @@ from tenacity import (
 )
 
 from shared import metrics
-from shared.errors import PermanentError, RetryableError
+from shared.errors import BusyError, PermanentError, RetryableError
 from shared.settings import Settings, UpgradeApi
 
 log = structlog.get_logger("worker.api")
@@ -34,6 +45,16 @@ log = structlog.get_logger("worker.api")
 QUICK_RETRY_AFTER_CAP = 5.0
 # Longest Retry-After honoured at all (a broken header must not park a message for a day).
 RETRY_AFTER_CAP = 1800.0
+# A 429 without Retry-After backs off to at most this (as CloudAMQP's own provider does).
+RATE_LIMIT_MAX_DELAY = 60.0
+# 400s whose error_code says "not yet": the firewall is still being configured, or CloudAMQP
+# timed out talking to its backend.
+RETRYABLE_ERROR_CODES = frozenset({40001, 40099})
+# What the blog's endpoint answers where it does not exist or takes no Bearer key: nothing was
+# done, so ``auto`` asks the documented API instead.
+NOT_THIS_ENDPOINT = frozenset({401, 403, 404, 405})
+KEY_REFUSED = "the CloudAMQP API key was refused"
+_MAX_TEXT = 200
 
 
 def parse_retry_after(raw: str | None, now: float) -> float | None:
@@ -49,17 +70,42 @@ def parse_retry_after(raw: str | None, now: float) -> float | None:
         except (TypeError, ValueError):
             return None
         seconds = when.timestamp() - now
+    if seconds != seconds:  # NaN
+        return None
     return min(max(seconds, 0.0), RETRY_AFTER_CAP)
+
+
+def _said(body: str) -> tuple[str, int | None]:
+    """CloudAMQP's own words in an error body (``error`` and/or ``message``) and its
+    ``error_code``; the body itself, squashed, when it is not such JSON."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        words = [str(data[k]) for k in ("error", "message") if isinstance(data.get(k), str | int | float)]
+        code = data.get("error_code")
+        code = int(code) if isinstance(code, int) and not isinstance(code, bool) else None
+        if words:
+            return " ".join(" ".join(words).split())[:_MAX_TEXT], code
+    return " ".join(body.split())[:_MAX_TEXT], None
 
 
 def classify(status: int, body: str, retry_after: float | None) -> None:
     """Raise our error for a non-2xx status; return for 2xx."""
     if 200 <= status < 300:
         return
-    snippet = " ".join(body.split())[:200]
-    message = f"CloudAMQP API answered {status}" + (f": {snippet}" if snippet else "")
-    if status == 429 or status >= 500:
+    text, code = _said(body)
+    message = f"CloudAMQP API answered {status}" + (f" (error_code {code})" if code else "")
+    message += f": {text}" if text else ""
+    if status == 423 or (status == 422 and "configured" in text.lower()):
+        raise BusyError(message, status=status, retry_after=retry_after)
+    if status == 429:
+        raise RetryableError(message, status=status, retry_after=retry_after, max_delay=RATE_LIMIT_MAX_DELAY)
+    if status >= 500 or (status == 400 and code in RETRYABLE_ERROR_CODES):
         raise RetryableError(message, status=status, retry_after=retry_after)
+    if status in (401, 403):
+        raise PermanentError(f"{KEY_REFUSED} ({status})", status=status)
     raise PermanentError(message, status=status)
 
 
@@ -72,18 +118,28 @@ def _wait(state: RetryCallState) -> float:
 
 
 def _quick_retry_allowed(exc: BaseException) -> bool:
-    if not isinstance(exc, RetryableError):
+    # Busy lasts minutes: a quick retry would only be refused again.
+    if not isinstance(exc, RetryableError) or isinstance(exc, BusyError):
         return False
     return exc.retry_after is None or exc.retry_after <= QUICK_RETRY_AFTER_CAP
 
 
-class CloudAmqpClient:
-    """Reads an instance's plan and asks for an upgrade, in either API mode.
+@dataclass(frozen=True)
+class InstanceState:
+    """What ``GET /api/instances/{id}`` (and ``…/nodes``) says of an instance now."""
 
-    ``actions``: ``POST /api/instances/{id}/actions/upgrade`` with a Bearer key (the
-    CloudAMQP blog's endpoint). ``instances``: the documented customer API —
-    ``GET``/``PUT /api/instances/{id}`` with HTTP Basic auth, empty user, key as password.
-    """
+    plan: str
+    ready: bool
+    configured: bool | None = None  # every node configured (None: the nodes were not read)
+
+    @property
+    def settled(self) -> bool:
+        """No change is being applied: ready, and no node still configuring."""
+        return self.ready and self.configured is not False
+
+
+class CloudAmqpClient:
+    """Reads instances and asks for plan changes, in the ``UPGRADE_API`` mode it is given."""
 
     def __init__(
         self,
@@ -93,19 +149,21 @@ class CloudAmqpClient:
         api_key: str,
         timeout: float,
         quick_retries: int,
-        mode: UpgradeApi = UpgradeApi.ACTIONS,
+        mode: UpgradeApi = UpgradeApi.AUTO,
     ):
         self._session = session
         self._base_url = base_url.rstrip("/")
-        self._mode = mode
-        token = base64.b64encode(f":{api_key}".encode()).decode()
-        self._auth = {
-            "Authorization": f"Basic {token}" if mode is UpgradeApi.INSTANCES else f"Bearer {api_key}"
-        }
+        mode = UpgradeApi(mode)
+        basic = base64.b64encode(f":{api_key}".encode()).decode()
+        self._basic = {"Authorization": f"Basic {basic}"}
+        self._bearer = {"Authorization": f"Bearer {api_key}"}
         # Whatever the API echoes back must not carry the key into our logs or errors.
-        self._secrets = (api_key, token)
+        self._secrets = (api_key, basic)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._quick_retries = quick_retries
+        # ``auto`` until the blog's endpoint has answered once: which API plan changes use.
+        self._chosen: UpgradeApi | None = None if mode is UpgradeApi.AUTO else mode
+        self._choosing = asyncio.Lock()
 
     @classmethod
     def from_settings(
@@ -121,6 +179,11 @@ class CloudAmqpClient:
             mode=settings.upgrade_api,
         )
 
+    @property
+    def api_in_use(self) -> str:
+        """``actions``, ``instances``, or ``auto`` while no plan change has told yet."""
+        return (self._chosen or UpgradeApi.AUTO).value
+
     def _retrying(self) -> AsyncRetrying:
         return AsyncRetrying(
             stop=stop_after_attempt(self._quick_retries + 1),
@@ -129,34 +192,106 @@ class CloudAmqpClient:
             reraise=True,
         )
 
-    async def current_plan(self, instance_id: str) -> str:
-        """``GET /api/instances/{id}`` → its ``plan``."""
-        url = f"{self._base_url}/api/instances/{instance_id}"
+    async def _get_json(self, path: str) -> Any:
+        url = f"{self._base_url}{path}"
         async for attempt in self._retrying():
             with attempt:
-                body = await self._send("GET", url, headers=self._auth)
+                body = await self._send("GET", url, headers=self._basic)
         try:
-            plan = json.loads(body).get("plan")
-        except (ValueError, AttributeError):
-            plan = None
+            return json.loads(body)
+        except ValueError as exc:
+            raise PermanentError(f"CloudAMQP API answered {path} with something not JSON") from exc
+
+    async def list_instances(self) -> list[dict[str, Any]]:
+        """``GET /api/instances``: every instance of the account (``id``, ``name``, ``providerid``…)."""
+        listing = await self._get_json("/api/instances")
+        if not isinstance(listing, list):
+            raise PermanentError("CloudAMQP API answered /api/instances without a list")
+        return [item for item in listing if isinstance(item, dict)]
+
+    async def read_instance(self, instance_id: str, *, nodes: bool = False) -> InstanceState:
+        """``GET /api/instances/{id}`` → its plan and ``ready``; with ``nodes``, whether every
+        node of ``…/nodes`` is ``configured`` (None where the nodes cannot be read)."""
+        data = await self._get_json(f"/api/instances/{instance_id}")
+        plan = data.get("plan") if isinstance(data, dict) else None
         if not isinstance(plan, str) or not plan:
             raise PermanentError("CloudAMQP API answered the instance read without a 'plan'")
-        return plan
+        ready = data.get("ready") is not False  # an answer without it (older API) is taken as ready
+        configured = await self._nodes_configured(instance_id) if nodes and ready else None
+        return InstanceState(plan, ready, configured)
+
+    async def readable(self, instance_id: str, *, nodes: bool = False) -> InstanceState | None:
+        """``read_instance``, or None where the instance cannot be read at all and the mode
+        allows acting without it: the blog's world, whose API has no instance read for this
+        key (401/403/404/405). In ``instances`` mode such an answer stays an error."""
+        try:
+            return await self.read_instance(instance_id, nodes=nodes)
+        except PermanentError as exc:
+            if self._chosen is UpgradeApi.INSTANCES or exc.status not in NOT_THIS_ENDPOINT:
+                raise
+            return None
+
+    async def _nodes_configured(self, instance_id: str) -> bool | None:
+        try:
+            nodes = await self._get_json(f"/api/instances/{instance_id}/nodes")
+        except PermanentError:
+            return None
+        if not isinstance(nodes, list) or not nodes:
+            return None
+        return all(isinstance(n, dict) and n.get("configured") is not False for n in nodes)
 
     async def upgrade(
         self, instance_id: str, plan: str, reason: str, on_request: Callable[[], Awaitable[None]]
     ) -> None:
-        """Ask for ``plan``; ``on_request`` runs before each try."""
-        if self._mode is UpgradeApi.INSTANCES:
-            method, url = "PUT", f"{self._base_url}/api/instances/{instance_id}"
-            payload: dict[str, str] = {"plan": plan}
+        """Ask for ``plan`` (CloudAMQP starts the change and answers at once); ``on_request``
+        runs before each try."""
+        if self._chosen is None:
+            async with self._choosing:
+                # Plan changes that come meanwhile wait here: the blog's endpoint is asked once.
+                if self._chosen is None and await self._blog_answers(instance_id, plan, reason, on_request):
+                    return
+        if self._chosen is UpgradeApi.ACTIONS:
+            await self._blog(instance_id, plan, reason, on_request)
         else:
-            method, url = "POST", f"{self._base_url}/api/instances/{instance_id}/actions/upgrade"
-            payload = {"plan": plan, "reason": reason}
+            await self._put(instance_id, plan, on_request)
+
+    async def _blog_answers(
+        self, instance_id: str, plan: str, reason: str, on_request: Callable[[], Awaitable[None]]
+    ) -> bool:
+        """``auto``'s first plan change: through the blog's endpoint, which stays in use if
+        it takes it (True); when it answers that it is not there (nothing was done), the
+        documented API is used from now on (False: the caller makes the change there)."""
+        try:
+            await self._blog(instance_id, plan, reason, on_request)
+        except PermanentError as exc:
+            if exc.status not in NOT_THIS_ENDPOINT:
+                raise
+            self._chosen = UpgradeApi.INSTANCES
+            log.warning(
+                "api.documented_in_use",
+                detail=f"the blog's actions/upgrade endpoint answered {exc.status}; plan changes "
+                "go to PUT /api/instances/{id} from now on",
+            )
+            return False
+        self._chosen = UpgradeApi.ACTIONS
+        log.info("api.blog_in_use", detail="the blog's actions/upgrade endpoint took the plan change")
+        return True
+
+    async def _blog(
+        self, instance_id: str, plan: str, reason: str, on_request: Callable[[], Awaitable[None]]
+    ) -> None:
+        url = f"{self._base_url}/api/instances/{instance_id}/actions/upgrade"
         async for attempt in self._retrying():
             with attempt:
                 await on_request()
-                await self._send(method, url, headers=self._auth, json=payload)
+                await self._send("POST", url, headers=self._bearer, json={"plan": plan, "reason": reason})
+
+    async def _put(self, instance_id: str, plan: str, on_request: Callable[[], Awaitable[None]]) -> None:
+        url = f"{self._base_url}/api/instances/{instance_id}"
+        async for attempt in self._retrying():
+            with attempt:
+                await on_request()
+                await self._send("PUT", url, headers=self._basic, json={"plan": plan})
 
     def _redact(self, text: str) -> str:
         for secret in self._secrets:
@@ -180,11 +315,6 @@ class CloudAmqpClient:
         elapsed = time.monotonic() - started
         metrics.API_LATENCY.labels(method).observe(elapsed)
         metrics.API_RESPONSES.labels(str(status)).inc()
-        log.info(
-            "api.response",
-            method=method,
-            status=status,
-            latency_ms=round(elapsed * 1000, 1),
-        )
+        log.info("api.response", method=method, status=status, latency_ms=round(elapsed * 1000, 1))
         classify(status, body, retry_after)
         return body

@@ -175,7 +175,7 @@ class Consumer:
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
             self.channel = channel
             await channel.set_qos(prefetch_count=self.settings.worker_prefetch)
-            await topology.declare_topology(channel, self.settings.retry_delays)
+            await topology.declare_topology(channel, self.settings.delay_queues)
             # The fast lane: with a prefetch of its own (per consumer), so that what arrives
             # there is delivered at once, however long the work queue; consumed first, so that
             # a worker starting on a backlog takes it before a prefetch of the work queue.
@@ -208,7 +208,7 @@ class Consumer:
         names = [
             topology.WORK_QUEUE,
             topology.FAST_QUEUE,
-            *(topology.retry_queue_name(d) for d in self.settings.retry_delays),
+            *(topology.retry_queue_name(d) for d in self.settings.delay_queues),
         ]
         quiet = 0
         while quiet < 2:

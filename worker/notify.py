@@ -98,7 +98,7 @@ class Notifier:
             self.channel = channel
             await channel.set_qos(prefetch_count=PREFETCH)
             await topology.declare_topology(
-                channel, self.settings.retry_delays, self.settings.notify_retry_delays
+                channel, self.settings.delay_queues, self.settings.notify_retry_delays
             )
             queue = await channel.get_queue(topology.NOTIFY_QUEUE, ensure=False)
             tag = await queue.consume(self.on_message)

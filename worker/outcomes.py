@@ -76,16 +76,18 @@ class Retry:
 
 @dataclass(frozen=True)
 class Defer:
-    """Another worker holds the claim: wait in a delay queue without spending an attempt."""
+    """Wait in a delay queue without spending an attempt: another worker holds the claim, or
+    CloudAMQP is busy configuring the instance (since ``busy_since``)."""
 
     delay: float
     reason: str
+    busy_since: float | None = None
     label: ClassVar[str | None] = "deferred"
 
     def route(
         self, message: AbstractIncomingMessage, now: float, family: topology.Family = topology.ALARMS
     ) -> Route | None:
-        return Route(family.retry_queue(self.delay), envelope.retry_copy(message))
+        return Route(family.retry_queue(self.delay), envelope.retry_copy(message, busy_from=self.busy_since))
 
     def announce(self, message: AbstractIncomingMessage) -> None:
         log.info("message.deferred", message_id=message.message_id, delay_s=self.delay)
@@ -142,10 +144,15 @@ def defer_delay(retry_delays: tuple[float, ...], wait: float) -> float:
     return max(fitting) if fitting else min(retry_delays)
 
 
-def retry_delay(retry_delays: tuple[float, ...], attempts: int, retry_after: float | None) -> float:
-    """Delay before the next attempt: the configured one for this attempt, or the shortest
+def retry_delay(
+    retry_delays: tuple[float, ...], attempts: int, retry_after: float | None, max_delay: float | None = None
+) -> float:
+    """Delay before the next attempt: the configured one for this attempt (no longer than
+    ``max_delay`` where one is given: the longest delay queue within it), or the shortest
     configured delay that honours ``Retry-After`` (the longest when none is long enough)."""
     base = retry_delays[min(max(attempts, 1), len(retry_delays)) - 1]
+    if retry_after is None and max_delay is not None and base > max_delay:
+        return defer_delay(retry_delays, max_delay)
     if retry_after is None or retry_after <= base:
         return base
     longer = [d for d in retry_delays if d >= retry_after]
@@ -173,11 +180,13 @@ class Retries:
         """No attempt is left after ``attempts`` of them."""
         return attempts >= self.max_attempts
 
-    def after_failure(self, error: str, attempts: int, retry_after: float | None = None) -> Retry | Park:
+    def after_failure(
+        self, error: str, attempts: int, retry_after: float | None = None, max_delay: float | None = None
+    ) -> Retry | Park:
         """A retryable failure of attempt ``attempts``: try again later, or park when none is left."""
         if self.exhausted(attempts):
             return Park(error, RETRIES_EXHAUSTED, attempts)
-        return Retry(error, attempts, retry_delay(self.delays, attempts, retry_after))
+        return Retry(error, attempts, retry_delay(self.delays, attempts, retry_after, max_delay))
 
     def again(self, error: str, attempts: int) -> Retry:
         """A retry that is never parked: for a check message, whose look is harmless to repeat

@@ -44,6 +44,7 @@ class SkipReason(StrEnum):
     PAUSED = "paused"
     AWAITING_APPROVAL = "awaiting_approval"
     CONDITION_CLEARED = "condition_cleared"  # the instance's nodes no longer show the alarm
+    RECONFIGURING = "reconfiguring"  # CloudAMQP is still applying a plan change of ours
 
 
 DEFAULT_APPROVE_TIMEOUT = 3600.0  # seconds an upgrade waits for a person before it expires

@@ -27,11 +27,11 @@ from shared.claims import ClaimVerdict
 from shared.controls import effective_pause
 from shared.db import Row
 from shared.envelope import AnyCheck, ApprovalCheck, Check
-from shared.errors import PermanentError, RetryableError
+from shared.errors import BusyError, PermanentError, RetryableError
 from shared.incidents import plan_incident
-from shared.settings import Settings, UpgradeApi
+from shared.settings import Settings
 from shared.store import (
-    AWAITING_CONFIRMATION,
+    RECONFIGURING,
     ActionRecord,
     ActionStatus,
     ApprovalRequest,
@@ -44,13 +44,15 @@ from shared.store import (
     Unit,
     segments,
 )
-from worker.cloudamqp import CloudAmqpClient
+from worker.cloudamqp import CloudAmqpClient, InstanceState
 from worker.group_commit import Finishes
+from worker.instances import Directory
 from worker.management import ManagementApi, read_nodes
 from worker.outcomes import (
     PERMANENT_ERROR,
     RETRIES_EXHAUSTED,
     Ack,
+    Defer,
     Follow,
     Outcome,
     Park,
@@ -65,7 +67,6 @@ from worker.policy import (
     SkipReason,
     Upgrade,
     decide,
-    needs_current_plan,
     resolve_plan,
     target_instance,
     upgrade_scope,
@@ -78,6 +79,9 @@ log = structlog.get_logger("worker")
 Then = Callable[[], Awaitable[Outcome]]
 
 _FIRST_DELIVERY_WON = "another delivery of this event decided first"
+# An alarm naming an instance the directory does not know re-reads CloudAMQP's list at most this often.
+RESOLVE_INTERVAL = 60.0
+BUSY_STATUS = "busy"  # how long CloudAMQP stayed busy for this alarm: park status
 AUTOPILOT = "autopilot"  # the actor of automatic entries in the audit trail
 
 
@@ -139,6 +143,49 @@ class Processor:
         self.worker_id = worker_id
         self.clock = clock
         self.finishes = Finishes(store)  # upgrades' outcomes, recorded together when together
+        self.directory = Directory()  # ids compared as given until CloudAMQP's list is read
+        self._listed_at: float | None = None  # monotonic time of the last read of that list
+
+    async def resolve_instances(self, *, force: bool = False) -> None:
+        """Tie ``CLOUDAMQP_INSTANCE_ID``'s names to CloudAMQP's instances (``GET
+        /api/instances``): at start (``force``), and again for an alarm naming an instance the
+        list did not have, at most once every ``RESOLVE_INTERVAL``. An API that does not answer
+        leaves ids compared as given (and is asked again later)."""
+        if self.client is None or not self.settings.instance_ids:
+            return
+        started = time.monotonic()
+        if not force and self._listed_at is not None and started - self._listed_at < RESOLVE_INTERVAL:
+            return
+        self._listed_at = started
+        try:
+            listing = await self.client.list_instances()
+        except (RetryableError, PermanentError) as exc:
+            log.warning("instances.unresolved", error=str(exc), detail="instance ids are compared as given")
+            return
+        self.directory = Directory.from_listing(self.settings.instance_ids, listing)
+        log.info(
+            "instances.resolved",
+            instances={ref: self.directory.api_id(ref) for ref in self.settings.instance_ids},
+        )
+        if self.directory.unresolved:
+            log.warning(
+                "instances.not_listed",
+                detail="CLOUDAMQP_INSTANCE_ID names instances CloudAMQP does not list; used as given",
+                instances=list(self.directory.unresolved),
+            )
+
+    async def _named(self, alarms: Sequence[Alarm]) -> list[Alarm]:
+        """``alarms``, each naming its instance as ``CLOUDAMQP_INSTANCE_ID`` does."""
+        if self.client is None:
+            return list(alarms)
+        named = [a.instance_id for a in alarms]
+        if any(ref is not None and not self.directory.knows(ref) for ref in named):
+            await self.resolve_instances()
+        out = []
+        for alarm, ref in zip(alarms, named, strict=True):
+            configured = self.directory.configured(ref) if ref is not None else None
+            out.append(alarm if configured == ref else replace(alarm, configured_instance=configured))
+        return out
 
     @property
     def dry_run(self) -> bool:
@@ -160,6 +207,7 @@ class Processor:
         (``shared.store.segments``), each recorded in a handful of statements for the whole
         run, then decided one by one; their new action rows are written together at the end
         of the run."""
+        alarms = await self._named(alarms)
         now = self.clock()
         arrivals = []
         for alarm in alarms:
@@ -223,6 +271,11 @@ class Processor:
             if pauses:
                 state = replace(state, pause=effective_pause(pauses, decision.instance_id, now))
                 decision = decide(alarm, state, self.settings, now, self.policy)
+        if isinstance(decision, Upgrade):
+            changing = await unit.reconfiguring(decision.instance_id)
+            if changing is not None:
+                detail = f"CloudAMQP is still applying the change to {changing}"
+                decision = Skip(SkipReason.RECONFIGURING, detail)
         if isinstance(decision, Skip):
             return await self._skip(unit, job, decision, now)
         job.instance_id, job.plan = decision.instance_id, decision.plan
@@ -356,10 +409,13 @@ class Processor:
         job.log.info("upgrade.check_rescheduled", plan=plan)
         return self.follow(job.alarm.event_id, instance_id, plan)
 
-    def follow(self, action_id: str, instance_id: str, plan: str) -> Follow:
-        """The first confirmation check of an upgrade CloudAMQP accepted."""
-        deadline = self.clock() + self.settings.upgrade_confirm_timeout_seconds
-        return Follow(Check(action_id, instance_id, plan, deadline), self.retries.check_interval)
+    def follow(self, action_id: str, instance_id: str, plan: str, *, accepted: bool = True) -> Follow:
+        """The first look at a plan change CloudAMQP accepted (just now, where ``accepted``),
+        one poll interval from now."""
+        now = self.clock()
+        deadline = now + self.settings.upgrade_confirm_timeout_seconds
+        check = Check(action_id, instance_id, plan, deadline, accepted_at=now if accepted else None)
+        return Follow(check, self.settings.upgrade_poll_seconds)
 
     # --- follow-up checks ---------------------------------------------------------------------
 
@@ -480,33 +536,56 @@ class Processor:
         )
 
     async def check(self, check: Check) -> Outcome:
-        """Follow an accepted upgrade: ``succeeded`` once the plan shows, else check again,
-        until the deadline records ``unconfirmed``."""
+        """Follow a plan change CloudAMQP accepted: ``succeeded`` once the instance is ready
+        on the new plan with every node configured (with how long that took), else look again
+        one poll later, until the deadline records ``unconfirmed``. Where the instance cannot
+        be read at all (the blog's world), CloudAMQP's 200 stands, said to be unconfirmed."""
         assert self.client is not None
         bound = log.bind(action_id=check.action_id, instance=check.instance_id, plan=check.plan)
-        now = self.clock()
+        state: InstanceState | None
         try:
-            current: str | None = await self.client.current_plan(check.instance_id)
+            state = await self.client.readable(self.directory.api_id(check.instance_id), nodes=True)
+            readable = state is not None
         except (RetryableError, PermanentError) as exc:
             bound.warning("upgrade.check_failed", error=str(exc))
-            current = None
-        if plan_shows(check.plan, current):
-            detail = f"instance is now on {current}"
-            if not await self.store.confirm_action(check.action_id, ActionStatus.SUCCEEDED, detail, now):
-                return _say_confirmed(bound)
-            bound.info("upgrade.succeeded", checks=check.checks + 1)
-            metrics.MESSAGES.labels("upgrade_confirmed").inc()
-            return Ack()
+            state, readable = None, True
+        now = self.clock()
+        if not readable:
+            detail = (
+                f"CloudAMQP accepted the change to {check.plan}; not confirmed: the instance cannot be read"
+            )
+            return await self._confirmed(check, bound, detail, None)
+        if state is not None and state.settled and plan_shows(check.plan, state.plan):
+            took = now - check.accepted_at if check.accepted_at is not None else None
+            detail = f"instance is now on {state.plan}" + (f"; reconfigured in {took:.0f}s" if took else "")
+            return await self._confirmed(check, bound, detail, took)
         if now >= check.deadline:
-            detail = f"plan {check.plan} did not show before the deadline (last seen: {current or 'unknown'})"
+            seen = f"{state.plan}, ready: {state.ready}" if state is not None else "unknown"
+            detail = f"plan {check.plan} did not show before the deadline (last seen: {seen})"
             if not await self.store.confirm_action(check.action_id, ActionStatus.UNCONFIRMED, detail, now):
                 return _say_confirmed(bound)
             bound.error("upgrade.unconfirmed", detail=detail)
             metrics.MESSAGES.labels("upgrade_unconfirmed").inc()
             return Ack()
-        bound.info("upgrade.waiting", current=current, checks=check.checks + 1)
+        bound.info(
+            "upgrade.waiting",
+            current=state.plan if state else None,
+            ready=state.ready if state else None,
+            checks=check.checks + 1,
+        )
         await watch.checked(self.store.db, check.action_id, now)
-        return Follow(replace(check, checks=check.checks + 1), self.retries.check_interval)
+        return Follow(replace(check, checks=check.checks + 1), self.settings.upgrade_poll_seconds)
+
+    async def _confirmed(
+        self, check: Check, bound: structlog.typing.FilteringBoundLogger, detail: str, took: float | None
+    ) -> Outcome:
+        now = self.clock()
+        if not await self.store.confirm_action(check.action_id, ActionStatus.SUCCEEDED, detail, now, took):
+            return _say_confirmed(bound)
+        took_s = round(took, 1) if took is not None else None
+        bound.info("upgrade.succeeded", checks=check.checks + 1, reconfigure_seconds=took_s, detail=detail)
+        metrics.MESSAGES.labels("upgrade_confirmed").inc()
+        return Ack()
 
 
 def _say_confirmed(bound: structlog.typing.FilteringBoundLogger) -> Outcome:
@@ -607,6 +686,7 @@ class UpgradeCall:
         self.upgrade = upgrade
         self.claim = claim
         self.attempts = job.alarm.attempts + 1
+        self.unreadable = False  # the API showed no instance to read (the blog's world)
 
     async def run(self) -> Outcome:
         async with self._renewing():
@@ -616,7 +696,7 @@ class UpgradeCall:
         job, upgrade = self.job, self.upgrade
 
         async def before_request() -> None:
-            job.log.info("upgrade.requested", plan=job.plan, rule=upgrade.rule)
+            job.log.info("upgrade.requested", plan=job.plan, rule=upgrade.rule, api_id=self.api_id)
 
         cleared = await self._verify()
         if cleared is not None:
@@ -626,24 +706,51 @@ class UpgradeCall:
             if isinstance(plan, Skip):
                 return await self._skip_after_read(plan)
             job.plan = plan
-            await self.client.upgrade(upgrade.instance_id, plan, upgrade.reason, before_request)
+            await self.client.upgrade(self.api_id, plan, upgrade.reason, before_request)
+        except BusyError as exc:
+            return await self._busy(exc)
         except RetryableError as exc:
             return await self._retryable(exc)
         except PermanentError as exc:
             return await self._park(str(exc), PERMANENT_ERROR)
         metrics.MESSAGES.labels("upgraded").inc()
         metrics.LAST_UPGRADE.labels(upgrade.instance_id).set(self.processor.clock())
-        if self.settings.upgrade_api is not UpgradeApi.INSTANCES:
-            job.log.info("upgrade.succeeded", plan=plan, attempts=self.attempts)
-            await self._record_call(ActionStatus.SUCCEEDED, detail=self._noted(upgrade.reason))
+        job.log.info("upgrade.accepted", plan=plan, attempts=self.attempts, api=self.client.api_in_use)
+        if self.unreadable:
+            # Nothing to follow: CloudAMQP's 200 stands, and the action says it is unconfirmed.
+            job.log.info("upgrade.succeeded", plan=plan, attempts=self.attempts, confirmed=False)
+            detail = f"{upgrade.reason}; not confirmed: the API shows no instance to read"
+            await self._record_call(ActionStatus.SUCCEEDED, detail=self._noted(detail))
             return Ack()
-        job.log.info("upgrade.accepted", plan=plan, attempts=self.attempts)
         await self._record_call(
             ActionStatus.IN_PROGRESS,
-            reason=AWAITING_CONFIRMATION,
-            detail=self._noted(f"CloudAMQP accepted the upgrade to {plan}; waiting for the plan to show"),
+            reason=RECONFIGURING,
+            detail=self._noted(
+                f"CloudAMQP accepted the change to {plan}; waiting for the instance to be ready"
+            ),
         )
         return self.processor.follow(job.alarm.event_id, upgrade.instance_id, plan)
+
+    @property
+    def api_id(self) -> str:
+        """The instance's id in the CloudAMQP API (its integer id, where the list gave it)."""
+        return self.processor.directory.api_id(self.upgrade.instance_id)
+
+    async def _busy(self, exc: BusyError) -> Outcome:
+        """CloudAMQP is configuring the instance: release the claim and look again one poll
+        later without spending an attempt, until ``UPGRADE_CONFIRM_TIMEOUT_SECONDS`` after
+        the first such answer; then park. A look at an approval counts it as a retry (its
+        check message carries no first-busy time)."""
+        alarm, now = self.job.alarm, self.processor.clock()
+        if self.approved_by is not None:
+            return await self._retryable(exc)
+        since = alarm.busy_since if alarm.busy_since is not None else now
+        limit = self.settings.upgrade_confirm_timeout_seconds
+        if now - since >= limit:
+            return await self._park(f"{exc} (busy for {now - since:.0f}s, over {limit:g}s)", BUSY_STATUS)
+        self.job.log.info("upgrade.busy", error=str(exc), busy_s=round(now - since, 1))
+        await self._finish(ActionStatus.RETRYING, succeeded=False, reason=BUSY_STATUS, detail=str(exc))
+        return Defer(self.settings.upgrade_poll_seconds, str(exc), busy_since=since)
 
     async def _verify(self) -> Skip | None:
         """Ask the instance's own nodes whether the alarm's condition still holds: a skip
@@ -684,13 +791,16 @@ class UpgradeCall:
         return f"{detail} (unverified: {verification.get('error')})"
 
     async def _target_plan(self) -> str | Skip:
-        """Read the current plan where possible (always in ``instances`` mode; for ``next``
-        in both), so that a repeat after a crash or a lost response is harmless."""
-        current = None
-        if self.settings.upgrade_api is UpgradeApi.INSTANCES or needs_current_plan(self.upgrade):
-            current = await self.client.current_plan(self.upgrade.instance_id)
-        self.job.from_plan = current
-        return resolve_plan(self.upgrade, current)
+        """Read the instance first, so that a repeat after a crash or a lost response is
+        harmless and no change is asked of an instance CloudAMQP is still configuring
+        (``BusyError``). The blog's world has no instance read: then the change goes ahead
+        unread (a ``next`` rule, which needs the plan, is skipped)."""
+        current = await self.client.readable(self.api_id)
+        self.unreadable = current is None
+        if current is not None and not current.ready:
+            raise BusyError(f"CloudAMQP is configuring the instance (ready: false, plan {current.plan})")
+        self.job.from_plan = current.plan if current is not None else None
+        return resolve_plan(self.upgrade, self.job.from_plan)
 
     async def _retryable(self, exc: RetryableError) -> Outcome:
         retries = self.processor.retries
@@ -698,7 +808,7 @@ class UpgradeCall:
             return await self._park(str(exc), RETRIES_EXHAUSTED)
         self.job.log.warning("upgrade.retrying", error=str(exc), attempts=self.attempts)
         await self._finish(ActionStatus.RETRYING, succeeded=False, detail=str(exc))
-        return retries.after_failure(str(exc), self.attempts, exc.retry_after)
+        return retries.after_failure(str(exc), self.attempts, exc.retry_after, exc.max_delay)
 
     async def _park(self, error: str, status: str) -> Outcome:
         self.job.log.error("upgrade.failed", error=error, status=status, attempts=self.attempts)

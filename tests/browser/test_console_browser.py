@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
+from tests.cloudamqp_stand_in import CloudAmqpStandIn
 from tests.integration.conftest import SEED_INSTANCE, seed_alarm
-from tests.support import FakeCloudAmqp, Services, wait_until
+from tests.support import Services, wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -54,7 +55,7 @@ async def test_given_the_incidents_page_open_when_an_alarm_is_posted_then_its_in
 
 
 async def test_given_an_instance_paused_in_the_console_then_a_posted_alarm_is_skipped_as_paused(
-    console: Any, fake_api: FakeCloudAmqp
+    console: Any, fake_api: CloudAmqpStandIn
 ) -> None:
     stack, page = await console()
     await page.goto(f"/ui/instances/{SEED_INSTANCE}")
@@ -74,7 +75,7 @@ async def test_given_an_instance_paused_in_the_console_then_a_posted_alarm_is_sk
 
 
 async def test_given_an_upgrade_awaiting_approval_when_approved_in_the_console_then_exactly_one_api_call(
-    console: Any, fake_api: FakeCloudAmqp, tmp_path: Path
+    console: Any, fake_api: CloudAmqpStandIn, tmp_path: Path
 ) -> None:
     policy = tmp_path / "policy.toml"
     policy.write_text(APPROVE_POLICY)
@@ -101,7 +102,7 @@ async def test_given_an_upgrade_awaiting_approval_when_approved_in_the_console_t
 
 
 async def test_given_a_parked_alarm_when_replayed_in_the_console_then_it_is_processed(
-    console: Any, fake_api: FakeCloudAmqp
+    console: Any, fake_api: CloudAmqpStandIn
 ) -> None:
     fake_api.script = [400]  # a permanent refusal: the alarm is parked at once
     stack, page = await console()

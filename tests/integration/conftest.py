@@ -10,9 +10,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.support import FakeCloudAmqp, Proc, free_port, wait_until
+from tests.cloudamqp_stand_in import CloudAmqpStandIn, Instance
+from tests.support import Proc, free_port, wait_until
 
 SEED_INSTANCE = "3555175d-4055-46e9-81b1-288a17846b9a"
+SEED_API_ID = 359559  # the seed instance's integer id in the CloudAMQP API
 API_KEY = "test-api-key-5f1c9a"
 
 
@@ -105,7 +107,7 @@ class Stack:
 
 
 @pytest.fixture
-def base_env(vhost: str, fake_api: FakeCloudAmqp, tmp_path: Path) -> dict[str, str]:
+def base_env(vhost: str, fake_api: CloudAmqpStandIn, tmp_path: Path) -> dict[str, str]:
     return {
         "RABBITMQ_URL": vhost,
         "DATABASE_URL": f"sqlite:///{tmp_path}/autopilot.db",
@@ -115,6 +117,7 @@ def base_env(vhost: str, fake_api: FakeCloudAmqp, tmp_path: Path) -> dict[str, s
         "CLOUDAMQP_API_KEY": API_KEY,
         "CLOUDAMQP_INSTANCE_ID": SEED_INSTANCE,
         "RETRY_DELAYS": "0.2,0.5",
+        "UPGRADE_POLL_SECONDS": "0.2",
         "CLAIM_LEASE_SECONDS": "5",
     }
 
@@ -131,3 +134,8 @@ async def make_stack(base_env: dict[str, str], tmp_path: Path) -> AsyncIterator[
     yield make
     for stack in stacks:
         await stack.close()
+
+
+def seed_instance(api: CloudAmqpStandIn, plan: str = "bunny-1") -> Instance:
+    """The seed alarm's instance in the stand-in's account: its console UUID is SEED_INSTANCE."""
+    return api.add_instance("seed-instance", plan, id=SEED_API_ID, providerid=SEED_INSTANCE)

@@ -27,9 +27,10 @@ from shared.alarm import Alarm, event_key, new_id
 from shared.settings import Settings
 from shared.store import Store
 from tests.chaos.harness import OwnBroker
+from tests.cloudamqp_stand_in import CloudAmqpStandIn
 from tests.conftest import CI
 from tests.integration.conftest import API_KEY, SEED_INSTANCE, Stack, seed_alarm
-from tests.support import FakeCloudAmqp, free_port, wait_until
+from tests.support import free_port, wait_until
 from worker.cloudamqp import CloudAmqpClient
 from worker.management import ManagementApi
 from worker.process import Processor
@@ -108,7 +109,7 @@ def alarm(**changes: Any) -> Alarm:
 
 
 @pytest.fixture
-async def processor(database_url: str, fake_api: FakeCloudAmqp, node: OwnBroker) -> AsyncIterator[Any]:
+async def processor(database_url: str, fake_api: CloudAmqpStandIn, node: OwnBroker) -> AsyncIterator[Any]:
     """Make a ``Processor`` whose instance's management API is ``management_url``."""
     stores: list[Store] = []
     async with aiohttp.ClientSession() as session:
@@ -142,7 +143,7 @@ async def action_of(store: Store, event_id: str) -> dict[str, Any]:
 
 
 async def test_given_the_nodes_below_the_threshold_when_a_memory_alarm_comes_then_it_is_skipped_as_cleared(
-    processor: Any, node: OwnBroker, fake_api: FakeCloudAmqp
+    processor: Any, node: OwnBroker, fake_api: CloudAmqpStandIn
 ) -> None:
     percent = await set_limit(node, LOW_LIMIT)
     assert percent < 80
@@ -168,7 +169,7 @@ async def test_given_the_nodes_below_the_threshold_when_a_memory_alarm_comes_the
 
 
 async def test_given_the_nodes_above_the_threshold_when_a_memory_alarm_comes_then_one_upgrade_is_verified(
-    processor: Any, node: OwnBroker, fake_api: FakeCloudAmqp
+    processor: Any, node: OwnBroker, fake_api: CloudAmqpStandIn
 ) -> None:
     assert await set_limit(node, HIGH_LIMIT) > 80
     proc, store = await processor(monitor_url(node.management_port))
@@ -183,7 +184,7 @@ async def test_given_the_nodes_above_the_threshold_when_a_memory_alarm_comes_the
 
 
 async def test_given_the_management_port_closed_when_a_memory_alarm_comes_then_it_upgrades_unverified(
-    processor: Any, fake_api: FakeCloudAmqp
+    processor: Any, fake_api: CloudAmqpStandIn
 ) -> None:
     closed = monitor_url(free_port())
     proc, store = await processor(closed)
@@ -252,7 +253,7 @@ def watchdog_env(management_url: str, **more: str) -> dict[str, str]:
 
 
 async def test_given_memory_above_the_rule_and_no_alarm_then_the_watchdog_raises_one_that_upgrades_once(
-    make_stack: Any, node: OwnBroker, fake_api: FakeCloudAmqp
+    make_stack: Any, node: OwnBroker, fake_api: CloudAmqpStandIn
 ) -> None:
     assert await set_limit(node, HIGH_LIMIT) > 80
     proxy = await counting(node)
@@ -309,7 +310,7 @@ ADVICE_ENV = {
 }
 
 
-async def upgraded_then_quiet(stack: Stack, node: OwnBroker, fake_api: FakeCloudAmqp) -> float:
+async def upgraded_then_quiet(stack: Stack, node: OwnBroker, fake_api: CloudAmqpStandIn) -> float:
     """Our upgrade of the instance (verified), then the node far below its new limit."""
     assert await set_limit(node, HIGH_LIMIT) > 80
     status, _ = await stack.post(seed_alarm(value=85))
@@ -326,7 +327,7 @@ async def advice(stack: Stack) -> list[dict[str, Any]]:
 
 
 async def test_given_an_instance_we_upgraded_stays_small_for_the_quiet_window_then_one_advice_and_no_call(
-    make_stack: Any, node: OwnBroker, fake_api: FakeCloudAmqp
+    make_stack: Any, node: OwnBroker, fake_api: CloudAmqpStandIn
 ) -> None:
     stack: Stack = make_stack(
         **watchdog_env(monitor_url(node.management_port), ADVICE_QUIET_WINDOW_SECONDS="3", **ADVICE_ENV)
@@ -352,7 +353,7 @@ async def test_given_an_instance_we_upgraded_stays_small_for_the_quiet_window_th
     assert (only["instance_id"], only["from_plan"], only["to_plan"]) == (SEED_INSTANCE, "hare-1", "bunny-1")
     assert only["evidence"]["peak_mem_used"] < only["evidence"]["lower_plan_mem_limit_assumed"] * 0.5
     assert only["evidence"]["quiet_seconds"] >= 3
-    assert len(fake_api.requests) == 1  # the upgrade; nothing for the advice
+    assert len(fake_api.upgrade_requests()) == 1  # the upgrade; nothing for the advice
     _, notes = await stack.get("/notifications")
     assert [n["type"] for n in notes["notifications"]].count("advice.downgrade") == 1
     _, usage = await stack.get(f"/instances/{SEED_INSTANCE}/usage")
@@ -369,7 +370,7 @@ async def _more(stack: Stack, seen: int) -> bool:
 
 
 async def test_given_an_alarm_during_the_quiet_window_then_no_advice_until_a_whole_window_after_it(
-    make_stack: Any, node: OwnBroker, fake_api: FakeCloudAmqp
+    make_stack: Any, node: OwnBroker, fake_api: CloudAmqpStandIn
 ) -> None:
     window = 5.0
     stack: Stack = make_stack(

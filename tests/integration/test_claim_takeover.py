@@ -23,7 +23,8 @@ import pytest
 from shared.alarm import Alarm, event_key, iso, new_id
 from shared.settings import Settings
 from shared.store import Store
-from tests.support import FakeCloudAmqp, TcpProxy, wait_until
+from tests.cloudamqp_stand_in import DEFAULT_KEY, CloudAmqpStandIn
+from tests.support import TcpProxy, wait_until
 from worker.cloudamqp import CloudAmqpClient
 from worker.outcomes import Ack, Defer
 from worker.process import Processor
@@ -53,27 +54,27 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 def processor(
     store: Store,
-    api: FakeCloudAmqp,
+    api: CloudAmqpStandIn,
     session: aiohttp.ClientSession,
     name: str,
     clock: Callable[[], float],
 ) -> Processor:
     settings = Settings(
         cloudamqp_api_url=api.url,
-        cloudamqp_api_key="takeover-key",
+        cloudamqp_api_key=DEFAULT_KEY,
         instance_ids=(INSTANCE,),
         claim_lease_seconds=LEASE,
         retry_delays=(0.2, 0.5),
         api_timeout_seconds=5.0,
     )
     client = CloudAmqpClient(
-        session, base_url=api.url, api_key="takeover-key", timeout=5.0, quick_retries=0, mode="actions"
+        session, base_url=api.url, api_key=DEFAULT_KEY, timeout=5.0, quick_retries=0, mode="actions"
     )
     return Processor(settings, store, client, worker_id=name, clock=clock)
 
 
 async def test_given_a_worker_cut_off_from_the_store_after_its_upgrade_call_when_its_lease_runs_out_then_no_second_call(  # noqa: E501
-    postgres_url: str, fake_api: FakeCloudAmqp, session: aiohttp.ClientSession
+    postgres_url: str, fake_api: CloudAmqpStandIn, session: aiohttp.ClientSession
 ) -> None:
     proxy = TcpProxy(urlsplit(postgres_url).port or 5432)
     await proxy.start()
@@ -119,7 +120,7 @@ async def test_given_a_worker_cut_off_from_the_store_after_its_upgrade_call_when
 
 
 async def test_given_a_holder_that_never_reports_when_its_extra_lease_also_runs_out_then_the_claim_is_taken_over(  # noqa: E501
-    postgres_url: str, fake_api: FakeCloudAmqp, session: aiohttp.ClientSession
+    postgres_url: str, fake_api: CloudAmqpStandIn, session: aiohttp.ClientSession
 ) -> None:
     """The notice delays a takeover by one lease; it does not prevent it (a dead worker's claim
     still expires, as the lease promises)."""
@@ -142,7 +143,7 @@ async def test_given_a_holder_that_never_reports_when_its_extra_lease_also_runs_
 
 
 async def test_given_an_upgrade_call_slower_than_the_lease_then_its_worker_renews_the_claim(
-    database_url: str, fake_api: FakeCloudAmqp, session: aiohttp.ClientSession
+    database_url: str, fake_api: CloudAmqpStandIn, session: aiohttp.ClientSession
 ) -> None:
     store = await Store.open(database_url)
     worker = processor(store, fake_api, session, "worker-a", time.time)

@@ -16,8 +16,9 @@ from shared import topology
 from shared.alarm import Alarm, event_key, new_id
 from shared.settings import Settings
 from shared.store import Store
+from tests.cloudamqp_stand_in import CloudAmqpStandIn
 from tests.integration.conftest import API_KEY, SEED_INSTANCE, seed_alarm
-from tests.support import ROOT, FakeCloudAmqp, queue_depth
+from tests.support import ROOT, queue_depth
 from worker.cloudamqp import CloudAmqpClient
 from worker.policy import Policy, Rule
 from worker.process import Processor
@@ -105,7 +106,7 @@ async def test_given_a_bad_cli_request_then_one_line_and_a_failing_exit(
 
 
 async def test_given_an_upgrade_awaiting_approval_when_approved_from_the_cli_then_the_workers_are_nudged(
-    vhost: str, database_url: str, fake_api: FakeCloudAmqp
+    vhost: str, database_url: str, fake_api: CloudAmqpStandIn
 ) -> None:
     env = {**cli_env(vhost, database_url), "CLOUDAMQP_API_URL": fake_api.url, "CLOUDAMQP_API_KEY": API_KEY}
     settings = Settings.from_env(env)
@@ -129,7 +130,7 @@ async def test_given_an_upgrade_awaiting_approval_when_approved_from_the_cli_the
         assert await queue_depth(vhost, topology.WORK_QUEUE) == 1  # the nudge for the workers
         again = await autopilot(env, "approve", alarm.event_id)
         assert again[0] == 1 and "already_approved" in again[2]
-        assert fake_api.requests == []  # the CLI decides; a worker calls
+        assert fake_api.upgrade_requests() == []  # the CLI decides; a worker calls
     finally:
         await store.close()
 

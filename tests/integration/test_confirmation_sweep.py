@@ -8,9 +8,10 @@ from typing import Any
 from urllib.parse import quote
 
 from shared import topology
+from tests.cloudamqp_stand_in import CloudAmqpStandIn
 from tests.conftest import vhost_name
-from tests.integration.conftest import SEED_INSTANCE, Stack, seed_alarm
-from tests.support import FakeCloudAmqp, Services, management_request, wait_until
+from tests.integration.conftest import Stack, seed_alarm, seed_instance
+from tests.support import Services, management_request, wait_until
 
 DELAYS = (0.2, 0.5)
 
@@ -22,10 +23,10 @@ async def purge_every_queue(services: Services, amqp_url: str) -> None:
 
 
 async def test_given_an_accepted_upgrade_whose_checks_were_lost_then_the_sweep_confirms_it(
-    make_stack: Any, fake_api: FakeCloudAmqp, services: Services
+    make_stack: Any, fake_api: CloudAmqpStandIn, services: Services
 ) -> None:
-    fake_api.plans[SEED_INSTANCE] = "bunny-1"
-    fake_api.plan_change_delay = 3600  # CloudAMQP still upgrading: the check chain keeps going
+    seed = seed_instance(fake_api, "bunny-1")
+    fake_api.reconfigure_seconds = 3600  # CloudAMQP still upgrading: the check chain keeps going
     stack: Stack = make_stack(UPGRADE_API="instances", RETRY_DELAYS=",".join(map(str, DELAYS)))
     await stack.start_receiver()
     first = await stack.start_worker()
@@ -37,7 +38,7 @@ async def test_given_an_accepted_upgrade_whose_checks_were_lost_then_the_sweep_c
     # queue is emptied. Then CloudAMQP finishes the upgrade.
     await first.stop()
     await purge_every_queue(services, stack.env["RABBITMQ_URL"])
-    fake_api.plans[SEED_INSTANCE] = "bunny-2"
+    seed.finish()
     second = await stack.start_worker()
 
     async def confirmed() -> bool:

@@ -22,8 +22,9 @@ from shared.alarm import Alarm, event_key, new_id
 from shared.envelope import ApprovalCheck
 from shared.settings import Settings
 from shared.store import Store
+from tests.cloudamqp_stand_in import CloudAmqpStandIn
 from tests.integration.conftest import API_KEY, SEED_INSTANCE, seed_alarm
-from tests.support import FakeCloudAmqp, wait_until
+from tests.support import wait_until
 from worker.cloudamqp import CloudAmqpClient
 from worker.consumer import Consumer
 from worker.outcomes import Follow
@@ -39,7 +40,7 @@ APPROVE_POLICY = Policy((Rule("careful", "memory", plan="bunny-2", above=80, app
 
 
 @pytest.fixture
-def env(vhost: str, database_url: str, fake_api: FakeCloudAmqp) -> dict[str, str]:
+def env(vhost: str, database_url: str, fake_api: CloudAmqpStandIn) -> dict[str, str]:
     return {
         "RABBITMQ_URL": vhost,
         "DATABASE_URL": database_url,
@@ -141,7 +142,7 @@ async def audit(client: Client) -> list[dict[str, Any]]:
 
 
 async def test_given_a_paused_instance_when_five_memory_alarms_arrive_then_no_call_and_five_paused_skips(
-    receiver: Client, worker: Any, fake_api: FakeCloudAmqp
+    receiver: Client, worker: Any, fake_api: CloudAmqpStandIn
 ) -> None:
     status, body = await call(
         receiver, "POST", f"/instances/{SEED_INSTANCE}/pause", {"duration": 600, "reason": "maintenance"}
@@ -169,7 +170,7 @@ async def test_given_a_paused_instance_when_five_memory_alarms_arrive_then_no_ca
 
 
 async def test_given_a_pause_that_ended_by_itself_then_the_next_alarm_upgrades_even_an_identical_one(
-    receiver: Client, worker: Any, fake_api: FakeCloudAmqp
+    receiver: Client, worker: Any, fake_api: CloudAmqpStandIn
 ) -> None:
     await worker()
     await call(receiver, "POST", f"/instances/{SEED_INSTANCE}/pause", {"duration": 1.5})
@@ -192,7 +193,7 @@ async def _no_pauses(client: Client) -> bool:
 
 
 async def test_given_a_global_pause_then_every_instance_is_held_until_it_is_lifted(
-    receiver: Client, worker: Any, fake_api: FakeCloudAmqp
+    receiver: Client, worker: Any, fake_api: CloudAmqpStandIn
 ) -> None:
     assert (await call(receiver, "POST", "/pause", {"duration": 600, "reason": "freeze"}))[0] == 200
     await worker()
@@ -279,7 +280,7 @@ async def test_given_no_or_the_wrong_operator_token_then_writes_are_refused_and_
 
 
 async def test_given_an_approve_rule_then_no_call_until_approved_and_exactly_one_after(
-    receiver: Client, worker: Any, fake_api: FakeCloudAmqp
+    receiver: Client, worker: Any, fake_api: CloudAmqpStandIn
 ) -> None:
     await worker(policy=APPROVE_POLICY)
     event_id = await alarm(receiver)
@@ -304,7 +305,7 @@ async def test_given_an_approve_rule_then_no_call_until_approved_and_exactly_one
 
 
 async def test_given_twenty_concurrent_approvals_then_one_wins_and_one_call_is_made(
-    receiver: Client, worker: Any, fake_api: FakeCloudAmqp
+    receiver: Client, worker: Any, fake_api: CloudAmqpStandIn
 ) -> None:
     await worker(policy=APPROVE_POLICY)
     await worker(policy=APPROVE_POLICY)  # two workers: the approval's nudge and checks race too
@@ -328,7 +329,7 @@ async def test_given_twenty_concurrent_approvals_then_one_wins_and_one_call_is_m
 
 
 async def test_given_a_denied_upgrade_then_no_call_the_claim_is_released_and_the_next_alarm_asks_again(
-    receiver: Client, worker: Any, fake_api: FakeCloudAmqp
+    receiver: Client, worker: Any, fake_api: CloudAmqpStandIn
 ) -> None:
     await worker(policy=APPROVE_POLICY)
     first = await alarm(receiver)
@@ -345,7 +346,7 @@ async def test_given_a_denied_upgrade_then_no_call_the_claim_is_released_and_the
 
 
 async def test_given_nobody_answering_then_the_approval_expires_and_releases_its_claim(
-    receiver: Client, worker: Any, fake_api: FakeCloudAmqp
+    receiver: Client, worker: Any, fake_api: CloudAmqpStandIn
 ) -> None:
     quick = Policy((Rule("careful", "memory", plan="bunny-2", above=80, approve=True, approve_timeout=1.0),))
     await worker(policy=quick)
@@ -363,7 +364,7 @@ async def test_given_nobody_answering_then_the_approval_expires_and_releases_its
 
 
 async def test_given_a_paused_instance_then_an_awaiting_upgrade_cannot_be_approved(
-    receiver: Client, worker: Any, fake_api: FakeCloudAmqp
+    receiver: Client, worker: Any, fake_api: CloudAmqpStandIn
 ) -> None:
     await worker(policy=APPROVE_POLICY)
     event_id = await alarm(receiver)
@@ -377,7 +378,7 @@ async def test_given_a_paused_instance_then_an_awaiting_upgrade_cannot_be_approv
 
 
 async def test_given_an_approval_whose_nudge_was_lost_then_the_periodic_check_carries_it_out(
-    receiver: Client, worker: Any, fake_api: FakeCloudAmqp
+    receiver: Client, worker: Any, fake_api: CloudAmqpStandIn
 ) -> None:
     """The approval's own delayed check, not the nudge, is what makes approving durable."""
     await worker(policy=APPROVE_POLICY)
@@ -407,7 +408,7 @@ async def test_the_audit_trail_holds_no_secret_and_offers_no_way_to_change_it(
 
 
 async def test_given_a_redelivered_alarm_whose_upgrade_awaits_approval_then_its_check_is_sent_again(
-    database_url: str, fake_api: FakeCloudAmqp, env: dict[str, str]
+    database_url: str, fake_api: CloudAmqpStandIn, env: dict[str, str]
 ) -> None:
     """A worker that died after committing the approval request but before sending its check:
     the redelivery sends the check (not a second request), so the approval still gets a look."""
@@ -428,7 +429,7 @@ async def test_given_a_redelivered_alarm_whose_upgrade_awaits_approval_then_its_
         async with store.db.transaction(write=False) as tx:
             requests = await tx.fetch("SELECT * FROM approvals")
             told = await tx.fetch("SELECT event_type, subject FROM notifications")
-        assert len(requests) == 1 and fake_api.requests == []
+        assert len(requests) == 1 and fake_api.upgrade_requests() == []
         # People are told once, in the transaction that asked for the approval.
         assert [(n["event_type"], n["subject"]) for n in told if n["event_type"].startswith("action.")] == [
             ("action.awaiting_approval", alarm.event_id)
@@ -438,7 +439,7 @@ async def test_given_a_redelivered_alarm_whose_upgrade_awaits_approval_then_its_
 
 
 async def test_given_an_approved_upgrade_that_meets_a_503_then_it_is_retried_durably_and_succeeds(
-    receiver: Client, worker: Any, fake_api: FakeCloudAmqp
+    receiver: Client, worker: Any, fake_api: CloudAmqpStandIn
 ) -> None:
     await worker(policy=APPROVE_POLICY)
     event_id = await alarm(receiver)
@@ -455,7 +456,7 @@ async def test_given_an_approved_upgrade_that_meets_a_503_then_it_is_retried_dur
 
 
 async def test_given_an_approved_upgrade_when_the_instance_is_paused_before_a_worker_acts_then_no_call(
-    receiver: Client, worker: Any, fake_api: FakeCloudAmqp
+    receiver: Client, worker: Any, fake_api: CloudAmqpStandIn
 ) -> None:
     first = await worker(policy=APPROVE_POLICY)
     event_id = await alarm(receiver)
@@ -475,7 +476,7 @@ async def test_given_an_approved_upgrade_when_the_instance_is_paused_before_a_wo
 
 
 async def test_given_an_approved_upgrade_taken_by_a_dry_run_worker_then_nothing_is_called(
-    receiver: Client, worker: Any, fake_api: FakeCloudAmqp
+    receiver: Client, worker: Any, fake_api: CloudAmqpStandIn
 ) -> None:
     live = await worker(policy=APPROVE_POLICY)
     event_id = await alarm(receiver)

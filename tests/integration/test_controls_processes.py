@@ -9,8 +9,9 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from tests.integration.conftest import API_KEY, SEED_INSTANCE, seed_alarm
-from tests.support import FakeCloudAmqp, wait_until
+from tests.cloudamqp_stand_in import CloudAmqpStandIn
+from tests.integration.conftest import API_KEY, SEED_INSTANCE, seed_alarm, seed_instance
+from tests.support import wait_until
 
 OPERATOR_TOKEN = "operator-token-crash-9c2e51"
 WEBHOOK_TOKEN = "webhook-token-crash-44ab"
@@ -36,7 +37,7 @@ async def _action(stack: Any, event_id: str, status: str) -> dict[str, Any]:
 
 
 async def test_given_a_worker_sigkilled_while_an_upgrade_awaits_approval_then_approving_still_upgrades_once(
-    make_stack: Any, fake_api: FakeCloudAmqp, tmp_path: Path
+    make_stack: Any, fake_api: CloudAmqpStandIn, tmp_path: Path
 ) -> None:
     policy = tmp_path / "policy.toml"
     policy.write_text(POLICY)
@@ -72,7 +73,7 @@ async def test_given_a_worker_sigkilled_while_an_upgrade_awaits_approval_then_ap
 
 
 async def test_given_a_worker_sigkilled_during_an_approved_upgrade_call_then_the_upgrade_is_not_repeated(
-    make_stack: Any, fake_api: FakeCloudAmqp, tmp_path: Path
+    make_stack: Any, fake_api: CloudAmqpStandIn, tmp_path: Path
 ) -> None:
     """The crash window after the approved call started: the approved action is carried on
     under the ordinary claim rules (its lease runs out, a takeover reads the plan first), not
@@ -86,7 +87,7 @@ async def test_given_a_worker_sigkilled_during_an_approved_upgrade_call_then_the
         UPGRADE_API="instances",
         CLAIM_LEASE_SECONDS="2",
     )
-    fake_api.plans[SEED_INSTANCE] = "bunny-1"
+    seed = seed_instance(fake_api, "bunny-1")
     await stack.start_receiver()
     doomed = await stack.start_worker()
     status, accepted = await stack.post(seed_alarm(), path=f"/cloudamqp/alarm/{WEBHOOK_TOKEN}")
@@ -114,4 +115,4 @@ async def test_given_a_worker_sigkilled_during_an_approved_upgrade_call_then_the
     final = await wait_until(settled, timeout=40, what="the approved upgrade to be carried on")
     assert (final["status"], final["reason"]) == ("skipped", "already_at_or_above_target")
     assert [r.method for r in fake_api.upgrade_requests()] == ["PUT"]
-    assert fake_api.plans[SEED_INSTANCE] == "bunny-2"
+    assert seed.plan == "bunny-2"

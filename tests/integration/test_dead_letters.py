@@ -16,9 +16,10 @@ from urllib.parse import quote
 import aio_pika
 
 from shared import topology
+from tests.cloudamqp_stand_in import CloudAmqpStandIn
 from tests.conftest import vhost_name
 from tests.integration.conftest import SEED_INSTANCE, seed_alarm
-from tests.support import ROOT, FakeCloudAmqp, Services, management_request, queue_depth, wait_until
+from tests.support import ROOT, Services, management_request, queue_depth, wait_until
 
 
 async def peek_dead(services: Services, amqp_url: str) -> list[dict[str, Any]]:
@@ -86,7 +87,7 @@ async def action_has(stack: Any, event_id: str, status: str) -> dict[str, Any] |
 
 
 async def test_given_the_api_answers_400_then_one_request_and_the_alarm_is_parked_with_its_explanation(
-    make_stack: Any, fake_api: FakeCloudAmqp, services: Services, vhost: str
+    make_stack: Any, fake_api: CloudAmqpStandIn, services: Services, vhost: str
 ) -> None:
     fake_api.script = [400]
     stack = make_stack()
@@ -113,7 +114,7 @@ async def test_given_the_api_answers_400_then_one_request_and_the_alarm_is_parke
 
 
 async def test_given_the_api_down_longer_than_all_attempts_then_parked_and_replay_upgrades_exactly_once(
-    make_stack: Any, fake_api: FakeCloudAmqp, services: Services, vhost: str
+    make_stack: Any, fake_api: CloudAmqpStandIn, services: Services, vhost: str
 ) -> None:
     fake_api.default_status = 503
     stack = make_stack(QUICK_RETRIES="0", MAX_ATTEMPTS="3")
@@ -140,7 +141,7 @@ async def test_given_the_api_down_longer_than_all_attempts_then_parked_and_repla
 
 
 async def test_given_garbage_on_the_work_queue_then_it_is_parked_as_decode_error_and_the_worker_goes_on(
-    make_stack: Any, fake_api: FakeCloudAmqp, services: Services, vhost: str
+    make_stack: Any, fake_api: CloudAmqpStandIn, services: Services, vhost: str
 ) -> None:
     stack = make_stack()
     await stack.start_receiver()
@@ -165,7 +166,7 @@ async def test_given_garbage_on_the_work_queue_then_it_is_parked_as_decode_error
 
 
 async def test_given_a_parked_alarm_when_replayed_inside_the_cooldown_then_a_cooling_down_skip_and_no_request(
-    make_stack: Any, fake_api: FakeCloudAmqp, services: Services, vhost: str
+    make_stack: Any, fake_api: CloudAmqpStandIn, services: Services, vhost: str
 ) -> None:
     fake_api.script = [400]
     stack = make_stack()
@@ -192,7 +193,7 @@ async def test_given_a_parked_alarm_when_replayed_inside_the_cooldown_then_a_coo
 
 
 async def test_given_parked_alarms_then_the_cli_lists_shows_refuses_unknown_ids_and_purges(
-    make_stack: Any, fake_api: FakeCloudAmqp, services: Services, vhost: str
+    make_stack: Any, fake_api: CloudAmqpStandIn, services: Services, vhost: str
 ) -> None:
     fake_api.default_status = 400
     stack = make_stack()

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from shared import topology
+from tests.cloudamqp_stand_in import CloudAmqpStandIn
 from tests.integration.conftest import SEED_INSTANCE
 from tests.support import (
-    FakeCloudAmqp,
     TcpProxy,
     free_port,
     publish_raw,
@@ -32,7 +32,7 @@ def memory_alarm(instance: str, value: float = 85, seconds_ago: float = 0) -> di
 
 
 async def test_given_four_workers_and_400_alarms_for_20_instances_then_exactly_20_upgrades(
-    make_stack: Any, fake_api: FakeCloudAmqp, database_url: str
+    make_stack: Any, fake_api: CloudAmqpStandIn, database_url: str
 ) -> None:
     instances = [f"inst-{n:02d}" for n in range(20)]
     stack = make_stack(
@@ -71,7 +71,7 @@ async def test_given_four_workers_and_400_alarms_for_20_instances_then_exactly_2
 
 
 async def test_given_the_same_envelope_published_twice_then_one_upgrade(
-    make_stack: Any, fake_api: FakeCloudAmqp, vhost: str
+    make_stack: Any, fake_api: CloudAmqpStandIn, vhost: str
 ) -> None:
     stack = make_stack()
     await stack.start_receiver()
@@ -90,7 +90,7 @@ async def test_given_the_same_envelope_published_twice_then_one_upgrade(
 
 
 async def test_given_a_worker_killed_after_upgrading_but_before_acking_then_the_redelivery_is_no_upgrade(
-    make_stack: Any, fake_api: FakeCloudAmqp, vhost: str
+    make_stack: Any, fake_api: CloudAmqpStandIn, vhost: str
 ) -> None:
     proxy = TcpProxy(5672)
     await proxy.start()
@@ -99,7 +99,7 @@ async def test_given_a_worker_killed_after_upgrading_but_before_acking_then_the_
     doomed = await stack.start_worker(RABBITMQ_URL=vhost.replace(":5672/", f":{proxy.port}/"))
     fake_api.hold = asyncio.Event()
     assert (await stack.post(memory_alarm(SEED_INSTANCE)))[0] == 202
-    await wait_until(lambda: fake_api.requests, what="the upgrade call")
+    await wait_until(lambda: fake_api.upgrade_requests(), what="the upgrade call")
 
     proxy.pause_upstream()  # whatever the worker sends next (its ack) never reaches the broker
     fake_api.hold.set()
@@ -128,14 +128,14 @@ async def _depth_is(url: str, depth: int) -> bool:
 
 
 async def test_given_a_worker_killed_during_its_api_call_then_another_finishes_after_the_lease(
-    make_stack: Any, fake_api: FakeCloudAmqp, vhost: str
+    make_stack: Any, fake_api: CloudAmqpStandIn, vhost: str
 ) -> None:
     stack = make_stack(CLAIM_LEASE_SECONDS="3")
     await stack.start_receiver()
     doomed = await stack.start_worker()
     fake_api.hold = asyncio.Event()
     assert (await stack.post(memory_alarm(SEED_INSTANCE)))[0] == 202
-    await wait_until(lambda: fake_api.requests, what="the first upgrade call")
+    await wait_until(lambda: fake_api.upgrade_requests(), what="the first upgrade call")
     [in_flight] = await stack.actions()
     assert in_flight["status"] == "in_progress"
 

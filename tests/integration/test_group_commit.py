@@ -20,9 +20,10 @@ from shared import envelope, metrics, topology
 from shared.alarm import Alarm, new_id
 from shared.settings import Settings
 from shared.store import Store
+from tests.cloudamqp_stand_in import CloudAmqpStandIn
 from tests.integration.conftest import API_KEY, now_iso
 from tests.integration.test_worker_inprocess import parked
-from tests.support import FakeCloudAmqp, Services, queue_depth, store_refuses
+from tests.support import Services, queue_depth, store_refuses
 from worker import batch
 from worker.cloudamqp import CloudAmqpClient
 from worker.consumer import Consumer
@@ -97,7 +98,7 @@ async def other_url(database_url: str, tmp_path: Path, services: Services) -> As
 
 
 @pytest.fixture
-async def run(vhost: str, fake_api: FakeCloudAmqp) -> AsyncIterator[Run]:
+async def run(vhost: str, fake_api: CloudAmqpStandIn) -> AsyncIterator[Run]:
     """One in-process worker, until its queues are empty; returns the store it used."""
     stores: list[Store] = []
     async with aiohttp.ClientSession() as session:
@@ -159,12 +160,12 @@ def fallbacks() -> float:
     return float(metrics.BATCH_FALLBACKS._value.get())
 
 
-def upgraded(api: FakeCloudAmqp) -> list[str]:
+def upgraded(api: CloudAmqpStandIn) -> list[str]:
     return sorted(r.path.split("/")[3] for r in api.upgrade_requests())
 
 
 async def test_given_a_storm_when_decided_in_batches_then_rows_and_outcomes_equal_one_at_a_time(
-    vhost: str, database_url: str, other_url: str, run: Run, fake_api: FakeCloudAmqp
+    vhost: str, database_url: str, other_url: str, run: Run, fake_api: CloudAmqpStandIn
 ) -> None:
     bodies = storm()
     # The same messages (same event ids) twice: once for one worker deciding one alarm at a
@@ -190,7 +191,7 @@ async def test_given_a_storm_when_decided_in_batches_then_rows_and_outcomes_equa
 
 
 async def test_given_one_alarm_the_store_refuses_in_a_batch_then_only_it_retries_and_is_parked(
-    vhost: str, database_url: str, run: Run, fake_api: FakeCloudAmqp
+    vhost: str, database_url: str, run: Run, fake_api: CloudAmqpStandIn
 ) -> None:
     store = await Store.open(database_url)
     try:
@@ -227,7 +228,7 @@ async def test_given_one_alarm_the_store_refuses_in_a_batch_then_only_it_retries
 
 
 async def test_given_a_batch_redelivered_after_its_commit_then_nothing_changes(
-    vhost: str, database_url: str, run: Run, fake_api: FakeCloudAmqp
+    vhost: str, database_url: str, run: Run, fake_api: CloudAmqpStandIn
 ) -> None:
     bodies = storm()
     ids = [new_id() for _ in bodies]

@@ -7,15 +7,16 @@ import asyncio
 from collections.abc import Callable
 
 from shared import topology
+from tests.cloudamqp_stand_in import CloudAmqpStandIn
 from tests.integration.conftest import Stack, seed_alarm
-from tests.support import FakeCloudAmqp, queue_depth
+from tests.support import queue_depth
 
 STORM = [f"lane-{i:02d}" for i in range(8)]
 REMINDERS = 40  # per storm instance (all of it within one page of GET /actions)
 
 
 async def test_given_a_storm_of_reminders_queued_then_a_new_upgrade_worthy_alarm_is_decided_first(
-    make_stack: Callable[..., Stack], fake_api: FakeCloudAmqp, vhost: str
+    make_stack: Callable[..., Stack], fake_api: CloudAmqpStandIn, vhost: str
 ) -> None:
     stack = make_stack(CLOUDAMQP_INSTANCE_ID=",".join([*STORM, "lane-new"]), WORKER_BATCH="16")
     await stack.start_receiver()

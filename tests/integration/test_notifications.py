@@ -23,9 +23,10 @@ import standardwebhooks
 from shared import topology
 from shared.settings import Settings
 from shared.store import Store
+from tests.cloudamqp_stand_in import CloudAmqpStandIn
 from tests.integration.conftest import API_KEY, SEED_INSTANCE, seed_alarm
 from tests.integration.test_worker_inprocess import publish
-from tests.support import FakeChannel, FakeCloudAmqp, queue_depth, wait_until
+from tests.support import FakeChannel, queue_depth, wait_until
 from worker import notify_config
 from worker.cloudamqp import CloudAmqpClient
 from worker.consumer import Consumer
@@ -80,7 +81,7 @@ Start = Callable[..., Awaitable[Autopilot]]
 
 
 @pytest.fixture
-async def start(vhost: str, database_url: str, fake_api: FakeCloudAmqp) -> AsyncIterator[Start]:
+async def start(vhost: str, database_url: str, fake_api: CloudAmqpStandIn) -> AsyncIterator[Start]:
     running: list[Autopilot] = []
     async with aiohttp.ClientSession() as session:
 
@@ -227,7 +228,7 @@ async def test_given_the_seed_alarm_then_one_opened_and_one_succeeded_per_channe
 
 
 async def test_given_ten_identical_re_sends_then_one_notification_per_event_by_webhook_id(
-    start: Start, channels: dict[str, FakeChannel], fake_api: FakeCloudAmqp
+    start: Start, channels: dict[str, FakeChannel], fake_api: CloudAmqpStandIn
 ) -> None:
     pilot = await start(**all_channels(channels))
     body = seed_alarm()
@@ -350,7 +351,7 @@ async def test_given_a_429_with_retry_after_then_the_next_try_waits_at_least_tha
 
 
 async def test_given_a_permanent_api_error_then_action_failed_and_alarm_parked_are_sent(
-    start: Start, channels: dict[str, FakeChannel], fake_api: FakeCloudAmqp
+    start: Start, channels: dict[str, FakeChannel], fake_api: CloudAmqpStandIn
 ) -> None:
     fake_api.script = [400]
     webhook = channels["webhook"]

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.cloudamqp_stand_in import CloudAmqpStandIn
 from tests.integration.conftest import API_KEY, Stack, seed_alarm
 from tests.integration.test_worker_inprocess import publish
-from tests.support import FakeChannel, FakeCloudAmqp, Proc, run_to_exit, wait_until
+from tests.support import FakeChannel, Proc, run_to_exit, wait_until
 
 SECRET = "whsec_" + base64.b64encode(b"s" * 32).decode()
 ROUTING_KEY = "R0UT1NGKEY-crash-0123456789abcdef"
@@ -35,7 +36,7 @@ async def fakes() -> AsyncIterator[dict[str, FakeChannel]]:
 
 
 async def test_given_ten_re_sends_and_a_worker_killed_mid_delivery_then_one_notification_per_event(
-    make_stack: Callable[..., Stack], fakes: dict[str, FakeChannel], fake_api: FakeCloudAmqp
+    make_stack: Callable[..., Stack], fakes: dict[str, FakeChannel], fake_api: CloudAmqpStandIn
 ) -> None:
     webhook = fakes["webhook"]
     stack = make_stack(

@@ -11,11 +11,11 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from tests.cloudamqp_stand_in import CloudAmqpStandIn
 from tests.conftest import vhost_name
 from tests.integration.conftest import API_KEY, SEED_INSTANCE, seed_alarm
 from tests.support import (
     ROOT,
-    FakeCloudAmqp,
     Services,
     TcpProxy,
     free_port,
@@ -34,7 +34,7 @@ async def scrape(url: str) -> dict[str, float]:
 
 
 async def test_given_traffic_then_receiver_and_worker_counters_move(
-    make_stack: Any, fake_api: FakeCloudAmqp
+    make_stack: Any, fake_api: CloudAmqpStandIn
 ) -> None:
     port = free_port()
     stack = make_stack(WORKER_METRICS_PORT=str(port))
@@ -62,7 +62,8 @@ async def test_given_traffic_then_receiver_and_worker_counters_move(
     assert receiver["autopilot_receiver_accept_seconds_count"] == 2
     assert worker['autopilot_worker_messages_total{outcome="upgraded"}'] == 1
     assert worker['autopilot_worker_messages_total{outcome="below_threshold"}'] == 1
-    assert worker['autopilot_worker_api_responses_total{status="200"}'] == 1
+    # The instance list read at start, and the upgrade (the instance read before it: 404).
+    assert worker['autopilot_worker_api_responses_total{status="200"}'] == 2
     assert worker['autopilot_worker_api_request_seconds_count{method="POST"}'] == 1
     assert worker[f'autopilot_worker_last_upgrade_timestamp_seconds{{instance="{SEED_INSTANCE}"}}'] > 0
     assert worker["autopilot_worker_in_flight"] == 0
@@ -105,7 +106,7 @@ async def test_given_the_store_goes_away_then_readyz_fails_and_recovers_by_itsel
 
 
 async def test_given_the_workers_connection_is_dropped_then_it_reconnects_and_consumes_again(
-    make_stack: Any, fake_api: FakeCloudAmqp, services: Services, vhost: str
+    make_stack: Any, fake_api: CloudAmqpStandIn, services: Services, vhost: str
 ) -> None:
     stack = make_stack()
     await stack.start_receiver()
@@ -130,7 +131,7 @@ async def test_given_the_workers_connection_is_dropped_then_it_reconnects_and_co
 
 
 async def test_given_a_failing_run_then_neither_the_api_key_nor_the_token_appears_anywhere(
-    make_stack: Any, fake_api: FakeCloudAmqp
+    make_stack: Any, fake_api: CloudAmqpStandIn
 ) -> None:
     token = "tok-never-log-me-42"
     # A hostile API that echoes the credentials it got into its error body.

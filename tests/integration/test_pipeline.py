@@ -8,10 +8,10 @@ from urllib.parse import quote
 
 import pytest
 
+from tests.cloudamqp_stand_in import CloudAmqpStandIn
 from tests.conftest import vhost_name
 from tests.integration.conftest import API_KEY, SEED_INSTANCE, now_iso, seed_alarm
 from tests.support import (
-    FakeCloudAmqp,
     Services,
     TcpProxy,
     free_port,
@@ -23,7 +23,7 @@ from tests.support import (
 
 
 async def test_given_the_seed_alarm_when_posted_then_exactly_one_upgrade_request_as_specified(
-    make_stack: Any, fake_api: FakeCloudAmqp
+    make_stack: Any, fake_api: CloudAmqpStandIn
 ) -> None:
     stack = make_stack()
     await stack.start_receiver()
@@ -35,7 +35,7 @@ async def test_given_the_seed_alarm_when_posted_then_exactly_one_upgrade_request
     await wait_until(lambda: fake_api.upgrade_requests(), what="the upgrade request")
     [action] = await stack.wait_actions(1)
     assert action["status"] == "succeeded" and action["plan"] == "bunny-2"
-    [request] = fake_api.requests
+    [request] = fake_api.upgrade_requests()
     assert request.method == "POST"
     assert request.path == f"/api/instances/{SEED_INSTANCE}/actions/upgrade"
     assert request.headers["Authorization"] == f"Bearer {API_KEY}"
@@ -64,7 +64,7 @@ async def test_given_the_seed_alarm_when_posted_then_exactly_one_upgrade_request
     ],
 )
 async def test_given_an_alarm_that_must_not_upgrade_then_no_request_and_a_recorded_skip_reason(
-    make_stack: Any, fake_api: FakeCloudAmqp, alarm: dict[str, Any], reason: str
+    make_stack: Any, fake_api: CloudAmqpStandIn, alarm: dict[str, Any], reason: str
 ) -> None:
     stack = make_stack()
     await stack.start_receiver()
@@ -78,11 +78,11 @@ async def test_given_an_alarm_that_must_not_upgrade_then_no_request_and_a_record
     assert action["detail"]
     skips = await worker.wait_event("upgrade.skipped")
     assert skips[0]["reason"] == reason
-    assert fake_api.requests == []
+    assert fake_api.upgrade_requests() == []
 
 
 async def test_given_ten_alarms_for_one_instance_within_the_cooldown_then_one_upgrade(
-    make_stack: Any, fake_api: FakeCloudAmqp
+    make_stack: Any, fake_api: CloudAmqpStandIn
 ) -> None:
     stack = make_stack()
     await stack.start_receiver()
@@ -200,7 +200,7 @@ async def test_given_a_closed_broker_port_then_503_with_retry_after_never_202(ma
 
 
 async def test_given_alarms_posted_while_no_worker_runs_then_processed_once_a_worker_starts(
-    make_stack: Any, fake_api: FakeCloudAmqp
+    make_stack: Any, fake_api: CloudAmqpStandIn
 ) -> None:
     stack = make_stack()
     await stack.start_receiver()
@@ -223,7 +223,7 @@ async def test_given_sigterm_then_the_worker_stops_consuming_and_exits_zero(make
 
 
 async def test_given_no_api_key_then_the_worker_announces_dry_run_and_calls_nothing(
-    make_stack: Any, fake_api: FakeCloudAmqp
+    make_stack: Any, fake_api: CloudAmqpStandIn
 ) -> None:
     stack = make_stack(CLOUDAMQP_API_KEY="")
     await stack.start_receiver()
@@ -234,7 +234,7 @@ async def test_given_no_api_key_then_the_worker_announces_dry_run_and_calls_noth
     [action] = await stack.wait_actions(1)
     assert action["status"] == "dry_run" and action["plan"] == "bunny-2"
     assert worker.events("worker.dry_run")
-    assert fake_api.requests == []
+    assert fake_api.upgrade_requests() == []
 
 
 @pytest.mark.parametrize(

@@ -9,16 +9,17 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import API_KEY, SEED_INSTANCE, seed_alarm
-from tests.support import FakeCloudAmqp, publish_raw, run_to_exit, wait_until
+from tests.cloudamqp_stand_in import CloudAmqpStandIn
+from tests.integration.conftest import API_KEY, seed_alarm, seed_instance
+from tests.support import publish_raw, run_to_exit, wait_until
 
 BASIC = "Basic " + base64.b64encode(f":{API_KEY}".encode()).decode()
 
 
 async def test_given_instances_mode_then_one_read_and_one_put_with_basic_auth_and_a_repeat_is_skipped(
-    make_stack: Any, fake_api: FakeCloudAmqp
+    make_stack: Any, fake_api: CloudAmqpStandIn
 ) -> None:
-    fake_api.plans[SEED_INSTANCE] = "bunny-1"
+    seed = seed_instance(fake_api, "bunny-1")
     stack = make_stack(UPGRADE_API="instances", UPGRADE_PLAN="rabbit-1", COOLDOWN_SECONDS="0")
     await stack.start_receiver()
     worker = await stack.start_worker()
@@ -26,9 +27,9 @@ async def test_given_instances_mode_then_one_read_and_one_put_with_basic_auth_an
     assert (await stack.post(seed_alarm()))[0] == 202
     await worker.wait_event("upgrade.succeeded")
 
-    path = f"/api/instances/{SEED_INSTANCE}"
+    path = f"/api/instances/{seed.id}"  # the integer id the console's UUID resolved to
     calls = [(r.method, r.path) for r in fake_api.requests]
-    assert calls[:2] == [("GET", path), ("PUT", path)]
+    assert calls[:3] == [("GET", "/api/instances"), ("GET", path), ("PUT", path)]
     [put] = fake_api.upgrade_requests()
     assert put.headers["Authorization"] == BASIC
     assert put.body == {"plan": "rabbit-1"}
@@ -44,10 +45,10 @@ async def test_given_instances_mode_then_one_read_and_one_put_with_basic_auth_an
 
 
 async def test_given_an_accepted_upgrade_then_it_is_in_progress_until_the_plan_shows(
-    make_stack: Any, fake_api: FakeCloudAmqp
+    make_stack: Any, fake_api: CloudAmqpStandIn
 ) -> None:
-    fake_api.plans[SEED_INSTANCE] = "hare-3"
-    fake_api.plan_change_delay = 1.5
+    seed_instance(fake_api, "hare-3")
+    fake_api.reconfigure_seconds = 1.5
     stack = make_stack(UPGRADE_API="instances", UPGRADE_PLAN="next")
     await stack.start_receiver()
     worker = await stack.start_worker()
@@ -56,7 +57,7 @@ async def test_given_an_accepted_upgrade_then_it_is_in_progress_until_the_plan_s
 
     await worker.wait_event("upgrade.accepted")
     [pending] = await stack.actions()
-    assert (pending["status"], pending["reason"]) == ("in_progress", "awaiting_confirmation")
+    assert (pending["status"], pending["reason"]) == ("in_progress", "reconfiguring")
     await worker.wait_event("upgrade.waiting")
     await worker.wait_event("upgrade.succeeded")
     [done] = await stack.actions()
@@ -65,10 +66,10 @@ async def test_given_an_accepted_upgrade_then_it_is_in_progress_until_the_plan_s
 
 
 async def test_given_an_accepted_upgrade_redelivered_before_its_check_then_the_check_is_rescheduled(
-    make_stack: Any, fake_api: FakeCloudAmqp, vhost: str
+    make_stack: Any, fake_api: CloudAmqpStandIn, vhost: str
 ) -> None:
-    fake_api.plans[SEED_INSTANCE] = "bunny-1"
-    fake_api.plan_change_delay = 1.0
+    seed_instance(fake_api, "bunny-1")
+    fake_api.reconfigure_seconds = 1.0
     stack = make_stack(UPGRADE_API="instances", UPGRADE_PLAN="next")
     await stack.start_receiver()
     worker = await stack.start_worker()
@@ -87,10 +88,10 @@ async def test_given_an_accepted_upgrade_redelivered_before_its_check_then_the_c
 
 
 async def test_given_a_plan_that_never_shows_then_the_upgrade_is_recorded_unconfirmed(
-    make_stack: Any, fake_api: FakeCloudAmqp
+    make_stack: Any, fake_api: CloudAmqpStandIn
 ) -> None:
-    fake_api.plans[SEED_INSTANCE] = "bunny-1"
-    fake_api.plan_change_delay = 3600
+    seed_instance(fake_api, "bunny-1")
+    fake_api.reconfigure_seconds = 3600
     stack = make_stack(UPGRADE_API="instances", UPGRADE_PLAN="next", UPGRADE_CONFIRM_TIMEOUT_SECONDS="1")
     await stack.start_receiver()
     await stack.start_worker()
@@ -131,11 +132,11 @@ action = "none"
 
 
 async def test_given_disk_and_memory_rules_then_they_act_independently_on_one_instance(
-    make_stack: Any, fake_api: FakeCloudAmqp, tmp_path: Path
+    make_stack: Any, fake_api: CloudAmqpStandIn, tmp_path: Path
 ) -> None:
     policy = tmp_path / "policy.toml"
     policy.write_text(POLICY)
-    fake_api.plans[SEED_INSTANCE] = "bunny-1"
+    seed = seed_instance(fake_api, "bunny-1")
     stack = make_stack(POLICY_FILE=str(policy), UPGRADE_API="instances")
     await stack.start_receiver()
     worker = await stack.start_worker()
@@ -148,7 +149,7 @@ async def test_given_disk_and_memory_rules_then_they_act_independently_on_one_in
         0
     ] == 202  # own claim: hare is not on its ladder
     await stack.wait_actions(2)
-    fake_api.plans[SEED_INSTANCE] = "bunny-1"
+    seed.plan = "bunny-1"
     assert (await stack.post(seed_alarm(alarm_type="disk", value=96)))[0] == 202  # disk ladder: bunny → panda
     await worker.wait_event("upgrade.succeeded", count=2)
     assert (await stack.post(seed_alarm(alarm_type="memory", value=87)))[

@@ -18,8 +18,9 @@ from shared import envelope, topology
 from shared.alarm import iso, new_id
 from shared.settings import Settings, UpgradeApi
 from shared.store import Store
-from tests.integration.conftest import API_KEY, SEED_INSTANCE, seed_alarm
-from tests.support import FakeCloudAmqp, queue_depth
+from tests.cloudamqp_stand_in import CloudAmqpStandIn
+from tests.integration.conftest import API_KEY, SEED_INSTANCE, seed_alarm, seed_instance
+from tests.support import queue_depth
 from worker.cloudamqp import CloudAmqpClient
 from worker.consumer import Consumer
 from worker.process import Processor
@@ -65,7 +66,7 @@ async def parked(url: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
 
 @pytest.fixture
 async def drain(
-    vhost: str, database_url: str, fake_api: FakeCloudAmqp
+    vhost: str, database_url: str, fake_api: CloudAmqpStandIn
 ) -> AsyncIterator[Callable[..., Awaitable[Store]]]:
     """Run one worker in-process until its queues are empty; returns the store to look at."""
     stores: list[Store] = []
@@ -79,6 +80,7 @@ async def drain(
                 cloudamqp_api_key=API_KEY,
                 instance_ids=(SEED_INSTANCE,),
                 retry_delays=(0.2, 0.5),
+                upgrade_poll_seconds=0.2,
                 max_attempts=3,
                 quick_retries=0,
                 claim_lease_seconds=5,
@@ -89,6 +91,7 @@ async def drain(
             stores.append(store)
             client = CloudAmqpClient.from_settings(session, settings, API_KEY)
             processor = Processor(settings, store, client, worker_id="in-process")
+            await processor.resolve_instances(force=True)
             await asyncio.wait_for(Consumer(settings, processor).run(asyncio.Event(), burst=True), 60)
             return store
 
@@ -105,7 +108,7 @@ async def actions_by_event(store: Store) -> dict[str, dict[str, Any]]:
 
 
 async def test_given_the_seed_alarm_when_a_burst_worker_drains_then_one_upgrade_is_recorded(
-    vhost: str, drain: Drain, fake_api: FakeCloudAmqp
+    vhost: str, drain: Drain, fake_api: CloudAmqpStandIn
 ) -> None:
     [event_id] = await publish(vhost, seed_alarm(), delays=DELAYS)
 
@@ -119,7 +122,7 @@ async def test_given_the_seed_alarm_when_a_burst_worker_drains_then_one_upgrade_
 
 
 async def test_given_the_api_failing_once_then_the_retry_goes_through_a_delay_queue_and_succeeds(
-    vhost: str, drain: Drain, fake_api: FakeCloudAmqp
+    vhost: str, drain: Drain, fake_api: CloudAmqpStandIn
 ) -> None:
     fake_api.script = [503]
     [event_id] = await publish(vhost, seed_alarm(), delays=DELAYS)
@@ -133,7 +136,7 @@ async def test_given_the_api_failing_once_then_the_retry_goes_through_a_delay_qu
 
 
 async def test_given_a_permanent_api_error_then_the_alarm_is_parked_at_once_with_its_explanation(
-    vhost: str, drain: Drain, fake_api: FakeCloudAmqp
+    vhost: str, drain: Drain, fake_api: CloudAmqpStandIn
 ) -> None:
     fake_api.script = [400]
     body = seed_alarm()
@@ -153,7 +156,7 @@ async def test_given_a_permanent_api_error_then_the_alarm_is_parked_at_once_with
 
 
 async def test_given_the_api_down_for_good_then_the_alarm_is_parked_after_max_attempts(
-    vhost: str, drain: Drain, fake_api: FakeCloudAmqp
+    vhost: str, drain: Drain, fake_api: CloudAmqpStandIn
 ) -> None:
     fake_api.default_status = 503
     [event_id] = await publish(vhost, seed_alarm(), delays=DELAYS)
@@ -169,7 +172,7 @@ async def test_given_the_api_down_for_good_then_the_alarm_is_parked_after_max_at
 
 
 async def test_given_a_body_that_is_not_json_then_it_is_parked_as_undecodable_and_nothing_recorded(
-    vhost: str, drain: Drain, fake_api: FakeCloudAmqp
+    vhost: str, drain: Drain, fake_api: CloudAmqpStandIn
 ) -> None:
     await publish(vhost, b"{not json", delays=DELAYS)
 
@@ -178,11 +181,11 @@ async def test_given_a_body_that_is_not_json_then_it_is_parked_as_undecodable_an
     [message] = await parked(vhost)
     assert (message.headers or {})[envelope.H_STATUS] == "decode_error"
     assert message.body == b"{not json"
-    assert await store.list_events() == [] and fake_api.requests == []
+    assert await store.list_events() == [] and fake_api.upgrade_requests() == []
 
 
 async def test_given_identical_re_sends_then_one_upgrade_and_the_rest_are_duplicates(
-    vhost: str, drain: Drain, fake_api: FakeCloudAmqp
+    vhost: str, drain: Drain, fake_api: CloudAmqpStandIn
 ) -> None:
     body = seed_alarm()
     ids = await publish(vhost, body, body, body, delays=DELAYS)
@@ -198,22 +201,24 @@ async def test_given_identical_re_sends_then_one_upgrade_and_the_rest_are_duplic
 
 
 async def test_given_instances_mode_then_check_messages_follow_the_upgrade_until_the_plan_shows(
-    vhost: str, drain: Drain, fake_api: FakeCloudAmqp
+    vhost: str, drain: Drain, fake_api: CloudAmqpStandIn
 ) -> None:
-    fake_api.plans[SEED_INSTANCE] = "bunny-1"
-    fake_api.plan_change_delay = 0.3
+    seed_instance(fake_api, "bunny-1")
+    fake_api.reconfigure_seconds = 0.3
     [event_id] = await publish(vhost, seed_alarm(), delays=DELAYS)
 
     store = await drain(upgrade_api=UpgradeApi.INSTANCES)
 
     action = (await actions_by_event(store))[event_id]
-    assert action["status"] == "succeeded" and action["detail"] == "instance is now on bunny-2"
+    assert action["status"] == "succeeded" and action["detail"].startswith(
+        "instance is now on bunny-2; reconfigured in"
+    )
     assert [r.method for r in fake_api.upgrade_requests()] == ["PUT"]
     assert len(fake_api.reads()) >= 2  # the plan read before the call, and at least one check
 
 
 async def test_given_a_stale_alarm_then_it_is_recorded_and_skipped_without_a_call(
-    vhost: str, drain: Drain, fake_api: FakeCloudAmqp
+    vhost: str, drain: Drain, fake_api: CloudAmqpStandIn
 ) -> None:
     [event_id] = await publish(vhost, seed_alarm(triggered_at=iso(time.time() - 7200)), delays=DELAYS)
 
@@ -221,4 +226,4 @@ async def test_given_a_stale_alarm_then_it_is_recorded_and_skipped_without_a_cal
 
     action = (await actions_by_event(store))[event_id]
     assert (action["status"], action["reason"]) == ("skipped", "stale")
-    assert fake_api.requests == []
+    assert fake_api.upgrade_requests() == []

@@ -27,7 +27,7 @@ def test_the_receiver_and_the_worker_serve_metrics_with_the_one_shared_view() ->
 async def test_given_a_worker_metrics_port_then_prometheus_text_and_healthz_that_follows_consuming() -> None:
     port = free_port()
     settings = Settings.from_env({"RECEIVER_HOST": "127.0.0.1", "WORKER_METRICS_PORT": str(port)})
-    consumer = SimpleNamespace(consuming=True)
+    consumer = SimpleNamespace(consuming=True, processor=SimpleNamespace(client=None))
     runner = await serve_metrics(settings, consumer)  # type: ignore[arg-type]
     base = f"http://127.0.0.1:{port}"
     try:
@@ -38,9 +38,12 @@ async def test_given_a_worker_metrics_port_then_prometheus_text_and_healthz_that
                 assert resp.headers["Content-Type"] == metrics.render()[1]
                 assert "autopilot_worker_in_flight " in await resp.text()
             async with session.get(f"{base}/healthz") as resp:
-                assert (resp.status, await resp.json()) == (200, {"status": "ok"})
+                assert (resp.status, await resp.json()) == (200, {"status": "ok", "cloudamqp_api": "dry_run"})
             consumer.consuming = False
             async with session.get(f"{base}/healthz") as resp:
-                assert (resp.status, await resp.json()) == (503, {"status": "broker_disconnected"})
+                assert (resp.status, await resp.json()) == (
+                    503,
+                    {"status": "broker_disconnected", "cloudamqp_api": "dry_run"},
+                )
     finally:
         await runner.cleanup()

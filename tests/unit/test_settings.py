@@ -18,7 +18,8 @@ def test_defaults_match_the_spec() -> None:
 
     assert s.rabbitmq_url == "amqp://guest:guest@localhost:5672/"
     assert (s.receiver_host, s.receiver_port) == ("0.0.0.0", 8080)
-    assert s.upgrade_api == "actions" and s.upgrade_plan == "bunny-2"
+    assert s.upgrade_api == "auto" and s.upgrade_plan == "bunny-2"
+    assert (s.upgrade_poll_seconds, s.upgrade_confirm_timeout_seconds) == (15.0, 10800.0)
     assert s.memory_threshold == 80 and s.cooldown_seconds == 1800
     assert s.retry_delays == (10, 60, 300, 1800) and s.max_attempts == 5
     assert s.database_url == "sqlite:///var/autopilot.db" and s.claim_lease_seconds == 120

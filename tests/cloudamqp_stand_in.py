@@ -1,0 +1,411 @@
+"""The one stand-in for the CloudAMQP customer API, shared by the tests, the chaos suite and
+the benchmarks. It answers as CloudAMQP's own clients have recorded it answering
+(``../shared/CLOUDAMQP-API.md``; ``docs/cloudamqp-api.md`` says which fact comes from where):
+
+- HTTP Basic auth, empty user, the key as password; anything else ``401 {"error":"Not authorized"}``;
+- instances with integer ``id``, ``name`` and ``providerid`` (the console's UUID);
+  ``GET /api/instances``, ``GET /api/instances/{id}`` (with ``ready``, and the ``url`` and
+  ``apikey`` secrets a client must never log), ``GET /api/instances/{id}/nodes`` (``configured``);
+- ``PUT /api/instances/{id}`` with ``plan`` as a form or as JSON: 200, then ``ready: false``
+  for ``reconfigure_seconds``, then the new plan and ``ready: true``; while not ready, 422
+  "Please wait for your cluster to be configured…"; shared ↔ dedicated: 422;
+- ``GET /api/plans`` with the prices recorded in November 2025;
+- the blog's ``POST /api/instances/{id}/actions/upgrade`` (Bearer key) as a switch: ``blog``
+  ``"answers"`` (200, and the change happens as a PUT's would) or ``"absent"`` (404, as the
+  documented service, which has no such endpoint) or ``"refuses"`` (401).
+
+Scriptable: ``script`` lists answers for the coming plan changes (a status, ``(status,
+headers)``, ``(status, headers, body)`` or ``"hang"``), then ``default_status`` when set;
+``latency``; ``hold`` (each plan change waits for the event); ``fail_until`` / ``hang_until``
+(monotonic) answer every API request 503, or never. A request that arrived is carried out even
+when its client hung up (aiohttp's ``handler_cancellation=False``), as a real API does.
+
+In its own process (benchmarks): ``python -m tests.cloudamqp_stand_in --port P --latency 0.05
+--key K --instances a,b,c``; ``GET /_stand_in/requests`` lists ``[[epoch, method, path,
+status], …]``, ``DELETE`` clears them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs
+
+from aiohttp import web
+
+DEFAULT_KEY = "test-api-key-5f1c9a"
+
+# ``GET /api/plans`` as recorded in November 2025 (name: monthly USD); lemur and tiger are shared.
+PRICES: dict[str, int] = {
+    "lemur": 0, "tiger": 19, "squirrel-1": 50, "bunny-1": 99, "hare-1": 199, "bunny-3": 297,
+    "rabbit-1": 299, "panda-1": 499, "hare-3": 597, "rabbit-3": 897, "ape-1": 999, "rabbit-5": 1495,
+    "panda-3": 1497, "hippo-1": 1999, "panda-5": 2495, "ape-3": 2997, "lion-1": 3499, "ape-5": 4995,
+    "rhino-1": 5499, "hippo-3": 5997, "hippo-5": 9995, "lion-3": 10497, "rhino-3": 16497,
+    "lion-5": 17495, "rhino-5": 27495,
+}  # fmt: skip
+SHARED_PLANS = frozenset({"lemur", "tiger"})
+
+NOT_AUTHORIZED = {"error": "Not authorized"}
+RECONFIGURING = {
+    "message": "Your cluster is being reconfigured, this can take up to 10 minutes to complete. "
+}
+WAIT_FOR_CONFIGURED = {"error": "Please wait for your cluster to be configured before trying to update it"}
+NO_SHARED_MOVE = {
+    "error": "Sorry, you can't move to a shared plan automatically. Please create a new instance."
+}
+# What a scripted refusal says when the script gives no body (the documented shapes).
+DEFAULT_BODIES: dict[int, dict[str, Any]] = {
+    400: {"error": "Bad request", "error_code": 40002},
+    401: NOT_AUTHORIZED,
+    403: {"error": "Forbidden"},
+    404: {"error": "Not found"},
+    405: {"error": "Method not allowed"},
+    422: WAIT_FOR_CONFIGURED,
+    423: {"error": "Locked"},
+    429: {"error": "Too many requests"},
+    500: {"error": "Internal server error"},
+    503: {"error": "Service unavailable"},
+}
+
+
+@dataclass
+class Instance:
+    """One instance as CloudAMQP keeps it."""
+
+    id: int
+    name: str
+    plan: str
+    providerid: str = field(default_factory=lambda: str(uuid.uuid4()))
+    nodes: int = 1
+    ready: bool = True
+    extra_disk: int = 0
+    region: str = "amazon-web-services::us-east-1"
+    changes: int = 0  # plan changes applied
+    target: str | None = None  # the plan a change under way is moving to
+
+    def finish(self) -> None:
+        """CloudAMQP is done reconfiguring: the new plan, ready again."""
+        if self.target is not None:
+            self.plan, self.target, self.ready = self.target, None, True
+            self.changes += 1
+
+    def listing(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "plan": self.plan,
+            "region": self.region,
+            "tags": [],
+            "providerid": self.providerid,
+            "vpc_id": None,
+        }
+
+    def detail(self) -> dict[str, Any]:
+        host = f"{self.name}.rmq.cloudamqp.test"
+        return {
+            **self.listing(),
+            "ready": self.ready,
+            "nodes": self.nodes,
+            "backend": "rabbitmq",
+            "rmq_version": "3.13.7",
+            "hostname_external": host,
+            "hostname_internal": host,
+            # Secrets a client must never log, record or show.
+            "url": f"amqps://{self.name}:instance-password-{self.id}@{host}/{self.name}",
+            "apikey": f"instance-apikey-{self.id}",
+        }
+
+    def node_list(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": f"{self.name}-0{n}",
+                "hostname": f"{self.name}-0{n}.rmq.cloudamqp.test",
+                "running": True,
+                "configured": self.ready,
+                "rabbitmq_version": "3.13.7",
+                "erlang_version": "26.2.5",
+                "disk_size": 20,
+                "additional_disk_size": self.extra_disk,
+                "availability_zone": "us-east-1a",
+            }
+            for n in range(1, self.nodes + 1)
+        ]
+
+
+@dataclass
+class Recorded:
+    """One request the stand-in received, and what it answered (``"hang"``: nothing)."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+    status: int | str = 0
+    at: float = 0.0  # time.monotonic() on arrival
+    wall: float = 0.0  # time.time() on arrival
+    answered_at: float = 0.0  # time.monotonic() when answered
+
+    @property
+    def instance(self) -> str:
+        return self.path.removeprefix("/api/instances/").split("/")[0]
+
+    @property
+    def plan_change(self) -> bool:
+        return (self.method == "PUT" and self.path.count("/") == 3) or self.path.endswith("/actions/upgrade")
+
+
+@dataclass
+class CloudAmqpStandIn:
+    """A local aiohttp server answering as CloudAMQP's customer API (see the module doc)."""
+
+    api_key: str = DEFAULT_KEY
+    blog: str = "answers"  # the blog's POST …/actions/upgrade: "answers" | "absent" | "refuses"
+    reconfigure_seconds: float = 0.0
+    script: list[Any] = field(default_factory=list)
+    default_status: int | None = None
+    latency: float = 0.0
+    hold: asyncio.Event | None = None
+    fail_until: float = 0.0
+    hang_until: float = 0.0
+    echo_headers: bool = False  # a careless API that repeats the credentials in its errors
+    instances: dict[int, Instance] = field(default_factory=dict)
+    requests: list[Recorded] = field(default_factory=list)
+    port: int = 0
+    _runner: web.AppRunner | None = None
+    _released: asyncio.Event = field(default_factory=asyncio.Event)
+    _next_id: int = 359559
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # --- set-up --------------------------------------------------------------------------
+
+    def add_instance(
+        self, name: str, plan: str = "bunny-1", *, id: int | None = None, providerid: str | None = None,
+        nodes: int = 1,
+    ) -> Instance:  # fmt: skip
+        """An instance of the account (integer id from 359559 on, unless given)."""
+        if id is None:
+            id = self._next_id
+            self._next_id += 1
+        instance = Instance(id, name, plan, nodes=nodes)
+        if providerid is not None:
+            instance.providerid = providerid
+        self.instances[id] = instance
+        return instance
+
+    def find(self, ref: str) -> Instance | None:
+        """The instance ``ref`` names: its id, or (the blog's world) its UUID or name."""
+        for instance in self.instances.values():
+            if ref in (str(instance.id), instance.providerid, instance.name):
+                return instance
+        return None
+
+    async def start(self, port: int = 0) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/_stand_in/requests", self._requests_view)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=False)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", port).start()
+        self.port = int(self._runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        self._released.set()
+        if self.hold is not None:
+            self.hold.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # --- what the tests read -------------------------------------------------------------
+
+    def upgrade_requests(self) -> list[Recorded]:
+        """Plan changes asked for (``PUT /api/instances/{id}`` or the blog's POST), answered or not."""
+        return [r for r in self.requests if r.plan_change]
+
+    def reads(self) -> list[Recorded]:
+        return [r for r in self.requests if r.method == "GET"]
+
+    def successes(self) -> Counter[str]:
+        """Plan changes answered 2xx, per instance as the path named it."""
+        return Counter(
+            r.instance for r in self.upgrade_requests() if isinstance(r.status, int) and 200 <= r.status < 300
+        )
+
+    @property
+    def arrived(self) -> int:
+        return len(self.upgrade_requests())
+
+    # --- the API -------------------------------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()  # all of it arrived, whatever follows
+        record = Recorded(
+            request.method, request.path, dict(request.headers), _body(raw, request.content_type),
+            at=time.monotonic(), wall=time.time(),
+        )  # fmt: skip
+        self.requests.append(record)
+        response = await self._answer(request, record)
+        record.status = response.status if response is not None else "hang"
+        record.answered_at = time.monotonic()
+        if response is None:
+            await self._released.wait()  # the caller gives up (its timeout) long before
+            raise web.HTTPGatewayTimeout()
+        return response
+
+    async def _answer(self, request: web.Request, record: Recorded) -> web.Response | None:
+        now = time.monotonic()
+        if now < self.hang_until:
+            return None
+        if now < self.fail_until:
+            return web.json_response(DEFAULT_BODIES[503], status=503)
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        parts = request.path.strip("/").split("/")
+        if record.plan_change:
+            if self.hold is not None:
+                await self.hold.wait()
+            scripted = self._scripted()
+            if scripted == "hang":
+                return None
+            if scripted is not None and not 200 <= scripted[0] < 300:
+                return self._refusal(request, *scripted)
+        if parts[-2:] == ["actions", "upgrade"] and request.method == "POST":
+            return self._blog_upgrade(request, record, parts[2])
+        if not self._basic_ok(request):
+            return self._refusal(request, 401, {}, None)
+        return self._documented(request, record, parts)
+
+    def _scripted(self) -> Any:
+        """The next scripted answer to a plan change: None (none), "hang", or (status, headers, body)."""
+        step = self.script.pop(0) if self.script else self.default_status
+        if step is None or step == "hang":
+            return step
+        if isinstance(step, int):
+            return step, {}, None
+        status, headers, *rest = step
+        return int(status), dict(headers), rest[0] if rest else None
+
+    def _refusal(self, request: web.Request, status: int, headers: dict[str, str], body: Any) -> web.Response:
+        answer = dict(body if body is not None else DEFAULT_BODIES.get(status, {"error": f"status {status}"}))
+        if self.echo_headers:
+            answer["error"] = f"{answer.get('error')} (you sent {dict(request.headers)})"
+        return web.json_response(answer, status=status, headers=headers)
+
+    def _basic_ok(self, request: web.Request) -> bool:
+        expected = "Basic " + base64.b64encode(f":{self.api_key}".encode()).decode()
+        return request.headers.get("Authorization") == expected
+
+    def _blog_upgrade(self, request: web.Request, record: Recorded, ref: str) -> web.Response:
+        if self.blog == "absent":
+            return self._refusal(request, 404, {}, None)
+        if self.blog == "refuses" or request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return self._refusal(request, 401, {}, None)
+        instance = self.find(ref)
+        plan = record.body.get("plan") if isinstance(record.body, dict) else None
+        if instance is not None and isinstance(plan, str):
+            refused = self._change_plan(request, instance, plan)
+            if refused is not None:
+                return refused
+        return web.json_response({"status": "upgrade started"})
+
+    def _documented(self, request: web.Request, record: Recorded, parts: list[str]) -> web.Response:
+        method = request.method
+        if parts == ["api", "plans"] and method == "GET":
+            return web.json_response(
+                [
+                    {"name": name, "price": price, "backend": "rabbitmq", "shared": name in SHARED_PLANS}
+                    for name, price in PRICES.items()
+                ]
+            )
+        if parts == ["api", "instances"] and method == "GET":
+            return web.json_response([i.listing() for i in self.instances.values()])
+        if len(parts) < 3 or parts[:2] != ["api", "instances"]:
+            return self._refusal(request, 404, {}, None)
+        instance = self.instances.get(int(parts[2])) if parts[2].isdigit() else None
+        if instance is None:
+            return self._refusal(request, 404, {}, None)
+        rest = parts[3:]
+        if rest == [] and method == "GET":
+            return web.json_response(instance.detail())
+        if rest == ["nodes"] and method == "GET":
+            return web.json_response(instance.node_list())
+        if rest == [] and method == "PUT":
+            plan = record.body.get("plan") if isinstance(record.body, dict) else None
+            if not isinstance(plan, str) or not plan:
+                return self._refusal(request, 400, {}, {"error": "plan is missing"})
+            refused = self._change_plan(request, instance, plan)
+            return refused or web.json_response(RECONFIGURING)
+        return self._refusal(request, 404, {}, None)
+
+    def _change_plan(self, request: web.Request, instance: Instance, plan: str) -> web.Response | None:
+        """Start a plan change (asynchronous: ``ready: false`` meanwhile), or refuse it."""
+        if not instance.ready:
+            return self._refusal(request, 422, {}, WAIT_FOR_CONFIGURED)
+        if (plan in SHARED_PLANS) != (instance.plan in SHARED_PLANS):
+            return self._refusal(request, 422, {}, NO_SHARED_MOVE)
+        instance.ready, instance.target = False, plan
+        if self.reconfigure_seconds > 0:
+            asyncio.get_running_loop().call_later(self.reconfigure_seconds, instance.finish)
+        else:
+            instance.finish()
+        return None
+
+    async def _requests_view(self, request: web.Request) -> web.Response:
+        if request.method == "DELETE":
+            self.requests.clear()
+        return web.json_response([[r.wall, r.method, r.path, r.status] for r in self.requests])
+
+
+def _body(raw: bytes, content_type: str) -> Any:
+    if not raw:
+        return None
+    text = raw.decode(errors="replace")
+    if content_type == "application/x-www-form-urlencoded":
+        return {key: values[-1] for key, values in parse_qs(text).items()}
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--key", default=DEFAULT_KEY)
+    parser.add_argument("--blog", default="answers", choices=["answers", "absent", "refuses"])
+    parser.add_argument("--reconfigure-seconds", type=float, default=0.0)
+    parser.add_argument("--instances", default="", help="comma-separated names, each on bunny-1")
+    args = parser.parse_args()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+
+    async def serve() -> None:
+        api = CloudAmqpStandIn(
+            api_key=args.key, blog=args.blog, latency=args.latency,
+            reconfigure_seconds=args.reconfigure_seconds,
+        )  # fmt: skip
+        for name in filter(None, args.instances.split(",")):
+            api.add_instance(name)
+        await api.start(args.port)
+        print("stand_in.ready", flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()
