@@ -203,6 +203,7 @@ def action_json(row: dict[str, Any]) -> dict[str, Any]:
         "detail": row["detail"],
         "plan": row["plan"],
         "from_plan": row.get("from_plan"),
+        "reconfigure_seconds": row.get("reconfigure_seconds"),
         "verification": _loads(row.get("verification")),
         "attempts": row["attempts"],
         "created_at": iso(row["created_at"]),

@@ -89,12 +89,14 @@ class Instance:
     region: str = "amazon-web-services::us-east-1"
     changes: int = 0  # plan changes applied
     target: str | None = None  # the plan a change under way is moving to
+    ready_at: float | None = None  # time.time() when the last change was done
 
     def finish(self) -> None:
         """CloudAMQP is done reconfiguring: the new plan, ready again."""
         if self.target is not None:
             self.plan, self.target, self.ready = self.target, None, True
             self.changes += 1
+            self.ready_at = time.time()
 
     def listing(self) -> dict[str, Any]:
         return {
@@ -194,8 +196,8 @@ class CloudAmqpStandIn:
     ) -> Instance:  # fmt: skip
         """An instance of the account (integer id from 359559 on, unless given)."""
         if id is None:
-            id = self._next_id
-            self._next_id += 1
+            id = max([self._next_id - 1, *self.instances]) + 1
+        self._next_id = max(self._next_id, id + 1)
         instance = Instance(id, name, plan, nodes=nodes)
         if providerid is not None:
             instance.providerid = providerid

@@ -1,0 +1,292 @@
+"""Against the CloudAMQP that exists (``tests/cloudamqp_stand_in.py``): the documented API,
+its asynchronous plan change, its refusals and its ids, through the real receiver and worker."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+from typing import Any
+
+import aio_pika
+
+from shared import envelope, topology
+from tests.cloudamqp_stand_in import CloudAmqpStandIn
+from tests.integration.conftest import API_KEY, SEED_API_ID, SEED_INSTANCE, seed_alarm, seed_instance
+from tests.support import wait_until
+
+BASIC = "Basic " + base64.b64encode(f":{API_KEY}".encode()).decode()
+BLOG_PATH = "/actions/upgrade"
+
+
+def at(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone(UTC).timestamp()
+
+
+async def parked_messages(url: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    out = []
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.get_queue(topology.DEAD_QUEUE)
+        while (message := await queue.get(no_ack=True, fail=False)) is not None:
+            out.append(message)
+    return out
+
+
+async def status_of(stack: Any, count: int = 1) -> list[dict[str, Any]]:
+    return await stack.wait_actions(count, timeout=30)
+
+
+async def test_given_default_settings_and_the_documented_api_only_then_one_put_and_success_once_ready(
+    make_stack: Any, fake_api: CloudAmqpStandIn
+) -> None:
+    fake_api.blog = "absent"  # the documented service: no actions/upgrade endpoint
+    fake_api.reconfigure_seconds = 1.5
+    seed = seed_instance(fake_api, "bunny-1")
+    other = fake_api.add_instance("other-instance", "hare-1")
+    # Default settings: UPGRADE_API unset (auto); the seed instance configured by its UUID.
+    stack = make_stack(CLOUDAMQP_INSTANCE_ID=f"{SEED_INSTANCE},other-instance")
+    await stack.start_receiver()
+    worker = await stack.start_worker()
+
+    # The alarm names the instance by its API id, as a JSON number.
+    assert (await stack.post(seed_alarm(instance_id=SEED_API_ID)))[0] == 202
+    assert (await stack.post(seed_alarm(instance_id="other-instance")))[0] == 202
+
+    actions = await wait_until(
+        lambda: _all_succeeded(stack, 2), timeout=30, what="both upgrades confirmed by CloudAMQP"
+    )
+    puts = [r for r in fake_api.upgrade_requests() if r.method == "PUT"]
+    assert sorted(r.path for r in puts) == sorted([f"/api/instances/{seed.id}", f"/api/instances/{other.id}"])
+    assert all(r.headers["Authorization"] == BASIC and r.body == {"plan": "bunny-2"} for r in puts)
+    assert all(r.status == 200 for r in puts)
+    # The blog's endpoint was asked once in this process, and answered 404: nothing was done.
+    blog = [r for r in fake_api.upgrade_requests() if r.path.endswith(BLOG_PATH)]
+    assert [r.status for r in blog] == [404]
+    assert len(worker.events("api.documented_in_use")) == 1
+    # Succeeded only after CloudAMQP said the instance was ready on the new plan.
+    by_instance = {a["instance"]: a for a in actions}
+    for instance, name in ((seed, SEED_INSTANCE), (other, "other-instance")):
+        action = by_instance[name]
+        assert instance.ready_at is not None and at(action["updated_at"]) >= instance.ready_at
+        assert action["reconfigure_seconds"] >= 1.4
+        assert "reconfigured in" in action["detail"]
+    assert (seed.plan, other.plan) == ("bunny-2", "bunny-2")
+    # The first look saw it still reconfiguring.
+    assert any(e.get("ready") is False for e in worker.events("upgrade.waiting"))
+    _, audit = await stack.get("/audit")
+    confirmed = [e for e in audit["audit"] if e["act"] == "upgrade.confirmed"]
+    assert len(confirmed) == 2 and all(e["detail"]["reconfigure_seconds"] >= 1.4 for e in confirmed)
+
+
+async def _all_succeeded(stack: Any, count: int) -> list[dict[str, Any]]:
+    rows = await stack.actions()
+    return rows if len(rows) == count and all(r["status"] == "succeeded" for r in rows) else []
+
+
+async def test_given_an_instance_busy_longer_than_every_retry_delay_then_it_is_not_parked_and_changed_once(
+    make_stack: Any, fake_api: CloudAmqpStandIn, vhost: str
+) -> None:
+    fake_api.blog = "absent"
+    seed = seed_instance(fake_api, "bunny-1")
+    seed.ready, seed.target = False, "bunny-1"  # CloudAMQP configuring it (a change of the customer's)
+    stack = make_stack(MAX_ATTEMPTS="2", UPGRADE_CONFIRM_TIMEOUT_SECONDS="60")
+    await stack.start_receiver()
+    worker = await stack.start_worker()
+
+    assert (await stack.post(seed_alarm()))[0] == 202
+    # Busy for several looks: longer than RETRY_DELAYS together (0.7 s) and MAX_ATTEMPTS.
+    await worker.wait_event("upgrade.busy", count=4, timeout=20)
+    assert fake_api.upgrade_requests() == []  # no change asked of a busy instance
+    seed.finish()
+
+    [action] = await wait_until(lambda: _all_succeeded(stack, 1), timeout=30, what="the upgrade")
+    assert [(r.method, r.status) for r in fake_api.upgrade_requests() if r.method == "PUT"] == [("PUT", 200)]
+    assert action["attempts"] == 1
+    assert await parked_messages(vhost) == []
+
+
+async def test_given_423_twice_then_one_success_without_spending_attempts(
+    make_stack: Any, fake_api: CloudAmqpStandIn
+) -> None:
+    fake_api.blog = "absent"
+    seed_instance(fake_api, "bunny-1")
+    fake_api.script = [404, 423, 423]  # the blog's endpoint (absent), then Locked twice
+    stack = make_stack(MAX_ATTEMPTS="2")
+    await stack.start_receiver()
+    await stack.start_worker()
+
+    assert (await stack.post(seed_alarm()))[0] == 202
+
+    await wait_until(lambda: _all_succeeded(stack, 1), timeout=30, what="the upgrade")
+    assert [r.status for r in fake_api.upgrade_requests() if r.method == "PUT"] == [423, 423, 200]
+
+
+async def test_given_a_wait_for_your_cluster_422_then_the_worker_waits_and_changes_once(
+    make_stack: Any, fake_api: CloudAmqpStandIn
+) -> None:
+    fake_api.blog = "absent"
+    seed_instance(fake_api, "bunny-1")
+    fake_api.script = [404, 422]  # "Please wait for your cluster to be configured…"
+    stack = make_stack(MAX_ATTEMPTS="1")
+    await stack.start_receiver()
+    worker = await stack.start_worker()
+
+    assert (await stack.post(seed_alarm()))[0] == 202
+
+    await wait_until(lambda: _all_succeeded(stack, 1), timeout=30, what="the upgrade")
+    assert [r.status for r in fake_api.upgrade_requests() if r.method == "PUT"] == [422, 200]
+    [busy] = worker.events("upgrade.busy")
+    assert "Please wait for your cluster to be configured" in busy["error"]
+
+
+async def test_given_an_account_suspended_40005_then_one_call_and_parked_with_cloudamqps_words(
+    make_stack: Any, fake_api: CloudAmqpStandIn, vhost: str
+) -> None:
+    fake_api.blog = "absent"
+    seed_instance(fake_api, "bunny-1")
+    suspended = {"error": "Your account is suspended", "error_code": 40005}
+    fake_api.script = [404, (400, {}, suspended)]
+    stack = make_stack()
+    await stack.start_receiver()
+    await stack.start_worker()
+
+    assert (await stack.post(seed_alarm()))[0] == 202
+
+    [action] = await status_of(stack)
+    assert action["status"] == "failed"
+    assert "Your account is suspended" in action["detail"] and "40005" in action["detail"]
+    assert [r.status for r in fake_api.upgrade_requests() if r.method == "PUT"] == [400]
+    [message] = await parked_messages(vhost)
+    assert "Your account is suspended" in str(message.headers[envelope.H_ERROR])
+
+
+async def test_given_40001_firewall_still_configuring_then_retried(
+    make_stack: Any, fake_api: CloudAmqpStandIn
+) -> None:
+    fake_api.blog = "absent"
+    seed_instance(fake_api, "bunny-1")
+    fake_api.script = [404, (400, {}, {"error": "Firewall is being configured", "error_code": 40001})]
+    stack = make_stack(QUICK_RETRIES="0")
+    await stack.start_receiver()
+    await stack.start_worker()
+
+    assert (await stack.post(seed_alarm()))[0] == 202
+
+    [action] = await wait_until(lambda: _all_succeeded(stack, 1), timeout=30, what="the upgrade")
+    assert [r.status for r in fake_api.upgrade_requests() if r.method == "PUT"] == [400, 200]
+    assert action["attempts"] == 2
+
+
+async def test_given_429_with_retry_after_then_the_next_try_waits_for_it_and_without_it_is_retried(
+    make_stack: Any, fake_api: CloudAmqpStandIn
+) -> None:
+    fake_api.blog = "absent"
+    seed_instance(fake_api, "bunny-1")
+    other = fake_api.add_instance("other-instance", "bunny-1")
+    fake_api.script = [404, (429, {"Retry-After": "2"})]
+    stack = make_stack(CLOUDAMQP_INSTANCE_ID=f"{SEED_INSTANCE},other-instance")
+    await stack.start_receiver()
+    await stack.start_worker()
+
+    assert (await stack.post(seed_alarm()))[0] == 202
+    await wait_until(lambda: _all_succeeded(stack, 1), timeout=30, what="the first upgrade")
+    first, second = [r for r in fake_api.upgrade_requests() if r.method == "PUT"]
+    assert (first.status, second.status) == (429, 200)
+    assert second.at - first.answered_at >= 2.0
+
+    fake_api.script = [429]  # no Retry-After: backed off (at most 60 s) and tried again
+    assert (await stack.post(seed_alarm(instance_id="other-instance")))[0] == 202
+    await wait_until(lambda: _all_succeeded(stack, 2), timeout=30, what="the second upgrade")
+    statuses = [r.status for r in fake_api.upgrade_requests() if r.path == f"/api/instances/{other.id}"]
+    assert statuses == [429, 200]
+
+
+async def test_given_the_console_uuid_and_an_instance_configured_by_name_then_the_put_goes_to_its_id(
+    make_stack: Any, fake_api: CloudAmqpStandIn
+) -> None:
+    fake_api.blog = "absent"
+    seed = seed_instance(fake_api, "bunny-1")
+    stack = make_stack(CLOUDAMQP_INSTANCE_ID="seed-instance")  # by name
+    await stack.start_receiver()
+    await stack.start_worker()
+
+    assert (await stack.post(seed_alarm(instance_id=SEED_INSTANCE)))[0] == 202  # the UUID
+    assert (await stack.post(seed_alarm(instance_id="someone-elses-instance")))[0] == 202
+
+    rows = await wait_until(lambda: _decided(stack), timeout=30, what="both alarms decided")
+    reasons = {a["instance"]: (a["status"], a["reason"]) for a in rows}
+    assert reasons == {
+        "seed-instance": ("succeeded", None),
+        "someone-elses-instance": ("skipped", "not_managed"),
+    }
+    assert [r.path for r in fake_api.upgrade_requests() if r.method == "PUT"] == [f"/api/instances/{seed.id}"]
+    # The unknown id re-read CloudAMQP's list once (at most once a minute), and was never acted on.
+    assert len([r for r in fake_api.reads() if r.path == "/api/instances"]) <= 2
+
+
+async def _decided(stack: Any) -> list[dict[str, Any]]:
+    rows = await stack.actions()
+    return rows if len(rows) == 2 and all(r["status"] in {"succeeded", "skipped"} for r in rows) else []
+
+
+async def test_given_a_second_alarm_after_the_cooldown_while_the_first_change_reconfigures_then_no_second_put(
+    make_stack: Any, fake_api: CloudAmqpStandIn
+) -> None:
+    fake_api.blog = "absent"
+    fake_api.reconfigure_seconds = 3600  # CloudAMQP still applying the first change
+    seed_instance(fake_api, "bunny-1")
+    stack = make_stack(COOLDOWN_SECONDS="0", UPGRADE_PLAN="next")
+    await stack.start_receiver()
+    worker = await stack.start_worker()
+
+    assert (await stack.post(seed_alarm(value=85)))[0] == 202
+    await worker.wait_event("upgrade.accepted")
+    assert (await stack.post(seed_alarm(value=91)))[0] == 202
+
+    async def second_decided() -> list[dict[str, Any]]:
+        rows = await stack.actions()
+        return [r for r in rows if r["status"] == "skipped"]
+
+    [second] = await wait_until(second_decided, timeout=20, what="the second alarm decided")
+    assert second["reason"] == "reconfiguring" and "hare-1" in second["detail"]
+    assert [r.method for r in fake_api.upgrade_requests()] == ["POST", "PUT"]  # blog once, one PUT
+
+
+async def test_given_a_key_refused_by_both_apis_then_parked_as_refused_and_the_key_is_never_said(
+    make_stack: Any, fake_api: CloudAmqpStandIn, vhost: str
+) -> None:
+    fake_api.blog = "refuses"
+    fake_api.api_key = "the-key-cloudamqp-knows"
+    seed_instance(fake_api, "bunny-1")
+    stack = make_stack()
+    await stack.start_receiver()
+    worker = await stack.start_worker()
+
+    assert (await stack.post(seed_alarm()))[0] == 202
+
+    [action] = await status_of(stack)
+    assert action["status"] == "failed" and "the CloudAMQP API key was refused" in action["detail"]
+    assert [r.method for r in fake_api.upgrade_requests()] == ["POST", "PUT"]
+    [message] = await parked_messages(vhost)
+    assert "the CloudAMQP API key was refused" in str(message.headers[envelope.H_ERROR])
+    assert API_KEY not in worker.log_path.read_text() and API_KEY not in str(message.headers)
+
+
+async def test_given_the_blog_answering_api_then_the_seeds_call_is_unchanged(
+    make_stack: Any, fake_api: CloudAmqpStandIn
+) -> None:
+    seed_instance(fake_api, "bunny-1")  # the account has it; the blog's endpoint answers
+    stack = make_stack()
+    await stack.start_receiver()
+    worker = await stack.start_worker()
+
+    assert (await stack.post(seed_alarm()))[0] == 202
+    assert (await stack.post(seed_alarm(alarm_type="memory", value=86, instance_id=SEED_API_ID)))[0] == 202
+
+    await wait_until(lambda: worker.events("upgrade.succeeded"), timeout=30, what="the upgrade")
+    [post] = fake_api.upgrade_requests()
+    assert post.method == "POST" and post.path == f"/api/instances/{SEED_API_ID}{BLOG_PATH}"
+    assert post.headers["Authorization"] == f"Bearer {API_KEY}"
+    assert post.body == {"plan": "bunny-2", "reason": "Automatic upgrade triggered by memory alarm (85%)"}
+    assert worker.events("api.blog_in_use")
