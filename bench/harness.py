@@ -32,6 +32,17 @@ SERVICES = Services(
 API_KEY = "bench-api-key"
 
 
+def stand_in_args(port: int, latency: float) -> list[str]:
+    """Arguments of the CloudAMQP stand-in (``tests.cloudamqp_stand_in``) in its own process:
+    the blog's endpoint answering, as the benchmarks' instances are not in its account."""
+    return ["--port", str(port), "--latency", str(latency), "--key", API_KEY]
+
+
+def plan_changes(rows: list[list[Any]]) -> list[list[Any]]:
+    """The stand-in's recorded requests ``[epoch, method, path, status]`` that asked for a plan change."""
+    return [r for r in rows if r[2].endswith("/actions/upgrade") or (r[1] == "PUT" and r[2].count("/") == 3)]
+
+
 def percentile(values: Iterable[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100) of ``values``; NaN when empty."""
     ordered = sorted(values)

@@ -20,7 +20,16 @@ from typing import Any
 
 import aiohttp
 
-from bench.harness import API_KEY, cpu_seconds, free_port, fresh_vhost, percentile, wait_http_ready
+from bench.harness import (
+    API_KEY,
+    cpu_seconds,
+    free_port,
+    fresh_vhost,
+    percentile,
+    plan_changes,
+    stand_in_args,
+    wait_http_ready,
+)
 from bench.load import publish_routed, routed
 from bench.suite import Config, alarm_body, decided_count, receiver_env, running, store_url
 
@@ -76,9 +85,9 @@ def route(storm: Storm, lanes: bool) -> list[tuple[str, Any]]:
 
 
 async def _arrivals(api_url: str) -> list[list[Any]]:
-    async with aiohttp.ClientSession() as http, http.get(f"{api_url}/_bench/arrivals") as resp:
+    async with aiohttp.ClientSession() as http, http.get(f"{api_url}/_stand_in/requests") as resp:
         rows: list[list[Any]] = await resp.json()
-    return rows
+    return plan_changes(rows)
 
 
 async def run_storm(
@@ -98,7 +107,7 @@ async def run_storm(
             "RETRY_DELAYS": "0.2,0.5",
         }
         async with aiohttp.ClientSession() as http:
-            await http.delete(f"{api_url}/_bench/arrivals")
+            await http.delete(f"{api_url}/_stand_in/requests")
         port = free_port()
         if arrivals_per_s:
             lane = {"FAST_LANE": "true" if lanes else "false"}
@@ -133,7 +142,7 @@ async def run_storm(
         cpu = sum(cpu_seconds(w.popen.pid) for w in workers) - cpu_before
         rows = await _arrivals(api_url)
         fallbacks = sum(1 for w in workers for e in w.lines() if e.get("event") == "batch.fallback")
-    by_instance = {path.split("/")[3]: t for t, _, path in rows}
+    by_instance = {path.split("/")[3]: t for t, _, path, _ in rows}
     storm_upgrades = [by_instance[i] - start for i in storm.upgrades if i in by_instance]
     out: dict[str, Any] = {
         "store": kind,
@@ -190,9 +199,9 @@ async def bench_storm(cfg: Config) -> dict[str, Any]:
     }
     async with running(cfg) as procs:
         api_port = free_port()
-        procs.spawn("bench.stand_in", {}, ["--port", str(api_port), "--latency", "0.05"])
+        procs.spawn("tests.cloudamqp_stand_in", {}, stand_in_args(api_port, 0.05))
         api_url = f"http://127.0.0.1:{api_port}"
-        await wait_http_ready(f"{api_url}/_bench/arrivals")
+        await wait_http_ready(f"{api_url}/_stand_in/requests")
         for kind, k in cfg.storm_runs:
             out["runs"].append(await run_storm(cfg, api_url, storm, kind, k, lanes=True))
         for lanes in (False, True):

@@ -31,7 +31,9 @@ from bench.harness import (
     fresh_vhost,
     machine_cpu,
     percentile,
+    plan_changes,
     rss_mb,
+    stand_in_args,
     wait_http_ready,
     wait_until,
 )
@@ -361,8 +363,8 @@ def summarise_collapsed(path: Path, top: int = 15) -> list[tuple[str, float]]:
 async def bench_flask(cfg: Config, receiver_rate: float | None) -> dict[str, Any]:
     async with running(cfg) as procs:
         api_port, port = free_port(), free_port()
-        procs.spawn("bench.stand_in", {}, ["--port", str(api_port), "--latency", "0.2"])
-        await wait_http_ready(f"http://127.0.0.1:{api_port}/_bench/arrivals")
+        procs.spawn("tests.cloudamqp_stand_in", {}, stand_in_args(api_port, 0.2))
+        await wait_http_ready(f"http://127.0.0.1:{api_port}/_stand_in/requests")
         flask = procs.spawn(
             "bench.flask_app", {}, ["--port", str(port), "--api", f"http://127.0.0.1:{api_port}"]
         )
@@ -556,9 +558,9 @@ async def bench_workers(cfg: Config) -> dict[str, Any]:
     out: dict[str, Any] = {"raw": {}, "worker": {}}
     async with running(cfg) as procs:
         api_port = free_port()
-        procs.spawn("bench.stand_in", {}, ["--port", str(api_port), "--latency", "0.05"])
+        procs.spawn("tests.cloudamqp_stand_in", {}, stand_in_args(api_port, 0.05))
         api_url = f"http://127.0.0.1:{api_port}"
-        await wait_http_ready(f"{api_url}/_bench/arrivals")
+        await wait_http_ready(f"{api_url}/_stand_in/requests")
 
         async def bracketed(k: int, extra: dict[str, str] | None = None, **kw: Any) -> dict[str, Any]:
             before = [await run_raw_consumers(cfg, k) for _ in range(2)]
@@ -636,9 +638,9 @@ async def e2e_ours(cfg: Config, extra: dict[str, str]) -> dict[str, Any]:
     sent: dict[str, float] = {}
     async with fresh_vhost() as amqp_url, running(cfg) as procs:
         api_port, port = free_port(), free_port()
-        procs.spawn("bench.stand_in", {}, ["--port", str(api_port), "--latency", "0"])
+        procs.spawn("tests.cloudamqp_stand_in", {}, stand_in_args(api_port, 0))
         api_url = f"http://127.0.0.1:{api_port}"
-        await wait_http_ready(f"{api_url}/_bench/arrivals")
+        await wait_http_ready(f"{api_url}/_stand_in/requests")
         env = receiver_env(
             amqp_url,
             cfg.workdir,
@@ -671,12 +673,12 @@ async def e2e_ours(cfg: Config, extra: dict[str, str]) -> dict[str, Any]:
             await asyncio.gather(*tasks)
 
             async def arrivals() -> list[Any]:
-                async with http.get(f"{api_url}/_bench/arrivals") as resp:
-                    rows = await resp.json()
+                async with http.get(f"{api_url}/_stand_in/requests") as resp:
+                    rows = plan_changes(await resp.json())
                 return rows if len(rows) >= n else []
 
             rows = await wait_until(arrivals, timeout=60, interval=0.2, what="every upgrade at the stand-in")
-    latencies = [(t - sent[path.split("/")[3]]) * 1000 for t, _, path in rows]
+    latencies = [(t - sent[path.split("/")[3]]) * 1000 for t, _, path, _ in rows]
     return {
         "p50_ms": round(percentile(latencies, 50), 1),
         "p99_ms": round(percentile(latencies, 99), 1),

@@ -237,10 +237,24 @@ class CloudAmqpStandIn:
         return [r for r in self.requests if r.method == "GET"]
 
     def successes(self) -> Counter[str]:
-        """Plan changes answered 2xx, per instance as the path named it."""
+        """Plan changes answered 2xx, per instance name (as the path named it, if unknown)."""
         return Counter(
-            r.instance for r in self.upgrade_requests() if isinstance(r.status, int) and 200 <= r.status < 300
+            self._name(r.instance)
+            for r in self.upgrade_requests()
+            if isinstance(r.status, int) and 200 <= r.status < 300
         )
+
+    def outcomes(self) -> Counter[str]:
+        """``"PUT 200"``, ``"POST hang"``…: every request by method and answer."""
+        return Counter(f"{r.method} {r.status}" for r in self.requests)
+
+    def in_flight(self) -> int:
+        """Plan changes that arrived and are not answered yet."""
+        return sum(1 for r in self.upgrade_requests() if r.status == 0)
+
+    def _name(self, ref: str) -> str:
+        found = self.find(ref)
+        return found.name if found is not None else ref
 
     @property
     def arrived(self) -> int:

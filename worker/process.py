@@ -145,6 +145,9 @@ class Processor:
         self.finishes = Finishes(store)  # upgrades' outcomes, recorded together when together
         self.directory = Directory()  # ids compared as given until CloudAMQP's list is read
         self._listed_at: float | None = None  # monotonic time of the last read of that list
+        # Why the last read of that list failed, when it may work on another try (a name
+        # cannot be called by: an upgrade waits for the list rather than guess).
+        self.listing_error: RetryableError | None = None
 
     async def resolve_instances(self, *, force: bool = False) -> None:
         """Tie ``CLOUDAMQP_INSTANCE_ID``'s names to CloudAMQP's instances (``GET
@@ -160,8 +163,10 @@ class Processor:
         try:
             listing = await self.client.list_instances()
         except (RetryableError, PermanentError) as exc:
+            self.listing_error = exc if isinstance(exc, RetryableError) else None
             log.warning("instances.unresolved", error=str(exc), detail="instance ids are compared as given")
             return
+        self.listing_error = None
         self.directory = Directory.from_listing(self.settings.instance_ids, listing)
         log.info(
             "instances.resolved",
@@ -702,6 +707,7 @@ class UpgradeCall:
         if cleared is not None:
             return await self._skip_after_read(cleared)
         try:
+            await self._listed()
             plan = await self._target_plan()
             if isinstance(plan, Skip):
                 return await self._skip_after_read(plan)
@@ -730,6 +736,14 @@ class UpgradeCall:
             ),
         )
         return self.processor.follow(job.alarm.event_id, upgrade.instance_id, plan)
+
+    async def _listed(self) -> None:
+        """CloudAMQP's instance list, read (again) if its last read failed for a reason that
+        may pass: until it is read, the configured name is not known to be callable."""
+        if self.processor.listing_error is not None:
+            await self.processor.resolve_instances(force=True)
+            if self.processor.listing_error is not None:
+                raise self.processor.listing_error
 
     @property
     def api_id(self) -> str:

@@ -3,8 +3,8 @@ set of alarms through the real processes while something breaks, then reconcile.
 
 accepted = processed, lost = 0, duplicate upgrades = 0, and nothing unexplained in any queue.
 
-- ``StandIn``: the CloudAMQP API (both modes), with fault windows (503s, hangs), counting the
-  upgrade requests it answered with success per instance.
+- ``CloudAmqpStandIn`` (``tests.cloudamqp_stand_in``): the CloudAMQP API, with fault windows
+  (503s, hangs), counting the upgrade requests it answered with success per instance.
 - ``OwnBroker``: a second RabbitMQ node this suite starts, stops and kills, on its own ports
   with its own data directory — never the machine's shared broker.
 - ``OwnCluster``: three such nodes with a cookie of their own, joined into one cluster.
@@ -37,10 +37,10 @@ from urllib.parse import quote, urlsplit
 
 import aio_pika
 import aiohttp
-from aiohttp import web
 
 from shared import topology
 from shared.store import DONE_STATUSES, Store
+from tests.cloudamqp_stand_in import CloudAmqpStandIn
 from tests.support import Proc, Services, free_port, management_request, wait_until
 
 API_KEY = "chaos-api-key"
@@ -112,103 +112,6 @@ def plan_alarms(size: Size, prefix: str, seed: int = 8) -> Plan:
     alarms += [{"alarm_type": "memory", "value": 50, "instance_id": q, "triggered_at": now} for q in quiet]
     rng.shuffle(alarms)
     return Plan(alarms, instances, quiet)
-
-
-# --- the stand-in CloudAMQP API --------------------------------------------------------------
-
-
-@dataclass
-class ApiCall:
-    at: float
-    method: str
-    instance: str
-    outcome: str  # "200", "503", "hang", …
-
-
-@dataclass
-class StandIn:
-    """The CloudAMQP API on loopback, both modes (``actions`` POST, ``instances`` GET/PUT).
-
-    ``fail_until`` / ``hang_until`` (monotonic seconds) open fault windows: until then every
-    upgrade request (and plan read) is answered 503, or never answered at all. A request that
-    hangs changes nothing; a 2xx upgrade applies the plan at once — even when the client has
-    gone by then (the API carries out what it received).
-    """
-
-    plans: dict[str, str] = field(default_factory=dict)
-    latency: float = 0.0
-    fail_until: float = 0.0
-    hang_until: float = 0.0
-    calls: list[ApiCall] = field(default_factory=list)
-    arrived: int = 0  # upgrade requests received, answered or not
-    port: int = 0
-    _runner: web.AppRunner | None = None
-    _released: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_route("*", "/api/instances/{instance}", self._instance)
-        app.router.add_post("/api/instances/{instance}/actions/upgrade", self._action)
-        # Like a real API, a request that arrived is carried out even when the client hangs up
-        # before the answer (aiohttp's default; said here because the suite depends on it).
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=False)
-        await self._runner.setup()
-        self.port = free_port()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        self._released.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    async def _fault(self, method: str, instance: str) -> web.Response | None:
-        if method in {"POST", "PUT"}:
-            self.arrived += 1
-        now = time.monotonic()
-        if now < self.hang_until:
-            self.calls.append(ApiCall(time.time(), method, instance, "hang"))
-            await self._released.wait()  # the caller gives up (its timeout) long before
-            return web.json_response({"error": "hung"}, status=504)
-        if now < self.fail_until:
-            self.calls.append(ApiCall(time.time(), method, instance, "503"))
-            return web.json_response({"error": "maintenance"}, status=503)
-        if self.latency:
-            await asyncio.sleep(self.latency)
-        return None
-
-    async def _instance(self, request: web.Request) -> web.Response:
-        instance = request.match_info["instance"]
-        body = await request.json() if request.method == "PUT" else None  # all of it arrived
-        fault = await self._fault(request.method, instance)
-        if fault is not None:
-            return fault
-        if body is None:
-            self.calls.append(ApiCall(time.time(), "GET", instance, "200"))
-            return web.json_response({"id": instance, "plan": self.plans.get(instance, START_PLAN)})
-        self.plans[instance] = body["plan"]
-        self.calls.append(ApiCall(time.time(), request.method, instance, "200"))
-        return web.json_response({"id": instance, "plan": body["plan"]})
-
-    async def _action(self, request: web.Request) -> web.Response:
-        instance = request.match_info["instance"]
-        body = await request.json()  # all of it arrived
-        fault = await self._fault("POST", instance)
-        if fault is not None:
-            return fault
-        self.plans[instance] = body["plan"]
-        self.calls.append(ApiCall(time.time(), "POST", instance, "200"))
-        return web.json_response({"status": "upgrade started"})
-
-    def successes(self) -> Counter[str]:
-        """Upgrade requests answered with success, per instance."""
-        return Counter(c.instance for c in self.calls if c.method in {"POST", "PUT"} and c.outcome == "200")
-
-    def outcomes(self) -> Counter[str]:
-        return Counter(f"{c.method} {c.outcome}" for c in self.calls)
 
 
 # --- a broker of our own ---------------------------------------------------------------------
@@ -541,8 +444,13 @@ class Stack:
 
 
 def stack_env(
-    amqp_url: str, database_url: str, api: StandIn, instances: Iterable[str], **extra: str
+    amqp_url: str, database_url: str, api: CloudAmqpStandIn, instances: Iterable[str], **extra: str
 ) -> dict[str, str]:
+    """The stack's environment; the instances join the stand-in's account (on START_PLAN)."""
+    instances = list(instances)
+    for name in instances:
+        if api.find(name) is None:
+            api.add_instance(name, START_PLAN)
     return {
         "RABBITMQ_URL": amqp_url,
         "DATABASE_URL": database_url,
@@ -554,6 +462,7 @@ def stack_env(
         "CLOUDAMQP_INSTANCE_ID": ",".join(instances),
         "UPGRADE_PLAN": TARGET_PLAN,
         "RETRY_DELAYS": ",".join(str(d) for d in RETRY_DELAYS),
+        "UPGRADE_POLL_SECONDS": str(RETRY_DELAYS[1]),
         "MAX_ATTEMPTS": str(MAX_ATTEMPTS),
         "CLAIM_LEASE_SECONDS": "3",
         "CLOUDAMQP_API_TIMEOUT": "2",
@@ -765,7 +674,13 @@ class Expectation:
 
 
 async def settle(
-    stack: Stack, expect: Expectation, api: StandIn, amqp_url: str, database_url: str, *, timeout: float
+    stack: Stack,
+    expect: Expectation,
+    api: CloudAmqpStandIn,
+    amqp_url: str,
+    database_url: str,
+    *,
+    timeout: float,
 ) -> None:
     """Wait until every accepted event is decided, every expected upgrade happened and our
     queues hold nothing ready; then stop the workers (they finish what they hold) and make
@@ -801,7 +716,7 @@ async def settle(
 
 
 async def reconcile(
-    scenario: str, expect: Expectation, api: StandIn, amqp_url: str, database_url: str
+    scenario: str, expect: Expectation, api: CloudAmqpStandIn, amqp_url: str, database_url: str
 ) -> Summary:
     store = await Store.open(database_url)
     try:

@@ -20,6 +20,7 @@ import aio_pika
 
 from shared import topology
 from tests.chaos.harness import (
+    API_KEY,
     RETRY_DELAYS,
     Env,
     Expectation,
@@ -29,7 +30,6 @@ from tests.chaos.harness import (
     SendLog,
     Size,
     Stack,
-    StandIn,
     Summary,
     plan_alarms,
     queue_names,
@@ -38,6 +38,7 @@ from tests.chaos.harness import (
     settle,
     stack_env,
 )
+from tests.cloudamqp_stand_in import CloudAmqpStandIn
 from tests.support import TcpProxy, wait_until
 
 
@@ -65,8 +66,8 @@ class Faults:
 
 
 @contextlib.asynccontextmanager
-async def stand_in(**kwargs: Any) -> AsyncIterator[StandIn]:
-    api = StandIn(**kwargs)
+async def stand_in(**kwargs: Any) -> AsyncIterator[CloudAmqpStandIn]:
+    api = CloudAmqpStandIn(api_key=API_KEY, **kwargs)
     await api.start()
     try:
         yield api
@@ -92,7 +93,14 @@ def _send_deadline(plan: Plan, size: Size, slack: float) -> float:
 
 
 async def _finish(
-    name: str, stack: Stack, plan: Plan, log: SendLog, api: StandIn, amqp: str, db: str, faults: Faults
+    name: str,
+    stack: Stack,
+    plan: Plan,
+    log: SendLog,
+    api: CloudAmqpStandIn,
+    amqp: str,
+    db: str,
+    faults: Faults,
 ) -> Summary:
     expect = Expectation(plan, log)
     await settle(stack, expect, api, amqp, db, timeout=faults.settle_timeout)
@@ -196,7 +204,7 @@ async def broker_restart(env: Env, faults: Faults) -> Summary:
 
 
 async def _broker_cycles(
-    env: Env, faults: Faults, plan: Plan, rate: float, api: StandIn, amqp: str, outage: Any
+    env: Env, faults: Faults, plan: Plan, rate: float, api: CloudAmqpStandIn, amqp: str, outage: Any
 ) -> Summary:
     db = env.sqlite()
     senv = stack_env(amqp, db, api, plan.managed, UPGRADE_API="instances")
@@ -348,7 +356,7 @@ async def broker_drop_mid_call(env: Env, faults: Faults) -> Summary:
                 await wait_until(
                     lambda: api.arrived >= 1, timeout=30, interval=0.01, what="an upgrade in flight"
                 )
-                in_flight = api.arrived - len([c for c in api.calls if c.method == "POST"])
+                in_flight = api.in_flight()
                 await proxy.cut()
                 await wait_until(
                     lambda: stack.worker_events("broker.connection_lost"),

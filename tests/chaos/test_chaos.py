@@ -77,14 +77,15 @@ async def test_given_the_api_answering_503_for_a_while_then_every_upgrade_happen
     chaos_env: Env,
 ) -> None:
     summary = await run("api-503", chaos_env)
-    assert summary.details["api"].get("POST 503", 0) > 0, "the outage was never hit"
+    # The worker reads the instance before it asks for a change: the outage may meet either.
+    assert sum(n for k, n in summary.details["api"].items() if k.endswith(" 503")) > 0, "never hit"
 
 
 async def test_given_the_api_hanging_past_the_timeout_then_every_upgrade_happens_once_afterwards(
     chaos_env: Env,
 ) -> None:
     summary = await run("api-hang", chaos_env)
-    assert summary.details["api"].get("POST hang", 0) > 0, "the hang was never hit"
+    assert sum(n for k, n in summary.details["api"].items() if k.endswith(" hang")) > 0, "never hit"
 
 
 async def test_given_the_store_refusing_connections_during_upgrades_then_nothing_is_lost_or_repeated(

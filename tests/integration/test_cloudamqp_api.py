@@ -4,6 +4,7 @@ its asynchronous plan change, its refusals and its ids, through the real receive
 from __future__ import annotations
 
 import base64
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -290,3 +291,25 @@ async def test_given_the_blog_answering_api_then_the_seeds_call_is_unchanged(
     assert post.headers["Authorization"] == f"Bearer {API_KEY}"
     assert post.body == {"plan": "bunny-2", "reason": "Automatic upgrade triggered by memory alarm (85%)"}
     assert worker.events("api.blog_in_use")
+
+
+async def test_given_the_instance_list_unreadable_at_start_then_an_upgrade_waits_for_it_instead_of_guessing(
+    make_stack: Any, fake_api: CloudAmqpStandIn, vhost: str
+) -> None:
+    fake_api.blog = "absent"
+    seed = seed_instance(fake_api, "bunny-1")
+    fake_api.fail_until = time.monotonic() + 3600  # CloudAMQP answers 503 to everything
+    stack = make_stack(CLOUDAMQP_INSTANCE_ID="seed-instance", QUICK_RETRIES="0", MAX_ATTEMPTS="50")
+    await stack.start_receiver()
+    worker = await stack.start_worker()
+    assert worker.events("instances.unresolved")
+
+    assert (await stack.post(seed_alarm(instance_id="seed-instance")))[0] == 202
+    await worker.wait_event("upgrade.retrying", count=2)
+    fake_api.fail_until = 0.0
+
+    await wait_until(lambda: _all_succeeded(stack, 1), timeout=30, what="the upgrade")
+    assert [(r.path, r.status) for r in fake_api.upgrade_requests() if r.method == "PUT"] == [
+        (f"/api/instances/{seed.id}", 200)
+    ]
+    assert await parked_messages(vhost) == []
