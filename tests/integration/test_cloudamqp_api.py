@@ -75,6 +75,9 @@ async def test_given_default_settings_and_the_documented_api_only_then_one_put_a
     assert (seed.plan, other.plan) == ("bunny-2", "bunny-2")
     # The first look saw it still reconfiguring.
     assert any(e.get("ready") is False for e in worker.events("upgrade.waiting"))
+    # The instance's own secrets (its AMQP URL's password, its apikey) were read, never kept.
+    for text in (worker.log_path.read_text(), repr(actions)):
+        assert "instance-password-" not in text and "instance-apikey-" not in text
     _, audit = await stack.get("/audit")
     confirmed = [e for e in audit["audit"] if e["act"] == "upgrade.confirmed"]
     assert len(confirmed) == 2 and all(e["detail"]["reconfigure_seconds"] >= 1.4 for e in confirmed)

@@ -54,6 +54,8 @@ def test_values_are_parsed() -> None:
         ("MAX_ATTEMPTS", "0"),
         ("DRY_RUN", "maybe"),
         ("UPGRADE_API", "soap"),
+        ("UPGRADE_POLL_SECONDS", "0"),
+        ("UPGRADE_CONFIRM_TIMEOUT_SECONDS", "soon"),
         ("DATABASE_URL", "mysql://x/y"),
         ("RABBITMQ_URL", "http://x"),
         ("COOLDOWN_SECONDS", "nan"),
