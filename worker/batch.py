@@ -32,7 +32,8 @@ import structlog
 from shared import metrics
 from shared.alarm import Alarm
 from worker.group_commit import commit_together, settle
-from worker.process import Processor, Then
+from worker.jobs import Then
+from worker.process import Processor
 
 log = structlog.get_logger("worker")
 

@@ -1,0 +1,106 @@
+"""Following a plan change CloudAMQP accepted: a check message comes back every
+``UPGRADE_POLL_SECONDS`` and reads the instance until it is ready on the new plan
+(``succeeded``, with how long it took) or the deadline passes (``unconfirmed``)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import structlog
+
+from shared import metrics, watch
+from shared.envelope import Check
+from shared.errors import PermanentError, RetryableError
+from shared.store import ActionStatus
+from worker.outcomes import Ack, Follow, Outcome
+from worker.plans import plan_shows
+
+if TYPE_CHECKING:
+    from worker.cloudamqp import InstanceState
+    from worker.process import Processor
+
+log = structlog.get_logger("worker")
+
+
+def first_look(
+    processor: Processor, action_id: str, instance_id: str, plan: str, *, accepted: bool = True
+) -> Follow:
+    """The first look at a plan change CloudAMQP accepted (just now, where ``accepted``),
+    one poll interval from now."""
+    now = processor.clock()
+    deadline = now + processor.settings.upgrade_confirm_timeout_seconds
+    check = Check(action_id, instance_id, plan, deadline, accepted_at=now if accepted else None)
+    return Follow(check, processor.settings.upgrade_poll_seconds)
+
+
+class PlanCheck:
+    """One look at a plan change under way (a ``Check`` message)."""
+
+    def __init__(self, processor: Processor):
+        self.processor = processor
+
+    async def run(self, check: Check) -> Outcome:
+        """Follow a plan change CloudAMQP accepted: ``succeeded`` once the instance is ready
+        on the new plan with every node configured (with how long that took), else look again
+        one poll later, until the deadline records ``unconfirmed``. Where the instance cannot
+        be read at all (the blog's world), CloudAMQP's 200 stands, said to be unconfirmed."""
+        assert self.processor.client is not None
+        bound = log.bind(action_id=check.action_id, instance=check.instance_id, plan=check.plan)
+        state: InstanceState | None
+        try:
+            state = await self.processor.client.readable(
+                self.processor.directory.api_id(check.instance_id), nodes=True
+            )
+            readable = state is not None
+        except (RetryableError, PermanentError) as exc:
+            bound.warning("upgrade.check_failed", error=str(exc))
+            state, readable = None, True
+        now = self.processor.clock()
+        if not readable:
+            detail = (
+                f"CloudAMQP accepted the change to {check.plan}; not confirmed: the instance cannot be read"
+            )
+            return await self._confirmed(check, bound, detail, None)
+        if state is not None and state.settled and plan_shows(check.plan, state.plan):
+            took = now - check.accepted_at if check.accepted_at is not None else None
+            detail = f"instance is now on {state.plan}" + (f"; reconfigured in {took:.0f}s" if took else "")
+            return await self._confirmed(check, bound, detail, took)
+        if now >= check.deadline:
+            seen = f"{state.plan}, ready: {state.ready}" if state is not None else "unknown"
+            detail = f"plan {check.plan} did not show before the deadline (last seen: {seen})"
+            if not await self.processor.store.confirm_action(
+                check.action_id, ActionStatus.UNCONFIRMED, detail, now
+            ):
+                return _say_confirmed(bound)
+            bound.error("upgrade.unconfirmed", detail=detail)
+            metrics.MESSAGES.labels("upgrade_unconfirmed").inc()
+            return Ack()
+        bound.info(
+            "upgrade.waiting",
+            current=state.plan if state else None,
+            ready=state.ready if state else None,
+            checks=check.checks + 1,
+        )
+        await watch.checked(self.processor.store.db, check.action_id, now)
+        return Follow(replace(check, checks=check.checks + 1), self.processor.settings.upgrade_poll_seconds)
+
+    async def _confirmed(
+        self, check: Check, bound: structlog.typing.FilteringBoundLogger, detail: str, took: float | None
+    ) -> Outcome:
+        now = self.processor.clock()
+        if not await self.processor.store.confirm_action(
+            check.action_id, ActionStatus.SUCCEEDED, detail, now, took
+        ):
+            return _say_confirmed(bound)
+        took_s = round(took, 1) if took is not None else None
+        bound.info("upgrade.succeeded", checks=check.checks + 1, reconfigure_seconds=took_s, detail=detail)
+        metrics.MESSAGES.labels("upgrade_confirmed").inc()
+        return Ack()
+
+
+def _say_confirmed(bound: structlog.typing.FilteringBoundLogger) -> Outcome:
+    """A second chain of checks (one the confirmation sweep sent, or a reschedule) found the
+    upgrade already closed by the other: nothing more to do."""
+    bound.info("upgrade.check_settled")
+    return Ack()

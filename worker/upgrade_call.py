@@ -1,0 +1,278 @@
+"""An upgrade whose cooldown claim this worker holds: ask the instance's own nodes whether the
+alarm still holds, read the instance (its plan; busy while CloudAMQP configures it), ask
+CloudAMQP for the plan, record the outcome, and release or complete the claim — renewing the
+claim's lease all the while."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from tenacity import AsyncRetrying, stop_after_delay, wait_exponential
+
+from shared import metrics
+from shared.errors import BusyError, PermanentError, RetryableError
+from shared.store import RECONFIGURING, ActionStatus, AuditEntry, Finish
+from worker.jobs import AUTOPILOT, Claim, Job, already_processed
+from worker.management import read_nodes
+from worker.outcomes import PERMANENT_ERROR, RETRIES_EXHAUSTED, Ack, Defer, Outcome, Park
+from worker.policy import Skip, SkipReason, Upgrade, resolve_plan
+from worker.verify import assess
+
+if TYPE_CHECKING:
+    from worker.process import Processor
+
+BUSY_STATUS = "busy"  # the reason of an action waiting for CloudAMQP to finish configuring
+
+
+class UpgradeCall:
+    """An upgrade whose claim this worker holds: read the plan where needed, call the API,
+    record the outcome, and release or complete the claim."""
+
+    def __init__(
+        self,
+        processor: Processor,
+        job: Job,
+        upgrade: Upgrade,
+        claim: Claim,
+        *,
+        approved_by: str | None = None,
+    ):
+        assert processor.client is not None
+        self.approved_by = approved_by
+        self.processor = processor
+        self.client = processor.client
+        self.settings = processor.settings
+        self.job = job
+        self.upgrade = upgrade
+        self.claim = claim
+        self.attempts = job.alarm.attempts + 1
+        self.unreadable = False  # the API showed no instance to read (the blog's world)
+
+    async def run(self) -> Outcome:
+        async with self._renewing():
+            return await self._call()
+
+    async def _call(self) -> Outcome:
+        job, upgrade = self.job, self.upgrade
+
+        async def before_request() -> None:
+            job.log.info("upgrade.requested", plan=job.plan, rule=upgrade.rule, api_id=self.api_id)
+
+        cleared = await self._verify()
+        if cleared is not None:
+            return await self._skip_after_read(cleared)
+        try:
+            await self._listed()
+            plan = await self._target_plan()
+            if isinstance(plan, Skip):
+                return await self._skip_after_read(plan)
+            job.plan = plan
+            await self.client.upgrade(self.api_id, plan, upgrade.reason, before_request)
+        except BusyError as exc:
+            return await self._busy(exc)
+        except RetryableError as exc:
+            return await self._retryable(exc)
+        except PermanentError as exc:
+            return await self._park(str(exc), PERMANENT_ERROR)
+        metrics.MESSAGES.labels("upgraded").inc()
+        metrics.LAST_UPGRADE.labels(upgrade.instance_id).set(self.processor.clock())
+        job.log.info("upgrade.accepted", plan=plan, attempts=self.attempts, api=self.client.api_in_use)
+        if self.unreadable:
+            # Nothing to follow: CloudAMQP's 200 stands, and the action says it is unconfirmed.
+            job.log.info("upgrade.succeeded", plan=plan, attempts=self.attempts, confirmed=False)
+            detail = f"{upgrade.reason}; not confirmed: the API shows no instance to read"
+            await self._record_call(ActionStatus.SUCCEEDED, detail=self._noted(detail))
+            return Ack()
+        await self._record_call(
+            ActionStatus.IN_PROGRESS,
+            reason=RECONFIGURING,
+            detail=self._noted(
+                f"CloudAMQP accepted the change to {plan}; waiting for the instance to be ready"
+            ),
+        )
+        return self.processor.follow(job.alarm.event_id, upgrade.instance_id, plan)
+
+    async def _listed(self) -> None:
+        """CloudAMQP's instance list, read (again) if its last read failed for a reason that
+        may pass: until it is read, the configured name is not known to be callable."""
+        if self.processor.listing_error is not None:
+            await self.processor.resolve_instances(force=True)
+            if self.processor.listing_error is not None:
+                raise self.processor.listing_error
+
+    @property
+    def api_id(self) -> str:
+        """The instance's id in the CloudAMQP API (its integer id, where the list gave it)."""
+        return self.processor.directory.api_id(self.upgrade.instance_id)
+
+    async def _busy(self, exc: BusyError) -> Outcome:
+        """CloudAMQP is configuring the instance: release the claim and look again one poll
+        later without spending an attempt, until ``UPGRADE_CONFIRM_TIMEOUT_SECONDS`` after
+        the first such answer; then park. A look at an approval counts it as a retry (its
+        check message carries no first-busy time)."""
+        alarm, now = self.job.alarm, self.processor.clock()
+        if self.approved_by is not None:
+            return await self._retryable(exc)
+        since = alarm.busy_since if alarm.busy_since is not None else now
+        limit = self.settings.upgrade_confirm_timeout_seconds
+        if now - since >= limit:
+            return await self._park(f"{exc} (busy for {now - since:.0f}s, over {limit:g}s)", BUSY_STATUS)
+        self.job.log.info("upgrade.busy", error=str(exc), busy_s=round(now - since, 1))
+        await self._finish(ActionStatus.RETRYING, succeeded=False, reason=BUSY_STATUS, detail=str(exc))
+        return Defer(self.settings.upgrade_poll_seconds, str(exc), busy_since=since)
+
+    async def _verify(self) -> Skip | None:
+        """Ask the instance's own nodes whether the alarm's condition still holds: a skip
+        (``condition_cleared``) when no node shows it any more. A management API that cannot
+        be read never holds the upgrade up: it goes ahead, recorded as unverified."""
+        condition, api = self.upgrade.condition, self.processor.management
+        instance = self.upgrade.instance_id
+        if condition is None or api is None or not api.covers(instance):
+            return None
+        readings = await read_nodes(api, instance)
+        if isinstance(readings, str):
+            metrics.BROKER_CHECKS.labels("unverified").inc()
+            self.job.verification = {"status": "unverified", "error": readings}
+            self.job.log.warning("upgrade.unverified", error=readings)
+            return None
+        found = assess(condition, readings)
+        figures = {"value": found.value, "nodes": list(found.nodes), "checked": found.describe(condition)}
+        metrics.BROKER_CHECKS.labels(
+            {None: "unverified", True: "verified", False: "cleared"}[found.holds]
+        ).inc()
+        if found.holds is None:
+            self.job.verification = {"status": "unverified", "error": found.describe(condition), **figures}
+            self.job.log.warning("upgrade.unverified", error=found.describe(condition))
+            return None
+        if found.holds:
+            self.job.verification = {"status": "verified", **figures}
+            self.job.log.info("upgrade.verified", checked=found.describe(condition))
+            return None
+        self.job.verification = {"status": "cleared", **figures}
+        detail = f"the instance's nodes no longer show it: {found.describe(condition)}"
+        return Skip(SkipReason.CONDITION_CLEARED, detail)
+
+    def _noted(self, detail: str) -> str:
+        """The outcome's detail, saying so when the broker check could not verify the alarm."""
+        verification = self.job.verification
+        if verification is None or verification.get("status") != "unverified":
+            return detail
+        return f"{detail} (unverified: {verification.get('error')})"
+
+    async def _target_plan(self) -> str | Skip:
+        """Read the instance first, so that a repeat after a crash or a lost response is
+        harmless and no change is asked of an instance CloudAMQP is still configuring
+        (``BusyError``). The blog's world has no instance read: then the change goes ahead
+        unread (a ``next`` rule, which needs the plan, is skipped)."""
+        current = await self.client.readable(self.api_id)
+        self.unreadable = current is None
+        if current is not None and not current.ready:
+            raise BusyError(f"CloudAMQP is configuring the instance (ready: false, plan {current.plan})")
+        self.job.from_plan = current.plan if current is not None else None
+        return resolve_plan(self.upgrade, self.job.from_plan)
+
+    async def _retryable(self, exc: RetryableError) -> Outcome:
+        retries = self.processor.retries
+        if retries.exhausted(self.attempts):
+            return await self._park(str(exc), RETRIES_EXHAUSTED)
+        self.job.log.warning("upgrade.retrying", error=str(exc), attempts=self.attempts)
+        await self._finish(ActionStatus.RETRYING, succeeded=False, detail=str(exc))
+        return retries.after_failure(str(exc), self.attempts, exc.retry_after, exc.max_delay)
+
+    async def _park(self, error: str, status: str) -> Outcome:
+        self.job.log.error("upgrade.failed", error=error, status=status, attempts=self.attempts)
+        await self._finish(ActionStatus.FAILED, succeeded=False, reason=status, detail=error)
+        return Park(error, status, self.attempts)
+
+    async def _skip_after_read(self, skip: Skip) -> Outcome:
+        """Nothing to upgrade after all: release the claim (no cooldown) and record why."""
+        self.job.log.info("upgrade.skipped", reason=skip.reason.value, detail=skip.detail)
+        metrics.MESSAGES.labels(skip.reason.value).inc()
+        await self._finish(
+            ActionStatus.SKIPPED, succeeded=False, reason=skip.reason.value, detail=skip.detail
+        )
+        return Ack()
+
+    async def _finish(self, status: ActionStatus, *, succeeded: bool, **fields: Any) -> None:
+        """Complete (``succeeded``: the cooldown runs, and the upgrade goes into the audit trail
+        with its cause) or release the claim, with the outcome."""
+        now = self.processor.clock()
+        record = self.job.action(status, now, attempts=self.attempts, **fields)
+        audit = self._audit_entry(now) if succeeded else None
+        written = await self.processor.finishes.finish(
+            Finish(self.claim.scope, self.claim.owner, succeeded, record, audit)
+        )
+        if not written:
+            await already_processed(self.job)
+
+    def _audit_entry(self, now: float) -> AuditEntry:
+        alarm = self.job.alarm
+        return AuditEntry(
+            f"upgrade:{self.claim.owner}",  # one per claim: a retried write of it keeps one
+            now,
+            self.approved_by or AUTOPILOT,
+            "automatic",
+            "upgrade",
+            self.upgrade.instance_id,
+            {
+                "action_id": alarm.event_id,
+                "plan_from": self.job.from_plan,
+                "plan_to": self.job.plan,
+                "rule": self.upgrade.rule,
+                "approved_by": self.approved_by,
+                "cause": {
+                    "event_id": alarm.event_id,
+                    "alarm_type": alarm.alarm_type,
+                    "value": alarm.body.get("value"),
+                    "triggered_at": alarm.body.get("triggered_at"),
+                    "reason": self.upgrade.reason,
+                },
+            },
+        )
+
+    async def _record_call(self, status: ActionStatus, **fields: Any) -> None:
+        """Record an upgrade CloudAMQP accepted. Only this worker knows it happened, so a store
+        outage is waited out (at least as long as the claim's lease keeps others off) rather
+        than turned into a retry that would forget the call and repeat it."""
+        lease = self.settings.claim_lease_seconds
+        retrying = AsyncRetrying(
+            stop=stop_after_delay(max(lease, 300.0)),
+            # Tried well within a lease: once the store is back, a worker that found the lease
+            # run out gives this one a single lease to report (see ``shared.claims``).
+            wait=wait_exponential(multiplier=0.2, max=min(5.0, lease / 4)),
+            reraise=True,
+            before_sleep=lambda state: self.job.log.warning(
+                "store.write_retrying",
+                error=repr(state.outcome.exception()) if state.outcome else None,
+                attempt=state.attempt_number,
+            ),
+        )
+        async for attempt in retrying:
+            with attempt:
+                await self._finish(status, succeeded=True, **fields)
+
+    @contextlib.asynccontextmanager
+    async def _renewing(self) -> AsyncIterator[None]:
+        """Renew the claim's lease every third of it while this worker calls the API and
+        records the outcome: a slow call or a slow write never lets the lease run out under
+        a worker that is alive (``shared.claims`` covers a store that cannot be reached)."""
+        lease, store, clock = self.settings.claim_lease_seconds, self.processor.store, self.processor.clock
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(lease / 3)
+                try:
+                    await store.renew_claim(self.claim.scope, self.claim.owner, clock() + lease)
+                except Exception as exc:
+                    self.job.log.warning("claim.renew_failed", error=f"{type(exc).__name__}: {exc}")
+
+        task = asyncio.ensure_future(renew())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
