@@ -34,7 +34,7 @@ from cryptography import fernet
 
 from receiver import console_data
 from receiver.keys import OPERATIONS, PUBLISHER, SETTINGS, STORE
-from receiver.views import same_secret
+from receiver.views import redact_path, same_secret
 from shared.alarm import iso
 from shared.controls import GLOBAL, MAX_OPERATOR, ControlError, clean_text, operator_name, pause_until
 from shared.errors import BrokerUnavailable
@@ -101,7 +101,13 @@ def _same_origin(request: web.Request) -> bool:
 
 
 async def _check_post(request: web.Request, session: Session) -> None:
-    form = await request.post()
+    try:
+        # Read once here, for every POST: aiohttp keeps it for the handler's own ``post()``.
+        form = await request.post()
+    except (UnicodeError, LookupError, ValueError) as exc:  # bytes or a charset that is no text
+        raise web.HTTPBadRequest(
+            text=f"This form could not be read ({type(exc).__name__}): send it as UTF-8."
+        ) from None
     given = form.get("_csrf")
     if not _same_origin(request) or not same_secret(
         given if isinstance(given, str) else None, session.get("csrf")
@@ -141,7 +147,7 @@ async def console_middleware(request: web.Request, handler: Handler) -> web.Stre
             raise
         response = await _error_page(request, exc.status, exc.reason, exc.text or "")
     except Exception:
-        log.exception("console.failed", path=request.path)
+        log.exception("console.failed", path=redact_path(request.path))
         response = await _error_page(
             request, 500, "Internal error", "Unexpected error; see the receiver log."
         )

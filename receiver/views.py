@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
+import re
 import time
 from typing import Any
 
@@ -87,6 +89,17 @@ def check_token(request: web.Request, *, operator_too: bool = False) -> None:
             "unauthorized",
             "missing or wrong token: pass it as ?token=, 'Authorization: Bearer', or in the path",
         )
+
+
+_TOKEN_IN_PATH = re.compile(r"^(/cloudamqp/alarm/)[^/?]+")
+_TOKEN_IN_QUERY = re.compile(r"(?i)((?:^|[?&])token=)[^&]*")
+
+
+def redact_path(path: str) -> str:
+    """A path (with its query, if any) as a log line may carry it: the webhook token, whether in
+    the path or in ``?token=``, replaced by ``<redacted>``."""
+    path = _TOKEN_IN_PATH.sub(r"\1<redacted>", path)
+    return _TOKEN_IN_QUERY.sub(r"\1<redacted>", path)
 
 
 # --- the webhook ------------------------------------------------------------------------------
@@ -188,7 +201,39 @@ def _loggable(value: Any) -> Any:
 
 
 def _loads(text: Any) -> Any:
-    return json.loads(text) if isinstance(text, str) else text
+    """A stored JSON column as JSON; a row written before the input contract that no longer
+    reads back (nested past the parser's depth) is shown as its text."""
+    if not isinstance(text, str):
+        return text
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return text
+
+
+def _finite(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if depth > 200:
+        return "…"
+    if isinstance(value, dict):
+        return {str(k): _finite(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v, depth + 1) for v in value]
+    return value
+
+
+def json_text(value: Any) -> str:
+    """JSON as RFC 8259 has it, whatever a stored row holds: NaN and infinities (recorded before
+    the input contract refused them) are written as null, never as ``NaN``."""
+    try:
+        return orjson.dumps(value, default=str).decode()
+    except orjson.JSONEncodeError:  # wider than 64-bit integers, deeper than orjson writes
+        return json.dumps(_finite(value), default=str, allow_nan=False)
+
+
+def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(data, status=status, headers=headers, dumps=json_text)
 
 
 def incident_json(row: dict[str, Any]) -> dict[str, Any]:
@@ -292,9 +337,7 @@ async def list_incidents(request: web.Request) -> web.Response:
     rows = await request.app[STORE].list_incidents(
         status=status, instance=request.query.get("instance"), limit=limit, offset=offset
     )
-    return web.json_response(
-        {"incidents": [incident_json(r) for r in rows], "limit": limit, "offset": offset}
-    )
+    return json_response({"incidents": [incident_json(r) for r in rows], "limit": limit, "offset": offset})
 
 
 async def get_incident(request: web.Request) -> web.Response:
@@ -306,7 +349,7 @@ async def get_incident(request: web.Request) -> web.Response:
     body = incident_json(incident)
     body["events"] = [event_json(e) for e in events]
     body["actions"] = [action_json(a) for a in actions]
-    return web.json_response(body)
+    return json_response(body)
 
 
 async def list_events(request: web.Request) -> web.Response:
@@ -324,7 +367,7 @@ async def list_events(request: web.Request) -> web.Response:
         }
         for r in rows
     ]
-    return web.json_response({"events": events, "limit": limit, "offset": offset})
+    return json_response({"events": events, "limit": limit, "offset": offset})
 
 
 async def list_actions(request: web.Request) -> web.Response:
@@ -333,14 +376,14 @@ async def list_actions(request: web.Request) -> web.Response:
     rows = await request.app[STORE].list_actions(
         instance=request.query.get("instance"), limit=limit, offset=offset
     )
-    return web.json_response({"actions": [action_json(r) for r in rows], "limit": limit, "offset": offset})
+    return json_response({"actions": [action_json(r) for r in rows], "limit": limit, "offset": offset})
 
 
 async def list_pauses(request: web.Request) -> web.Response:
     """Pauses still running (the global one first)."""
     check_token(request, operator_too=True)
     pauses = await request.app[STORE].list_pauses(time.time())
-    return web.json_response({"pauses": [pause_json(p) for p in pauses]})
+    return json_response({"pauses": [pause_json(p) for p in pauses]})
 
 
 async def list_audit(request: web.Request) -> web.Response:
@@ -349,7 +392,7 @@ async def list_audit(request: web.Request) -> web.Response:
     check_token(request, operator_too=True)
     limit, offset = _page(request)
     rows = await request.app[STORE].list_audit(limit=limit, offset=offset)
-    return web.json_response({"audit": [audit_json(r) for r in rows], "limit": limit, "offset": offset})
+    return json_response({"audit": [audit_json(r) for r in rows], "limit": limit, "offset": offset})
 
 
 async def list_advice(request: web.Request) -> web.Response:
@@ -360,7 +403,7 @@ async def list_advice(request: web.Request) -> web.Response:
         request.app[STORE].db, instance=request.query.get("instance"), limit=limit, offset=offset
     )
     advice = [watch.advice_view(r) for r in rows]
-    return web.json_response({"advice": advice, "limit": limit, "offset": offset})
+    return json_response({"advice": advice, "limit": limit, "offset": offset})
 
 
 async def instance_usage(request: web.Request) -> web.Response:
@@ -368,7 +411,7 @@ async def instance_usage(request: web.Request) -> web.Response:
     check_token(request, operator_too=True)
     instance = request.match_info["instance"]
     nodes = await watch.samples_by_node(request.app[STORE].db, instance)
-    return web.json_response({"instance": instance, "nodes": nodes})
+    return json_response({"instance": instance, "nodes": nodes})
 
 
 def notification_json(row: dict[str, Any], deliveries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -403,14 +446,14 @@ async def list_notifications(request: web.Request) -> web.Response:
     limit, offset = _page(request)
     found = await request.app[STORE].list_notifications(limit=limit, offset=offset)
     body = {"notifications": [notification_json(r, d) for r, d in found], "limit": limit, "offset": offset}
-    return web.json_response(body)
+    return json_response(body)
 
 
 # --- the process itself -----------------------------------------------------------------------
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -423,12 +466,12 @@ async def readyz(request: web.Request) -> web.Response:
     except Exception as exc:
         problems["store"] = f"{type(exc).__name__}: {exc}"
     if problems:
-        return web.json_response(
+        return json_response(
             {"error": "not_ready", "detail": "; ".join(f"{k}: {v}" for k, v in problems.items())},
             status=503,
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
         )
-    return web.json_response({"status": "ready"})
+    return json_response({"status": "ready"})
 
 
 async def openapi_view(request: web.Request) -> web.Response:
