@@ -135,6 +135,9 @@ async def console_middleware(request: web.Request, handler: Handler) -> web.Stre
     )
     try:
         session = await get_session(request)
+        sid = session.get("sid")
+        if sid and await request.config_dict[STORE].session_revoked(str(sid)):
+            session.invalidate()  # a copy of a cookie whose session was logged out
         if request.method == "POST":
             await _check_post(request, session)
         if not is_public and not _logged_in(request, session):
@@ -269,6 +272,8 @@ def grant(settings: Settings, role: str | None) -> str | None:
 
 
 def _logged_in(request: web.Request, session: Session) -> bool:
+    if not session.get("sid"):
+        return False  # every login has a session id, which a logout revokes in the store
     role = session.get("role")
     expected = grant(request.config_dict[SETTINGS], role)
     return expected is not None and same_secret(session.get("grant"), expected)
@@ -325,6 +330,7 @@ async def login(request: web.Request) -> web.Response:
             "name": name,
             "csrf": secrets.token_urlsafe(32),
             "since": time.time(),
+            "sid": secrets.token_urlsafe(18),
         }
     )
     log.info("console.login", role=role, operator=name)
@@ -332,7 +338,14 @@ async def login(request: web.Request) -> web.Response:
 
 
 async def logout(request: web.Request) -> web.Response:
+    """End the session for good: the cookie is encrypted, not stored, so a copy of it would
+    still open the console; its id is revoked in the store (shared by every receiver)."""
     session = await get_session(request)
+    sid, since = session.get("sid"), session.get("since")
+    if sid:
+        now = time.time()
+        started = float(since) if isinstance(since, int | float) else now
+        await request.config_dict[STORE].revoke_session(str(sid), started + SESSION_SECONDS, now)
     session.invalidate()
     raise web.HTTPSeeOther(f"{PREFIX}/login")
 

@@ -11,11 +11,14 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
 
 from receiver.app import create_app, make_runner
+from receiver.console import COOKIE
 from receiver.keys import STORE
 from shared.settings import Settings
 from tests.integration.conftest import seed_alarm
+from tests.integration.test_console import login
 from tests.integration.test_receiver_inprocess import (
     T0,
     MakeReceiver,
@@ -212,3 +215,22 @@ async def test_given_the_token_in_the_path_or_query_then_no_log_line_carries_it_
         "/cloudamqp/alarm?token=<redacted>",
     }
     assert token not in receiver.log_path.read_text()
+
+
+async def test_given_a_copied_console_cookie_then_it_stops_working_when_its_owner_logs_out(
+    make_receiver: MakeReceiver, aiohttp_client: AiohttpClient
+) -> None:
+    receiver = await make_receiver(OPERATOR_TOKEN=OPERATOR_TOKEN)
+    csrf = await login(receiver, OPERATOR_TOKEN)
+    [cookie] = [c for c in receiver.session.cookie_jar if c.key == COOKIE]
+    copied = {"Cookie": f"{COOKIE}={cookie.value}"}
+    thief = await aiohttp_client(receiver.server)  # another browser, same receiver
+    thief.session.cookie_jar.clear()
+    async with thief.get("/ui/", headers=copied, allow_redirects=False) as resp:
+        assert resp.status == 200  # the copy works while its session lasts
+
+    async with receiver.post("/ui/logout", data={"_csrf": csrf}, allow_redirects=False) as resp:
+        assert resp.status == 303
+
+    async with thief.get("/ui/", headers=copied, allow_redirects=False) as resp:
+        assert resp.status == 303 and resp.headers["Location"].startswith("/ui/login")
