@@ -8,7 +8,8 @@ Every limit is something a later stage needs:
   as UTF-8), numbers finite (``NaN`` and ``1e400`` are not JSON the views could answer with);
 - nesting at most ``MAX_DEPTH`` (orjson writes at most 254 levels, Python's ``json`` gives up
   near 980: a log line or a view must be able to carry the body back out);
-- integers within 64 bits (orjson writes no wider ones);
+- numbers within ±2^63, the range of a 64-bit integer (orjson writes no wider integers, and
+  reads a wider one as a float);
 - strings at most ``MAX_STRING`` characters, and the three that name an incident
   (``KEY_FIELDS``) shorter still: PostgreSQL's unique index on the grouping key holds at most
   2,704 bytes, and four UTF-8 bytes a character must fit, on SQLite and PostgreSQL alike;
@@ -67,11 +68,14 @@ def _check(value: Any, depth: int, path: list[str]) -> None:
     children are walked."""
     if isinstance(value, str):
         _check_text(value, MAX_STRING, path, "a string")
-    elif isinstance(value, bool) or value is None or isinstance(value, float):
-        return  # orjson refuses NaN and infinities itself
-    elif isinstance(value, int):
-        if not INT_MIN <= value <= INT_MAX:
-            raise ContractError("number_too_large", f"the integer at {_where(path)} does not fit in 64 bits")
+    elif isinstance(value, bool) or value is None:
+        return
+    elif isinstance(value, int | float):
+        # orjson refuses NaN and infinities itself, and reads an integer wider than 64 bits as a
+        # float: one range for every number keeps the two alike.
+        # A float of -2^63 may be a wider integer rounded: the bound is strict for floats.
+        if not (INT_MIN <= value <= INT_MAX if isinstance(value, int) else -(2.0**63) < value < 2.0**63):
+            raise ContractError("number_too_large", f"the number at {_where(path)} is outside ±2^63")
     elif isinstance(value, dict | list):
         if depth >= MAX_DEPTH:
             where = _where(path)
