@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import structlog
 from aiohttp import web
 
-from receiver.app import create_app
+from receiver.app import create_app, make_runner
 from shared.errors import StoreError
 from shared.runtime import fail, install_stop_handlers, load_settings_or_exit, run_main
 from shared.settings import Settings
@@ -19,13 +20,14 @@ log = structlog.get_logger("receiver")
 async def main(settings: Settings) -> None:
     stop = asyncio.Event()
     install_stop_handlers(stop, lambda name: log.info("receiver.signal", signal=name))
-    # No access log: the token may be part of the path.
     try:
         app = create_app(settings)
     except PolicyError as exc:
         fail("receiver", str(exc))
         return
-    runner = web.AppRunner(app, access_log=None)
+    # The access log at LOG_LEVEL=debug only (a line per request), its paths redacted.
+    access = logging.getLogger("aiohttp.access") if settings.log_level == "debug" else None
+    runner = make_runner(app, access_log=access)
     try:
         await runner.setup()
     except StoreError as exc:

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import structlog
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_request import BaseRequest
 
 from receiver.keys import ACCEPT_LOG, LANES, OPENAPI, OPERATIONS, PUBLISHER, SETTINGS, STORE
 from receiver.lanes import Lanes
 from receiver.publisher import Publisher
 from receiver.routes import setup_routes
-from receiver.views import MAX_BODY
+from receiver.views import MAX_BODY, redact_path
 from shared import envelope, metrics
 from shared.envelope import ApprovalCheck
 from shared.errors import StoreError
@@ -28,6 +31,7 @@ from shared.store import Store
 from worker.policy_file import load_policy
 
 log = structlog.get_logger("receiver")
+access_log = structlog.get_logger("receiver.access")
 
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
 
@@ -40,6 +44,24 @@ _ERROR_NAMES = {
     415: "unsupported_media_type",
     503: "unavailable",
 }
+
+
+class AccessLogger(AbstractAccessLogger):
+    """aiohttp's access log, when one is enabled, as structlog events with the token redacted
+    (aiohttp's default format prints the request line as sent)."""
+
+    def log(self, request: BaseRequest, response: web.StreamResponse, time: float) -> None:
+        access_log.debug(
+            "http.access",
+            method=request.method,
+            path=redact_path(request.path_qs),
+            status=response.status,
+            seconds=round(time, 6),
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return True
 
 
 def _count(request: web.Request, status: int) -> None:
@@ -70,8 +92,13 @@ async def middleware(
             status=exc.status,
             headers=headers,
         )
+    except UnicodeError as exc:
+        # Bytes that are not text where text was expected (a header, a query, a body): the
+        # sender's to fix, never a 500.
+        detail = f"the request holds bytes that are not valid text: {type(exc).__name__}"
+        response = web.json_response({"error": "bad_encoding", "detail": detail}, status=400)
     except Exception:
-        log.exception("request.failed", path=request.path)
+        log.exception("request.failed", path=redact_path(request.path))
         response = web.json_response(
             {"error": "internal_error", "detail": "unexpected error; see the receiver log"},
             status=500,
@@ -97,6 +124,22 @@ async def broker_and_store(app: web.Application) -> AsyncIterator[None]:
     yield
     await publisher.close()
     await store.close()
+
+
+# A connection still waiting for a complete request this long after it opened (or after its
+# previous answer) is closed: a client trickling its headers cannot hold it open (aiohttp's own
+# default is an hour). Also the idle keep-alive time.
+HEADER_TIMEOUT_SECONDS = 15.0
+
+
+def make_runner(
+    app: web.Application, *, header_timeout: float = HEADER_TIMEOUT_SECONDS, access_log: Any = None
+) -> web.AppRunner:
+    """The runner the receiver serves ``app`` with: headers bounded in time, and aiohttp's access
+    log (when ``access_log`` is a logger) written with the token redacted."""
+    return web.AppRunner(
+        app, access_log=access_log, access_log_class=AccessLogger, keepalive_timeout=header_timeout
+    )
 
 
 def create_app(settings: Settings) -> web.Application:

@@ -34,7 +34,7 @@ from cryptography import fernet
 
 from receiver import console_data
 from receiver.keys import OPERATIONS, PUBLISHER, SETTINGS, STORE
-from receiver.views import same_secret
+from receiver.views import redact_path, same_secret
 from shared.alarm import iso
 from shared.controls import GLOBAL, MAX_OPERATOR, ControlError, clean_text, operator_name, pause_until
 from shared.errors import BrokerUnavailable
@@ -101,7 +101,13 @@ def _same_origin(request: web.Request) -> bool:
 
 
 async def _check_post(request: web.Request, session: Session) -> None:
-    form = await request.post()
+    try:
+        # Read once here, for every POST: aiohttp keeps it for the handler's own ``post()``.
+        form = await request.post()
+    except (UnicodeError, LookupError, ValueError) as exc:  # bytes or a charset that is no text
+        raise web.HTTPBadRequest(
+            text=f"This form could not be read ({type(exc).__name__}): send it as UTF-8."
+        ) from None
     given = form.get("_csrf")
     if not _same_origin(request) or not same_secret(
         given if isinstance(given, str) else None, session.get("csrf")
@@ -129,6 +135,9 @@ async def console_middleware(request: web.Request, handler: Handler) -> web.Stre
     )
     try:
         session = await get_session(request)
+        sid = session.get("sid")
+        if sid and await request.config_dict[STORE].session_revoked(str(sid)):
+            session.invalidate()  # a copy of a cookie whose session was logged out
         if request.method == "POST":
             await _check_post(request, session)
         if not is_public and not _logged_in(request, session):
@@ -141,7 +150,7 @@ async def console_middleware(request: web.Request, handler: Handler) -> web.Stre
             raise
         response = await _error_page(request, exc.status, exc.reason, exc.text or "")
     except Exception:
-        log.exception("console.failed", path=request.path)
+        log.exception("console.failed", path=redact_path(request.path))
         response = await _error_page(
             request, 500, "Internal error", "Unexpected error; see the receiver log."
         )
@@ -263,6 +272,8 @@ def grant(settings: Settings, role: str | None) -> str | None:
 
 
 def _logged_in(request: web.Request, session: Session) -> bool:
+    if not session.get("sid"):
+        return False  # every login has a session id, which a logout revokes in the store
     role = session.get("role")
     expected = grant(request.config_dict[SETTINGS], role)
     return expected is not None and same_secret(session.get("grant"), expected)
@@ -319,6 +330,7 @@ async def login(request: web.Request) -> web.Response:
             "name": name,
             "csrf": secrets.token_urlsafe(32),
             "since": time.time(),
+            "sid": secrets.token_urlsafe(18),
         }
     )
     log.info("console.login", role=role, operator=name)
@@ -326,7 +338,14 @@ async def login(request: web.Request) -> web.Response:
 
 
 async def logout(request: web.Request) -> web.Response:
+    """End the session for good: the cookie is encrypted, not stored, so a copy of it would
+    still open the console; its id is revoked in the store (shared by every receiver)."""
     session = await get_session(request)
+    sid, since = session.get("sid"), session.get("since")
+    if sid:
+        now = time.time()
+        started = float(since) if isinstance(since, int | float) else now
+        await request.config_dict[STORE].revoke_session(str(sid), started + SESSION_SECONDS, now)
     session.invalidate()
     raise web.HTTPSeeOther(f"{PREFIX}/login")
 

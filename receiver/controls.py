@@ -16,7 +16,7 @@ import orjson
 from aiohttp import web
 
 from receiver.keys import OPERATIONS, SETTINGS
-from receiver.views import action_json, bearer, json_error, pause_json, same_secret
+from receiver.views import action_json, bearer, json_error, json_response, pause_json, same_secret
 from shared.controls import ControlError, clean_text, operator_name, pause_until
 from shared.db import Row
 
@@ -88,7 +88,7 @@ async def pause(request: web.Request) -> web.Response:
         )
     except ControlError as exc:
         raise _refused(exc) from None
-    return web.json_response({"pause": pause_json(done)})
+    return json_response({"pause": pause_json(done)})
 
 
 async def resume(request: web.Request) -> web.Response:
@@ -100,7 +100,7 @@ async def resume(request: web.Request) -> web.Response:
         )
     except ControlError as exc:
         raise _refused(exc) from None
-    return web.json_response({"resumed": ended is not None, "pause": pause_json(ended) if ended else None})
+    return json_response({"resumed": ended is not None, "pause": pause_json(ended) if ended else None})
 
 
 async def approve(request: web.Request) -> web.Response:
@@ -119,4 +119,4 @@ async def _answer(request: web.Request, act: Callable[..., Awaitable[Row]]) -> w
         row = await act(request.match_info["action_id"], operator=who, reason=why, now=time.time())
     except ControlError as exc:
         raise _refused(exc) from None
-    return web.json_response({"action": action_json(row)})
+    return json_response({"action": action_json(row)})

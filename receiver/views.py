@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
+import re
 import time
 from typing import Any
 
@@ -18,7 +20,7 @@ import structlog
 from aiohttp import web
 
 from receiver.keys import ACCEPT_LOG, LANES, OPENAPI, PUBLISHER, SETTINGS, STORE
-from shared import metrics, watch
+from shared import contract, metrics, topology, watch
 from shared.alarm import iso, new_id
 from shared.controls import GLOBAL, Pause
 from shared.errors import BrokerUnavailable
@@ -89,6 +91,17 @@ def check_token(request: web.Request, *, operator_too: bool = False) -> None:
         )
 
 
+_TOKEN_IN_PATH = re.compile(r"^(/cloudamqp/alarm/)[^/?]+")
+_TOKEN_IN_QUERY = re.compile(r"(?i)((?:^|[?&])token=)[^&]*")
+
+
+def redact_path(path: str) -> str:
+    """A path (with its query, if any) as a log line may carry it: the webhook token, whether in
+    the path or in ``?token=``, replaced by ``<redacted>``."""
+    path = _TOKEN_IN_PATH.sub(r"\1<redacted>", path)
+    return _TOKEN_IN_QUERY.sub(r"\1<redacted>", path)
+
+
 # --- the webhook ------------------------------------------------------------------------------
 
 
@@ -132,21 +145,14 @@ async def receive_alarm(request: web.Request) -> web.Response:
         )
     body = await request.read()
     try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise json_error(web.HTTPBadRequest, "invalid_json", f"the body is not valid JSON: {exc}") from None
-    if not isinstance(parsed, dict):
-        raise json_error(
-            web.HTTPBadRequest,
-            "not_an_object",
-            f"the body is a JSON {type(parsed).__name__}; send one JSON object per alarm",
-        )
+        parsed = contract.parse(body)
+    except contract.ContractError as exc:
+        raise json_error(web.HTTPBadRequest, exc.error, exc.detail) from None
     event_id = new_id()
     received_at = time.time()
     app = request.app
     try:
-        queue = app[LANES].queue_for(parsed, received_at)
-        await app[PUBLISHER].publish(body, event_id, received_at, queue)
+        await app[PUBLISHER].publish(body, event_id, received_at, _lane(app, parsed, received_at))
     except BrokerUnavailable as exc:
         metrics.PUBLISH_FAILURES.inc()
         log.warning("alarm.rejected", reason="broker_unavailable", error=str(exc))
@@ -156,23 +162,78 @@ async def receive_alarm(request: web.Request) -> web.Response:
             "the alarm was not stored; retry later",
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
         ) from None
-    app[ACCEPT_LOG].info(
-        "alarm.accepted",
-        event_id=event_id,
-        alarm_type=parsed.get("alarm_type"),
-        instance=parsed.get("instance_id"),
-    )
-    metrics.ACCEPT_LATENCY.observe(time.perf_counter() - started)
+    # The broker has it: from here on nothing may turn the 202 into an error (a retry by
+    # CloudAMQP would record the alarm twice).
+    try:
+        app[ACCEPT_LOG].info(
+            "alarm.accepted",
+            event_id=event_id,
+            alarm_type=_loggable(parsed.get("alarm_type")),
+            instance=_loggable(parsed.get("instance_id")),
+        )
+        metrics.ACCEPT_LATENCY.observe(time.perf_counter() - started)
+    except Exception as exc:  # a log or metrics failure must not fail an accepted alarm
+        log.warning("alarm.accept_log_failed", event_id=event_id, error=type(exc).__name__)
     return web.Response(
         body=orjson.dumps({"status": "accepted", "id": event_id}), status=202, content_type="application/json"
     )
+
+
+def _lane(app: web.Application, parsed: dict[str, Any], received_at: float) -> str:
+    """The fast lane is a shortcut, never a reason to refuse: any surprise goes the usual way."""
+    try:
+        return app[LANES].queue_for(parsed, received_at)
+    except Exception as exc:
+        log.warning("alarm.lane_failed", error=type(exc).__name__)
+        return topology.WORK_QUEUE
+
+
+def _loggable(value: Any) -> Any:
+    """A field as a log line carries it: a short string, a number, or its type's name."""
+    if isinstance(value, str):
+        return value[:200]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return f"<{type(value).__name__}>"
 
 
 # --- JSON shaping of store rows ---------------------------------------------------------------
 
 
 def _loads(text: Any) -> Any:
-    return json.loads(text) if isinstance(text, str) else text
+    """A stored JSON column as JSON; a row written before the input contract that no longer
+    reads back (nested past the parser's depth) is shown as its text."""
+    if not isinstance(text, str):
+        return text
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return text
+
+
+def _finite(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if depth > 200:
+        return "…"
+    if isinstance(value, dict):
+        return {str(k): _finite(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v, depth + 1) for v in value]
+    return value
+
+
+def json_text(value: Any) -> str:
+    """JSON as RFC 8259 has it, whatever a stored row holds: NaN and infinities (recorded before
+    the input contract refused them) are written as null, never as ``NaN``."""
+    try:
+        return orjson.dumps(value, default=str).decode()
+    except orjson.JSONEncodeError:  # wider than 64-bit integers, deeper than orjson writes
+        return json.dumps(_finite(value), default=str, allow_nan=False)
+
+
+def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(data, status=status, headers=headers, dumps=json_text)
 
 
 def incident_json(row: dict[str, Any]) -> dict[str, Any]:
@@ -277,9 +338,7 @@ async def list_incidents(request: web.Request) -> web.Response:
     rows = await request.app[STORE].list_incidents(
         status=status, instance=request.query.get("instance"), limit=limit, offset=offset
     )
-    return web.json_response(
-        {"incidents": [incident_json(r) for r in rows], "limit": limit, "offset": offset}
-    )
+    return json_response({"incidents": [incident_json(r) for r in rows], "limit": limit, "offset": offset})
 
 
 async def get_incident(request: web.Request) -> web.Response:
@@ -291,7 +350,7 @@ async def get_incident(request: web.Request) -> web.Response:
     body = incident_json(incident)
     body["events"] = [event_json(e) for e in events]
     body["actions"] = [action_json(a) for a in actions]
-    return web.json_response(body)
+    return json_response(body)
 
 
 async def list_events(request: web.Request) -> web.Response:
@@ -309,7 +368,7 @@ async def list_events(request: web.Request) -> web.Response:
         }
         for r in rows
     ]
-    return web.json_response({"events": events, "limit": limit, "offset": offset})
+    return json_response({"events": events, "limit": limit, "offset": offset})
 
 
 async def list_actions(request: web.Request) -> web.Response:
@@ -318,14 +377,14 @@ async def list_actions(request: web.Request) -> web.Response:
     rows = await request.app[STORE].list_actions(
         instance=request.query.get("instance"), limit=limit, offset=offset
     )
-    return web.json_response({"actions": [action_json(r) for r in rows], "limit": limit, "offset": offset})
+    return json_response({"actions": [action_json(r) for r in rows], "limit": limit, "offset": offset})
 
 
 async def list_pauses(request: web.Request) -> web.Response:
     """Pauses still running (the global one first)."""
     check_token(request, operator_too=True)
     pauses = await request.app[STORE].list_pauses(time.time())
-    return web.json_response({"pauses": [pause_json(p) for p in pauses]})
+    return json_response({"pauses": [pause_json(p) for p in pauses]})
 
 
 async def list_audit(request: web.Request) -> web.Response:
@@ -334,7 +393,7 @@ async def list_audit(request: web.Request) -> web.Response:
     check_token(request, operator_too=True)
     limit, offset = _page(request)
     rows = await request.app[STORE].list_audit(limit=limit, offset=offset)
-    return web.json_response({"audit": [audit_json(r) for r in rows], "limit": limit, "offset": offset})
+    return json_response({"audit": [audit_json(r) for r in rows], "limit": limit, "offset": offset})
 
 
 async def list_advice(request: web.Request) -> web.Response:
@@ -345,7 +404,7 @@ async def list_advice(request: web.Request) -> web.Response:
         request.app[STORE].db, instance=request.query.get("instance"), limit=limit, offset=offset
     )
     advice = [watch.advice_view(r) for r in rows]
-    return web.json_response({"advice": advice, "limit": limit, "offset": offset})
+    return json_response({"advice": advice, "limit": limit, "offset": offset})
 
 
 async def instance_usage(request: web.Request) -> web.Response:
@@ -353,7 +412,7 @@ async def instance_usage(request: web.Request) -> web.Response:
     check_token(request, operator_too=True)
     instance = request.match_info["instance"]
     nodes = await watch.samples_by_node(request.app[STORE].db, instance)
-    return web.json_response({"instance": instance, "nodes": nodes})
+    return json_response({"instance": instance, "nodes": nodes})
 
 
 def notification_json(row: dict[str, Any], deliveries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -388,14 +447,14 @@ async def list_notifications(request: web.Request) -> web.Response:
     limit, offset = _page(request)
     found = await request.app[STORE].list_notifications(limit=limit, offset=offset)
     body = {"notifications": [notification_json(r, d) for r, d in found], "limit": limit, "offset": offset}
-    return web.json_response(body)
+    return json_response(body)
 
 
 # --- the process itself -----------------------------------------------------------------------
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -408,12 +467,12 @@ async def readyz(request: web.Request) -> web.Response:
     except Exception as exc:
         problems["store"] = f"{type(exc).__name__}: {exc}"
     if problems:
-        return web.json_response(
+        return json_response(
             {"error": "not_ready", "detail": "; ".join(f"{k}: {v}" for k, v in problems.items())},
             status=503,
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
         )
-    return web.json_response({"status": "ready"})
+    return json_response({"status": "ready"})
 
 
 async def openapi_view(request: web.Request) -> web.Response:

@@ -87,8 +87,9 @@ def clean_text(value: Any, what: str, limit: int = MAX_TEXT) -> str | None:
         return None
     if not isinstance(value, str):
         raise ControlError("bad_request", f"'{what}' must be a string")
-    if any(unicodedata.category(ch) == "Cc" for ch in value):
-        raise ControlError("bad_request", f"'{what}' must not contain control characters")
+    if any(unicodedata.category(ch) in {"Cc", "Cs"} for ch in value):
+        # Cs: undecodable bytes of a header arrive as lone surrogates, which no store can hold.
+        raise ControlError("bad_request", f"'{what}' must be UTF-8 text without control characters")
     if len(value) > limit:
         raise ControlError("bad_request", f"'{what}' must be at most {limit} characters")
     text = value.strip()

@@ -12,14 +12,18 @@ file only.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import aio_pika
+import orjson
 from aio_pika.abc import AbstractIncomingMessage
+from pamqp import encode as pamqp_encode
 
+from shared import contract
 from shared.alarm import Alarm, event_key, iso, parse_timestamp
 from shared.errors import DecodeError
 
@@ -44,6 +48,10 @@ PARK_HEADERS = frozenset({H_ERROR, H_STATUS, H_FAILED_AT, H_BUSY_SINCE})
 BROKER_HEADER_PREFIXES = ("x-death", "x-first-death-", "x-last-death-", "x-delivery-count")
 
 _ERROR_LIMIT = 1000  # characters of an error kept in a header (the management UI shows it)
+_ID = re.compile(r"[\x21-\x7e]{1,200}")
+_MAX_ATTEMPTS_SEEN = 1_000_000
+_PLAUSIBLE_SINCE = 946_684_800.0  # 2000-01-01: no alarm of ours was received before
+_CLOCK_SKEW = 86_400.0  # a received-at this far ahead of the worker's clock is not believed
 
 
 def _text(value: Any) -> str | None:
@@ -53,13 +61,13 @@ def _text(value: Any) -> str | None:
 
 
 def attempts(headers: Mapping[str, Any]) -> int:
-    """The attempt count a message carries (0 when absent or unreadable)."""
+    """The attempt count a message carries (0 when absent or unreadable, capped)."""
     value = headers.get(H_ATTEMPTS)
     if isinstance(value, bytes | bytearray):
         value = bytes(value).decode("ascii", "replace")
     try:
-        return max(int(value), 0) if value is not None else 0
-    except (TypeError, ValueError):
+        return min(max(int(value), 0), _MAX_ATTEMPTS_SEEN) if value is not None else 0
+    except (TypeError, ValueError, OverflowError, ArithmeticError):
         return 0
 
 
@@ -72,8 +80,16 @@ def busy_since(headers: Mapping[str, Any]) -> float | None:
 
 
 def event_id_of(headers: Mapping[str, Any]) -> str | None:
-    """The receiver's event id header, when the message has one."""
-    return _text(headers.get(H_EVENT_ID))
+    """The receiver's event id header, when the message has one that can be an id."""
+    return identifier(_text(headers.get(H_EVENT_ID)))
+
+
+def identifier(value: str | None) -> str | None:
+    """An id a message brought, when it is printable ASCII of a sane length: it becomes a key
+    in the store (where a NUL is refused by PostgreSQL) and a word in log lines."""
+    if value is None or not _ID.fullmatch(value):
+        return None
+    return value
 
 
 def alarm_headers(event_id: str, received_at: float) -> dict[str, Any]:
@@ -85,21 +101,22 @@ def decode_alarm(
     body: bytes, headers: Mapping[str, Any], message_id: str | None, fallback_time: float
 ) -> Alarm:
     """Turn a broker message into an ``Alarm``; raise ``DecodeError`` when it is not one."""
-    try:
-        parsed = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DecodeError(f"body is not JSON: {exc}") from exc
-    if not isinstance(parsed, dict):
-        raise DecodeError(f"body is JSON {type(parsed).__name__}, expected an object")
+    # The receiver's parser and limits: whatever it accepted decodes here (shared.contract).
+    parsed = contract.parse(body)
     key = event_key(parsed)
     received_raw = _text(headers.get(H_RECEIVED_AT))
-    try:
-        received_at = parse_timestamp(received_raw) if received_raw else fallback_time
-    except ValueError:
-        received_at = fallback_time
+    received_at = fallback_time
+    if received_raw:
+        try:
+            received_at = parse_timestamp(received_raw)
+        except (ValueError, OverflowError):
+            received_at = fallback_time
+        # A header of ours that says "year 9999" (or 1900) was not written by the receiver.
+        if not _PLAUSIBLE_SINCE <= received_at <= fallback_time + _CLOCK_SKEW:
+            received_at = fallback_time
     return Alarm(
         # A message published by hand without our headers still gets a stable id.
-        event_id=event_id_of(headers) or message_id or f"key-{key[:32]}",
+        event_id=event_id_of(headers) or identifier(message_id) or f"key-{key[:32]}",
         received_at=received_at,
         body=parsed,
         event_key=key,
@@ -156,7 +173,7 @@ def check_message(check: AnyCheck) -> aio_pika.Message:
 def decode_check(body: bytes, headers: Mapping[str, Any] | None = None) -> AnyCheck:
     kind = _text((headers or {}).get(H_CHECK)) or Check.KIND
     try:
-        data = json.loads(body)
+        data = orjson.loads(body)
         if kind == ApprovalCheck.KIND:
             return ApprovalCheck(str(data["action_id"]), float(data["deadline"]), int(data.get("checks", 0)))
         return Check(
@@ -167,8 +184,8 @@ def decode_check(body: bytes, headers: Mapping[str, Any] | None = None) -> AnyCh
             int(data.get("checks", 0)),
             float(data["accepted_at"]) if data.get("accepted_at") is not None else None,
         )
-    except (TypeError, KeyError, ValueError, AttributeError) as exc:
-        raise DecodeError(f"not an upgrade check: {exc}") from exc
+    except Exception as exc:  # whatever the bytes: not a check of ours
+        raise DecodeError(f"not an upgrade check: {type(exc).__name__}: {exc}") from None
 
 
 def replayed_at(headers: Mapping[str, Any]) -> str | None:
@@ -205,9 +222,9 @@ def decode_delivery(body: bytes, headers: Mapping[str, Any]) -> Delivery:
     if notification_id is None or endpoint is None:
         raise DecodeError(f"a notification message needs {H_NOTIFICATION} and {H_ENDPOINT}")
     try:
-        parsed = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DecodeError(f"body is not JSON: {exc}") from exc
+        parsed = orjson.loads(body)
+    except Exception as exc:
+        raise DecodeError(f"body is not JSON: {type(exc).__name__}: {exc}") from None
     if not isinstance(parsed, dict) or not isinstance(parsed.get("type"), str):
         raise DecodeError("body is not a notification ({type, timestamp, data})")
     return Delivery(notification_id, endpoint, parsed, attempts(headers))
@@ -260,6 +277,46 @@ def park_copy(
     headers = _without(message.headers or {})
     headers.update(park_headers(error, status, attempts_so_far, failed_at))
     return copy_of(message, headers)
+
+
+def shown_headers(headers: Mapping[str, Any]) -> dict[str, str]:
+    """Any headers as short printable strings: shown, never parsed (for a message whose own
+    headers cannot be copied as they are)."""
+    shown: dict[str, str] = {}
+    for name, value in list(headers.items())[:64]:
+        raw = value if isinstance(value, bytes | bytearray) else repr(value).encode("utf-8", "replace")
+        shown[contract.shown_text(str(name).encode("utf-8", "replace"), 120)] = contract.shown_text(
+            bytes(raw), 500
+        )
+    return shown
+
+
+def plain_park_copy(
+    message: AbstractIncomingMessage, error: str, status: str, attempts_so_far: int, failed_at: float
+) -> aio_pika.Message:
+    """The parking copy of last resort: the original body, its headers shown as text, and only
+    the properties that are known to be well formed."""
+    headers: dict[str, Any] = {"x-autopilot-original-headers": shown_headers(message.headers or {})}
+    event_id = event_id_of(message.headers or {})
+    if event_id is not None:
+        headers[H_EVENT_ID] = event_id
+    headers.update(park_headers(error, status, attempts_so_far, failed_at))
+    return aio_pika.Message(
+        body=bytes(message.body),
+        headers=headers,
+        content_type="application/json",
+        message_id=identifier(message.message_id),
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+    )
+
+
+def encodable(copy: aio_pika.Message) -> bool:
+    """Whether the broker client can write this copy's headers (the same encoder aiormq uses)."""
+    try:
+        pamqp_encode.field_table(copy.headers)
+    except Exception:
+        return False
+    return True
 
 
 def replay_headers(headers: Mapping[str, Any], replayed_at: str) -> dict[str, Any]:

@@ -43,7 +43,25 @@ def render_json(logger: Any, method_name: str, event_dict: Any) -> bytes:
     event_dict["timestamp"] = f"{_second[1]}.{rest // 1000:06d}Z"
     if "exc_info" in event_dict:
         event_dict = _format_exc_info(logger, method_name, event_dict)
-    return orjson.dumps(event_dict, default=_fallback, option=orjson.OPT_APPEND_NEWLINE)
+    try:
+        return orjson.dumps(event_dict, default=_fallback, option=orjson.OPT_APPEND_NEWLINE)
+    except orjson.JSONEncodeError:
+        # A value orjson cannot write (nested past 254 levels, an integer wider than 64 bits, a
+        # lone surrogate): the line is still written, that value shown by its repr.
+        return orjson.dumps(
+            {k: _writable(v) for k, v in event_dict.items()}, option=orjson.OPT_APPEND_NEWLINE
+        )
+
+
+def _writable(value: Any) -> Any:
+    try:
+        orjson.dumps(value, default=_fallback)
+    except orjson.JSONEncodeError:
+        try:
+            return repr(value)[:1000].encode("utf-8", "replace").decode("utf-8")
+        except Exception:  # a repr nested past the recursion limit
+            return f"<{type(value).__name__}>"
+    return value
 
 
 class FdLogger:

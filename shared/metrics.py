@@ -117,6 +117,11 @@ MESSAGES = Counter(
     "Messages settled by outcome: upgraded, dry_run, each skip reason, retried, deferred, parked, …",
     ["outcome"],
 )
+UNHANDLED = Counter(
+    "autopilot_worker_unhandled",
+    "Messages parked because they could not be handled (an unexpected error), by queue",
+    ["queue"],
+)
 API_LATENCY = Histogram(
     "autopilot_worker_api_request_seconds",
     "CloudAMQP API request latency",

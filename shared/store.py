@@ -238,6 +238,14 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX actions_reconfiguring_instance ON actions (instance_id) WHERE reason = 'reconfiguring'",
         "ALTER TABLE actions ADD COLUMN reconfigure_seconds DOUBLE PRECISION",
     ],
+    # Console sessions ended by a logout (issue 24): every copy of such a cookie is refused
+    # until it would have expired anyway.
+    [
+        """CREATE TABLE console_revoked (
+            session_id TEXT PRIMARY KEY,
+            until_at DOUBLE PRECISION NOT NULL
+        )""",
+    ],
 ]
 
 
@@ -429,6 +437,22 @@ class Store:
                 offset,
                 *args,
             )
+
+    async def revoke_session(self, session_id: str, until: float, now: float) -> None:
+        """End a console session for every copy of its cookie (and forget expired ones)."""
+        async with self.db.transaction() as tx:
+            await tx.execute("DELETE FROM console_revoked WHERE until_at < $1", now)
+            await tx.execute(
+                """INSERT INTO console_revoked (session_id, until_at) VALUES ($1, $2)
+                   ON CONFLICT (session_id) DO NOTHING""",
+                session_id,
+                until,
+            )
+
+    async def session_revoked(self, session_id: str) -> bool:
+        async with self.db.transaction(write=False) as tx:
+            row = await tx.fetchrow("SELECT 1 AS one FROM console_revoked WHERE session_id = $1", session_id)
+        return row is not None
 
     async def list_pauses(self, now: float) -> list[Pause]:
         """Pauses still running, the global one first."""

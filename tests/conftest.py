@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 from tests.cloudamqp_stand_in import CloudAmqpStandIn
-from tests.support import Services, management_request
+from tests.support import Services, leaked_secrets, management_request
 
 CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
@@ -142,6 +142,14 @@ async def fake_api() -> AsyncIterator[CloudAmqpStandIn]:
     await api.start()
     yield api
     await api.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_any_process_log() -> Iterator[None]:
+    """After the whole session: no token, key or password in any log our processes wrote."""
+    yield
+    leaks = leaked_secrets()
+    assert not leaks, f"secrets in process logs: {leaks}"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -102,6 +102,37 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# Every log file of a process the suite started, with the secrets that process was given:
+# scanned once the session ends (tests/conftest.py), so that no token, key or password
+# reaches a log line, whatever the test did.
+PROCESS_LOGS: list[tuple[Path, tuple[str, ...]]] = []
+SECRET_VARIABLES = ("WEBHOOK_TOKEN", "OPERATOR_TOKEN", "CLOUDAMQP_API_KEY", "CONSOLE_SESSION_KEY")
+
+
+def secrets_in(env: dict[str, str]) -> tuple[str, ...]:
+    """The secret values in a process's environment: tokens and keys, and the password of every
+    URL (as ``:password@``: a user name alone is no secret)."""
+    found = [env[name] for name in SECRET_VARIABLES if len(env.get(name) or "") >= 6]
+    for value in env.values():
+        if "://" in value and "@" in value:
+            for url in value.split(","):
+                password = urlsplit(url.strip()).password
+                if password:
+                    found.append(f":{password}@")
+    return tuple(found)
+
+
+def leaked_secrets() -> list[str]:
+    """``path: secret`` for every secret found in a process log of this session."""
+    leaks = []
+    for path, secrets in PROCESS_LOGS:
+        if not path.exists():
+            continue
+        text = path.read_text(errors="replace")
+        leaks += [f"{path}: {secret[:4]}…" for secret in secrets if secret in text]
+    return leaks
+
+
 class Proc:
     """One of our processes (``python -m receiver`` / ``worker``), logging JSON to a file."""
 
@@ -111,6 +142,7 @@ class Proc:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}
         full_env.update({"LOG_FORMAT": "json", "LOG_LEVEL": "info", "PYTHONUNBUFFERED": "1"})
         full_env.update(env)
+        PROCESS_LOGS.append((log_path, secrets_in(full_env)))
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in wait()
         self.popen = subprocess.Popen(
             [sys.executable, "-m", module, *(args or [])],

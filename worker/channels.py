@@ -25,6 +25,25 @@ from shared.notifications import ChannelKind, Endpoint, EventType, parse_webhook
 
 USER_AGENT = "cloudamqp-autopilot"
 SUMMARY_LIMIT = 1024  # PagerDuty's limit on payload.summary
+DEDUP_KEY_LIMIT = 255  # PagerDuty's limit on dedup_key
+# Slack's: a message's text (40,000; longer is cut by Slack, we cut it first), a section's text
+# 3,000, each of at most 10 fields 2,000. Past them Slack refuses the whole message with a 400,
+# which would park the notification; the alarm's text is cut instead.
+SLACK_TEXT_LIMIT = 3000
+SLACK_FIELD_LIMIT = 2000
+# PagerDuty refuses an event over 512 KB; custom_details is the alarm's data, cut past this.
+DETAILS_LIMIT = 64 * 1024
+
+
+def cut(text: str, limit: int) -> str:
+    """``text`` within ``limit`` characters, an ellipsis marking a cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _details(data: Any) -> Any:
+    """PagerDuty's custom_details: the data as is, or its JSON cut to ``DETAILS_LIMIT``."""
+    text = _json(data).decode()
+    return data if len(text) <= DETAILS_LIMIT else {"truncated": cut(text, DETAILS_LIMIT)}
 
 
 @dataclass(frozen=True)
@@ -101,7 +120,7 @@ def summary(payload: dict[str, Any]) -> str:
     }
     event_type = str(payload.get("type"))
     text = lines.get(event_type, f"{event_type} on {f['instance']}")
-    return text[:SUMMARY_LIMIT]
+    return cut(text, SUMMARY_LIMIT)
 
 
 def console_link(payload: dict[str, Any], public_url: str | None) -> str | None:
@@ -116,16 +135,14 @@ def slack_request(endpoint: Endpoint, payload: dict[str, Any], public_url: str |
     """``text`` (the notification preview) plus ``blocks`` laid out for a phone."""
     f = _facts(payload)
     text = summary(payload)
-    fields = [
-        {"type": "mrkdwn", "text": f"*Instance*\n{f['instance']}"},
-        {"type": "mrkdwn", "text": f"*What*\n{payload.get('type')}"},
-    ]
+    texts = [f"*Instance*\n{f['instance']}", f"*What*\n{payload.get('type')}"]
     if f["to"]:
-        fields.append({"type": "mrkdwn", "text": f"*Plan*\n{f['from'] or '?'} → {f['to']}"})
+        texts.append(f"*Plan*\n{f['from'] or '?'} → {f['to']}")
     if f["alarm_type"]:
-        fields.append({"type": "mrkdwn", "text": f"*Alarm*\n{f['alarm_type']} {f['value']}"})
+        texts.append(f"*Alarm*\n{f['alarm_type']} {f['value']}")
+    fields = [{"type": "mrkdwn", "text": cut(t, SLACK_FIELD_LIMIT)} for t in texts]
     blocks: list[dict[str, Any]] = [
-        {"type": "section", "text": {"type": "mrkdwn", "text": f"*{text}*"}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": f"*{cut(text, SLACK_TEXT_LIMIT - 2)}*"}},
         {"type": "section", "fields": fields},
     ]
     link = console_link(payload, public_url)
@@ -134,7 +151,9 @@ def slack_request(endpoint: Endpoint, payload: dict[str, Any], public_url: str |
             {"type": "context", "elements": [{"type": "mrkdwn", "text": f"<{link}|Open in autopilot>"}]}
         )
     return Request(
-        endpoint.url, {"content-type": "application/json"}, _json({"text": text, "blocks": blocks})
+        endpoint.url,
+        {"content-type": "application/json"},
+        _json({"text": cut(text, SLACK_TEXT_LIMIT), "blocks": blocks}),
     )
 
 
@@ -162,27 +181,32 @@ def pagerduty_request(endpoint: Endpoint, payload: dict[str, Any], public_url: s
     event is a change event (on the service's timeline, never a page)."""
     assert endpoint.secret is not None
     f = _facts(payload)
+    dedup_key = cut(str(f["incident_id"]), DEDUP_KEY_LIMIT) if f["incident_id"] is not None else None
     link = console_link(payload, public_url)
     links = [{"href": link, "text": "cloudamqp-autopilot"}] if link else []
     event_type = payload.get("type")
     headers = {"content-type": "application/json"}
     if event_type == EventType.INCIDENT_RESOLVED:
-        event = {"routing_key": endpoint.secret, "event_action": "resolve", "dedup_key": f["incident_id"]}
+        event: dict[str, Any] = {
+            "routing_key": endpoint.secret,
+            "event_action": "resolve",
+            "dedup_key": dedup_key,
+        }
         return Request(f"{endpoint.url}/v2/enqueue", headers, _json(event))
-    source = f["instance"] if f["instance"] != "?" else "cloudamqp-autopilot"
+    source = cut(str(f["instance"]), 255) if f["instance"] != "?" else "cloudamqp-autopilot"
     if event_type == EventType.INCIDENT_OPENED:
         event = {
             "routing_key": endpoint.secret,
             "event_action": "trigger",
-            "dedup_key": f["incident_id"],
+            "dedup_key": dedup_key,
             "payload": {
                 "summary": summary(payload),
                 "severity": severity(f["alarm_type"]),
                 "source": source,
-                "component": f["alarm_type"] or "unknown",
-                "class": f["alarm_type"] or "unknown",
+                "component": cut(str(f["alarm_type"] or "unknown"), 255),
+                "class": cut(str(f["alarm_type"] or "unknown"), 255),
                 "timestamp": payload.get("timestamp"),
-                "custom_details": payload.get("data"),
+                "custom_details": _details(payload.get("data")),
             },
             "links": links,
         }
@@ -193,7 +217,7 @@ def pagerduty_request(endpoint: Endpoint, payload: dict[str, Any], public_url: s
             "summary": summary(payload),
             "source": source,
             "timestamp": payload.get("timestamp"),
-            "custom_details": payload.get("data"),
+            "custom_details": _details(payload.get("data")),
         },
         "links": links,
     }

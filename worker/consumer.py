@@ -17,16 +17,17 @@ from typing import Any
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from shared import brokers, envelope, metrics, topology
+from shared import brokers, contract, envelope, metrics, topology
 from shared.errors import DecodeError
 from shared.notifications import alarm_data, parked_notice
 from shared.settings import Settings
 from worker.batch import FirstSteps
-from worker.outcomes import DECODE_ERROR, Outcome, Park, Retries
+from worker.outcomes import DECODE_ERROR, Outcome, Park, Retries, Route
 from worker.process import Processor
 
 log = structlog.get_logger("worker")
 
+UNHANDLED = "unhandled"  # the park status of a message whose handling raised unexpectedly
 DRAIN_POLL_SECONDS = 0.05  # how often a burst worker looks whether its queues are empty
 
 
@@ -34,6 +35,30 @@ def failure_outcome(retries: Retries, message: AbstractIncomingMessage, exc: Bas
     """An unexpected error (store down, a bug): a durable retry that spends an attempt."""
     attempts = envelope.attempts(message.headers or {}) + 1
     return retries.after_failure(f"internal error: {type(exc).__name__}: {exc}", attempts)
+
+
+def unhandled(message: AbstractIncomingMessage, exc: BaseException, queue: str = topology.WORK_QUEUE) -> Park:
+    """A delivery whose handling raised where nothing expected it (its headers, its body, a
+    bug): parked at once with the exception's type and text, counted and logged with the
+    event id, so that it can never stay unacknowledged and hold a prefetch slot for good."""
+    error = f"could not be handled: {type(exc).__name__}: {_short(exc)}"
+    metrics.UNHANDLED.labels(queue).inc()
+    log.error(
+        "message.unhandled",
+        event_id=envelope.event_id_of(message.headers or {}),
+        message_id=envelope.identifier(message.message_id),
+        queue=queue,
+        error=error,
+        exc_info=exc,
+    )
+    return Park(error, UNHANDLED, envelope.attempts(message.headers or {}))
+
+
+def _short(exc: BaseException) -> str:
+    try:
+        return contract.shown_text(str(exc).encode("utf-8", "replace"), 300)
+    except Exception:
+        return "(its text cannot be shown)"
 
 
 class InFlight:
@@ -90,7 +115,11 @@ class Consumer:
     async def _work(self, message: AbstractIncomingMessage, *, first: bool) -> None:
         metrics.IN_FLIGHT.inc()
         try:
-            await self.settle(message, await self.handle(message, first=first))
+            try:
+                outcome: Outcome = await self.handle(message, first=first)
+            except Exception as exc:
+                outcome = unhandled(message, exc)
+            await self.settle(message, outcome)
         finally:
             metrics.IN_FLIGHT.dec()
 
@@ -139,9 +168,9 @@ class Consumer:
         try:
             alarm = envelope.decode_alarm(message.body, headers, message.message_id, time.time())
             alarm_info: dict[str, Any] | None = alarm_data(alarm)
-        except DecodeError:
+        except Exception:  # not an alarm (or not a readable one): the notice says so
             alarm_info = None
-        message_id = message.message_id or envelope.event_id_of(headers) or "unknown"
+        message_id = envelope.identifier(message.message_id) or envelope.event_id_of(headers) or "unknown"
         # One notification per parking of a message: a replay that is parked again is news.
         key = f"{message_id}|{envelope.replayed_at(headers) or ''}"
         notice = parked_notice(message_id, park.status, park.error, park.attempts, alarm_info)
@@ -237,7 +266,7 @@ async def settle(
     """Settle a message of ``family``: publish its outcome's copy (to a delay queue or the
     parking lot) with a confirm, then ack. Not confirmed: nack with requeue, never a loss."""
     try:
-        route = outcome.route(message, time.time(), family)
+        route = _route(message, outcome, family)
         if route is not None:
             await channel.default_exchange.publish(route.message, routing_key=route.queue, mandatory=True)
             outcome.announce(message)
@@ -250,6 +279,26 @@ async def settle(
         return
     # On a lost channel the ack fails and the broker redelivers: a duplicate, never a loss.
     await _quietly(message.ack())
+
+
+def _route(message: AbstractIncomingMessage, outcome: Outcome, family: topology.Family) -> Route | None:
+    """The outcome's copy; when this message's own headers or properties cannot be copied, it is
+    parked as it is with them shown as text: the park path never fails on what a message holds."""
+    now = time.time()
+    try:
+        route = outcome.route(message, now, family)
+        if route is None or envelope.encodable(route.message):
+            return route
+        problem = "its headers cannot be copied"
+    except Exception as exc:
+        problem = f"its copy cannot be built: {type(exc).__name__}"
+    if isinstance(outcome, Park):
+        error, status, attempts = outcome.error, outcome.status, outcome.attempts
+    else:
+        error, status = f"could not be handled: {problem}", UNHANDLED
+        attempts = envelope.attempts(message.headers or {})
+    log.error("message.parked_plain", message_id=envelope.identifier(message.message_id), problem=problem)
+    return Route(family.dead, envelope.plain_park_copy(message, error, status, attempts, now))
 
 
 async def _quietly(settling: Any) -> None:

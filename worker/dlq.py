@@ -39,7 +39,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
-from shared import brokers, envelope, topology
+from shared import brokers, contract, envelope, topology
 from shared.alarm import iso
 from shared.errors import BrokerUnavailable
 from shared.runtime import load_settings_or_exit
@@ -57,13 +57,15 @@ _ERROR_WIDTH = 70
 def json_safe(value: Any) -> Any:
     """An AMQP header value as something ``json.dumps`` accepts."""
     if isinstance(value, bytes | bytearray):
-        return bytes(value).decode("utf-8", "replace")
+        return contract.shown_text(bytes(value), 1000)
     if isinstance(value, datetime | date):
         return value.isoformat()
     if isinstance(value, Decimal):
-        return float(value)
+        return float(value) if value.is_finite() else str(value)
+    if isinstance(value, str):
+        return contract.shown_text(value.encode("utf-8", "replace"), 1000)
     if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
+        return {str(json_safe(str(k))): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [json_safe(v) for v in value]
     return value
@@ -80,11 +82,9 @@ def message_ref(message_id: str | None, headers: Mapping[str, Any], body: bytes)
 
 
 def parse_body(body: bytes) -> Any:
-    """The body as JSON, or None when it is not JSON."""
-    try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return None
+    """The body as JSON, or None when it is not JSON that can be shown as JSON (any bytes at
+    all may be parked: nesting past any parser's depth, 5,000-digit numbers, lone surrogates)."""
+    return contract.readable(body)
 
 
 def _one_line(text: str, width: int) -> str:
@@ -162,7 +162,7 @@ def describe(ref: str, message_id: str | None, headers: Mapping[str, Any], body:
     }
     parsed = parse_body(body)
     if parsed is None and body.strip() != b"null":
-        out["body_text"] = body.decode("utf-8", "replace")
+        out["body_text"] = contract.shown_text(body)
     else:
         out["body"] = parsed
     return out

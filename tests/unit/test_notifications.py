@@ -291,3 +291,26 @@ def test_a_bad_notify_table_is_one_line_naming_file_table_and_key_never_the_secr
     message = str(raised.value)
     assert message.startswith("POLICY_FILE policy.toml: ") and expected in message
     assert "whsec_nope!" not in message
+
+
+def test_given_the_longest_texts_the_contract_allows_then_each_channel_fits_its_limits() -> None:
+    long_alarm = Alarm(
+        "ev-2",
+        1_700_000_000.0,
+        {"alarm_type": "m" * 300, "value": "v" * 8000, "instance_id": "i" * 300, "message": "x" * 600},
+        "key",
+    )
+    opened = incident_notice("opened", "inc-" + "9" * 400, "k" * 600, long_alarm, "i" * 300, 1.0)
+    assert opened is not None
+    body = payload(opened.type, opened.data)
+    slack = json.loads(channels.slack_request(Endpoint("s", ChannelKind.SLACK, "http://s"), body, None).body)
+    pd_endpoint = Endpoint("pd", ChannelKind.PAGERDUTY, "http://pd", "ROUTING")
+    trigger = json.loads(channels.pagerduty_request(pd_endpoint, body, None).body)
+
+    assert len(slack["text"]) <= 3000
+    for block in slack["blocks"]:
+        assert len(block.get("text", {}).get("text", "")) <= 3000
+        assert len(block.get("fields", [])) <= 10
+        assert all(len(field["text"]) <= 2000 for field in block.get("fields", []))
+    assert len(trigger["payload"]["summary"]) <= 1024 and len(trigger["dedup_key"]) <= 255
+    assert len(trigger["payload"]["source"]) <= 255
