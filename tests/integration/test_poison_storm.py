@@ -23,10 +23,11 @@ from shared import envelope, topology
 from shared.alarm import new_id
 from shared.settings import Settings
 from shared.store import Store
+from tests.cloudamqp_stand_in import CloudAmqpStandIn
 from tests.integration.conftest import API_KEY, SEED_INSTANCE, seed_alarm
 from tests.integration.test_console import login
 from tests.integration.test_dead_letters import run_dlq
-from tests.support import FakeCloudAmqp, queue_depth, wait_until
+from tests.support import queue_depth, wait_until
 from worker.cloudamqp import CloudAmqpClient
 from worker.consumer import Consumer
 from worker.notify import Notifier
@@ -144,7 +145,7 @@ async def decided(store: Store, ids: list[str]) -> bool:
 
 
 async def test_given_a_poison_storm_on_every_queue_then_valid_alarms_are_decided_and_poison_is_parked(
-    vhost: str, database_url: str, fake_api: FakeCloudAmqp, aiohttp_client: AiohttpClient
+    vhost: str, database_url: str, fake_api: CloudAmqpStandIn, aiohttp_client: AiohttpClient
 ) -> None:
     settings = Settings(
         rabbitmq_url=vhost,
