@@ -17,7 +17,7 @@ ends the notice). Only a ``stale`` claim whose extra lease also ran out is taken
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 
@@ -44,6 +44,8 @@ class ClaimRow:
     owner: str
     lease_until: float
     cooldown_until: float
+    instance_id: str = ""
+    claimed_at: float = 0.0
 
 
 def claim_verdict(existing: ClaimRow | None, now: float) -> ClaimVerdict:
@@ -58,3 +60,39 @@ def claim_verdict(existing: ClaimRow | None, now: float) -> ClaimVerdict:
             return ClaimVerdict.HELD
         return ClaimVerdict.GRANTED if existing.status is ClaimStatus.STALE else ClaimVerdict.NOTICED
     return ClaimVerdict.GRANTED if existing.cooldown_until <= now else ClaimVerdict.COOLING_DOWN
+
+
+@dataclass(frozen=True)
+class ClaimAsk:
+    """A worker asking for the claim on ``scope`` at ``now``."""
+
+    scope: str
+    instance_id: str
+    owner: str
+    now: float
+    lease: float
+    cooldown: float
+
+
+def take_claim(existing: ClaimRow | None, ask: ClaimAsk) -> tuple[ClaimVerdict, ClaimRow | None]:
+    """What asking for the claim does: the verdict, and the row as it is afterwards (None:
+    unchanged). The one statement that does it in the store (``Unit.try_claim``) is tested
+    to agree with this function on every kind of row (``tests/unit/test_claim_rule.py``).
+
+    Granted: held by the asker, its lease from now, its cooldown counted from now. Noticed (a
+    held lease that ran out): the same holder, marked stale, one more lease from now."""
+    verdict = claim_verdict(existing, ask.now)
+    if verdict is ClaimVerdict.GRANTED:
+        return verdict, ClaimRow(
+            ask.scope,
+            ClaimStatus.HELD,
+            ask.owner,
+            ask.now + ask.lease,
+            ask.now + ask.cooldown,
+            ask.instance_id,
+            ask.now,
+        )
+    if verdict is ClaimVerdict.NOTICED:
+        assert existing is not None
+        return verdict, replace(existing, status=ClaimStatus.STALE, lease_until=ask.now + ask.lease)
+    return verdict, None

@@ -23,6 +23,8 @@ from shared.db import Database, Row, Tx, open_database, rows_cte
 from shared.errors import StoreError
 from shared.incidents import IncidentChange, IncidentPlan
 from shared.notifications import EventType, Notice, action_notice, alarm_data, incident_notice
+from shared.snapshot import Arrival as Arrival
+from shared.snapshot import EventState, Snapshot, Writes
 
 
 class ActionStatus(StrEnum):
@@ -79,7 +81,7 @@ _DECIDED_ROW = f"""status IN ({_DECIDED_SQL})
     AND NOT (status = 'skipped' AND COALESCE(reason, '') IN ({_PASSING_SQL}))"""
 
 
-def _is_decided(status: ActionStatus, reason: str | None) -> bool:
+def is_decided(status: ActionStatus, reason: str | None) -> bool:
     """``_DECIDED_ROW`` for a row about to be written."""
     return status in DECIDED_STATUSES and not (status is ActionStatus.SKIPPED and reason in PASSING_SKIPS)
 
@@ -113,7 +115,7 @@ _ACTION_COLUMNS = """a.*, p.deadline AS approval_deadline, p.decided_by AS appro
 _APPROVAL_JOIN = "LEFT JOIN approvals p ON p.action_id = a.action_id"
 
 
-def _is_done(status: str | None, reason: str | None) -> bool:
+def is_done(status: str | None, reason: str | None) -> bool:
     return (
         status in DONE_STATUSES
         or status in HANDED_OFF
@@ -257,15 +259,6 @@ class EventRecord:
     final_status: str | None  # this event's action status when no more work is due
     awaiting_plan: str | None = None  # the plan of an accepted upgrade still to be confirmed
     approval_deadline: float | None = None  # its upgrade awaits (or just got) an approval
-
-
-@dataclass(frozen=True)
-class Arrival:
-    """An alarm to record: the instance it is about and what it does to incidents."""
-
-    alarm: Alarm
-    instance_id: str | None
-    plan: IncidentPlan
 
 
 def segments(arrivals: Sequence[Arrival]) -> list[list[int]]:
@@ -575,6 +568,259 @@ class Unit:
         notice = Notice(event_type, key, data, instance_id)
         return await outbox.insert(self.tx, notice, time.time() if now is None else now)
 
+    # --- an alarm batch's first step: one read, one write (worker.first_step folds between) ---
+
+    async def load(self, arrivals: Sequence[Arrival], scopes: Iterable[str], now: float) -> Snapshot:
+        """Everything a batch's first step needs, read once: its events recorded (those
+        recorded first by this call are ``new``; what the others have — incident, action,
+        approval), the open incidents of its keys and the claim rows of its scopes (locked,
+        in key and then scope order, as every batch locks them), the decided contents, the
+        running pauses and the plan changes under way of its instances."""
+        snapshot = Snapshot(scopes=set(scopes))
+        if not arrivals:
+            return snapshot
+        snapshot.new = await self._insert_events(arrivals, now)
+        earlier = await self._recorded(sorted({a.alarm.event_id for a in arrivals} - snapshot.new))
+        for event_id, row in earlier.items():
+            snapshot.events[event_id] = EventState(
+                row["incident_id"],
+                row["incident_change"],
+                row["status"],
+                row["reason"],
+                row["plan"],
+                float(row["deadline"])
+                if row["status"] in HANDED_OFF and row["deadline"] is not None
+                else None,
+            )
+        keys = sorted({a.plan.key for a in arrivals if a.plan.key is not None})
+        snapshot.open_incidents = await self._open_incidents(keys)
+        snapshot.decided = await self._decided_events(sorted({a.alarm.event_key for a in arrivals}))
+        snapshot.claims = await self._locked_claims(sorted(snapshot.scopes))
+        rows = await self.tx.fetch("SELECT * FROM pauses WHERE until_at > $1", now)
+        snapshot.pauses = [_pause(r) for r in rows]
+        instances = sorted({a.instance_id for a in arrivals if a.instance_id is not None})
+        snapshot.reconfiguring = await self._reconfiguring(instances)
+        return snapshot
+
+    async def _insert_events(self, arrivals: Sequence[Arrival], now: float) -> set[str]:
+        """Record each event once (by event id), in event id order (the order every batch
+        takes their index entries in); the ids this call recorded."""
+        first: dict[str, Arrival] = {}
+        for a in arrivals:
+            first.setdefault(a.alarm.event_id, a)
+        cte, args = rows_cte(
+            self.tx.dialect,
+            "v",
+            _EVENT_COLUMNS,
+            [
+                (
+                    a.alarm.event_id,
+                    a.alarm.event_key,
+                    a.alarm.received_at,
+                    a.instance_id,
+                    a.alarm.alarm_type,
+                    a.plan.key,
+                    a.plan.reason if a.plan.change is IncidentChange.UNGROUPABLE else None,
+                    json.dumps(a.alarm.body, ensure_ascii=False),
+                )
+                for _, a in sorted(first.items())
+            ],
+            first=2,
+        )
+        inserted = await self.tx.fetch(
+            f"""WITH {cte}
+               INSERT INTO events (event_id, event_key, received_at, recorded_at, instance_id,
+                   alarm_type, incident_key, ungroupable, body)
+               SELECT event_id, event_key, received_at, CAST($1 AS DOUBLE PRECISION), instance_id,
+                   alarm_type, incident_key, ungroupable, body FROM v WHERE true
+               ON CONFLICT (event_id) DO NOTHING RETURNING event_id""",
+            now,
+            *args,
+        )
+        return {row["event_id"] for row in inserted}
+
+    async def _open_incidents(self, keys: Sequence[str]) -> dict[str, str]:
+        if not keys:
+            return {}
+        cte, args = rows_cte(self.tx.dialect, "v", [("incident_key", "text")], [(k,) for k in keys])
+        lock = " FOR UPDATE OF i" if self.tx.dialect == "postgresql" else ""
+        rows = await self.tx.fetch(
+            f"""WITH {cte} SELECT i.incident_id, i.incident_key FROM incidents i
+               WHERE i.status = 'open' AND i.incident_key IN (SELECT incident_key FROM v)
+               ORDER BY i.incident_key{lock}""",
+            *args,
+        )
+        return {row["incident_key"]: row["incident_id"] for row in rows}
+
+    async def _decided_events(self, event_keys: Sequence[str]) -> dict[str, set[str]]:
+        """For each content, the lowest and highest event id among its events whose action is a
+        decision that stands: enough to tell whether another event than a given one has one."""
+        if not event_keys:
+            return {}
+        cte, args = rows_cte(self.tx.dialect, "v", [("event_key", "text")], [(k,) for k in event_keys])
+        rows = await self.tx.fetch(
+            f"""WITH {cte}
+               SELECT event_key, MIN(event_id) AS lo, MAX(event_id) AS hi FROM actions
+               WHERE event_key IN (SELECT event_key FROM v) AND {_DECIDED_ROW}
+               GROUP BY event_key""",
+            *args,
+        )
+        return {row["event_key"]: {row["lo"], row["hi"]} for row in rows}
+
+    async def _locked_claims(self, scopes: Sequence[str]) -> dict[str, ClaimRow]:
+        if not scopes:
+            return {}
+        cte, args = rows_cte(self.tx.dialect, "v", [("scope", "text")], [(sc,) for sc in scopes])
+        lock = " FOR UPDATE OF c" if self.tx.dialect == "postgresql" else ""
+        rows = await self.tx.fetch(
+            f"""WITH {cte} SELECT c.* FROM claims c WHERE c.scope IN (SELECT scope FROM v)
+               ORDER BY c.scope{lock}""",
+            *args,
+        )
+        return {row["scope"]: _claim_row(row) for row in rows}
+
+    async def _reconfiguring(self, instances: Sequence[str]) -> dict[str, str]:
+        if not instances:
+            return {}
+        cte, args = rows_cte(self.tx.dialect, "v", [("instance_id", "text")], [(i,) for i in instances])
+        rows = await self.tx.fetch(
+            f"""WITH {cte} SELECT instance_id, plan FROM actions
+               WHERE reason = '{RECONFIGURING}' AND status = '{ActionStatus.IN_PROGRESS.value}'
+               AND instance_id IN (SELECT instance_id FROM v)""",
+            *args,
+        )
+        return {row["instance_id"]: row["plan"] for row in rows}
+
+    async def apply(self, writes: Writes, now: float) -> list[bool]:
+        """Write what a batch's first step changed, in a handful of set-based statements;
+        for each action row (in ``writes.actions`` order) whether it was written (False:
+        another delivery of the event had the final word first)."""
+        await self._apply_incidents_of(writes, now)
+        if writes.notices:
+            await outbox.insert_many(self.tx, [(notice, now) for notice in writes.notices])
+        written = await self.write_actions(writes.actions) if writes.actions else []
+        if writes.claims:
+            await self._put_claims(sorted(writes.claims.values(), key=lambda c: c.scope))
+        for request in writes.approvals:
+            await self._put_approval(request)
+        if writes.audits:
+            await self.audit_many(writes.audits)
+        return written
+
+    async def _apply_incidents_of(self, writes: Writes, now: float) -> None:
+        dialect = self.tx.dialect
+        if writes.grouped:
+            cte, args = rows_cte(
+                dialect,
+                "v",
+                [("incident_id", "text"), ("n", "int"), ("last_value", "text")],
+                [
+                    (iid, g.count, None if g.last_value is None else json.dumps(g.last_value))
+                    for iid, g in sorted(writes.grouped.items())
+                ],
+                first=2,
+            )
+            await self.tx.execute(
+                f"""WITH {cte}
+                   UPDATE incidents SET event_count = incidents.event_count + v.n,
+                       last_seen = CAST($1 AS DOUBLE PRECISION),
+                       last_value = COALESCE(v.last_value, incidents.last_value)
+                   FROM v WHERE incidents.incident_id = v.incident_id""",
+                now,
+                *args,
+            )
+        if writes.resolved:
+            cte, args = rows_cte(dialect, "v", [("incident_id", "text")], [(i,) for i in writes.resolved], 2)
+            await self.tx.execute(
+                f"""WITH {cte}
+                   UPDATE incidents SET status = 'resolved', resolved_at = CAST($1 AS DOUBLE PRECISION),
+                       last_seen = CAST($1 AS DOUBLE PRECISION)
+                   WHERE incident_id IN (SELECT incident_id FROM v)""",
+                now,
+                *args,
+            )
+        if writes.new_incidents:
+            cte, args = rows_cte(
+                dialect,
+                "v",
+                (*_INCIDENT_COLUMNS, ("status", "text")),
+                [
+                    (
+                        n.incident_id,
+                        n.key,
+                        n.instance_id,
+                        n.alarm_type,
+                        n.count,
+                        None if n.last_value is None else json.dumps(n.last_value),
+                        "resolved" if n.resolved else "open",
+                    )
+                    for n in writes.new_incidents.values()
+                ],
+                first=2,
+            )
+            await self.tx.execute(
+                f"""WITH {cte}
+                   INSERT INTO incidents (incident_id, incident_key, title, status, instance_id,
+                       alarm_type, first_seen, last_seen, event_count, last_value, resolved_at)
+                   SELECT incident_id, incident_key, incident_key, status, instance_id, alarm_type,
+                       CAST($1 AS DOUBLE PRECISION), CAST($1 AS DOUBLE PRECISION), n, last_value,
+                       CASE WHEN status = 'resolved' THEN CAST($1 AS DOUBLE PRECISION) END
+                   FROM v WHERE true""",
+                now,
+                *args,
+            )
+        if writes.event_incidents:
+            cte, args = rows_cte(
+                dialect,
+                "v",
+                [("event_id", "text"), ("incident_id", "text"), ("incident_change", "text")],
+                writes.event_incidents,
+            )
+            await self.tx.execute(
+                f"""WITH {cte}
+                   UPDATE events SET incident_id = v.incident_id, incident_change = v.incident_change
+                   FROM v WHERE events.event_id = v.event_id""",
+                *args,
+            )
+
+    async def _put_claims(self, rows: Sequence[ClaimRow]) -> None:
+        """The claim rows as the fold left them (their rows locked by ``load``)."""
+        cte, args = rows_cte(
+            self.tx.dialect,
+            "v",
+            [
+                ("scope", "text"),
+                ("instance_id", "text"),
+                ("status", "text"),
+                ("owner", "text"),
+                ("claimed_at", "float8"),
+                ("lease_until", "float8"),
+                ("cooldown_until", "float8"),
+            ],
+            [
+                (
+                    r.scope,
+                    r.instance_id,
+                    r.status.value,
+                    r.owner,
+                    r.claimed_at,
+                    r.lease_until,
+                    r.cooldown_until,
+                )
+                for r in rows
+            ],
+        )
+        await self.tx.execute(
+            f"""WITH {cte}
+               INSERT INTO claims (scope, instance_id, status, owner, claimed_at, lease_until, cooldown_until)
+               SELECT scope, instance_id, status, owner, claimed_at, lease_until, cooldown_until
+               FROM v WHERE true
+               ON CONFLICT (scope) DO UPDATE SET instance_id = excluded.instance_id,
+                   status = excluded.status, owner = excluded.owner, claimed_at = excluded.claimed_at,
+                   lease_until = excluded.lease_until, cooldown_until = excluded.cooldown_until""",
+            *args,
+        )
+
     # --- events and incidents -------------------------------------------------------------
 
     async def record_event(
@@ -639,7 +885,7 @@ class Unit:
                 to_check.append(a.alarm.event_key)
                 continue
             row = earlier[a.alarm.event_id]
-            done = row["status"] if _is_done(row["status"], row["reason"]) else None
+            done = row["status"] if is_done(row["status"], row["reason"]) else None
             awaiting = row["plan"] if row["reason"] == RECONFIGURING else None
             approval = float(row["deadline"]) if row["status"] in HANDED_OFF else None
             records.append(
@@ -893,7 +1139,7 @@ class Unit:
         action row does not exist yet."""
         queued = QueuedAction()
         self._queued.append((record, queued))
-        if _is_decided(record.status, record.reason):
+        if is_decided(record.status, record.reason):
             self._decided_queued.setdefault(record.alarm.event_key, set()).add(record.alarm.event_id)
         return queued
 
@@ -993,7 +1239,7 @@ class Unit:
                   OR (claims.status IN ('held', 'stale', 'awaiting')
                       AND claims.lease_until <= excluded.claimed_at)
                   OR (claims.status = 'done' AND claims.cooldown_until <= excluded.claimed_at)
-               RETURNING scope, status, owner, lease_until, cooldown_until""",
+               RETURNING scope, instance_id, status, owner, claimed_at, lease_until, cooldown_until""",
             scope,
             instance_id,
             owner,
@@ -1162,6 +1408,11 @@ class Unit:
         )
         if claimed is None:
             return False
+        await self._put_approval(request)
+        return True
+
+    async def _put_approval(self, request: ApprovalRequest) -> None:
+        """Remember what an upgrade awaiting approval would do (its claim already waits)."""
         await self.tx.execute(
             """INSERT INTO approvals (action_id, scope, owner, instance_id, plan, reason, rule,
                    cooldown_seconds, requested_at, deadline)
@@ -1182,7 +1433,6 @@ class Unit:
             request.requested_at,
             request.deadline,
         )
-        return True
 
     async def approval(self, action_id: str) -> Row | None:
         """An action with its approval and the alarm that caused it (None: no such action)."""
@@ -1368,6 +1618,8 @@ def _claim_row(row: Row) -> ClaimRow:
         owner=row["owner"],
         lease_until=float(row["lease_until"]),
         cooldown_until=float(row["cooldown_until"]),
+        instance_id=row.get("instance_id") or "",
+        claimed_at=float(row.get("claimed_at") or 0.0),
     )
 
 

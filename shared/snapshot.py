@@ -1,0 +1,89 @@
+"""What an alarm batch's first step reads and writes, as plain values.
+
+The store reads a ``Snapshot`` once (``Unit.load``), the worker folds the batch's alarms over
+it in memory (``worker.first_step.plan_batch``, pure), and the store writes the ``Writes``
+the fold produced once (``Unit.apply``): one read, a pure fold, one write.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.alarm import Alarm
+from shared.claims import ClaimRow
+from shared.controls import Pause
+from shared.incidents import IncidentPlan
+from shared.notifications import Notice
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """An alarm to record: the instance it is about and what it does to incidents."""
+
+    alarm: Alarm
+    instance_id: str | None
+    plan: IncidentPlan
+
+
+@dataclass
+class EventState:
+    """What the store holds about one event: its incident change and its action row."""
+
+    incident_id: str | None = None
+    incident_change: str | None = None
+    status: str | None = None  # its action row's, where it has one
+    reason: str | None = None
+    plan: str | None = None
+    approval_deadline: float | None = None
+
+
+@dataclass
+class Snapshot:
+    """The store as a batch's first step needs it. ``new``: the events this batch recorded
+    first (every other event of the batch is in ``events`` with what it had)."""
+
+    new: set[str] = field(default_factory=set)
+    events: dict[str, EventState] = field(default_factory=dict)
+    open_incidents: dict[str, str] = field(default_factory=dict)  # incident key -> open incident id
+    decided: dict[str, set[str]] = field(default_factory=dict)  # content key -> events decided on it
+    claims: dict[str, ClaimRow] = field(default_factory=dict)  # scope -> row (absent: no row)
+    scopes: set[str] = field(default_factory=set)  # the scopes whose rows were read (and locked)
+    pauses: list[Pause] = field(default_factory=list)  # running now
+    reconfiguring: dict[str, str] = field(default_factory=dict)  # instance -> plan being applied
+
+
+@dataclass
+class NewIncident:
+    incident_id: str
+    key: str
+    instance_id: str | None
+    alarm_type: str | None
+    count: int
+    last_value: Any
+    resolved: bool = False
+
+
+@dataclass
+class Grouped:
+    """Alarms grouped into an incident that was open before the batch."""
+
+    count: int = 0
+    last_value: Any = None
+
+
+@dataclass
+class Writes:
+    """The difference a batch's first step makes, written in a handful of statements."""
+
+    event_incidents: list[tuple[str, str | None, str]] = field(
+        default_factory=list
+    )  # event, incident, change
+    new_incidents: dict[str, NewIncident] = field(default_factory=dict)  # by incident id, in opening order
+    grouped: dict[str, Grouped] = field(default_factory=dict)  # existing incident id -> its alarms
+    resolved: list[str] = field(default_factory=list)  # existing incidents resolved
+    notices: list[Notice] = field(default_factory=list)
+    actions: list[Any] = field(default_factory=list)  # shared.store.ActionRecord, in order
+    claims: dict[str, ClaimRow] = field(default_factory=dict)  # scope -> the row as it is to be
+    approvals: list[Any] = field(default_factory=list)  # shared.store.ApprovalRequest
+    audits: list[Any] = field(default_factory=list)  # shared.store.AuditEntry

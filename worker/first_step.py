@@ -1,0 +1,372 @@
+"""An alarm batch's first step as a pure fold: ``plan_batch(snapshot, arrivals, now, context)``.
+
+The store reads once what the step needs (``Unit.load``: which events are new, what the
+others already have, the open incidents of the batch's keys, the decided contents, the claim
+rows of its scopes — locked —, the running pauses and the plan changes under way); this module
+folds the alarms over that ``Snapshot`` in delivery order, the snapshot evolving in memory (a
+claim granted to the first alarm is held for the second; an incident opened by the first is
+grouped into by the second), and returns one plain ``Step`` per alarm and the ``Writes`` the
+store makes once (``Unit.apply``). No I/O here, no clock: time and fresh ids are arguments.
+
+What each alarm goes through, in order: its event and incident change (new events only), what
+its earlier delivery left (a plan change to follow, an approval, a final word), the decision
+(``worker.policy.decide``: duplicates, pauses), a plan change of the instance still under way,
+then the claim (``shared.claims.take_claim``) and what the claim allows: a dry run, a request
+for approval, or the upgrade call (after the commit, ``worker.upgrade_call``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import TypedDict
+
+from shared.alarm import Alarm, iso
+from shared.claims import ClaimAsk, ClaimStatus, ClaimVerdict, take_claim
+from shared.controls import effective_pause
+from shared.incidents import IncidentChange
+from shared.notifications import incident_notice
+from shared.settings import Settings
+from shared.snapshot import Arrival, EventState, Grouped, NewIncident, Snapshot, Writes
+from shared.store import (
+    HANDED_OFF,
+    RECONFIGURING,
+    ActionRecord,
+    ActionStatus,
+    ApprovalRequest,
+    AuditEntry,
+    is_decided,
+    is_done,
+)
+from worker.policy import DecisionState, Policy, Skip, SkipReason, Upgrade, decide, upgrade_scope
+
+AUTOPILOT = "autopilot"  # the actor of automatic entries in the audit trail
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the fold decides with, besides the snapshot and the time."""
+
+    settings: Settings
+    policy: Policy
+    dry_run: bool
+    worker_id: str
+    new_id: Callable[[], str]  # a fresh id (incident ids, claim owner tokens)
+
+    def claim_scope(self, scope: str) -> str:
+        """Dry runs have their own claims, so that going live does not inherit a cooldown."""
+        return f"dry-run:{scope}" if self.dry_run else scope
+
+    def scope_of(self, arrival: Arrival) -> str | None:
+        """The claim an upgrade decided for this alarm would ask for."""
+        if arrival.instance_id is None:
+            return None
+        return self.claim_scope(upgrade_scope(arrival.instance_id, arrival.alarm.alarm_type))
+
+
+# --- the steps: what became of each alarm, as plain values -----------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Step:
+    """One alarm's first step. ``change``: the incident change its event made (None when
+    the event was recorded before); ``action``: the index in ``Writes.actions`` of the row
+    whose write decides what is said (False: another delivery had the final word)."""
+
+    arrival: Arrival
+    incident_id: str | None
+    change: str | None = None
+    instance_id: str | None = None
+    plan: str | None = None
+    action: int | None = None
+
+    @property
+    def alarm(self) -> Alarm:
+        return self.arrival.alarm
+
+
+@dataclass(frozen=True, kw_only=True)
+class Skipped(Step):
+    skip: Skip
+
+
+@dataclass(frozen=True, kw_only=True)
+class AlreadyDone(Step):
+    detail: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class FollowAgain(Step):
+    """CloudAMQP took this alarm's plan change; its check may have been lost with the
+    delivery: one more is sent (a second one is harmless)."""
+
+    awaiting_plan: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApprovalAgain(Step):
+    """This alarm's upgrade awaits (or just got) an approval; its periodic look is sent again."""
+
+    deadline: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class Deferred(Step):
+    scope: str
+    lease_left: float
+    verdict: ClaimVerdict
+
+
+@dataclass(frozen=True, kw_only=True)
+class DryRun(Step):
+    upgrade: Upgrade
+
+
+@dataclass(frozen=True, kw_only=True)
+class AwaitingApproval(Step):
+    upgrade: Upgrade
+    deadline: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class Claimed(Step):
+    """The claim is this worker's: the upgrade call follows the commit."""
+
+    upgrade: Upgrade
+    scope: str
+    owner: str
+
+
+# --- the fold ------------------------------------------------------------------------------
+
+
+def plan_batch(
+    snapshot: Snapshot, arrivals: Sequence[Arrival], now: float, context: Context
+) -> tuple[list[Step], Writes]:
+    """Each alarm's step, in delivery order, and what to write; ``snapshot`` is folded over."""
+    writes = Writes()
+    steps = [_one(snapshot, writes, arrival, now, context) for arrival in arrivals]
+    return steps, writes
+
+
+def _one(snapshot: Snapshot, writes: Writes, arrival: Arrival, now: float, context: Context) -> Step:
+    alarm = arrival.alarm
+    event_id = alarm.event_id
+    if event_id in snapshot.new and event_id not in snapshot.events:
+        incident_id, change = _record(snapshot, writes, arrival, now, context.new_id)
+        snapshot.events[event_id] = EventState(incident_id, change)
+        step = Step(arrival=arrival, incident_id=incident_id, change=change, instance_id=arrival.instance_id)
+        return _decide(snapshot, writes, step, now, context)
+    state = snapshot.events[event_id]
+    step = Step(arrival=arrival, incident_id=state.incident_id, instance_id=arrival.instance_id)
+    earlier = _earlier(state, step)
+    return earlier if earlier is not None else _decide(snapshot, writes, step, now, context)
+
+
+def _earlier(state: EventState, step: Step) -> Step | None:
+    """What an earlier delivery of this event left to do, if that is all there is to do."""
+    fields = _fields(step)
+    replayed, done = step.alarm.replayed, is_done(state.status, state.reason)
+    if state.reason == RECONFIGURING and state.plan is not None and step.instance_id and not replayed:
+        return FollowAgain(**fields, awaiting_plan=state.plan)
+    if state.status in HANDED_OFF and state.approval_deadline is not None:
+        # (Even for a replay: deciding afresh would only meet its own waiting claim.)
+        return ApprovalAgain(**fields, deadline=state.approval_deadline)
+    if done and not replayed:
+        return AlreadyDone(**fields, detail=f"its action is already {state.status}")
+    return None
+
+
+def _record(
+    snapshot: Snapshot, writes: Writes, arrival: Arrival, now: float, new_id: Callable[[], str]
+) -> tuple[str | None, str]:
+    """A new event's incident change (Spike's rules, ``shared.incidents``), against the
+    incidents as the batch has left them so far."""
+    plan, alarm = arrival.plan, arrival.alarm
+    incident_id: str | None = None
+    change = plan.change.value
+    if plan.change is IncidentChange.UPSERT and plan.key is not None:
+        value = alarm.body.get("value")
+        incident_id = snapshot.open_incidents.get(plan.key)
+        if incident_id is None:
+            incident_id = new_id()
+            writes.new_incidents[incident_id] = NewIncident(
+                incident_id, plan.key, arrival.instance_id, alarm.alarm_type, 1, value
+            )
+            snapshot.open_incidents[plan.key] = incident_id
+            change = "opened"
+        else:
+            _group(writes, incident_id, value)
+            change = "grouped"
+    elif plan.change is IncidentChange.RESOLVE and plan.key is not None:
+        incident_id = snapshot.open_incidents.pop(plan.key, None)
+        if incident_id is None:
+            change = "none"
+        else:
+            change = "resolved"
+            if incident_id in writes.new_incidents:
+                writes.new_incidents[incident_id].resolved = True
+            else:
+                writes.resolved.append(incident_id)
+    writes.event_incidents.append((alarm.event_id, incident_id, change))
+    notice = incident_notice(change, incident_id, plan.key, alarm, arrival.instance_id, now)
+    if notice is not None:
+        writes.notices.append(notice)
+    return incident_id, change
+
+
+def _group(writes: Writes, incident_id: str, value: object) -> None:
+    target: NewIncident | Grouped
+    target = writes.new_incidents.get(incident_id) or writes.grouped.setdefault(incident_id, Grouped())
+    target.count += 1
+    if value is not None:
+        target.last_value = value
+
+
+def _decide(snapshot: Snapshot, writes: Writes, step: Step, now: float, context: Context) -> Step:
+    alarm = step.alarm
+    others = snapshot.decided.get(alarm.event_key, set()) - {alarm.event_id}
+    state = DecisionState(duplicate=not alarm.replayed and bool(others))
+    decision = decide(alarm, state, context.settings, now, context.policy)
+    if isinstance(decision, Upgrade):
+        pause = effective_pause(snapshot.pauses, decision.instance_id, now)
+        if pause is not None:
+            decision = decide(alarm, replace(state, pause=pause), context.settings, now, context.policy)
+    if isinstance(decision, Upgrade):
+        changing = snapshot.reconfiguring.get(decision.instance_id)
+        if changing is not None:
+            detail = f"CloudAMQP is still applying the change to {changing}"
+            decision = Skip(SkipReason.RECONFIGURING, detail)
+    if isinstance(decision, Skip):
+        return _skip(snapshot, writes, step, decision, now)
+    step = replace(step, instance_id=decision.instance_id, plan=decision.plan)
+    return _claim(snapshot, writes, step, decision, now, context)
+
+
+def _skip(snapshot: Snapshot, writes: Writes, step: Step, skip: Skip, now: float) -> Skipped:
+    record = _action(step, ActionStatus.SKIPPED, now, reason=skip.reason.value, detail=skip.detail)
+    return Skipped(**_fields(step), action=_write(snapshot, writes, record), skip=skip)
+
+
+def _claim(
+    snapshot: Snapshot, writes: Writes, step: Step, upgrade: Upgrade, now: float, context: Context
+) -> Step:
+    alarm, settings = step.alarm, context.settings
+    scope = context.claim_scope(upgrade.scope)
+    if scope not in snapshot.scopes:
+        raise AssertionError(f"the claim {scope!r} was not read for this batch")
+    owner = f"{context.worker_id}/{alarm.event_id}/{context.new_id()[:8]}"
+    ask = ClaimAsk(
+        scope, upgrade.instance_id, owner, now, settings.claim_lease_seconds, upgrade.cooldown_seconds
+    )
+    existing = snapshot.claims.get(scope)
+    verdict, row = take_claim(existing, ask)
+    if row is not None:
+        snapshot.claims[scope] = writes.claims[scope] = row
+    if verdict is ClaimVerdict.COOLING_DOWN:
+        left = (existing.cooldown_until if existing else now) - now
+        skip = Skip(SkipReason.COOLING_DOWN, f"upgraded recently; cooldown ends in {left:.0f}s")
+        return _skip(snapshot, writes, step, skip, now)
+    if verdict is ClaimVerdict.AWAITING_APPROVAL:
+        until = iso(existing.lease_until) if existing else "?"
+        skip = Skip(SkipReason.AWAITING_APPROVAL, f"an upgrade of it awaits approval (until {until})")
+        return _skip(snapshot, writes, step, skip, now)
+    if verdict is not ClaimVerdict.GRANTED:
+        current = row or existing
+        lease_left = (current.lease_until - now) if current else 0.0
+        return Deferred(**_fields(step), scope=scope, lease_left=lease_left, verdict=verdict)
+    assert row is not None
+    if context.dry_run:
+        snapshot.claims[scope] = writes.claims[scope] = replace(row, status=ClaimStatus.DONE)
+        record = _action(step, ActionStatus.DRY_RUN, now, detail=upgrade.reason)
+        return DryRun(**_fields(step), action=_write(snapshot, writes, record), upgrade=upgrade)
+    if upgrade.approve:
+        return _ask_approval(snapshot, writes, step, upgrade, row.owner, scope, now)
+    _write(snapshot, writes, _action(step, ActionStatus.IN_PROGRESS, now, attempts=alarm.attempts + 1))
+    return Claimed(**_fields(step), upgrade=upgrade, scope=scope, owner=owner)
+
+
+def _ask_approval(
+    snapshot: Snapshot, writes: Writes, step: Step, upgrade: Upgrade, owner: str, scope: str, now: float
+) -> AwaitingApproval:
+    """Hold the claim for a person's answer (until the rule's ``approve_timeout``) and say what
+    the upgrade would do."""
+    deadline = now + upgrade.approve_timeout
+    action_id = step.alarm.event_id
+    row = snapshot.claims[scope]
+    snapshot.claims[scope] = writes.claims[scope] = replace(
+        row, status=ClaimStatus.AWAITING, lease_until=deadline
+    )
+    writes.approvals.append(
+        ApprovalRequest(
+            action_id, scope, owner, upgrade.instance_id, upgrade.plan, upgrade.reason, upgrade.rule,
+            upgrade.cooldown_seconds, now, deadline,
+        )
+    )  # fmt: skip
+    detail = f"{upgrade.reason}; awaits approval until {iso(deadline)} (POST /actions/{action_id}/approve)"
+    _write(snapshot, writes, _action(step, ActionStatus.AWAITING_APPROVAL, now, detail=detail))
+    snapshot.events[action_id].approval_deadline = deadline
+    writes.audits.append(
+        AuditEntry(
+            f"approval.requested:{owner}",
+            now,
+            AUTOPILOT,
+            "automatic",
+            "approval.requested",
+            upgrade.instance_id,
+            {"action_id": action_id, "plan": upgrade.plan, "rule": upgrade.rule, "deadline": iso(deadline)},
+        )
+    )
+    return AwaitingApproval(**_fields(step), upgrade=upgrade, deadline=deadline)
+
+
+class _Fields(TypedDict):
+    arrival: Arrival
+    incident_id: str | None
+    change: str | None
+    instance_id: str | None
+    plan: str | None
+
+
+def _fields(step: Step) -> _Fields:
+    return {
+        "arrival": step.arrival,
+        "incident_id": step.incident_id,
+        "change": step.change,
+        "instance_id": step.instance_id,
+        "plan": step.plan,
+    }
+
+
+def _action(
+    step: Step,
+    status: ActionStatus,
+    now: float,
+    *,
+    attempts: int | None = None,
+    reason: str | None = None,
+    detail: str | None = None,
+) -> ActionRecord:
+    return ActionRecord(
+        step.alarm,
+        status,
+        now,
+        step.incident_id,
+        step.instance_id,
+        reason=reason,
+        detail=detail,
+        plan=step.plan,
+        attempts=step.alarm.attempts if attempts is None else attempts,
+    )
+
+
+def _write(snapshot: Snapshot, writes: Writes, record: ActionRecord) -> int:
+    """Queue the event's action row; the event (and its content, when the row is a decision
+    that stands) as the rest of the batch now sees it."""
+    writes.actions.append(record)
+    state = snapshot.events[record.alarm.event_id]
+    state.status, state.reason = record.status.value, record.reason
+    state.plan = record.plan if record.plan is not None else state.plan
+    if is_decided(record.status, record.reason):
+        snapshot.decided.setdefault(record.alarm.event_key, set()).add(record.alarm.event_id)
+    return len(writes.actions) - 1
