@@ -10,6 +10,7 @@ KEDA watches are ones shared/topology.py declares, the ports and paths are the p
 
 from __future__ import annotations
 
+import base64
 import copy
 import importlib.util
 import json
@@ -255,14 +256,32 @@ def test_the_worker_has_time_to_finish_what_it_holds_as_compose_gives_it() -> No
     assert f"{grace}s" == compose["services"]["worker"]["stop_grace_period"]
 
 
-def test_the_config_map_holds_no_secret_and_with_the_secret_makes_settings_that_parse() -> None:
+FILLED_IN = {
+    "WEBHOOK_TOKEN": secrets.token_urlsafe(32),
+    "OPERATOR_TOKEN": secrets.token_urlsafe(32),
+    "CONSOLE_SESSION_KEY": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
+    "CLOUDAMQP_API_KEY": secrets.token_hex(16),
+}
+
+
+def test_the_config_map_holds_no_secret_and_with_the_secret_filled_in_makes_settings_that_parse() -> None:
     config = _config()
     secret = one("Secret", "cloudamqp-autopilot")["stringData"]
+    placeholders = {k for k, v in secret.items() if v.startswith("<")}
 
     assert not set(config) & _SECRET_VARS, "secrets belong in the Secret"
     assert set(config) <= VARIABLES and set(secret) <= VARIABLES
-    settings = Settings.from_env({**config, **secret})
+    assert placeholders == set(FILLED_IN)
+    settings = Settings.from_env({**config, **secret, **FILLED_IN})
     assert settings.database_url.startswith("postgresql://"), "several pods need PostgreSQL, not SQLite"
+
+
+@pytest.mark.parametrize("name", sorted(FILLED_IN))
+def test_a_secret_left_as_its_placeholder_stops_the_processes_naming_it(name: str) -> None:
+    secret = one("Secret", "cloudamqp-autopilot")["stringData"]
+
+    with pytest.raises(ConfigError, match=f"^{name}="):
+        Settings.from_env({**_config(), **secret, **{k: v for k, v in FILLED_IN.items() if k != name}})
 
 
 def test_each_budget_and_the_service_select_the_pods_of_their_deployment() -> None:
