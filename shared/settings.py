@@ -175,7 +175,7 @@ def read_dotenv(path: Path) -> dict[str, str]:
 
 _SECRET_VARS = frozenset(
     {"WEBHOOK_TOKEN", "OPERATOR_TOKEN", "CLOUDAMQP_API_KEY", "CONSOLE_SESSION_KEY", "RABBITMQ_URL",
-     "DATABASE_URL", "NOTIFY_WEBHOOK_URL", "NOTIFY_WEBHOOK_SECRET", "NOTIFY_SLACK_URL",
+     "CLOUDAMQP_URL", "DATABASE_URL", "NOTIFY_WEBHOOK_URL", "NOTIFY_WEBHOOK_SECRET", "NOTIFY_SLACK_URL",
      "NOTIFY_PAGERDUTY_ROUTING_KEY", "CLOUDAMQP_INSTANCE_MANAGEMENT_URL"}
 )  # fmt: skip
 MIN_OPERATOR_TOKEN = 16  # characters: it lets its holder approve spending
@@ -386,12 +386,29 @@ _VARIABLES: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("advice_fraction", "ADVICE_FRACTION", _fraction),
     ("plan_memory_step", "PLAN_MEMORY_STEP", _number(1, allow_equal=False)),
 )
-VARIABLES: frozenset[str] = frozenset(name for _, name, _ in _VARIABLES)
+
+# What a platform sets when ours is unset: Heroku's CloudAMQP add-on sets CLOUDAMQP_URL and
+# Heroku's router sets PORT (the port the web dyno must listen on). Ours wins when both are set,
+# so an operator can always override what the platform provides.
+FALLBACKS: dict[str, str] = {"RABBITMQ_URL": "CLOUDAMQP_URL", "RECEIVER_PORT": "PORT"}
+# Every variable the processes read, the platforms' fallbacks included.
+VARIABLES: frozenset[str] = frozenset(name for _, name, _ in _VARIABLES) | frozenset(FALLBACKS.values())
+
+
+def _source(env: Mapping[str, str], name: str) -> str:
+    """The variable actually read for ``name``: itself when set, else its platform fallback."""
+    fallback = FALLBACKS.get(name)
+    if fallback is None or env.get(name, "").strip() or not env.get(fallback, "").strip():
+        return name
+    return fallback
 
 
 def _parse(env: Mapping[str, str]) -> dict[str, Any]:
     defaults = Settings()
-    parsed = {field: _get(env, name, parse, getattr(defaults, field)) for field, name, parse in _VARIABLES}
+    parsed = {
+        field: _get(env, _source(env, name), parse, getattr(defaults, field))
+        for field, name, parse in _VARIABLES
+    }
     if not env.get("LOG_FORMAT", "").strip():
         parsed["log_format"] = "console" if sys.stderr.isatty() else "json"
     if parsed["operator_token"] and parsed["operator_token"] == parsed["webhook_token"]:

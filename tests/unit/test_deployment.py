@@ -31,8 +31,9 @@ def compose() -> dict[str, Any]:
 def test_compose_has_the_official_images_with_healthchecks_and_our_two_processes() -> None:
     services = compose()["services"]
 
-    assert services["rabbitmq"]["image"].startswith("rabbitmq:4-management")
-    assert services["postgres"]["image"].startswith("postgres")
+    # Pinned to a minor version: `docker compose pull` never brings a new one unasked.
+    assert re.fullmatch(r"rabbitmq:4\.\d+-management", services["rabbitmq"]["image"])
+    assert re.fullmatch(r"postgres:16\.\d+", services["postgres"]["image"])
     assert "healthcheck" in services["rabbitmq"] and "healthcheck" in services["postgres"]
     assert services["receiver"]["command"][-1] == "receiver"
     assert services["worker"]["command"][-1] == "worker"
