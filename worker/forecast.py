@@ -188,12 +188,14 @@ def fit(
     return Projection(Verdict.LATER, len(taken), latest, line, recent, max(crossings))
 
 
-def judge(found: Projection, lead: LeadTime) -> Projection:
-    """``SOON`` when a heading trend crosses within ``lead``."""
+def judge(found: Projection, target: Target, lead: LeadTime) -> Projection:
+    """``SOON`` when a heading trend crosses within ``lead``: by its end, the figure is past
+    the threshold as the rule means it (memory strictly above, disk headroom at or below)."""
     if not found.heading:
         return found
     assert found.crosses_in is not None
-    verdict = Verdict.SOON if found.crosses_in <= lead.seconds else Verdict.LATER
+    within = found.crosses_in < lead.seconds if target.rising else found.crosses_in <= lead.seconds
+    verdict = Verdict.SOON if within else Verdict.LATER
     return Projection(verdict, found.samples, found.value, found.line, found.recent, found.crosses_in, lead)
 
 
@@ -201,7 +203,7 @@ def project(
     points: Sequence[Point], target: Target, now: float, *, window: float, min_samples: int, lead: LeadTime
 ) -> Projection:
     """``fit`` then ``judge``: the whole forecast of one series at ``now``."""
-    return judge(fit(points, target, now, window=window, min_samples=min_samples), lead)
+    return judge(fit(points, target, now, window=window, min_samples=min_samples), target, lead)
 
 
 def lead_time(rule_lead: float | None, instance_id: str, durations: Sequence[tuple[str, float]]) -> LeadTime:

@@ -80,7 +80,9 @@ PROJECT_CASES: list[tuple[str, list[float], float, Verdict, float | None]] = [
     # (name, one value a minute, lead time, verdict, seconds to the crossing)
     ("nine samples are too few", ramp(8), 600, Verdict.TOO_FEW, None),
     ("a 1 %/min ramp 11 min from 80 % is later", ramp(19), 600, Verdict.LATER, 660.0),
-    ("a 1 %/min ramp 10 min from 80 % is soon", ramp(20), 600, Verdict.SOON, 600.0),
+    # 80 % itself is not above 80 %: 10 min away is not within a 10 min lead time.
+    ("a 1 %/min ramp 10 min from 80 % is later", ramp(20), 600, Verdict.LATER, 600.0),
+    ("a 1 %/min ramp 9 min from 80 % is soon", ramp(21), 600, Verdict.SOON, 540.0),
     ("the same ramp with a 5 min lead is later", ramp(20), 300, Verdict.LATER, 600.0),
     ("a ramp already past 80 % is crossed", ramp(31), 600, Verdict.CROSSED, None),
     ("flat at 60 % has no trend", [60.0] * 31, 3600, Verdict.NO_TREND, None),
@@ -133,7 +135,9 @@ def test_disk_headroom_falling_towards_its_margin_is_forecast() -> None:
     values = [6.0 - 0.1 * m for m in range(31)]
 
     assert run(values, 600, DISK_2X).verdict is Verdict.SOON
-    assert run(values[:21], 600, DISK_2X).verdict is Verdict.LATER
+    # Headroom at 2× is the condition (at or below): 10 min away is within a 10 min lead.
+    assert run(values[:31], 600, DISK_2X).crosses_in == pytest.approx(600.0)
+    assert run(values[:30], 600, DISK_2X).verdict is Verdict.LATER
     assert run([3.0] * 31, 3600, DISK_2X).verdict is Verdict.NO_TREND
 
 
@@ -177,7 +181,9 @@ def test_the_explanation_says_level_rate_crossing_and_lead_time() -> None:
     # 0.9 %/min for half an hour, now at 71 %: 80 % in 10 min.
     values = [71.0 - 0.9 * (30 - m) for m in range(31)]
     found = judge(
-        fit(curve(values), MEMORY_80, 1800.0, window=WINDOW, min_samples=10), LeadTime(840, "instance", 3)
+        fit(curve(values), MEMORY_80, 1800.0, window=WINDOW, min_samples=10),
+        MEMORY_80,
+        LeadTime(840, "instance", 3),
     )
 
     assert explain(MEMORY_80, found) == (
@@ -249,7 +255,7 @@ def test_one_climb_raises_one_forecast_and_a_second_climb_another() -> None:
         if step is Step.RAISE:
             raised.append(minute)
 
-    assert raised == [20, 71 + 25]
+    assert raised == [21, 71 + 26]
 
 
 def test_the_event_id_is_one_per_episode() -> None:
@@ -314,7 +320,7 @@ def test_a_steady_ramp_forecasts_the_crossing_at_the_right_time(
     true_crossing = (80 - now_value) / rate * MIN
 
     assert found.crosses_in == pytest.approx(true_crossing, rel=1e-6, abs=1e-6)
-    assert found.verdict is (Verdict.SOON if found.crosses_in <= lead else Verdict.LATER)
+    assert found.verdict is (Verdict.SOON if found.crosses_in < lead else Verdict.LATER)
 
 
 @settings(max_examples=150, deadline=None)
@@ -410,9 +416,10 @@ FORECASTING = Policy((Rule("memory-80", "memory", above=80, forecast=True, lead_
 
 
 def forecast(**changes: Any) -> Alarm:
-    """A forecast alarm as the watchdog builds it: 70 % rising 1 %/min, 80 % in 10 min."""
+    """A forecast alarm as the watchdog builds it: 71 % rising 1 %/min, 80 % in 9 min."""
     found = judge(
-        fit(curve(ramp(20)), MEMORY_80, 20 * MIN, window=WINDOW, min_samples=MIN_SAMPLES),
+        fit(curve(ramp(21)), MEMORY_80, 21 * MIN, window=WINDOW, min_samples=MIN_SAMPLES),
+        MEMORY_80,
         LeadTime(600, "rule"),
     )
     body = forecast_alarm(
@@ -426,17 +433,20 @@ def forecast(**changes: Any) -> Alarm:
 def test_a_forecast_alarm_carries_its_projection_and_evidence() -> None:
     body = forecast().body
 
-    assert (body["source"], body["alarm_type"], body["value"]) == ("forecast", "memory", 70.0)
+    assert (body["source"], body["alarm_type"], body["value"]) == ("forecast", "memory", 71.0)
     f = body["forecast"]
     assert (f["rule"], f["threshold"], f["crosses_in_seconds"], f["lead_time_seconds"]) == (
         "memory-80",
         80.0,
-        600.0,
+        540.0,
         600.0,
     )
-    assert f["projected_value"] == pytest.approx(80.0) and f["fit"]["method"] == "theil-sen"
-    assert f["fit"]["samples"] == 21 and f["fit"]["rate_per_minute"] == pytest.approx(1.0)
-    assert f["explanation"].startswith("memory 70% rising 1.0%/min, projected to cross 80% in 10 min")
+    # Where the trend is once a plan change started now would be done: 10 min on, 81 %.
+    assert f["projected_value"] == pytest.approx(81.0) and f["fit"]["method"] == "theil-sen"
+    assert f["fit"]["samples"] == 22 and f["fit"]["rate_per_minute"] == pytest.approx(1.0)
+    assert f["explanation"] == (
+        "memory 71% rising 1.0%/min, projected to cross 80% in 9 min; the rule's lead time is 10 min"
+    )
 
 
 DECIDE_CASES: list[tuple[str, Alarm, Policy, DecisionState, Any]] = [
@@ -497,7 +507,7 @@ def test_decide_a_forecast(
         assert isinstance(decision, Upgrade)
         # The nodes do not show the condition yet: no check that they do.
         assert decision.condition is None and decision.scope == f"{INSTANCE}/memory"
-        assert decision.reason.startswith("Automatic upgrade ahead of a memory forecast: memory 70% rising")
+        assert decision.reason.startswith("Automatic upgrade ahead of a memory forecast: memory 71% rising")
     elif isinstance(expected, Skip):
         assert decision == expected
     else:
