@@ -97,6 +97,9 @@ class Settings:
     advice_quiet_window_seconds: float = 7 * 86400.0
     advice_fraction: float = 0.5
     plan_memory_step: float = 2.0
+    # The forecast of a rule with ``forecast = true`` (worker.forecast): the samples it fits.
+    forecast_window_seconds: float = 1800.0
+    forecast_min_samples: int = 10
 
     def management_url(self, instance_id: str) -> str | None:
         """The management API URL (credentials included) of a managed instance, if given."""
@@ -385,6 +388,8 @@ _VARIABLES: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("advice_quiet_window_seconds", "ADVICE_QUIET_WINDOW_SECONDS", _number(0, allow_equal=False)),
     ("advice_fraction", "ADVICE_FRACTION", _fraction),
     ("plan_memory_step", "PLAN_MEMORY_STEP", _number(1, allow_equal=False)),
+    ("forecast_window_seconds", "FORECAST_WINDOW_SECONDS", _number(0, allow_equal=False)),
+    ("forecast_min_samples", "FORECAST_MIN_SAMPLES", _int_range(3, 100000)),
 )
 
 # What a platform sets when ours is unset: Heroku's CloudAMQP add-on sets CLOUDAMQP_URL and

@@ -139,8 +139,8 @@ async def save_watch_state(
 
 
 async def alarmed_since(tx: Tx, instance_id: str, since: float, alarm_type: str | None = None) -> bool:
-    """Has an alarm for the instance (of ``alarm_type``, not one of the watchdog's own when a
-    type is given) been received since ``since``?"""
+    """Has an alarm for the instance (of ``alarm_type``, not one of the watchdog's own alarms
+    or forecasts when a type is given) been received since ``since``?"""
     if alarm_type is None:
         row = await tx.fetchrow(
             "SELECT 1 AS hit FROM events WHERE instance_id = $1 AND received_at >= $2 LIMIT 1",
@@ -150,7 +150,8 @@ async def alarmed_since(tx: Tx, instance_id: str, since: float, alarm_type: str 
     else:
         row = await tx.fetchrow(
             """SELECT 1 AS hit FROM events WHERE instance_id = $1 AND received_at >= $2
-               AND alarm_type = $3 AND event_id NOT LIKE 'watchdog-%' LIMIT 1""",
+               AND alarm_type = $3 AND event_id NOT LIKE 'watchdog-%'
+               AND event_id NOT LIKE 'forecast-%' LIMIT 1""",
             instance_id,
             since,
             alarm_type,
@@ -195,6 +196,32 @@ async def record_samples(tx: Tx, instance_id: str, samples: list[Sample], slot: 
             s.fd_used,
             s.sockets_used,
         )
+
+
+async def samples_since(tx: Tx, instance_id: str, since: float) -> list[Row]:
+    """The instance's sampled figures taken at ``since`` or later (every node), oldest first."""
+    return await tx.fetch(
+        """SELECT node, at, mem_used, mem_limit, disk_free, disk_free_limit FROM node_samples
+           WHERE instance_id = $1 AND at >= $2 ORDER BY at, node""",
+        instance_id,
+        since,
+    )
+
+
+# Past plan changes the forecast's lead time is the median of: the latest ones, fleet-wide.
+RECONFIGURATIONS = 200
+
+
+async def reconfigure_durations(tx: Tx, limit: int = RECONFIGURATIONS) -> list[tuple[str, float]]:
+    """``(instance, seconds)`` of the latest plan changes CloudAMQP finished, as the
+    asynchronous follow-up measured them (``actions.reconfigure_seconds``)."""
+    rows = await tx.fetch(
+        """SELECT instance_id, reconfigure_seconds FROM actions
+           WHERE reconfigure_seconds IS NOT NULL AND instance_id IS NOT NULL
+           ORDER BY updated_at DESC LIMIT $1""",
+        limit,
+    )
+    return [(str(row["instance_id"]), float(row["reconfigure_seconds"])) for row in rows]
 
 
 async def last_upgrade(tx: Tx, instance_id: str) -> LastUpgrade | None:

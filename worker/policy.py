@@ -8,8 +8,11 @@ target (a fixed plan, or ``next`` on the ladder) into the plan to ask for — or
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from shared.alarm import Alarm
 from shared.controls import Pause
@@ -22,6 +25,7 @@ ALARM_TYPES = frozenset(
      "server_unreachable", "notice"}
 )  # fmt: skip
 NEXT = "next"
+FORECAST = "forecast"  # the ``source`` of the watchdog's forecast alarms
 
 
 class SkipReason(StrEnum):
@@ -69,6 +73,11 @@ class Rule:
     # How long the watchdog sees the condition hold before raising an alarm itself (None:
     # WATCHDOG_TIME_THRESHOLD_SECONDS).
     time_threshold: float | None = None
+    # The watchdog forecasts the condition from the instance's samples and raises a
+    # ``forecast`` alarm ahead of it (``worker.forecast``); ``lead_time``: how far ahead (None:
+    # the median of past plan changes).
+    forecast: bool = False
+    lead_time: float | None = None
 
     @property
     def has_threshold(self) -> bool:
@@ -201,13 +210,32 @@ def _not_actionable(
     return None
 
 
+def forecast_of(alarm: Alarm) -> Mapping[str, Any] | None:
+    """A forecast alarm's projection (``worker.forecast.evidence``); None for any other alarm."""
+    if alarm.body.get("source") != FORECAST:
+        return None
+    found = alarm.body.get("forecast")
+    return found if isinstance(found, Mapping) else {}
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
 def _rule_misses(rule: Rule, alarm: Alarm, instance: str) -> Skip | None:
     """None when ``rule`` matches; otherwise why not (None-like misses are NO_RULE)."""
     if rule.alarm_type != alarm.alarm_type or (rule.instances and instance not in rule.instances):
         return Skip(SkipReason.NO_RULE, f"no rule for alarm_type {alarm.alarm_type!r}")
+    forecast = forecast_of(alarm)
+    if forecast is not None and not rule.forecast:
+        # Only a rule that asked for forecasts acts ahead of its own threshold.
+        return Skip(SkipReason.NO_RULE, f"no rule with forecast = true for alarm_type {alarm.alarm_type!r}")
     if not rule.has_threshold:
         return None
-    value = alarm.value
+    # A forecast is compared by where its trend will be once a plan change started now is done.
+    value = alarm.value if forecast is None else _number(forecast.get("projected_value"))
     if value is None:
         return Skip(SkipReason.VALUE_NOT_NUMERIC, f"value {alarm.body.get('value')!r} is not a number")
     if rule.above is not None and value <= rule.above:
@@ -231,7 +259,10 @@ def _apply_rules(alarm: Alarm, policy: Policy, settings: Settings, instance: str
             return _act(rule, alarm, settings, instance)
         if miss.reason is not SkipReason.NO_RULE and closest is None:
             closest = miss  # the most telling reason: a rule for this alarm type did not fire
-    return closest or Skip(SkipReason.NO_RULE, f"no rule for alarm_type {alarm.alarm_type!r}")
+    if closest is not None:
+        return closest
+    wanted = "no rule with forecast = true" if forecast_of(alarm) is not None else "no rule"
+    return Skip(SkipReason.NO_RULE, f"{wanted} for alarm_type {alarm.alarm_type!r}")
 
 
 def _act(rule: Rule, alarm: Alarm, settings: Settings, instance: str) -> Decision:
@@ -239,10 +270,17 @@ def _act(rule: Rule, alarm: Alarm, settings: Settings, instance: str) -> Decisio
         return Skip(SkipReason.NO_ACTION, f"rule {rule.name!r} records the alarm and does nothing")
     value = alarm.value
     shown = f" ({_format_value(value)}%)" if value is not None else ""
+    reason = f"Automatic upgrade triggered by {alarm.alarm_type} alarm{shown}"
+    forecast = forecast_of(alarm)
+    if forecast is not None:
+        said = forecast.get("explanation")
+        reason = f"Automatic upgrade ahead of a {alarm.alarm_type} forecast" + (
+            f": {said}" if isinstance(said, str) and said else ""
+        )
     return Upgrade(
         instance_id=instance,
         plan=rule.plan,
-        reason=f"Automatic upgrade triggered by {alarm.alarm_type} alarm{shown}",
+        reason=reason,
         scope=upgrade_scope(instance, alarm.alarm_type),
         cooldown_seconds=settings.cooldown_seconds
         if rule.cooldown_seconds is None
@@ -252,7 +290,9 @@ def _act(rule: Rule, alarm: Alarm, settings: Settings, instance: str) -> Decisio
         max_plan=rule.max_plan,
         approve=rule.approve,
         approve_timeout=rule.approve_timeout,
-        condition=rule.condition(settings),
+        # A forecast acts before the nodes show the condition: checking that they show it
+        # would always find it cleared. The forecast was made from the nodes' figures.
+        condition=rule.condition(settings) if forecast is None else None,
     )
 
 

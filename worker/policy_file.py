@@ -16,11 +16,13 @@ from worker.policy import ALARM_TYPES, DEFAULT_APPROVE_TIMEOUT, NEXT, Policy, Ru
 TOP_KEYS = frozenset({"ladder", "max_plan", "rules", "notify"})  # [[notify]]: worker.notify_config
 RULE_KEYS = frozenset(
     {"name", "alarm_type", "above", "below", "instances", "action", "plan", "max_plan", "ladder",
-     "cooldown_seconds", "approve", "approve_timeout", "time_threshold"}
+     "cooldown_seconds", "approve", "approve_timeout", "time_threshold", "forecast", "lead_time"}
 )  # fmt: skip
 
 
 MAX_APPROVE_TIMEOUT = 7 * 86400.0  # an upgrade nobody answers within a week is not wanted
+# CloudAMQP's own provider waits up to three hours for a plan change; a day ahead is no forecast.
+MAX_LEAD_TIME = 86400.0
 
 
 class PolicyError(Exception):
@@ -136,6 +138,29 @@ def _approval(raw: dict[str, Any], action: str) -> tuple[bool, float]:
     return approve, DEFAULT_APPROVE_TIMEOUT if timeout is None else timeout
 
 
+def _forecast(
+    raw: dict[str, Any], alarm_type: str, action: str, above: float | None, below: float | None
+) -> tuple[bool, float | None]:
+    forecast = raw.get("forecast", False)
+    if not isinstance(forecast, bool):
+        raise _KeyProblem("forecast", "expected true or false")
+    if forecast and action != "upgrade":
+        raise _KeyProblem("forecast", "only an 'upgrade' rule can act on a forecast")
+    # What the watchdog can project from /api/nodes: memory percent against ``above``, or disk
+    # headroom (a disk rule's thresholds are CloudAMQP's percent of disk used, never sampled).
+    if forecast and not (
+        (alarm_type == "memory" and above is not None)
+        or (alarm_type == "disk" and above is None and below is None)
+    ):
+        raise _KeyProblem("forecast", "needs a memory rule with 'above', or a disk rule without thresholds")
+    lead_time = _number(raw, "lead_time")
+    if lead_time is not None and not forecast:
+        raise _KeyProblem("lead_time", "only means something with forecast = true")
+    if lead_time is not None and not 0 < lead_time <= MAX_LEAD_TIME:
+        raise _KeyProblem("lead_time", f"expected seconds > 0 and at most {MAX_LEAD_TIME:g} (a day)")
+    return forecast, lead_time
+
+
 def _rule(raw: dict[str, Any], number: int, top_ladder: Ladder, default_max: Any) -> Rule:
     for key in raw:
         if key not in RULE_KEYS:
@@ -161,6 +186,7 @@ def _rule(raw: dict[str, Any], number: int, top_ladder: Ladder, default_max: Any
     time_threshold = _number(raw, "time_threshold")
     if time_threshold is not None and time_threshold < 0:
         raise _KeyProblem("time_threshold", "expected seconds >= 0")
+    forecast, lead_time = _forecast(raw, alarm_type, action, above, below)
     name = raw.get("name", f"rule-{number}")
     if not isinstance(name, str) or not name:
         raise _KeyProblem("name", "expected a non-empty string")
@@ -178,4 +204,6 @@ def _rule(raw: dict[str, Any], number: int, top_ladder: Ladder, default_max: Any
         approve=approve,
         approve_timeout=approve_timeout,
         time_threshold=time_threshold,
+        forecast=forecast,
+        lead_time=lead_time,
     )

@@ -32,10 +32,19 @@ async def every(
     tick = min(max(interval / 4, 0.05), 5.0)
     while not stop.is_set():
         try:
-            run = await watch.take_slot(store.db, name, owner, clock(), interval)
-            if run is not None:
-                await job(run)
+            await once(store, name, owner, interval, job, clock())
         except Exception as exc:
             log.warning(f"{name}.failed", error=f"{type(exc).__name__}: {exc}")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), tick)
+
+
+async def once(
+    store: Store, name: str, owner: str, interval: float, job: Callable[[int], Awaitable[object]], now: float
+) -> bool:
+    """One look: run ``job`` if this worker takes ``name``'s slot at ``now``; whether it did."""
+    run = await watch.take_slot(store.db, name, owner, now, interval)
+    if run is None:
+        return False
+    await job(run)
+    return True

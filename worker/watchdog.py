@@ -7,6 +7,10 @@ downgrade advice when an instance we upgraded has stayed small for the quiet win
 Its alarm is CloudAMQP's shape marked ``source: watchdog``, published to the work queue with
 a publisher confirm like the receiver's, so it obeys the incident, cooldown, pause, approval
 and verification rules like any other. The decisions are ``worker.verify``'s pure functions.
+
+For a rule with ``forecast = true`` it also fits a trend to the instance's recent samples and,
+when the threshold will be crossed within the lead time, raises a ``forecast`` alarm the same
+way, once per climb (``worker.forecast``).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from shared.alarm import iso
 from shared.errors import BrokerUnavailable
 from shared.settings import Settings
 from shared.store import Store
+from worker import forecast as fc
 from worker import schedule
 from worker.management import ManagementApi, read_nodes
 from worker.plans import DEFAULT_LADDER, Ladder
@@ -112,6 +117,9 @@ class Watchdog:
         self.dry_run = dry_run
         self.clock = clock
         self.interval = settings.watchdog_interval_seconds
+        # This poll's past plan-change durations (read once per poll, and only when a trend
+        # heads for a threshold with no lead time of its rule's own).
+        self._durations: list[tuple[str, float]] | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll at each slot this worker takes, until ``stop``."""
@@ -125,6 +133,7 @@ class Watchdog:
 
     async def poll(self, run: int) -> None:
         """One look at every instance, side by side."""
+        self._durations = None
         await asyncio.gather(*(self._instance(instance, run) for instance in self.api.instances))
 
     async def _instance(self, instance_id: str, run: int) -> None:
@@ -141,6 +150,8 @@ class Watchdog:
             await watch.record_samples(unit.tx, instance_id, samples, slot, now)
         for watched in watched_conditions(self.policy, self.settings, instance_id):
             await self._watch(instance_id, watched, assess(watched.condition, readings), now)
+            if watched.rule.forecast:
+                await self._forecast(instance_id, watched, now)
         await self._advise(instance_id, readings, now)
 
     async def _watch(self, instance_id: str, watched: Watched, found: Assessment, now: float) -> None:
@@ -192,6 +203,67 @@ class Watchdog:
             await watch.save_watch_state(
                 unit.tx, instance_id, alarm_type, step.state.holding_since, step.state.raised_at, now
             )
+
+    async def _forecast(self, instance_id: str, watched: Watched, now: float) -> None:
+        """Fit the trend of the rule's figure and raise a forecast alarm once per climb."""
+        target = fc.Target.of(watched.condition)
+        if target is None:
+            return
+        settings, rule = self.settings, watched.rule
+        window = settings.forecast_window_seconds
+        # The episode is kept beside the watch states, under a key of its own.
+        key = f"{fc.FORECAST_PREFIX}{target.alarm_type}"
+        async with self.store.unit() as unit:
+            rows = await watch.samples_since(unit.tx, instance_id, now - window)
+            row = await watch.watch_state(unit.tx, instance_id, key)
+        episode = fc.Episode(row["holding_since"], row["raised_at"]) if row else fc.Episode()
+        points = fc.series(rows, target.alarm_type)
+        found = fc.fit(points, target, now, window=window, min_samples=settings.forecast_min_samples)
+        if found.heading:
+            if rule.lead_time is None and self._durations is None:
+                async with self.store.unit() as unit:
+                    self._durations = await watch.reconfigure_durations(unit.tx)
+            found = fc.judge(found, target, fc.lead_time(rule.lead_time, instance_id, self._durations or []))
+        step, after = fc.forecast_step(found, episode, now)
+        if step is fc.Step.UNKNOWN or (step is not fc.Step.RAISE and after == episode):
+            return
+        if step is fc.Step.RAISE:
+            assert after.since is not None
+            if episode.since != after.since:
+                # Remembered before publishing: a poller that dies after publishing raises
+                # the same event id again at the next poll (recorded once).
+                async with self.store.unit() as unit:
+                    await watch.save_watch_state(unit.tx, instance_id, key, after.since, None, now)
+            if not await self._raise_forecast(instance_id, target, found, rule.name, after.since, now):
+                return
+        async with self.store.unit() as unit:
+            await watch.save_watch_state(unit.tx, instance_id, key, after.since, after.raised_at, now)
+
+    async def _raise_forecast(
+        self, instance_id: str, target: fc.Target, found: fc.Projection, rule: str, since: float, now: float
+    ) -> bool:
+        window = self.settings.forecast_window_seconds
+        event_id = fc.forecast_event_id(instance_id, target.alarm_type, since)
+        body = fc.forecast_alarm(
+            instance_id, target, found, rule, window=window, now=now, triggered_at=iso(now) or ""
+        )
+        lane = topology.FAST_QUEUE if self.settings.fast_lane else topology.WORK_QUEUE
+        try:
+            await self.publisher.publish(json.dumps(body).encode(), event_id, now, lane)
+        except BrokerUnavailable as exc:
+            # Not remembered as raised: the next poll raises it again, under the same id.
+            log.warning("forecast.publish_failed", instance=instance_id, error=str(exc))
+            return False
+        metrics.WATCHDOG_ALARMS.labels(f"forecast:{target.alarm_type}").inc()
+        log.info(
+            "forecast.raised",
+            event_id=event_id,
+            instance=instance_id,
+            alarm_type=target.alarm_type,
+            rule=rule,
+            explanation=body["forecast"]["explanation"],
+        )
+        return True
 
     async def _advise(self, instance_id: str, readings: list[NodeReading], now: float) -> None:
         """Move the instance's quiet window on by this poll, and advise when it is long and
