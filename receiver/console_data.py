@@ -23,7 +23,7 @@ from typing import Any
 
 from aio_pika.abc import AbstractConnection
 
-from shared import brokers, topology, watch
+from shared import brokers, reads, topology, watch
 from shared.db import Row
 from shared.errors import BrokerUnavailable
 from shared.settings import Settings
@@ -58,39 +58,20 @@ class Counts:
 
 async def counts(store: Store, now: float) -> Counts:
     """The overview's numbers, in one read transaction."""
-    upgrade_sql = ", ".join(f"'{s.value}'" for s in UPGRADE_STATUSES)
-    async with store.db.transaction(write=False) as tx:
-        incidents = await tx.fetchrow("SELECT COUNT(*) AS n FROM incidents WHERE status = 'open'")
-        today = await tx.fetchrow(
-            "SELECT COUNT(*) AS n, MAX(created_at) AS last FROM actions WHERE created_at >= $1",
-            start_of_day(now),
-        )
-        awaiting = await tx.fetchrow("SELECT COUNT(*) AS n FROM actions WHERE status = 'awaiting_approval'")
-        last = await tx.fetchrow("SELECT MAX(created_at) AS last FROM actions")
-        decision = await tx.fetchrow(
-            f"""SELECT status FROM actions WHERE status IN ({upgrade_sql})
-                ORDER BY created_at DESC LIMIT 1"""
-        )
-    assert incidents is not None and today is not None and awaiting is not None and last is not None
+    read = await reads.overview_counts(store.db, start_of_day(now), (s.value for s in UPGRADE_STATUSES))
+    last = read["last"]["last"]
     return Counts(
-        open_incidents=int(incidents["n"]),
-        actions_today=int(today["n"]),
-        awaiting_approval=int(awaiting["n"]),
-        last_action_at=float(last["last"]) if last["last"] is not None else None,
-        last_decision_status=decision["status"] if decision is not None else None,
+        open_incidents=int(read["incidents"]["n"]),
+        actions_today=int(read["today"]["n"]),
+        awaiting_approval=int(read["awaiting"]["n"]),
+        last_action_at=float(last) if last is not None else None,
+        last_decision_status=read["decision"].get("status"),
     )
 
 
 async def last_upgrades(store: Store, *, instance: str | None = None, limit: int = 10) -> list[Row]:
     """The newest automatic upgrades from the audit trail (plan from and to, cause, approver)."""
-    where, args = ("AND target = $2", [instance]) if instance else ("", [])
-    async with store.db.transaction(write=False) as tx:
-        rows = await tx.fetch(
-            f"""SELECT * FROM audit WHERE act = 'upgrade' {where}
-                ORDER BY at DESC, audit_id DESC LIMIT $1""",
-            limit,
-            *args,
-        )
+    rows = await reads.upgrade_audit(store.db, instance, limit)
     for row in rows:
         detail = json.loads(row["detail"]) if isinstance(row["detail"], str) else row["detail"]
         detail = detail if isinstance(detail, dict) else {}
@@ -109,18 +90,13 @@ async def last_upgrades(store: Store, *, instance: str | None = None, limit: int
 
 async def claims_of(store: Store, instance: str) -> list[Row]:
     """The cooldown claims of one instance (one per alarm type that upgraded it)."""
-    async with store.db.transaction(write=False) as tx:
-        return await tx.fetch("SELECT * FROM claims WHERE instance_id = $1 ORDER BY scope", instance)
+    return await reads.claims_of(store.db, instance)
 
 
 async def known_instances(store: Store, settings: Settings) -> list[str]:
     """Managed instances first (``CLOUDAMQP_INSTANCE_ID``), then any other one a claim or a
     pause names."""
-    async with store.db.transaction(write=False) as tx:
-        rows = await tx.fetch(
-            "SELECT instance_id AS id FROM claims UNION SELECT scope AS id FROM pauses WHERE scope <> '*'"
-        )
-    others = sorted({r["id"] for r in rows} - set(settings.instance_ids))
+    others = sorted(await reads.instances_named(store.db) - set(settings.instance_ids))
     return [*settings.instance_ids, *others]
 
 

@@ -7,14 +7,15 @@ the fold produced once (``Unit.apply``): one read, a pure fold, one write.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from shared.alarm import Alarm
 from shared.claims import ClaimRow
 from shared.controls import Pause
-from shared.incidents import IncidentPlan
-from shared.notifications import Notice
+from shared.incidents import IncidentChange, IncidentPlan
+from shared.notifications import Notice, incident_notice
 
 
 @dataclass(frozen=True)
@@ -87,3 +88,50 @@ class Writes:
     claims: dict[str, ClaimRow] = field(default_factory=dict)  # scope -> the row as it is to be
     approvals: list[Any] = field(default_factory=list)  # shared.store.ApprovalRequest
     audits: list[Any] = field(default_factory=list)  # shared.store.AuditEntry
+
+
+def record_incident(
+    snapshot: Snapshot, writes: Writes, arrival: Arrival, now: float, new_id: Callable[[], str]
+) -> tuple[str | None, str]:
+    """A new event's incident change (Spike's rules, ``shared.incidents``) against the
+    incidents as the batch has left them so far: the incident and what became of it
+    (opened, grouped, resolved, none, ungroupable), its writes and its notification."""
+    plan, alarm = arrival.plan, arrival.alarm
+    incident_id: str | None = None
+    change = plan.change.value
+    if plan.change is IncidentChange.UPSERT and plan.key is not None:
+        value = alarm.body.get("value")
+        incident_id = snapshot.open_incidents.get(plan.key)
+        if incident_id is None:
+            incident_id = new_id()
+            writes.new_incidents[incident_id] = NewIncident(
+                incident_id, plan.key, arrival.instance_id, alarm.alarm_type, 1, value
+            )
+            snapshot.open_incidents[plan.key] = incident_id
+            change = "opened"
+        else:
+            _group(writes, incident_id, value)
+            change = "grouped"
+    elif plan.change is IncidentChange.RESOLVE and plan.key is not None:
+        incident_id = snapshot.open_incidents.pop(plan.key, None)
+        if incident_id is None:
+            change = "none"
+        else:
+            change = "resolved"
+            if incident_id in writes.new_incidents:
+                writes.new_incidents[incident_id].resolved = True
+            else:
+                writes.resolved.append(incident_id)
+    writes.event_incidents.append((alarm.event_id, incident_id, change))
+    notice = incident_notice(change, incident_id, plan.key, alarm, arrival.instance_id, now)
+    if notice is not None:
+        writes.notices.append(notice)
+    return incident_id, change
+
+
+def _group(writes: Writes, incident_id: str, value: object) -> None:
+    target: NewIncident | Grouped
+    target = writes.new_incidents.get(incident_id) or writes.grouped.setdefault(incident_id, Grouped())
+    target.count += 1
+    if value is not None:
+        target.last_value = value

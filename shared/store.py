@@ -22,9 +22,9 @@ from shared.controls import GLOBAL, ControlError, Pause
 from shared.db import Database, Row, Tx, open_database, rows_cte
 from shared.errors import StoreError
 from shared.incidents import IncidentChange, IncidentPlan
-from shared.notifications import EventType, Notice, action_notice, alarm_data, incident_notice
+from shared.notifications import EventType, Notice, action_notice, alarm_data
 from shared.snapshot import Arrival as Arrival
-from shared.snapshot import EventState, Snapshot, Writes
+from shared.snapshot import EventState, Snapshot, Writes, record_incident
 
 
 class ActionStatus(StrEnum):
@@ -253,38 +253,15 @@ MIGRATIONS: list[list[str]] = [
 
 @dataclass(frozen=True)
 class EventRecord:
+    """What recording one event did (``Unit.record_event``)."""
+
     new: bool
     incident_id: str | None
     incident_change: str | None
-    final_status: str | None  # this event's action status when no more work is due
-    awaiting_plan: str | None = None  # the plan of an accepted upgrade still to be confirmed
-    approval_deadline: float | None = None  # its upgrade awaits (or just got) an approval
 
 
-def segments(arrivals: Sequence[Arrival]) -> list[list[int]]:
-    """``arrivals`` (by index, in order) cut into the runs that ``Unit.record_events`` takes at
-    once: a run ends before an event it already holds (a redelivery must see what the first
-    delivery wrote, its action row included)."""
-    runs: list[list[int]] = []
-    run: list[int] = []
-    events: set[str] = set()
-    for i, arrival in enumerate(arrivals):
-        if arrival.alarm.event_id in events:
-            runs.append(run)
-            run, events = [], set()
-        run.append(i)
-        events.add(arrival.alarm.event_id)
-    if run:
-        runs.append(run)
-    return runs
-
-
-class QueuedAction:
-    """An action row ``Unit.queue_action`` holds until ``flush``: whether it was written (False when
-    the event's action already had its final word)."""
-
-    written: bool | None = None
-
+# Lock names (``Unit._lock``): one namespace per kind of row.
+_INCIDENT, _CLAIM = "incident:", "claim:"
 
 _EVENT_COLUMNS = (
     ("event_id", "text"),
@@ -360,9 +337,7 @@ class Store:
         """One write transaction for several operations: what one step of an alarm writes
         (its event, incident change, claim and decision) commits together, or not at all."""
         async with self.db.transaction() as tx:
-            unit = Unit(tx)
-            yield unit
-            await unit.flush()
+            yield Unit(tx)
 
     # The single operations the worker runs outside an alarm's first step.
 
@@ -538,18 +513,6 @@ class Unit:
 
     def __init__(self, tx: Tx):
         self.tx = tx
-        # ``duplicate``'s reading: content key -> lowest and highest decided event id, or
-        # None for none; a key this transaction writes an action for is read afresh.
-        self._decided: dict[str, tuple[str, str] | None] = {}
-        # Skips of new events, written together by ``flush``; their keys for ``duplicate``.
-        self._queued: list[tuple[ActionRecord, QueuedAction]] = []
-        self._decided_queued: dict[str, set[str]] = {}
-        self._pauses: tuple[float, list[Pause]] | None = None  # (as of, running pauses)
-        # Claims the coming ``try_claim`` calls may ask for (``expect_claims``), and those of
-        # them read as done: a claim that is done leaves that state only by a ``try_claim``
-        # after its cooldown, so until then its answer is "cooling down" without asking.
-        self._expected: set[str] = set()
-        self._done: dict[str, ClaimRow] = {}
 
     # --- notifications ----------------------------------------------------------------------
 
@@ -579,6 +542,10 @@ class Unit:
         snapshot = Snapshot(scopes=set(scopes))
         if not arrivals:
             return snapshot
+        keys = sorted({a.plan.key for a in arrivals if a.plan.key is not None})
+        # Nobody else opens an incident of these keys or takes a claim of these scopes until
+        # this transaction ends (a row that exists is also locked by the reads below).
+        await self._lock([_INCIDENT + k for k in keys] + [_CLAIM + sc for sc in snapshot.scopes])
         snapshot.new = await self._insert_events(arrivals, now)
         earlier = await self._recorded(sorted({a.alarm.event_id for a in arrivals} - snapshot.new))
         for event_id, row in earlier.items():
@@ -592,7 +559,6 @@ class Unit:
                 if row["status"] in HANDED_OFF and row["deadline"] is not None
                 else None,
             )
-        keys = sorted({a.plan.key for a in arrivals if a.plan.key is not None})
         snapshot.open_incidents = await self._open_incidents(keys)
         snapshot.decided = await self._decided_events(sorted({a.alarm.event_key for a in arrivals}))
         snapshot.claims = await self._locked_claims(sorted(snapshot.scopes))
@@ -601,6 +567,19 @@ class Unit:
         instances = sorted({a.instance_id for a in arrivals if a.instance_id is not None})
         snapshot.reconfiguring = await self._reconfiguring(instances)
         return snapshot
+
+    async def _lock(self, names: Sequence[str]) -> None:
+        """PostgreSQL: transaction locks on these names (an incident key, a claim scope), taken
+        in one order by every transaction, so that the first step's read, fold and write of a
+        key or a scope is never interleaved with another's. (SQLite: a write transaction holds
+        the whole file already.)"""
+        if self.tx.dialect != "postgresql" or not names:
+            return
+        await self.tx.execute(
+            """SELECT pg_advisory_xact_lock(hashtextextended(name, 7461207))
+               FROM (SELECT name FROM unnest(CAST($1 AS text[])) AS name ORDER BY name) AS ordered""",
+            sorted(set(names)),
+        )
 
     async def _insert_events(self, arrivals: Sequence[Arrival], now: float) -> set[str]:
         """Record each event once (by event id), in event id order (the order every batch
@@ -831,69 +810,21 @@ class Unit:
         return record
 
     async def record_events(self, arrivals: Sequence[Arrival], now: float) -> list[EventRecord]:
-        """Record each event once (by event id) and apply the incident changes of those that
-        are new, in the same transaction, so a redelivery neither double-counts nor loses an
-        incident update (an opened or resolved incident writes its notification here too).
-        Set-based: a handful of statements for any number of alarms, with the outcome the
-        alarms would have had one after the other in this order. ``arrivals`` must be one of
-        ``segments``' runs (no event twice).
-        Also reads, for ``duplicate``, which of their contents already have a decision."""
-        if not arrivals:
-            return []
-        ids = [a.alarm.event_id for a in arrivals]
-        assert len(set(ids)) == len(ids), "an event twice in one run: see segments()"
-        dialect = self.tx.dialect
-        cte, args = rows_cte(
-            dialect,
-            "v",
-            _EVENT_COLUMNS,
-            [
-                (
-                    a.alarm.event_id,
-                    a.alarm.event_key,
-                    a.alarm.received_at,
-                    a.instance_id,
-                    a.alarm.alarm_type,
-                    a.plan.key,
-                    a.plan.reason if a.plan.change is IncidentChange.UNGROUPABLE else None,
-                    json.dumps(a.alarm.body, ensure_ascii=False),
-                )
-                for a in arrivals
-            ],
-            first=2,
-        )
-        inserted = await self.tx.fetch(
-            f"""WITH {cte}
-               INSERT INTO events (event_id, event_key, received_at, recorded_at, instance_id,
-                   alarm_type, incident_key, ungroupable, body)
-               SELECT event_id, event_key, received_at, CAST($1 AS DOUBLE PRECISION), instance_id,
-                   alarm_type, incident_key, ungroupable, body FROM v WHERE true
-               ON CONFLICT (event_id) DO NOTHING RETURNING event_id""",
-            now,
-            *args,
-        )
-        new = {row["event_id"] for row in inserted}
-        fresh = [a for a in arrivals if a.alarm.event_id in new]
-        changes = await self._apply_incidents(fresh, now) if fresh else {}
-        earlier = await self._recorded([i for i in ids if i not in new])
-        records: list[EventRecord] = []
-        to_check: list[str] = []
-        for a in arrivals:
-            if a.alarm.event_id in new:
-                incident_id, change = changes[a.alarm.event_id]
-                records.append(EventRecord(True, incident_id, change, None))
-                to_check.append(a.alarm.event_key)
-                continue
-            row = earlier[a.alarm.event_id]
-            done = row["status"] if is_done(row["status"], row["reason"]) else None
-            awaiting = row["plan"] if row["reason"] == RECONFIGURING else None
-            approval = float(row["deadline"]) if row["status"] in HANDED_OFF else None
-            records.append(
-                EventRecord(False, row["incident_id"], row["incident_change"], done, awaiting, approval)
-            )
-            if done is None and awaiting is None:
-                to_check.append(a.alarm.event_key)
-        await self._read_decided(to_check)
+        """Record events (each once, by event id) and their incident changes, in order: the
+        first step's read and write (``load``, ``apply``) with nothing decided in between."""
+        snapshot = await self.load(arrivals, (), now)
+        writes = Writes()
+        records = []
+        for arrival in arrivals:
+            event_id = arrival.alarm.event_id
+            if event_id in snapshot.new and event_id not in snapshot.events:
+                incident_id, change = record_incident(snapshot, writes, arrival, now, new_id)
+                snapshot.events[event_id] = EventState(incident_id, change)
+                records.append(EventRecord(True, incident_id, change))
+            else:
+                state = snapshot.events[event_id]
+                records.append(EventRecord(False, state.incident_id, state.incident_change))
+        await self.apply(writes, now)
         return records
 
     async def _recorded(self, event_ids: Sequence[str]) -> dict[str, Row]:
@@ -910,161 +841,6 @@ class Unit:
             *args,
         )
         return {row["event_id"]: row for row in rows}
-
-    async def _apply_incidents(
-        self, arrivals: Sequence[Arrival], now: float
-    ) -> dict[str, tuple[str | None, str]]:
-        """The incident change of each new event (by event id): its incident and what became
-        of it (opened, grouped, resolved, none, ungroupable), as if applied one at a time.
-        Groupings into one key are one upsert row adding their count; keys are locked in
-        sorted order (as concurrent workers lock them). A run with a resolve applies its
-        changes one at a time, in the order given (the order the worker locks rows in)."""
-        out: dict[str, tuple[str | None, str]] = {}
-        if any(a.plan.change is IncidentChange.RESOLVE for a in arrivals):
-            for a in arrivals:
-                out[a.alarm.event_id] = await self._apply_incident(a.alarm, a.instance_id, a.plan, now)
-        else:
-            groups: dict[str, list[Arrival]] = {}
-            for a in arrivals:
-                if a.plan.change is IncidentChange.UPSERT and a.plan.key is not None:
-                    groups.setdefault(a.plan.key, []).append(a)
-                else:
-                    out[a.alarm.event_id] = (None, a.plan.change.value)
-            out.update(await self._group_incidents(groups, now))
-        notices = []
-        for a in arrivals:
-            incident_id, change = out[a.alarm.event_id]
-            notice = incident_notice(change, incident_id, a.plan.key, a.alarm, a.instance_id, now)
-            if notice is not None:
-                notices.append(notice)
-        if notices:
-            await outbox.insert_many(self.tx, [(notice, now) for notice in notices])
-        cte, args = rows_cte(
-            self.tx.dialect,
-            "v",
-            [("event_id", "text"), ("incident_id", "text"), ("incident_change", "text")],
-            [(a.alarm.event_id, *out[a.alarm.event_id]) for a in arrivals],
-        )
-        await self.tx.execute(
-            f"""WITH {cte}
-               UPDATE events SET incident_id = v.incident_id, incident_change = v.incident_change
-               FROM v WHERE events.event_id = v.event_id""",
-            *args,
-        )
-        return out
-
-    async def _group_incidents(
-        self, groups: dict[str, list[Arrival]], now: float
-    ) -> dict[str, tuple[str | None, str]]:
-        """Open or group into the open incident of each key: one upsert row per key, adding
-        its alarms' count, in sorted key order."""
-        if not groups:
-            return {}
-        rows = []
-        for key in sorted(groups):
-            group = groups[key]
-            values = [a.alarm.body.get("value") for a in group]
-            last = next((v for v in reversed(values) if v is not None), None)
-            first = group[0]
-            rows.append(
-                (
-                    new_id(),
-                    key,
-                    first.instance_id,
-                    first.alarm.alarm_type,
-                    len(group),
-                    None if last is None else json.dumps(last),
-                )
-            )
-        cte, args = rows_cte(self.tx.dialect, "v", _INCIDENT_COLUMNS, rows, first=2)
-        upserted = await self.tx.fetch(
-            f"""WITH {cte}
-               INSERT INTO incidents (incident_id, incident_key, title, status, instance_id,
-                   alarm_type, first_seen, last_seen, event_count, last_value)
-               SELECT incident_id, incident_key, incident_key, 'open', instance_id, alarm_type,
-                   CAST($1 AS DOUBLE PRECISION), CAST($1 AS DOUBLE PRECISION), n, last_value
-               FROM v WHERE true
-               ON CONFLICT (incident_key) WHERE status = 'open' DO UPDATE SET
-                   event_count = incidents.event_count + excluded.event_count,
-                   last_seen = excluded.last_seen,
-                   last_value = COALESCE(excluded.last_value, incidents.last_value)
-               RETURNING incident_id, incident_key, event_count""",
-            now,
-            *args,
-        )
-        out: dict[str, tuple[str | None, str]] = {}
-        for row in upserted:
-            group = groups[row["incident_key"]]
-            # The row was inserted (opened by the group's first alarm) exactly when its count
-            # is the group's own.
-            opened = int(row["event_count"]) == len(group)
-            for n, a in enumerate(group):
-                out[a.alarm.event_id] = (row["incident_id"], "opened" if opened and n == 0 else "grouped")
-        return out
-
-    async def _apply_incident(
-        self, alarm: Alarm, instance_id: str | None, plan: IncidentPlan, now: float
-    ) -> tuple[str | None, str]:
-        if plan.change is IncidentChange.UPSERT:
-            value = None if alarm.body.get("value") is None else json.dumps(alarm.body["value"])
-            row = await self.tx.fetchrow(
-                """INSERT INTO incidents (incident_id, incident_key, title, status, instance_id,
-                       alarm_type, first_seen, last_seen, event_count, last_value)
-                   VALUES ($1, $2, $2, 'open', $3, $4, $5, $5, 1, $6)
-                   ON CONFLICT (incident_key) WHERE status = 'open' DO UPDATE SET
-                       event_count = incidents.event_count + 1,
-                       last_seen = excluded.last_seen,
-                       last_value = COALESCE(excluded.last_value, incidents.last_value)
-                   RETURNING incident_id, event_count""",
-                new_id(),
-                plan.key,
-                instance_id,
-                alarm.alarm_type,
-                now,
-                value,
-            )
-            assert row is not None
-            return row["incident_id"], "opened" if row["event_count"] == 1 else "grouped"
-        if plan.change is IncidentChange.RESOLVE:
-            row = await self.tx.fetchrow(
-                """UPDATE incidents SET status = 'resolved', resolved_at = $1, last_seen = $1
-                   WHERE incident_key = $2 AND status = 'open' RETURNING incident_id""",
-                now,
-                plan.key,
-            )
-            return (row["incident_id"], "resolved") if row else (None, "none")
-        return None, plan.change.value
-
-    async def _read_decided(self, event_keys: Sequence[str]) -> None:
-        """Read, for ``duplicate``, which of these contents already have a decision: for each,
-        the lowest and highest event id among the decided events with it."""
-        keys = sorted({k for k in event_keys if k not in self._decided})
-        if not keys:
-            return
-        cte, args = rows_cte(self.tx.dialect, "v", [("event_key", "text")], [(k,) for k in keys])
-        rows = await self.tx.fetch(
-            f"""WITH {cte}
-               SELECT event_key, MIN(event_id) AS lo, MAX(event_id) AS hi FROM actions
-               WHERE event_key IN (SELECT event_key FROM v) AND {_DECIDED_ROW}
-               GROUP BY event_key""",
-            *args,
-        )
-        self._decided.update(dict.fromkeys(keys))
-        self._decided.update({row["event_key"]: (row["lo"], row["hi"]) for row in rows})
-
-    async def duplicate(self, alarm: Alarm) -> bool:
-        """Has another event with identical content already been decided (a replay is
-        decided afresh, whatever identical alarms were)? Answered from what ``record_events``
-        read and this transaction has written or queued since."""
-        if alarm.replayed:
-            return False
-        key, event_id = alarm.event_key, alarm.event_id
-        if any(other != event_id for other in self._decided_queued.get(key, ())):
-            return True
-        if key not in self._decided:
-            return await self.key_already_decided(key, event_id)
-        seen = self._decided[key]
-        return seen is not None and (seen[0] != event_id or seen[1] != event_id)
 
     async def key_already_decided(self, event_key: str, event_id: str) -> bool:
         """Has another event with identical content already been decided?"""
@@ -1099,8 +875,6 @@ class Unit:
             group = [r for r in records if r.alarm.replayed is replayed]
             if not group:
                 continue
-            for record in group:
-                self._decided.pop(record.alarm.event_key, None)  # ``duplicate`` reads it afresh
             cte, args = rows_cte(
                 self.tx.dialect, "v", _ACTION_COLUMNS_IN, [_action_values(r) for r in group], 2
             )
@@ -1132,26 +906,6 @@ class Unit:
                 notices.append((notice, float(row["updated_at"])))
         await outbox.insert_many(self.tx, notices)
         return [r.alarm.event_id in written for r in records]
-
-    def queue_action(self, record: ActionRecord) -> QueuedAction:
-        """A new event's first action row (a skip, or an upgrade in progress), written with the
-        others at ``flush`` (one statement): what ``write_action`` does, for an event whose
-        action row does not exist yet."""
-        queued = QueuedAction()
-        self._queued.append((record, queued))
-        if is_decided(record.status, record.reason):
-            self._decided_queued.setdefault(record.alarm.event_key, set()).add(record.alarm.event_id)
-        return queued
-
-    async def flush(self) -> None:
-        """Write the queued action rows (``queue_action``)."""
-        queued, self._queued = self._queued, []
-        if not queued:
-            return
-        self._decided_queued.clear()
-        results = await self.write_actions([record for record, _ in queued])
-        for (_, result), written in zip(queued, results, strict=True):
-            result.written = written
 
     async def confirm_action(
         self,
@@ -1205,12 +959,6 @@ class Unit:
 
     # --- cooldown claims -------------------------------------------------------------------
 
-    def expect_claims(self, scopes: Iterable[str]) -> None:
-        """Scopes the coming ``try_claim`` calls of this transaction may ask for: the first of
-        them reads them all in one statement (a batch's reminders of instances that were just
-        upgraded are answered "cooling down" from it, with no statement each)."""
-        self._expected.update(scopes)
-
     async def try_claim(
         self, scope: str, instance_id: str, owner: str, now: float, lease: float, cooldown: float
     ) -> ClaimResult:
@@ -1218,11 +966,7 @@ class Unit:
 
         A held lease that ran out is not taken: the same statement marks it ``stale`` and
         gives its holder (still the owner) one more lease from now, and says ``NOTICED``."""
-        if self._expected:
-            await self._read_done_claims()
-        done = self._done.get(scope)
-        if done is not None and done.cooldown_until > now:
-            return ClaimResult(ClaimVerdict.COOLING_DOWN, done)
+        await self._lock([_CLAIM + scope])
         row = await self.tx.fetchrow(
             """INSERT INTO claims (scope, instance_id, status, owner, claimed_at,
                    lease_until, cooldown_until)
@@ -1258,16 +1002,6 @@ class Unit:
         if verdict in (ClaimVerdict.GRANTED, ClaimVerdict.NOTICED):
             verdict = ClaimVerdict.HELD
         return ClaimResult(verdict, claim)
-
-    async def _read_done_claims(self) -> None:
-        scopes, self._expected = sorted(self._expected), set()
-        cte, args = rows_cte(self.tx.dialect, "v", [("scope", "text")], [(s,) for s in scopes])
-        rows = await self.tx.fetch(
-            f"""WITH {cte} SELECT * FROM claims
-               WHERE scope IN (SELECT scope FROM v) AND status = '{ClaimStatus.DONE.value}'""",
-            *args,
-        )
-        self._done.update((row["scope"], _claim_row(row)) for row in rows)
 
     async def renew_claim(self, scope: str, owner: str, lease_until: float) -> bool:
         """The holder is still at work: extend its lease (and end a takeover notice)."""
@@ -1326,26 +1060,14 @@ class Unit:
     # --- the operator's controls: pauses, approvals, audit --------------------------------
 
     async def pauses_for(self, instance: str, now: float) -> list[Pause]:
-        """Pauses holding ``instance`` at ``now`` (its own and the global one). The running
-        pauses are read once per transaction (a batch's upgrades ask one after the other)."""
-        if self._pauses is None or now < self._pauses[0]:
-            rows = await self.tx.fetch("SELECT * FROM pauses WHERE until_at > $1", now)
-            self._pauses = (now, [_pause(r) for r in rows])
-        return [p for p in self._pauses[1] if p.scope in (instance, GLOBAL) and p.until > now]
-
-    async def reconfiguring(self, instance: str) -> str | None:
-        """The plan of a change of ``instance`` that CloudAMQP is still applying, or None."""
-        row = await self.tx.fetchrow(
-            """SELECT plan FROM actions WHERE instance_id = $1 AND reason = $2 AND status = 'in_progress'
-               LIMIT 1""",
-            instance,
-            RECONFIGURING,
+        """Pauses holding ``instance`` at ``now`` (its own and the global one)."""
+        rows = await self.tx.fetch(
+            "SELECT * FROM pauses WHERE until_at > $1 AND scope IN ($2, $3)", now, instance, GLOBAL
         )
-        return str(row["plan"]) if row is not None else None
+        return [_pause(r) for r in rows]
 
     async def set_pause(self, pause: Pause) -> None:
         """Pause a scope (a new pause replaces the one it had)."""
-        self._pauses = None
         await self.tx.execute(
             """INSERT INTO pauses (scope, until_at, operator, reason, created_at)
                VALUES ($1, $2, $3, $4, $5)
@@ -1361,7 +1083,6 @@ class Unit:
 
     async def clear_pause(self, scope: str, now: float) -> Pause | None:
         """End a scope's pause; the pause that was still running, or None."""
-        self._pauses = None
         row = await self.tx.fetchrow("DELETE FROM pauses WHERE scope = $1 RETURNING *", scope)
         return _pause(row) if row is not None and row["until_at"] > now else None
 

@@ -4,12 +4,11 @@ A storm of alarms costs the store one commit per alarm (a WAL write and fsync on
 more round trips and a WAL flush on PostgreSQL) — most of what deciding a repeat costs. So the
 alarms that reach the worker together take their first steps (event record, incident change,
 duplicate check, decision, claim or skip) in one transaction, in delivery order, and each goes
-on alone from there: its own log lines, its own API call, its own settling. Inside the
-transaction the store records them in set-based statements — one for all their events, one
-for all their incident groupings, one for all their first action rows — and each alarm is
-decided in turn between them (``Processor.first_steps``, ``Unit.record_events``): on
-PostgreSQL every statement is a round trip, so a batch costs a handful, not a handful per
-alarm. Their upgrades' outcomes are recorded the same way (``worker.group_commit``).
+on alone from there: its own log lines, its own API call, its own settling. The transaction is
+one read (``Unit.load``), a pure fold (``worker.first_step.plan_batch``) and one write
+(``Unit.apply``): on PostgreSQL every statement is a round trip, so a batch costs a handful,
+not a handful per alarm. Their upgrades' outcomes are recorded the same way
+(``worker.group_commit``).
 
 A batch is what has arrived by the time the store is free, at most ``limit``. A lone alarm
 waits for nothing: when no other message is in flight, or the last batch was a single alarm

@@ -24,10 +24,8 @@ from typing import TypedDict
 from shared.alarm import Alarm, iso
 from shared.claims import ClaimAsk, ClaimStatus, ClaimVerdict, take_claim
 from shared.controls import effective_pause
-from shared.incidents import IncidentChange
-from shared.notifications import incident_notice
 from shared.settings import Settings
-from shared.snapshot import Arrival, EventState, Grouped, NewIncident, Snapshot, Writes
+from shared.snapshot import Arrival, EventState, Snapshot, Writes, record_incident
 from shared.store import (
     HANDED_OFF,
     RECONFIGURING,
@@ -153,7 +151,7 @@ def _one(snapshot: Snapshot, writes: Writes, arrival: Arrival, now: float, conte
     alarm = arrival.alarm
     event_id = alarm.event_id
     if event_id in snapshot.new and event_id not in snapshot.events:
-        incident_id, change = _record(snapshot, writes, arrival, now, context.new_id)
+        incident_id, change = record_incident(snapshot, writes, arrival, now, context.new_id)
         snapshot.events[event_id] = EventState(incident_id, change)
         step = Step(arrival=arrival, incident_id=incident_id, change=change, instance_id=arrival.instance_id)
         return _decide(snapshot, writes, step, now, context)
@@ -175,52 +173,6 @@ def _earlier(state: EventState, step: Step) -> Step | None:
     if done and not replayed:
         return AlreadyDone(**fields, detail=f"its action is already {state.status}")
     return None
-
-
-def _record(
-    snapshot: Snapshot, writes: Writes, arrival: Arrival, now: float, new_id: Callable[[], str]
-) -> tuple[str | None, str]:
-    """A new event's incident change (Spike's rules, ``shared.incidents``), against the
-    incidents as the batch has left them so far."""
-    plan, alarm = arrival.plan, arrival.alarm
-    incident_id: str | None = None
-    change = plan.change.value
-    if plan.change is IncidentChange.UPSERT and plan.key is not None:
-        value = alarm.body.get("value")
-        incident_id = snapshot.open_incidents.get(plan.key)
-        if incident_id is None:
-            incident_id = new_id()
-            writes.new_incidents[incident_id] = NewIncident(
-                incident_id, plan.key, arrival.instance_id, alarm.alarm_type, 1, value
-            )
-            snapshot.open_incidents[plan.key] = incident_id
-            change = "opened"
-        else:
-            _group(writes, incident_id, value)
-            change = "grouped"
-    elif plan.change is IncidentChange.RESOLVE and plan.key is not None:
-        incident_id = snapshot.open_incidents.pop(plan.key, None)
-        if incident_id is None:
-            change = "none"
-        else:
-            change = "resolved"
-            if incident_id in writes.new_incidents:
-                writes.new_incidents[incident_id].resolved = True
-            else:
-                writes.resolved.append(incident_id)
-    writes.event_incidents.append((alarm.event_id, incident_id, change))
-    notice = incident_notice(change, incident_id, plan.key, alarm, arrival.instance_id, now)
-    if notice is not None:
-        writes.notices.append(notice)
-    return incident_id, change
-
-
-def _group(writes: Writes, incident_id: str, value: object) -> None:
-    target: NewIncident | Grouped
-    target = writes.new_incidents.get(incident_id) or writes.grouped.setdefault(incident_id, Grouped())
-    target.count += 1
-    if value is not None:
-        target.last_value = value
 
 
 def _decide(snapshot: Snapshot, writes: Writes, step: Step, now: float, context: Context) -> Step:

@@ -11,13 +11,16 @@ from typing import Any
 import pytest
 
 from shared import metrics
-from shared.alarm import Alarm, event_key
+from shared.alarm import Alarm, event_key, new_id
 from shared.controls import Pause
 from shared.db import rows_cte
 from shared.incidents import plan_incident
+from shared.settings import Settings
 from shared.store import ActionRecord, ActionStatus, Arrival, AuditEntry, Finish, Store
 from tests.support import store_refuses
+from worker.first_step import Context, plan_batch
 from worker.group_commit import Finishes
+from worker.policy import Policy
 
 
 @pytest.fixture
@@ -96,22 +99,23 @@ async def test_a_run_with_a_resolve_changes_its_incidents_in_order(store: Store)
     assert statuses == {records[0].incident_id: "resolved", records[2].incident_id: "open"}
 
 
-async def test_a_skip_queued_in_a_run_makes_identical_content_a_duplicate(store: Store) -> None:
+async def test_a_skip_decided_in_a_batch_makes_identical_content_a_duplicate(store: Store) -> None:
     first, same = alarm("e1", value=40), alarm("e2", value=40)
+    context = Context(Settings(instance_ids=("i1",)), Policy.default(Settings()), False, "w", new_id)
     async with store.unit() as unit:
-        await unit.record_events([arrival(first), arrival(same)], 100.0)
-        assert not await unit.duplicate(first)
-        unit.queue_action(
-            ActionRecord(first, ActionStatus.SKIPPED, 100.0, None, "i1", reason="below_threshold")
-        )
-        assert await unit.duplicate(same)
-        assert not await unit.duplicate(first)
+        snapshot = await unit.load([arrival(first), arrival(same)], {"i1/memory"}, 100.0)
+        steps, writes = plan_batch(snapshot, [arrival(first), arrival(same)], 100.0, context)
+        await unit.apply(writes, 100.0)
+    assert [(type(s).__name__, s.skip.reason.value) for s in steps] == [
+        ("Skipped", "below_threshold"),
+        ("Skipped", "duplicate"),
+    ]
     async with store.unit() as unit:
-        # Written by the flush at the end of the unit, and read from the store now.
-        await unit.record_events([arrival(alarm("e3", value=40))], 200.0)
-        assert await unit.duplicate(alarm("e3", value=40))
-    statuses = {a["event_id"]: a["status"] for a in await store.list_actions()}
-    assert statuses == {"e1": "skipped"}
+        # Written at the end of that batch, and read from the store now.
+        later = await unit.load([arrival(alarm("e3", value=40))], (), 200.0)
+    assert later.decided == {first.event_key: {"e1", "e2"}}  # the lowest and highest decided
+    statuses = {a["event_id"]: (a["status"], a["reason"]) for a in await store.list_actions()}
+    assert statuses == {"e1": ("skipped", "below_threshold"), "e2": ("skipped", "duplicate")}
 
 
 async def test_a_pause_set_in_a_transaction_holds_its_later_upgrades(store: Store) -> None:
@@ -128,7 +132,6 @@ async def test_a_claim_read_as_done_cools_down_until_its_cooldown_ends(store: St
     await store.finish_claims([_finish("a/memory")])  # done: cooling down until 100 + 600
     for now, verdict in ((650.0, "cooling_down"), (750.0, "granted")):
         async with store.unit() as unit:
-            unit.expect_claims(["a/memory", "b/memory", "c/memory"])
             result = await unit.try_claim("a/memory", "a", f"w/{now}", now, 60.0, 600.0)
             assert result.verdict.value == verdict
             if now < 700:
