@@ -20,8 +20,8 @@ import orjson
 import uvloop
 from aiohttp import web
 
-from receiver.publisher import Publisher
 from shared.alarm import new_id
+from shared.publisher import Publisher
 from shared.settings import Settings
 
 PUBLISHER = web.AppKey("publisher", Publisher)

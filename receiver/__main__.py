@@ -10,9 +10,9 @@ from aiohttp import web
 
 from receiver.app import create_app, make_runner
 from shared.errors import StoreError
+from shared.policy_file import PolicyError
 from shared.runtime import fail, install_stop_handlers, load_settings_or_exit, run_main
 from shared.settings import Settings
-from worker.policy_file import PolicyError
 
 log = structlog.get_logger("receiver")
 

@@ -19,16 +19,16 @@ from aiohttp.web_request import BaseRequest
 
 from receiver.keys import ACCEPT_LOG, LANES, OPENAPI, OPERATIONS, PUBLISHER, SETTINGS, STORE
 from receiver.lanes import Lanes
-from receiver.publisher import Publisher
 from receiver.routes import setup_routes
 from receiver.views import MAX_BODY, redact_path
 from shared import envelope, metrics
 from shared.envelope import ApprovalCheck
 from shared.errors import StoreError
 from shared.operations import Operations
+from shared.policy_file import load_policy
+from shared.publisher import Publisher
 from shared.settings import Settings
 from shared.store import Store
-from worker.policy_file import load_policy
 
 log = structlog.get_logger("receiver")
 access_log = structlog.get_logger("receiver.access")

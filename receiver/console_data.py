@@ -6,7 +6,7 @@ single read-only statements below, each served by an index of the schema (``inci
 ``actions_created``, ``audit_at``) or by a table that stays small (claims, pauses). The broker
 side — how many workers consume, how deep the queues are — comes from passive queue
 declarations on a connection of the console's own; the parking lot goes through
-``worker.dlq.ParkingLot`` (on that same connection), exactly as the ``autopilot-dlq``
+``shared.dlq.ParkingLot`` (on that same connection), exactly as the ``autopilot-dlq``
 command does.
 """
 
@@ -23,13 +23,12 @@ from typing import Any
 
 from aio_pika.abc import AbstractConnection
 
-from shared import brokers, reads, topology, watch
+from shared import brokers, dlq, reads, topology, watch
 from shared.db import Row
 from shared.errors import BrokerUnavailable
+from shared.plans import DEFAULT_LADDER, Ladder, parse_plan
 from shared.settings import Settings
 from shared.store import ActionStatus, Store
-from worker import dlq
-from worker.plans import DEFAULT_LADDER, Ladder, parse_plan
 
 # Statuses of an action that went (or would have gone) to the CloudAMQP API.
 UPGRADE_STATUSES = (
@@ -178,7 +177,7 @@ class BrokerProbe:
 
     ``facts``: passive declarations of the work queue, the fast lane and the parking lot — how many workers
     consume and how many messages wait, declaring or changing nothing. ``parking_lot``: a
-    confirming channel of it wrapped in ``worker.dlq.ParkingLot``, for one page or act."""
+    confirming channel of it wrapped in ``shared.dlq.ParkingLot``, for one page or act."""
 
     def __init__(self, url: str, timeout: float = 3.0):
         self._nodes = brokers.Nodes(url)

@@ -8,8 +8,8 @@ from aiohttp import web
 from structlog.typing import FilteringBoundLogger
 
 from receiver.lanes import Lanes
-from receiver.publisher import Publisher
 from shared.operations import Operations
+from shared.publisher import Publisher
 from shared.settings import Settings
 from shared.store import Store
 

@@ -26,8 +26,8 @@ from typing import Any
 
 from shared import topology
 from shared.alarm import Alarm
+from shared.policy import DecisionState, Policy, Upgrade, decide
 from shared.settings import Settings
-from worker.policy import DecisionState, Policy, Upgrade, decide
 
 # How many (instance, alarm type) pairs are remembered; the oldest are forgotten first.
 REMEMBERED = 100_000

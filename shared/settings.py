@@ -87,7 +87,7 @@ class Settings:
     notify_retry_delays: tuple[float, ...] = (10.0, 60.0, 300.0, 1800.0)
     notify_max_attempts: int = 8
     public_url: str | None = None
-    # The managed instances' own RabbitMQ management APIs (worker.management, worker.verify).
+    # The managed instances' own RabbitMQ management APIs (worker.management, shared.verify).
     instance_management: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # (id, url)
     management_timeout_seconds: float = 5.0
     watchdog_interval_seconds: float = 60.0  # 0: no watchdog

@@ -1302,7 +1302,7 @@ class ActionRecord:
     plan: str | None = None
     attempts: int = 0
     from_plan: str | None = None  # the plan read before the upgrade, where it was
-    verification: dict[str, Any] | None = None  # what the broker check saw (worker.verify)
+    verification: dict[str, Any] | None = None  # what the broker check saw (shared.verify)
 
 
 def _action_values(r: ActionRecord) -> tuple[Any, ...]:

@@ -13,9 +13,11 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from receiver.publisher import Publisher
 from shared import metrics
 from shared.errors import StoreError
+from shared.policy import Policy, off_ladder_warnings
+from shared.policy_file import PolicyError, load_policy
+from shared.publisher import Publisher
 from shared.runtime import fail, install_stop_handlers, load_settings_or_exit, run_main
 from shared.settings import Settings
 from shared.store import Store
@@ -24,8 +26,6 @@ from worker.cloudamqp import CloudAmqpClient
 from worker.consumer import Consumer
 from worker.management import ManagementApi
 from worker.notify import Notifier
-from worker.policy import Policy, off_ladder_warnings
-from worker.policy_file import PolicyError, load_policy
 from worker.process import Processor
 from worker.sweep import ConfirmationSweep
 from worker.watchdog import Watchdog

@@ -24,7 +24,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from shared import brokers, envelope, topology
+from shared import brokers, dlq, envelope, topology
 from shared.alarm import iso
 from shared.controls import ControlError, clean_text, operator_name, pause_until
 from shared.envelope import ApprovalCheck
@@ -34,7 +34,6 @@ from shared.operations import Operations
 from shared.runtime import load_settings_or_exit
 from shared.settings import Settings
 from shared.store import Store
-from worker import dlq
 
 PROGRAM = "autopilot"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2

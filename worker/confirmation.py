@@ -12,9 +12,9 @@ import structlog
 from shared import metrics, watch
 from shared.envelope import Check
 from shared.errors import PermanentError, RetryableError
+from shared.plans import plan_shows
 from shared.store import ActionStatus
 from worker.outcomes import Ack, Follow, Outcome
-from worker.plans import plan_shows
 
 if TYPE_CHECKING:
     from worker.cloudamqp import InstanceState

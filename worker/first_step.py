@@ -10,7 +10,7 @@ store makes once (``Unit.apply``). No I/O here, no clock: time and fresh ids are
 
 What each alarm goes through, in order: its event and incident change (new events only), what
 its earlier delivery left (a plan change to follow, an approval, a final word), the decision
-(``worker.policy.decide``: duplicates, pauses), a plan change of the instance still under way,
+(``shared.policy.decide``: duplicates, pauses), a plan change of the instance still under way,
 then the claim (``shared.claims.take_claim``) and what the claim allows: a dry run, a request
 for approval, or the upgrade call (after the commit, ``worker.upgrade_call``).
 """
@@ -24,6 +24,7 @@ from typing import TypedDict
 from shared.alarm import Alarm, iso
 from shared.claims import ClaimAsk, ClaimStatus, ClaimVerdict, take_claim
 from shared.controls import effective_pause
+from shared.policy import DecisionState, Policy, Skip, SkipReason, Upgrade, decide, upgrade_scope
 from shared.settings import Settings
 from shared.snapshot import Arrival, EventState, Snapshot, Writes, record_incident
 from shared.store import (
@@ -36,7 +37,6 @@ from shared.store import (
     is_decided,
     is_done,
 )
-from worker.policy import DecisionState, Policy, Skip, SkipReason, Upgrade, decide, upgrade_scope
 
 AUTOPILOT = "autopilot"  # the actor of automatic entries in the audit trail
 

@@ -28,7 +28,7 @@ from enum import StrEnum
 from typing import Any
 
 from shared.alarm import iso
-from worker.verify import Condition
+from shared.verify import Condition
 
 DEFAULT_LEAD_TIME = 1800.0  # seconds, when neither the rule nor any past plan change says
 FIT_FLOOR = 0.8  # the least R² of the trend line over the window: below it, no trend

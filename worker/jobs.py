@@ -13,9 +13,9 @@ import structlog
 from shared import metrics
 from shared.alarm import Alarm
 from shared.claims import ClaimVerdict
+from shared.policy import Skip
 from shared.store import ActionRecord, ActionStatus
 from worker.outcomes import Ack, Outcome, Retries
-from worker.policy import Skip
 
 # What to do once an alarm's first transaction has committed.
 Then = Callable[[], Awaitable[Outcome]]

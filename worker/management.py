@@ -13,7 +13,7 @@ from urllib.parse import unquote, urlsplit
 import aiohttp
 import structlog
 
-from worker.verify import NodeReading, parse_nodes
+from shared.verify import NodeReading, parse_nodes
 
 log = structlog.get_logger("worker.management")
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from shared.notifications import ChannelKind, Endpoint, endpoint_id, parse_event_types, parse_webhook_secret
+from shared.policy_file import PolicyError, read_policy_file
 from shared.settings import Settings
-from worker.policy_file import PolicyError, read_policy_file
 
 NOTIFY_KEYS = frozenset({"channel", "url", "secret", "routing_key", "events", "instances"})
 PAGERDUTY_URL = "https://events.pagerduty.com"

@@ -22,6 +22,11 @@ from shared.alarm import Alarm, new_id
 from shared.envelope import AnyCheck, ApprovalCheck
 from shared.errors import PermanentError, RetryableError
 from shared.incidents import plan_incident
+from shared.policy import (
+    Policy,
+    Upgrade,
+    target_instance,
+)
 from shared.settings import Settings
 from shared.snapshot import Arrival
 from shared.store import Store
@@ -50,11 +55,6 @@ from worker.outcomes import (
     Follow,
     Outcome,
     Retries,
-)
-from worker.policy import (
-    Policy,
-    Upgrade,
-    target_instance,
 )
 from worker.upgrade_call import UpgradeCall
 

@@ -16,9 +16,9 @@ from collections.abc import Callable
 
 import structlog
 
-from receiver.publisher import Publisher
 from shared import envelope, watch
 from shared.errors import BrokerUnavailable
+from shared.publisher import Publisher
 from shared.settings import Settings
 from shared.store import Store
 from worker import schedule

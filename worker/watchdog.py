@@ -6,7 +6,7 @@ downgrade advice when an instance we upgraded has stayed small for the quiet win
 
 Its alarm is CloudAMQP's shape marked ``source: watchdog``, published to the work queue with
 a publisher confirm like the receiver's, so it obeys the incident, cooldown, pause, approval
-and verification rules like any other. The decisions are ``worker.verify``'s pure functions.
+and verification rules like any other. The decisions are ``shared.verify``'s pure functions.
 
 For a rule with ``forecast = true`` it also fits a trend to the instance's recent samples and,
 when the threshold will be crossed within the lead time, raises a ``forecast`` alarm the same
@@ -23,18 +23,15 @@ from dataclasses import dataclass
 
 import structlog
 
-from receiver.publisher import Publisher
 from shared import metrics, topology, watch
 from shared.alarm import iso
 from shared.errors import BrokerUnavailable
+from shared.plans import DEFAULT_LADDER, Ladder
+from shared.policy import Policy, Rule, upgrade_scope
+from shared.publisher import Publisher
 from shared.settings import Settings
 from shared.store import Store
-from worker import forecast as fc
-from worker import schedule
-from worker.management import ManagementApi, read_nodes
-from worker.plans import DEFAULT_LADDER, Ladder
-from worker.policy import Policy, Rule, upgrade_scope
-from worker.verify import (
+from shared.verify import (
     Assessment,
     Condition,
     NodeReading,
@@ -48,9 +45,12 @@ from worker.verify import (
     watchdog_alarm,
     watchdog_event_id,
 )
-from worker.verify import (
+from shared.verify import (
     watch as watch_step,
 )
+from worker import forecast as fc
+from worker import schedule
+from worker.management import ManagementApi, read_nodes
 
 log = structlog.get_logger("worker.watchdog")
 

@@ -14,13 +14,13 @@ import aiohttp
 
 from shared import topology
 from shared.alarm import Alarm, event_key, new_id
+from shared.policy import Policy, Rule
 from shared.settings import Settings
 from shared.store import Store
 from tests.cloudamqp_stand_in import CloudAmqpStandIn
 from tests.integration.conftest import API_KEY, SEED_INSTANCE, seed_alarm
 from tests.support import ROOT, queue_depth
 from worker.cloudamqp import CloudAmqpClient
-from worker.policy import Policy, Rule
 from worker.process import Processor
 
 

@@ -20,10 +20,10 @@ from receiver.keys import STORE
 from shared import watch
 from shared.settings import Settings
 from shared.store import ActionStatus, AuditEntry
+from shared.verify import Advice
 from tests.integration.conftest import SEED_INSTANCE, seed_alarm
 from tests.integration.test_receiver_inprocess import T0, record
 from tests.support import wait_until
-from worker.verify import Advice
 
 OPERATOR_TOKEN = "operator-token-7d1e0c4b9a"
 WEBHOOK_TOKEN = "webhook-token-3f9a2b"

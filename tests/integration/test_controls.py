@@ -20,6 +20,7 @@ from receiver.app import create_app
 from receiver.keys import OPERATIONS
 from shared.alarm import Alarm, event_key, new_id
 from shared.envelope import ApprovalCheck
+from shared.policy import Policy, Rule
 from shared.settings import Settings
 from shared.store import Store
 from tests.cloudamqp_stand_in import CloudAmqpStandIn
@@ -28,7 +29,6 @@ from tests.support import wait_until
 from worker.cloudamqp import CloudAmqpClient
 from worker.consumer import Consumer
 from worker.outcomes import Follow
-from worker.policy import Policy, Rule
 from worker.process import Processor
 
 OPERATOR_TOKEN = "operator-token-7d1e0c4b9a"

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-from receiver.publisher import NACKS_BEFORE_RECONNECT
+from shared.publisher import NACKS_BEFORE_RECONNECT
 from tests.conftest import vhost_name
 from tests.integration.conftest import seed_alarm
 from tests.support import Services, TcpProxy, free_port, management_request, wait_until

@@ -25,9 +25,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from receiver.publisher import Publisher
 from shared.alarm import iso
 from shared.operations import Operations
+from shared.policy import Policy, Rule
+from shared.publisher import Publisher
 from shared.settings import Settings
 from shared.store import Store
 from tests.cloudamqp_stand_in import CloudAmqpStandIn
@@ -37,7 +38,6 @@ from worker import schedule
 from worker.cloudamqp import CloudAmqpClient
 from worker.consumer import Consumer
 from worker.management import ManagementApi
-from worker.policy import Policy, Rule
 from worker.process import Processor
 from worker.watchdog import SCHEDULE, Watchdog
 

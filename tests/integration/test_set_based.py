@@ -15,12 +15,12 @@ from shared.alarm import Alarm, event_key, new_id
 from shared.controls import Pause
 from shared.db import rows_cte
 from shared.incidents import plan_incident
+from shared.policy import Policy
 from shared.settings import Settings
 from shared.store import ActionRecord, ActionStatus, Arrival, AuditEntry, Finish, Store
 from tests.support import store_refuses
 from worker.first_step import Context, plan_batch
 from worker.group_commit import Finishes
-from worker.policy import Policy
 
 
 @pytest.fixture

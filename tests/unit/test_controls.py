@@ -19,9 +19,9 @@ from shared.controls import (
     operator_name,
     pause_until,
 )
+from shared.policy import DecisionState, Policy, Rule, Skip, SkipReason, Upgrade, decide
+from shared.policy_file import PolicyError, parse_policy
 from shared.settings import Settings
-from worker.policy import DecisionState, Policy, Rule, Skip, SkipReason, Upgrade, decide
-from worker.policy_file import PolicyError, parse_policy
 
 NOW = 1_790_000_000.0
 

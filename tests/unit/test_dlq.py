@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
+from shared.dlq import describe, message_ref, parse_args, render_table, summary_row
 from shared.envelope import replay_headers
-from worker.dlq import describe, message_ref, parse_args, render_table, summary_row
 
 PARKED_HEADERS = {
     "x-autopilot-event-id": "ev1",

@@ -20,6 +20,7 @@ from shared.alarm import Alarm, event_key
 from shared.claims import ClaimRow, ClaimStatus
 from shared.controls import Pause
 from shared.incidents import plan_incident
+from shared.policy import Policy, Rule
 from shared.settings import Settings
 from shared.snapshot import Arrival, EventState, Snapshot, Writes
 from shared.store import HANDED_OFF, RECONFIGURING, ActionStatus, is_decided
@@ -34,7 +35,6 @@ from worker.first_step import (
     Step,
     plan_batch,
 )
-from worker.policy import Policy, Rule
 
 NOW = 1_000_000.0
 SETTINGS = Settings(instance_ids=("a", "b", "c"), cooldown_seconds=600.0, claim_lease_seconds=60.0)

@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from shared.alarm import Alarm, event_key
 from shared.controls import Pause
+from shared.policy import DecisionState, Policy, Rule, Skip, SkipReason, Upgrade, decide
+from shared.policy_file import PolicyError, parse_policy
 from shared.settings import ConfigError, Settings
 from worker.forecast import (
     DEFAULT_LEAD_TIME,
@@ -32,8 +34,6 @@ from worker.forecast import (
     project,
     series,
 )
-from worker.policy import DecisionState, Policy, Rule, Skip, SkipReason, Upgrade, decide
-from worker.policy_file import PolicyError, parse_policy
 
 MIN = 60.0
 MEMORY_80 = Target("memory", 80.0)

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from shared.contract import ContractError
 from shared.envelope import decode_alarm
 from shared.incidents import IncidentChange, plan_incident
+from shared.policy import DecisionState, Skip, Upgrade, decide
+from shared.policy_file import RULE_KEYS, PolicyError, parse_policy
 from shared.settings import Settings
-from worker.policy import DecisionState, Skip, Upgrade, decide
-from worker.policy_file import RULE_KEYS, PolicyError, parse_policy
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),

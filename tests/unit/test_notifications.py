@@ -25,11 +25,11 @@ from shared.notifications import (
     parse_webhook_secret,
     route,
 )
+from shared.policy_file import PolicyError
 from shared.settings import ConfigError, Settings
 from tests.support import verify_standard_webhook
 from worker import channels
 from worker.notify_config import env_endpoints, parse_notify
-from worker.policy_file import PolicyError
 
 SECRET = "whsec_" + base64.b64encode(bytes(range(32))).decode()
 ALARM = Alarm("ev-1", 1_700_000_000.0, {"alarm_type": "memory", "value": 85, "instance_id": "i-1"}, "key")

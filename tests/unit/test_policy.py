@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 
 from shared.alarm import Alarm, event_key
+from shared.policy import DecisionState, Skip, SkipReason, Upgrade, decide
 from shared.settings import Settings
-from worker.policy import DecisionState, Skip, SkipReason, Upgrade, decide
-from worker.verify import Condition
+from shared.verify import Condition
 
 NOW = 1_790_000_000.0  # 2026-09-21
 INSTANCE = "inst-1"

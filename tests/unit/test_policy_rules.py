@@ -7,9 +7,8 @@ from typing import Any
 import pytest
 
 from shared.alarm import Alarm, event_key
-from shared.settings import Settings
-from worker.plans import Ladder, parse_plan
-from worker.policy import (
+from shared.plans import Ladder, parse_plan
+from shared.policy import (
     DecisionState,
     Policy,
     Rule,
@@ -20,7 +19,8 @@ from worker.policy import (
     off_ladder_warnings,
     resolve_plan,
 )
-from worker.policy_file import PolicyError, parse_policy
+from shared.policy_file import PolicyError, parse_policy
+from shared.settings import Settings
 
 NOW = 1_790_000_000.0
 SETTINGS = Settings(instance_ids=("i1", "i2"), cooldown_seconds=1800)

@@ -1,4 +1,4 @@
-"""Table tests of the broker checks' pure decisions (worker.verify) and their settings."""
+"""Table tests of the broker checks' pure decisions (shared.verify) and their settings."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
+from shared.plans import DEFAULT_LADDER, Ladder
+from shared.policy import Policy, Rule
 from shared.settings import ConfigError, Settings
-from worker.plans import DEFAULT_LADDER, Ladder
-from worker.policy import Policy, Rule
-from worker.verify import (
+from shared.verify import (
     Assessment,
     Condition,
     NodeReading,

@@ -16,9 +16,9 @@ from typing import Any
 
 from shared.alarm import Alarm
 from shared.controls import Pause
+from shared.plans import DEFAULT_LADDER, Ladder, Plan, parse_plan
 from shared.settings import Settings
-from worker.plans import DEFAULT_LADDER, Ladder, Plan, parse_plan
-from worker.verify import CHECKABLE, Condition
+from shared.verify import CHECKABLE, Condition
 
 ALARM_TYPES = frozenset(
     {"cpu", "memory", "disk", "queue", "connection", "flow", "consumer", "netsplit",

@@ -28,7 +28,7 @@ from aiormq import Channel, spec
 from shared import brokers, envelope, topology
 from shared.errors import BrokerUnavailable
 
-log = structlog.get_logger("receiver.publisher")
+log = structlog.get_logger("shared.publisher")
 
 
 NACKS_BEFORE_RECONNECT = 3

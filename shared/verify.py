@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from worker.plans import Ladder, parse_plan
+from shared.plans import Ladder, parse_plan
 
 # The alarm types whose condition the nodes' figures show.
 CHECKABLE = frozenset({"memory", "disk"})

@@ -10,8 +10,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from worker.plans import DEFAULT_LADDER, Ladder, Plan, parse_plan
-from worker.policy import ALARM_TYPES, DEFAULT_APPROVE_TIMEOUT, NEXT, Policy, Rule
+from shared.plans import DEFAULT_LADDER, Ladder, Plan, parse_plan
+from shared.policy import ALARM_TYPES, DEFAULT_APPROVE_TIMEOUT, NEXT, Policy, Rule
 
 TOP_KEYS = frozenset({"ladder", "max_plan", "rules", "notify"})  # [[notify]]: worker.notify_config
 RULE_KEYS = frozenset(

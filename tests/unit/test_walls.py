@@ -1,0 +1,51 @@
+"""The walls between the processes: the receiver and the worker each depend on ``shared/``,
+never on each other, and SQL lives in ``shared/`` only (its store modules)."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+# A statement as our store writes them: the verb, then what it works on.
+SQL = re.compile(r"\b(SELECT\s.+\sFROM|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM)\b", re.S)
+
+
+def imported(path: Path) -> set[str]:
+    """The top-level packages a module imports (``from x.y import z`` → ``x``)."""
+    tree = ast.parse(path.read_text(), str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize(("package", "other"), [("receiver", "worker"), ("worker", "receiver")])
+def test_a_process_package_never_imports_the_other(package: str, other: str) -> None:
+    crossing = sorted(
+        str(path.relative_to(ROOT)) for path in (ROOT / package).rglob("*.py") if other in imported(path)
+    )
+    assert crossing == [], f"{package}/ imports {other}/: move what both need to shared/"
+
+
+def test_shared_imports_neither_process() -> None:
+    crossing = sorted(
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "shared").rglob("*.py")
+        if imported(path) & {"receiver", "worker"}
+    )
+    assert crossing == []
+
+
+@pytest.mark.parametrize("package", ["receiver", "worker"])
+def test_sql_lives_in_shared_only(package: str) -> None:
+    holding = sorted(
+        str(path.relative_to(ROOT)) for path in (ROOT / package).rglob("*.py") if SQL.search(path.read_text())
+    )
+    assert holding == [], f"SQL in {package}/: it belongs to a store module in shared/"
