@@ -8,6 +8,7 @@ in ``receiver.keys``. One middleware counts every answer and makes every error J
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -142,9 +143,31 @@ def make_runner(
     )
 
 
+# A host as a proxy may name it: a name or address, and a port.
+_FORWARDED_HOST = re.compile(r"^[A-Za-z0-9.\-\[\]:]{1,255}$")
+
+
+@web.middleware
+async def forwarded(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """``FORWARDED_HEADERS=true``: the scheme and host the client used, as the proxy in front
+    says them (its first value: the one the proxy nearest the client wrote), for the URLs
+    the receiver shows and the console's Origin check. A malformed value is ignored."""
+    changes: dict[str, str] = {}
+    proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    if proto in ("http", "https"):
+        changes["scheme"] = proto
+    host = request.headers.get("X-Forwarded-Host", "").split(",")[0].strip()
+    if host and _FORWARDED_HOST.match(host):
+        changes["host"] = host
+    return await handler(request.clone(**changes) if changes else request)  # type: ignore[arg-type]
+
+
 def create_app(settings: Settings) -> web.Application:
     """The receiver application; broker and store are opened when it starts."""
-    app = web.Application(middlewares=[middleware], client_max_size=MAX_BODY)
+    middlewares = [forwarded, middleware] if settings.forwarded_headers else [middleware]
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY)
     app[SETTINGS] = settings
     app[OPENAPI] = OPENAPI_PATH.read_bytes()
     # Resolved once: the module's lazy proxy resolves the configured logger on every call.

@@ -386,8 +386,16 @@ async def overview(request: web.Request) -> web.Response:
         dry_run_setting=settings.dry_run,
         now=now,
         pause_choices=PAUSE_CHOICES,
+        webhook_url=webhook_url(request, settings),
     )
     return _render(request, "overview.html", "overview_live.html", context)
+
+
+def webhook_url(request: web.Request, settings: Settings) -> str:
+    """The URL to give CloudAMQP as the webhook recipient, as this request reached the
+    receiver (through the proxy in front, with ``FORWARDED_HEADERS``); the token is never shown."""
+    tail = "/<WEBHOOK_TOKEN>" if settings.webhook_token else ""
+    return f"{request.scheme}://{request.host}/cloudamqp/alarm{tail}"
 
 
 # --- incidents -----------------------------------------------------------------------------------

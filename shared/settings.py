@@ -73,6 +73,9 @@ class Settings:
     # Alarms delivered together whose first steps share one transaction (1: one each).
     worker_batch: int = 64
     dry_run: bool = False
+    # Behind a proxy that says where a request came in (Heroku's router, an ingress): its
+    # X-Forwarded-Proto and X-Forwarded-Host are the request's scheme and host.
+    forwarded_headers: bool = False
     fast_lane: bool = True  # the receiver sends upgrade-worthy first alarms ahead (receiver.lanes)
     log_format: str = "console"
     log_level: str = "info"
@@ -367,6 +370,7 @@ _VARIABLES: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("worker_batch", "WORKER_BATCH", _int_range(1, 1000)),
     ("dry_run", "DRY_RUN", _bool),
     ("fast_lane", "FAST_LANE", _bool),
+    ("forwarded_headers", "FORWARDED_HEADERS", _bool),
     ("log_format", "LOG_FORMAT", _choice("console", "json")),
     ("log_level", "LOG_LEVEL", _choice("debug", "info", "warning", "error")),
     ("notify_webhook_urls", "NOTIFY_WEBHOOK_URL", _urls("http", "https")),

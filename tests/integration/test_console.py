@@ -336,3 +336,38 @@ async def test_the_overview_counts_what_waits_in_the_fast_lane(receiver: Client)
         return status == 200 and "cloudamqp.alarms.fast</code>: 1 waiting" in html
 
     await wait_until(shown, timeout=10, what="the fast lane's depth on the overview")
+
+
+PROXIED = {
+    "Origin": "https://autopilot.example.com",
+    "X-Forwarded-Host": "autopilot.example.com",
+    "X-Forwarded-Proto": "https",
+}
+
+
+async def test_given_forwarded_headers_then_the_console_works_behind_the_proxy_and_shows_its_url(
+    make_receiver: MakeReceiver,
+) -> None:
+    behind = await make_receiver(FORWARDED_HEADERS="true")
+    csrf = await login(behind, OPERATOR_TOKEN)
+    good = {"duration": "3600", "_csrf": csrf}
+
+    async with behind.post(f"/ui/instances/{SEED_INSTANCE}/pause", data=good, headers=PROXIED) as resp:
+        assert resp.status == 200 and "Paused: instance" in await resp.text()
+    status, html, _ = await page(behind, "/ui/", headers=PROXIED)
+    assert status == 200
+    assert "https://autopilot.example.com/cloudamqp/alarm/&lt;WEBHOOK_TOKEN&gt;" in html
+    assert WEBHOOK_TOKEN not in html
+
+
+async def test_without_forwarded_headers_a_proxy_s_origin_is_another_site(
+    make_receiver: MakeReceiver,
+) -> None:
+    direct = await make_receiver()
+    csrf = await login(direct, OPERATOR_TOKEN)
+    good = {"duration": "3600", "_csrf": csrf}
+
+    async with direct.post(f"/ui/instances/{SEED_INSTANCE}/pause", data=good, headers=PROXIED) as resp:
+        assert resp.status == 403
+    status, html, _ = await page(direct, "/ui/", headers=PROXIED)
+    assert "https://autopilot.example.com" not in html and "/cloudamqp/alarm/&lt;WEBHOOK_TOKEN&gt;" in html
