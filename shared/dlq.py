@@ -430,7 +430,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m shared.dlq`` and the ``autopilot-dlq`` console script."""
+    """Entry point of ``python -m worker.dlq`` and the ``autopilot-dlq`` console script."""
     args = parse_args(argv)
     settings = load_settings_or_exit(PROGRAM)
     # The client libraries log connection failures too; this tool reports them in one line.

@@ -3,9 +3,11 @@ messages on the broker only, so it lives in ``shared.dlq``, where the console re
 
 from __future__ import annotations
 
+import sys
+
 from shared.dlq import main
 
 __all__ = ["main"]
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
