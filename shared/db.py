@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
@@ -50,6 +51,11 @@ class Database(Protocol):
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 # A column of ``rows_cte``: its name and PostgreSQL type (SQLite needs none).
 Column = tuple[str, str]
+
+
+def lit(status: StrEnum) -> str:
+    """A status (one of our enums' members, never outside input) as an SQL literal."""
+    return "'" + status.value.replace("'", "''") + "'"
 
 
 def rows_cte(

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from shared.db import Database, Row
+from shared.statuses import ActionStatus
 
 
 async def overview_counts(db: Database, since: float, upgrade_statuses: Iterable[str]) -> dict[str, Row]:
@@ -19,7 +20,9 @@ async def overview_counts(db: Database, since: float, upgrade_statuses: Iterable
         today = await tx.fetchrow(
             "SELECT COUNT(*) AS n, MAX(created_at) AS last FROM actions WHERE created_at >= $1", since
         )
-        awaiting = await tx.fetchrow("SELECT COUNT(*) AS n FROM actions WHERE status = 'awaiting_approval'")
+        awaiting = await tx.fetchrow(
+            "SELECT COUNT(*) AS n FROM actions WHERE status = $1", ActionStatus.AWAITING_APPROVAL.value
+        )
         last = await tx.fetchrow("SELECT MAX(created_at) AS last FROM actions")
         decision = await tx.fetchrow(
             f"SELECT status FROM actions WHERE status IN ({marks}) ORDER BY created_at DESC LIMIT 1",

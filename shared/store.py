@@ -12,36 +12,19 @@ import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 from shared import outbox, watch
 from shared.alarm import Alarm, new_id
 from shared.claims import ClaimRow, ClaimStatus, ClaimVerdict, claim_verdict
 from shared.controls import GLOBAL, ControlError, Pause
-from shared.db import Database, Row, Tx, open_database, rows_cte
+from shared.db import Database, Row, Tx, lit, open_database, rows_cte
 from shared.errors import StoreError
 from shared.incidents import IncidentChange, IncidentPlan
 from shared.notifications import EventType, Notice, action_notice, alarm_data
 from shared.snapshot import Arrival as Arrival
 from shared.snapshot import EventState, Snapshot, Writes, record_incident
-
-
-class ActionStatus(StrEnum):
-    """Where an event's one action row stands."""
-
-    IN_PROGRESS = "in_progress"  # claimed and calling (or, with RECONFIGURING, accepted)
-    RETRYING = "retrying"  # a retryable failure; the message waits in a delay queue
-    SUCCEEDED = "succeeded"
-    SKIPPED = "skipped"
-    DRY_RUN = "dry_run"
-    FAILED = "failed"  # parked
-    UNCONFIRMED = "unconfirmed"  # accepted, but the plan did not show before the deadline
-    AWAITING_APPROVAL = "awaiting_approval"  # its rule asks a person first; the claim is held
-    APPROVED = "approved"  # a person said yes; a worker is about to call
-    DENIED = "denied"
-    EXPIRED = "expired"  # nobody answered within the rule's approve_timeout
-
+from shared.statuses import ActionStatus as ActionStatus
 
 # An event whose action reached one of these needs no more work when redelivered.
 DONE_STATUSES = frozenset(
@@ -68,6 +51,20 @@ DECIDED_STATUSES = frozenset({ActionStatus.SUCCEEDED, ActionStatus.SKIPPED, Acti
 PASSING_SKIPS = ("paused", "awaiting_approval", "condition_cleared", "reconfiguring")
 
 
+# Statuses as SQL literals, for the statements below: spelled once, in the enums above.
+_APPROVED = lit(ActionStatus.APPROVED)
+_AWAITING = lit(ClaimStatus.AWAITING)
+_AWAITING_APPROVAL = lit(ActionStatus.AWAITING_APPROVAL)
+_DONE = lit(ClaimStatus.DONE)
+_EXPIRED = lit(ActionStatus.EXPIRED)
+_HELD = lit(ClaimStatus.HELD)
+_IN_PROGRESS = lit(ActionStatus.IN_PROGRESS)
+_RELEASED = lit(ClaimStatus.RELEASED)
+_RETRYING = lit(ActionStatus.RETRYING)
+_SKIPPED = lit(ActionStatus.SKIPPED)
+_STALE = lit(ClaimStatus.STALE)
+
+
 def _sql_list(statuses: frozenset[ActionStatus]) -> str:
     return ", ".join(f"'{status.value}'" for status in sorted(statuses))
 
@@ -78,7 +75,7 @@ _PASSING_SQL = ", ".join(f"'{reason}'" for reason in PASSING_SKIPS)
 _DECIDED_SQL = _sql_list(DECIDED_STATUSES)
 # An action row that makes identical content a duplicate (``DECIDED_STATUSES``, not passing).
 _DECIDED_ROW = f"""status IN ({_DECIDED_SQL})
-    AND NOT (status = 'skipped' AND COALESCE(reason, '') IN ({_PASSING_SQL}))"""
+    AND NOT (status = {_SKIPPED} AND COALESCE(reason, '') IN ({_PASSING_SQL}))"""
 
 
 def is_decided(status: ActionStatus, reason: str | None) -> bool:
@@ -919,9 +916,9 @@ class Unit:
         ``unconfirmed``), with how long the reconfiguration took where it is known; a
         success goes into the audit trail with it."""
         row = await self.tx.fetchrow(
-            """UPDATE actions SET status = $1, reason = NULL, detail = $2, updated_at = $3,
+            f"""UPDATE actions SET status = $1, reason = NULL, detail = $2, updated_at = $3,
                       reconfigure_seconds = $6
-               WHERE action_id = $4 AND status = 'in_progress' AND reason = $5
+               WHERE action_id = $4 AND status = {_IN_PROGRESS} AND reason = $5
                RETURNING *""",
             status.value,
             detail,
@@ -968,21 +965,21 @@ class Unit:
         gives its holder (still the owner) one more lease from now, and says ``NOTICED``."""
         await self._lock([_CLAIM + scope])
         row = await self.tx.fetchrow(
-            """INSERT INTO claims (scope, instance_id, status, owner, claimed_at,
+            f"""INSERT INTO claims (scope, instance_id, status, owner, claimed_at,
                    lease_until, cooldown_until)
-               VALUES ($1, $2, 'held', $3, $4, $5, $6)
+               VALUES ($1, $2, {_HELD}, $3, $4, $5, $6)
                ON CONFLICT (scope) DO UPDATE SET
-                   status = CASE WHEN claims.status = 'held' THEN 'stale' ELSE 'held' END,
-                   owner = CASE WHEN claims.status = 'held' THEN claims.owner ELSE excluded.owner END,
-                   claimed_at = CASE WHEN claims.status = 'held'
+                   status = CASE WHEN claims.status = {_HELD} THEN {_STALE} ELSE {_HELD} END,
+                   owner = CASE WHEN claims.status = {_HELD} THEN claims.owner ELSE excluded.owner END,
+                   claimed_at = CASE WHEN claims.status = {_HELD}
                                 THEN claims.claimed_at ELSE excluded.claimed_at END,
                    lease_until = excluded.lease_until,
-                   cooldown_until = CASE WHEN claims.status = 'held'
+                   cooldown_until = CASE WHEN claims.status = {_HELD}
                                     THEN claims.cooldown_until ELSE excluded.cooldown_until END
-               WHERE claims.status = 'released'
-                  OR (claims.status IN ('held', 'stale', 'awaiting')
+               WHERE claims.status = {_RELEASED}
+                  OR (claims.status IN ({_HELD}, {_STALE}, {_AWAITING})
                       AND claims.lease_until <= excluded.claimed_at)
-                  OR (claims.status = 'done' AND claims.cooldown_until <= excluded.claimed_at)
+                  OR (claims.status = {_DONE} AND claims.cooldown_until <= excluded.claimed_at)
                RETURNING scope, instance_id, status, owner, claimed_at, lease_until, cooldown_until""",
             scope,
             instance_id,
@@ -1006,8 +1003,8 @@ class Unit:
     async def renew_claim(self, scope: str, owner: str, lease_until: float) -> bool:
         """The holder is still at work: extend its lease (and end a takeover notice)."""
         row = await self.tx.fetchrow(
-            """UPDATE claims SET status = 'held', lease_until = $3
-               WHERE scope = $1 AND owner = $2 AND status IN ('held', 'stale')
+            f"""UPDATE claims SET status = {_HELD}, lease_until = $3
+               WHERE scope = $1 AND owner = $2 AND status IN ({_HELD}, {_STALE})
                RETURNING scope""",
             scope,
             owner,
@@ -1121,8 +1118,8 @@ class Unit:
         """Turn the claim this worker just took into one that waits for a person until the
         deadline, and remember what the upgrade would do. False when the claim is not ours."""
         claimed = await self.tx.fetchrow(
-            """UPDATE claims SET status = 'awaiting', lease_until = $3
-               WHERE scope = $1 AND owner = $2 AND status = 'held' RETURNING scope""",
+            f"""UPDATE claims SET status = {_AWAITING}, lease_until = $3
+               WHERE scope = $1 AND owner = $2 AND status = {_HELD} RETURNING scope""",
             request.scope,
             request.owner,
             request.deadline,
@@ -1174,8 +1171,8 @@ class Unit:
         Approving turns the claim into an ordinary held one (the worker's lease); denying
         releases it."""
         changed = await self.tx.fetchrow(
-            """UPDATE actions SET status = $2, updated_at = $3
-               WHERE action_id = $1 AND status = 'awaiting_approval'
+            f"""UPDATE actions SET status = $2, updated_at = $3
+               WHERE action_id = $1 AND status = {_AWAITING_APPROVAL}
                  AND EXISTS (SELECT 1 FROM approvals p WHERE p.action_id = $1 AND p.deadline > $3)
                RETURNING action_id""",
             decision.action_id,
@@ -1195,8 +1192,8 @@ class Unit:
         assert approval is not None
         approved = decision.status is ActionStatus.APPROVED
         claim = await self.tx.fetchrow(
-            """UPDATE claims SET status = $3, lease_until = $4
-               WHERE scope = $1 AND owner = $2 AND status = 'awaiting' RETURNING scope""",
+            f"""UPDATE claims SET status = $3, lease_until = $4
+               WHERE scope = $1 AND owner = $2 AND status = {_AWAITING} RETURNING scope""",
             approval["scope"],
             approval["owner"],
             (ClaimStatus.HELD if approved else ClaimStatus.RELEASED).value,
@@ -1212,9 +1209,9 @@ class Unit:
         """Close an approval whose window has passed and release its claim (None: it was
         answered, or expired, already)."""
         changed = await self.tx.fetchrow(
-            """UPDATE actions SET status = 'expired', updated_at = $2,
+            f"""UPDATE actions SET status = {_EXPIRED}, updated_at = $2,
                    detail = 'nobody approved or denied it in time'
-               WHERE action_id = $1 AND status = 'awaiting_approval'
+               WHERE action_id = $1 AND status = {_AWAITING_APPROVAL}
                  AND EXISTS (SELECT 1 FROM approvals p WHERE p.action_id = $1 AND p.deadline <= $2)
                RETURNING action_id""",
             action_id,
@@ -1225,8 +1222,8 @@ class Unit:
         approval = await self.tx.fetchrow("SELECT * FROM approvals WHERE action_id = $1", action_id)
         assert approval is not None
         await self.tx.execute(
-            """UPDATE claims SET status = 'released'
-               WHERE scope = $1 AND owner = $2 AND status = 'awaiting'""",
+            f"""UPDATE claims SET status = {_RELEASED}
+               WHERE scope = $1 AND owner = $2 AND status = {_AWAITING}""",
             approval["scope"],
             approval["owner"],
         )
@@ -1236,8 +1233,8 @@ class Unit:
         """An approved upgrade that may not go ahead after all (paused, no longer managed, rule
         gone, dry run): record why and free its claim (a dry run keeps its cooldown)."""
         await self.tx.execute(
-            """UPDATE actions SET status = $2, reason = $3, detail = $4, updated_at = $5
-               WHERE action_id = $1 AND status IN ('approved', 'retrying', 'in_progress')""",
+            f"""UPDATE actions SET status = $2, reason = $3, detail = $4, updated_at = $5
+               WHERE action_id = $1 AND status IN ({_APPROVED}, {_RETRYING}, {_IN_PROGRESS})""",
             record.alarm.event_id,
             record.status.value,
             record.reason,
@@ -1245,7 +1242,8 @@ class Unit:
             record.now,
         )
         await self.tx.execute(
-            "UPDATE claims SET status = $3 WHERE scope = $1 AND owner = $2 AND status IN ('held', 'stale')",
+            f"""UPDATE claims SET status = $3
+                WHERE scope = $1 AND owner = $2 AND status IN ({_HELD}, {_STALE})""",
             scope,
             owner,
             (ClaimStatus.DONE if cooldown else ClaimStatus.RELEASED).value,
@@ -1256,8 +1254,8 @@ class Unit:
         its periodic check and any redelivery exactly one calls the API. The approval's claim
         passes to ``owner`` (this call), renewed, with the cooldown counted from now."""
         row = await self.tx.fetchrow(
-            """UPDATE actions SET status = 'in_progress', updated_at = $2, attempts = attempts + 1
-               WHERE action_id = $1 AND status = 'approved' RETURNING action_id""",
+            f"""UPDATE actions SET status = {_IN_PROGRESS}, updated_at = $2, attempts = attempts + 1
+               WHERE action_id = $1 AND status = {_APPROVED} RETURNING action_id""",
             action_id,
             now,
         )
@@ -1266,8 +1264,8 @@ class Unit:
         approval = await self.tx.fetchrow("SELECT * FROM approvals WHERE action_id = $1", action_id)
         assert approval is not None
         held = await self.tx.fetchrow(
-            """UPDATE claims SET status = 'held', owner = $3, lease_until = $4, cooldown_until = $5
-               WHERE scope = $1 AND owner = $2 AND status IN ('held', 'stale') RETURNING scope""",
+            f"""UPDATE claims SET status = {_HELD}, owner = $3, lease_until = $4, cooldown_until = $5
+               WHERE scope = $1 AND owner = $2 AND status IN ({_HELD}, {_STALE}) RETURNING scope""",
             approval["scope"],
             approval["owner"],
             owner,
@@ -1278,7 +1276,7 @@ class Unit:
             # The claim lapsed while no worker ran (its lease after approval) and another
             # upgrade took it: this one must not call as well.
             await self.tx.execute(
-                """UPDATE actions SET status = 'expired', updated_at = $2,
+                f"""UPDATE actions SET status = {_EXPIRED}, updated_at = $2,
                        detail = 'approved, but its claim lapsed before a worker could act'
                    WHERE action_id = $1""",
                 action_id,

@@ -13,8 +13,9 @@ from typing import Any
 from shared import outbox
 from shared.alarm import iso
 from shared.claims import ClaimRow, ClaimStatus, ClaimVerdict, claim_verdict
-from shared.db import Database, Row, Tx
+from shared.db import Database, Row, Tx, lit
 from shared.notifications import EventType, Notice
+from shared.statuses import ActionStatus
 
 # Schema of this module, appended to ``shared.store.MIGRATIONS`` as one migration of its own.
 MIGRATION: list[str] = [
@@ -328,8 +329,8 @@ async def unchecked_confirmations(db: Database, before: float, limit: int) -> li
     sweep marks each it sends a check to with ``checked``, so it sends one, not one per sweep)."""
     async with db.transaction(write=False) as tx:
         rows = await tx.fetch(
-            """SELECT action_id, instance_id, plan, updated_at FROM actions
-               WHERE reason = 'reconfiguring' AND status = 'in_progress'
+            f"""SELECT action_id, instance_id, plan, updated_at FROM actions
+               WHERE reason = 'reconfiguring' AND status = {lit(ActionStatus.IN_PROGRESS)}
                AND COALESCE(checked_at, updated_at) < $1
                ORDER BY updated_at LIMIT $2""",
             before,

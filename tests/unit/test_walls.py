@@ -49,3 +49,21 @@ def test_sql_lives_in_shared_only(package: str) -> None:
         str(path.relative_to(ROOT)) for path in (ROOT / package).rglob("*.py") if SQL.search(path.read_text())
     )
     assert holding == [], f"SQL in {package}/: it belongs to a store module in shared/"
+
+
+STATUS_WORDS = re.compile(
+    r"'(in_progress|retrying|succeeded|skipped|dry_run|failed|unconfirmed|awaiting_approval|approved|"
+    r"denied|expired|held|stale|awaiting|done|released)'"
+)
+
+
+def test_action_and_claim_statuses_are_never_spelled_by_hand_in_sql() -> None:
+    """Past migrations aside (they are history), a status in SQL comes from its enum
+    (``shared.db.lit``) or a parameter."""
+    found = []
+    for path in sorted((ROOT / "shared").rglob("*.py")):
+        text = path.read_text()
+        if "MIGRATION" in text:
+            text = re.sub(r"MIGRATIONS?\b[^\n]*=\s*\[.*?\n\]\n", "", text, flags=re.S)
+        found += [f"{path.relative_to(ROOT)}: {m.group(0)}" for m in STATUS_WORDS.finditer(text)]
+    assert found == []
