@@ -8,7 +8,7 @@ their own so that nothing here can delay, block or repeat an upgrade.
   to another after its lease: a duplicate message with the same notification id, which the
   deliverer recognises.
 - The **deliverer** consumes ``cloudamqp.notifications`` with manual ack: one request to one
-  endpoint per message, settled like an alarm (``worker.consumer.settle``: retry through
+  endpoint per message, settled like an alarm (``worker.amqp.settle``: retry through
   ``cloudamqp.notifications.retry.*`` honouring ``Retry-After``, park in
   ``cloudamqp.notifications.dead``). A 410 disables that endpoint (recorded in the store,
   so every worker stops sending to it). The notification id is the ``webhook-id``, stable
@@ -34,7 +34,7 @@ from shared.notifications import Endpoint, route
 from shared.settings import Settings
 from shared.store import Store
 from worker import channels
-from worker.consumer import InFlight, _first, connected, settle
+from worker.amqp import InFlight, connected, first_done, settle
 from worker.outcomes import DECODE_ERROR, PERMANENT_ERROR, Ack, Outcome, Park, Retries, Retry
 
 log = structlog.get_logger("notify")
@@ -111,7 +111,7 @@ class Notifier:
         if burst:
             waits.append(self._until_drained(channel, stop, upstream))
         try:
-            await _first(*waits)
+            await first_done(*waits)
         finally:
             relay.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
