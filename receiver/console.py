@@ -31,13 +31,15 @@ from aiohttp import web
 from aiohttp_session import Session, get_session, new_session, session_middleware
 from aiohttp_session.cookie_storage import EncryptedCookieStorage
 from cryptography import fernet
+from markupsafe import Markup
 
 from receiver import console_data
-from receiver.keys import OPERATIONS, PUBLISHER, SETTINGS, STORE
+from receiver.keys import LANES, OPERATIONS, PUBLISHER, SETTINGS, STORE
 from receiver.views import redact_path, same_secret
 from shared.alarm import iso
 from shared.controls import GLOBAL, MAX_OPERATOR, ControlError, clean_text, operator_name, pause_until
 from shared.errors import BrokerUnavailable
+from shared.policy import Policy
 from shared.settings import Settings
 
 log = structlog.get_logger("console")
@@ -553,6 +555,11 @@ async def instance(request: web.Request) -> web.Response:
     upgrades = await console_data.last_upgrades(store, instance=name, limit=50)
     claims = await console_data.claims_of(store, name)
     recent = await store.list_actions(instance=name, limit=20)
+    lanes = request.config_dict.get(LANES)
+    # The policy the receiver routes by (the worker's, from the same POLICY_FILE) names the
+    # threshold the chart draws.
+    policy = lanes.policy if lanes is not None else Policy.default(settings)
+    charts = await console_data.charts_of(store, name, policy, settings, upgrades)
     context = await _context(
         request,
         flash=_flash(request, await get_session(request)),
@@ -567,6 +574,10 @@ async def instance(request: web.Request) -> web.Response:
         usage=await console_data.usage_of(store, name),
         spark=(console_data.SPARK_W, console_data.SPARK_H),
         advice=await console_data.advice_of(store, name),
+        # Built and escaped by receiver.chart: markup, not text to escape again.
+        charts=charts,
+        memory_chart=Markup(charts.memory),
+        disk_chart=Markup(charts.disk),
         now=now,
         pause_choices=PAUSE_CHOICES,
     )

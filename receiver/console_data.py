@@ -23,10 +23,12 @@ from typing import Any
 
 from aio_pika.abc import AbstractConnection
 
+from receiver.chart import Forecast, Marker, usage_chart
 from shared import brokers, dlq, reads, topology, watch
 from shared.db import Row
 from shared.errors import BrokerUnavailable
 from shared.plans import DEFAULT_LADDER, Ladder, parse_plan
+from shared.policy import Policy
 from shared.settings import Settings
 from shared.store import ActionStatus, Store
 
@@ -133,6 +135,94 @@ async def usage_of(store: Store, instance: str) -> list[NodeUsage]:
         points = " ".join(f"{i * step:.1f},{SPARK_H - SPARK_H * p / top:.1f}" for i, p in enumerate(percents))
         out.append(NodeUsage(node, len(samples), samples[-1], max(percents, default=None), points))
     return out
+
+
+@dataclass(frozen=True)
+class Charts:
+    """The instance page's picture: memory and disk headroom per node (SVG, or a sentence
+    where there is no sample), and the newest forecast's explanation."""
+
+    memory: str
+    disk: str
+    forecast: str | None  # "memory 71% rising 0.9%/min, projected to cross 80% in 10 min; …"
+    forecast_at: float | None
+
+
+def _epoch(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def _threshold(policy: Policy, instance: str, alarm_type: str) -> float | None:
+    """The first upgrading rule for ``alarm_type`` that applies to ``instance``: memory's
+    ``above``; for disk the rules' margin is the settings' (``DISK_FREE_MARGIN``)."""
+    for rule in policy.rules:
+        if rule.alarm_type != alarm_type or rule.action != "upgrade":
+            continue
+        if rule.instances and instance not in rule.instances:
+            continue
+        return rule.above if alarm_type == "memory" else None
+    return None
+
+
+async def charts_of(
+    store: Store, instance: str, policy: Policy, settings: Settings, upgrades: list[Row]
+) -> Charts:
+    """The samples of the instance's nodes drawn against the rule's threshold, the upgrades
+    of its plan history (``last_upgrades``) as markers, and the newest forecast's line."""
+    memory: dict[str, list[tuple[float, float]]] = {}
+    disk: dict[str, list[tuple[float, float]]] = {}
+    for node, samples in (await watch.samples_by_node(store.db, instance)).items():
+        for s in samples:
+            at = _epoch(s["at"])
+            if s["mem_percent"] is not None:
+                memory.setdefault(node, []).append((at, float(s["mem_percent"])))
+            if s["disk_free"] is not None and s["disk_free_limit"]:
+                disk.setdefault(node, []).append((at, s["disk_free"] / s["disk_free_limit"]))
+    markers = [Marker(float(u["at"]), f"→ {u['upgrade']['plan_to'] or '?'}") for u in upgrades]
+    lines: dict[str, Forecast] = {}
+    said, said_at = None, None
+    row = await reads.latest_forecast(store.db, instance)
+    if row is not None:
+        body = json.loads(row["body"]) if isinstance(row["body"], str) else row["body"]
+        found = body.get("forecast") if isinstance(body, dict) else None
+        if isinstance(found, dict):
+            said, said_at = found.get("explanation"), float(row["received_at"])
+            line = _forecast_line(found, float(row["received_at"]))
+            if line is not None:
+                lines[str(row["alarm_type"])] = line
+    memory_threshold = _threshold(policy, instance, "memory")
+    return Charts(
+        memory=usage_chart(
+            memory,
+            title="memory, % of mem_limit",
+            unit="%",
+            threshold=memory_threshold,
+            markers=markers,
+            forecast=lines.get("memory"),
+            ceiling=100.0,
+        ),
+        disk=usage_chart(
+            disk,
+            title="disk headroom, × disk_free_limit",
+            unit="×",
+            threshold=settings.disk_free_margin,
+            markers=markers,
+            forecast=lines.get("disk"),
+        ),
+        forecast=said if isinstance(said, str) else None,
+        forecast_at=said_at,
+    )
+
+
+def _forecast_line(found: dict[str, Any], made_at: float) -> Forecast | None:
+    """From the fitted figure when the forecast was made to the threshold at the projected
+    crossing (``worker.forecast.evidence``)."""
+    fit, threshold, crosses_in = found.get("fit"), found.get("threshold"), found.get("crosses_in_seconds")
+    value_now = fit.get("value_now") if isinstance(fit, dict) else None
+    if not all(isinstance(v, int | float) for v in (value_now, threshold, crosses_in)):
+        return None
+    assert value_now is not None and threshold is not None and crosses_in is not None
+    return Forecast((made_at, float(value_now)), (made_at + float(crosses_in), float(threshold)))
 
 
 async def advice_of(store: Store, instance: str) -> list[dict[str, Any]]:

@@ -62,3 +62,14 @@ async def instances_named(db: Database) -> set[str]:
             "SELECT instance_id AS id FROM claims UNION SELECT scope AS id FROM pauses WHERE scope <> '*'"
         )
     return {r["id"] for r in rows}
+
+
+async def latest_forecast(db: Database, instance: str) -> Row | None:
+    """The newest forecast alarm the watchdog raised for ``instance`` (its event)."""
+    async with db.transaction(write=False) as tx:
+        return await tx.fetchrow(
+            """SELECT event_id, received_at, alarm_type, body FROM events
+               WHERE instance_id = $1 AND event_id LIKE 'forecast-%'
+               ORDER BY received_at DESC LIMIT 1""",
+            instance,
+        )

@@ -914,7 +914,13 @@ class Unit:
     ) -> bool:
         """Close an upgrade CloudAMQP was reconfiguring the instance for (``succeeded`` /
         ``unconfirmed``), with how long the reconfiguration took where it is known; a
-        success goes into the audit trail with it."""
+        success goes into the audit trail with it. A success's detail starts with the
+        upgrade's reason (for a forecast, its projection): the check that confirms it knows
+        only the plan, and the action, its notice and the console must still say why."""
+        if status is ActionStatus.SUCCEEDED:
+            reason = await self._upgrade_reason(action_id)
+            if reason:
+                detail = f"{reason}; {detail}"
         row = await self.tx.fetchrow(
             f"""UPDATE actions SET status = $1, reason = NULL, detail = $2, updated_at = $3,
                       reconfigure_seconds = $6
@@ -953,6 +959,27 @@ class Unit:
         if notice is not None:
             await outbox.insert(self.tx, notice, float(row["updated_at"]))
         return True
+
+    async def _upgrade_reason(self, action_id: str) -> str | None:
+        """The reason the upgrade audit entry of ``action_id`` carries (``cause.reason``),
+        written with the accepted call; None where there is none (a row from before)."""
+        action = await self.tx.fetchrow("SELECT instance_id FROM actions WHERE action_id = $1", action_id)
+        if action is None:
+            return None
+        # The instance's latest upgrades: the one of this action is among them (a plan change
+        # in progress keeps later upgrades of the instance off by its claim).
+        rows = await self.tx.fetch(
+            """SELECT detail FROM audit WHERE act = 'upgrade' AND target = $1
+               ORDER BY at DESC LIMIT 20""",
+            action["instance_id"],
+        )
+        for row in rows:
+            detail = json.loads(row["detail"]) if row["detail"] else {}
+            if isinstance(detail, dict) and detail.get("action_id") == action_id:
+                cause = detail.get("cause")
+                reason = cause.get("reason") if isinstance(cause, dict) else None
+                return reason if isinstance(reason, str) and reason else None
+        return None
 
     # --- cooldown claims -------------------------------------------------------------------
 

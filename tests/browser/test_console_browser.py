@@ -182,3 +182,62 @@ async def test_the_instance_page_draws_the_sampled_broker_usage_live_without_a_p
     assert violations == []
     if shots := os.environ.get("CONSOLE_SHOTS"):  # a look for people (tools.screenshots does all pages)
         await page.screenshot(path=f"{shots}/instance-usage.png", full_page=True)
+
+
+CHART_POLICY = """
+[[rules]]
+name = "memory-80"
+alarm_type = "memory"
+above = 80
+plan = "bunny-2"
+
+[[rules]]
+name = "cpu"
+alarm_type = "cpu"
+plan = "bunny-2"
+"""
+
+
+async def test_given_no_samples_then_the_instance_page_says_so_instead_of_a_chart(console: Any) -> None:
+    stack, page = await console()
+
+    await page.goto(f"/ui/instances/{SEED_INSTANCE}")
+
+    await page.wait_for_selector("#usage-chart >> text=No samples of memory, % of mem_limit to draw yet.")
+    assert await page.locator("#usage-chart svg.chart").count() == 0
+
+
+async def test_the_instance_page_charts_memory_with_the_threshold_and_an_upgrade_marker(
+    console: Any, services: Services, tmp_path: Path
+) -> None:
+    policy = tmp_path / "policy.toml"
+    policy.write_text(CHART_POLICY)
+    # The machine's broker stands in for the instance's nodes (samples); a cpu alarm, which
+    # the nodes cannot contradict, makes the upgrade whose marker the chart must show.
+    stack, page = await console(
+        POLICY_FILE=str(policy),
+        CLOUDAMQP_INSTANCE_MANAGEMENT_URL=services.management_url,
+        WATCHDOG_INTERVAL_SECONDS="0.5",
+        WATCHDOG_TIME_THRESHOLD_SECONDS="3600",
+    )
+    violations: list[str] = []
+    page.on("console", lambda message: violations.append(message.text) if message.type == "error" else None)
+    await page.goto(f"/ui/instances/{SEED_INSTANCE}")
+    # Attached, not visible: a flat line (an idle broker) has no height to be visible by.
+    await page.wait_for_selector("#usage-chart svg.chart g.series polyline", state="attached")
+    event_id = await posted(stack, alarm_type="cpu", value=95)
+    await action_of(stack, event_id, "succeeded")
+
+    # The live part refreshes every 3 s: the marker shows once a later sample spans it.
+    await page.wait_for_selector("#usage-chart svg.chart g.marker >> text=→ bunny-2", timeout=30_000)
+    chart = page.locator("#usage-chart svg.chart").first
+    box = await chart.bounding_box()
+    assert box is not None and box["width"] > 300 and box["height"] > 100
+    assert await chart.locator("g.threshold >> text=threshold 80%").count() == 1
+    points = await page.evaluate(
+        "document.querySelector('#usage-chart svg.chart g.series polyline').points.numberOfItems"
+    )
+    assert points >= 2
+    assert violations == []
+    if shots := os.environ.get("CONSOLE_SHOTS"):
+        await page.screenshot(path=f"{shots}/instance-chart.png", full_page=True)

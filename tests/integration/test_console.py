@@ -321,7 +321,9 @@ async def test_the_instance_page_shows_the_watchdogs_sampled_usage_and_the_downg
 
     assert status == 200
     assert "rabbit@n1" in html and "memory 30.0% of mem_limit" in html and "over 3 samples" in html
-    assert html.count("<polyline") == 1
+    assert html.count('<svg class="spark"') == 1  # one sparkline: one node
+    # The chart draws the node's memory and its disk headroom: a line in each.
+    assert html.count('<g class="series" data-node="rabbit@n1">') == 2
     assert "hare-1 → bunny-1 would do" in html and "Nothing was changed" in html
 
 

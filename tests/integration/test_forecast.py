@@ -279,6 +279,8 @@ async def test_given_a_1_percent_a_minute_ramp_then_two_workers_raise_one_foreca
     actions = [dict(a) for a in await given.store.list_actions()]
     assert [(a["status"], a["event_id"]) for a in actions] == [("succeeded", forecasts[0]["event_id"])]
     assert actions[0]["from_plan"] == "bunny-1" and actions[0]["plan"] == "hare-1"
+    # Confirmed, the action still says why: the projection, then the plan it is now on.
+    assert actions[0]["detail"].startswith(request.body["reason"] + "; instance is now on hare-1")
     # Ready on the new plan before the crossing (minute 30): CloudAMQP (the stand-in) took
     # no time here; the nodes show the bigger plan from the next poll on.
     assert fake_api.instances[359559].plan == "hare-1"

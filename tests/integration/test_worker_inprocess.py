@@ -210,8 +210,9 @@ async def test_given_instances_mode_then_check_messages_follow_the_upgrade_until
     store = await drain(upgrade_api=UpgradeApi.INSTANCES)
 
     action = (await actions_by_event(store))[event_id]
+    # The reason first (the confirmation keeps why), then what the check found.
     assert action["status"] == "succeeded" and action["detail"].startswith(
-        "instance is now on bunny-2; reconfigured in"
+        "Automatic upgrade triggered by memory alarm (85%); instance is now on bunny-2; reconfigured in"
     )
     assert [r.method for r in fake_api.upgrade_requests()] == ["PUT"]
     assert len(fake_api.reads()) >= 2  # the plan read before the call, and at least one check
