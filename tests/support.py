@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -50,8 +50,26 @@ async def management_request(services: Services, method: str, path: str, body: A
         return json.loads(text) if text else None
 
 
+# Two signatures so that a coroutine function's result type is what the wait returns (a check
+# whose result mentions Any, such as dict[str, Any], makes the choice ambiguous: Any).
+@overload
 async def wait_until(
-    check: Callable[[], Awaitable[T] | T], *, timeout: float = 15.0, interval: float = 0.05, what: str = ""
+    check: Callable[[], Awaitable[T | None]], *, timeout: float = ..., interval: float = ..., what: str = ...
+) -> T: ...
+
+
+@overload
+async def wait_until(
+    check: Callable[[], T | None], *, timeout: float = ..., interval: float = ..., what: str = ...
+) -> T: ...
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[T | None] | T | None],
+    *,
+    timeout: float = 15.0,
+    interval: float = 0.05,
+    what: str = "",
 ) -> T:
     """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

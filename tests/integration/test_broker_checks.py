@@ -29,7 +29,7 @@ from shared.store import Store
 from tests.chaos.harness import OwnBroker
 from tests.cloudamqp_stand_in import CloudAmqpStandIn
 from tests.conftest import CI
-from tests.integration.conftest import API_KEY, SEED_INSTANCE, Stack, seed_alarm
+from tests.integration.conftest import API_KEY, SEED_INSTANCE, MakeStack, Stack, seed_alarm
 from tests.support import free_port, wait_until
 from worker.cloudamqp import CloudAmqpClient
 from worker.management import ManagementApi
@@ -100,7 +100,7 @@ async def set_limit(node: OwnBroker, limit: int) -> float:
         return False
 
     await wait_until(shows, timeout=30, interval=0.2, what=f"mem_limit {limit} in /api/nodes")
-    return 100.0 * seen["mem_used"] / seen["mem_limit"]
+    return 100.0 * float(seen["mem_used"]) / float(seen["mem_limit"])
 
 
 def alarm(**changes: Any) -> Alarm:
@@ -253,7 +253,7 @@ def watchdog_env(management_url: str, **more: str) -> dict[str, str]:
 
 
 async def test_given_memory_above_the_rule_and_no_alarm_then_the_watchdog_raises_one_that_upgrades_once(
-    make_stack: Any, node: OwnBroker, fake_api: CloudAmqpStandIn
+    make_stack: MakeStack, node: OwnBroker, fake_api: CloudAmqpStandIn
 ) -> None:
     assert await set_limit(node, HIGH_LIMIT) > 80
     proxy = await counting(node)
@@ -283,7 +283,7 @@ async def test_given_memory_above_the_rule_and_no_alarm_then_the_watchdog_raises
 
 
 async def test_given_two_workers_then_the_watchdog_polls_once_per_interval(
-    make_stack: Any, node: OwnBroker
+    make_stack: MakeStack, node: OwnBroker
 ) -> None:
     await set_limit(node, LOW_LIMIT)  # nothing to raise: only the polls reach the node
     proxy = await counting(node)
@@ -327,7 +327,7 @@ async def advice(stack: Stack) -> list[dict[str, Any]]:
 
 
 async def test_given_an_instance_we_upgraded_stays_small_for_the_quiet_window_then_one_advice_and_no_call(
-    make_stack: Any, node: OwnBroker, fake_api: CloudAmqpStandIn
+    make_stack: MakeStack, node: OwnBroker, fake_api: CloudAmqpStandIn
 ) -> None:
     stack: Stack = make_stack(
         **watchdog_env(monitor_url(node.management_port), ADVICE_QUIET_WINDOW_SECONDS="3", **ADVICE_ENV)
@@ -370,7 +370,7 @@ async def _more(stack: Stack, seen: int) -> bool:
 
 
 async def test_given_an_alarm_during_the_quiet_window_then_no_advice_until_a_whole_window_after_it(
-    make_stack: Any, node: OwnBroker, fake_api: CloudAmqpStandIn
+    make_stack: MakeStack, node: OwnBroker, fake_api: CloudAmqpStandIn
 ) -> None:
     window = 5.0
     stack: Stack = make_stack(

@@ -17,7 +17,7 @@ from receiver.app import create_app, make_runner
 from receiver.console import COOKIE
 from receiver.keys import STORE
 from shared.settings import Settings
-from tests.integration.conftest import seed_alarm
+from tests.integration.conftest import MakeStack, seed_alarm
 from tests.integration.test_console import login
 from tests.integration.test_receiver_inprocess import (
     T0,
@@ -199,7 +199,7 @@ async def test_given_a_client_trickling_its_headers_then_the_receiver_cuts_it_af
 
 
 async def test_given_the_token_in_the_path_or_query_then_no_log_line_carries_it_access_log_included(
-    make_stack: Any,
+    make_stack: MakeStack,
 ) -> None:
     token = "path-token-9c2e51f0a7"
     stack = make_stack(WEBHOOK_TOKEN=token, LOG_LEVEL="debug")
@@ -224,7 +224,8 @@ async def test_given_a_copied_console_cookie_then_it_stops_working_when_its_owne
     csrf = await login(receiver, OPERATOR_TOKEN)
     [cookie] = [c for c in receiver.session.cookie_jar if c.key == COOKIE]
     copied = {"Cookie": f"{COOKIE}={cookie.value}"}
-    thief = await aiohttp_client(receiver.server)  # another browser, same receiver
+    # another browser, same receiver
+    thief: TestClient[web.Request, None] = await aiohttp_client(receiver.server)
     thief.session.cookie_jar.clear()
     async with thief.get("/ui/", headers=copied, allow_redirects=False) as resp:
         assert resp.status == 200  # the copy works while its session lasts

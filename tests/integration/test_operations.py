@@ -6,14 +6,13 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 
 from tests.cloudamqp_stand_in import CloudAmqpStandIn
 from tests.conftest import vhost_name
-from tests.integration.conftest import API_KEY, SEED_INSTANCE, seed_alarm
+from tests.integration.conftest import API_KEY, SEED_INSTANCE, MakeStack, seed_alarm
 from tests.support import (
     ROOT,
     Services,
@@ -34,7 +33,7 @@ async def scrape(url: str) -> dict[str, float]:
 
 
 async def test_given_traffic_then_receiver_and_worker_counters_move(
-    make_stack: Any, fake_api: CloudAmqpStandIn
+    make_stack: MakeStack, fake_api: CloudAmqpStandIn
 ) -> None:
     port = free_port()
     stack = make_stack(WORKER_METRICS_PORT=str(port))
@@ -69,7 +68,9 @@ async def test_given_traffic_then_receiver_and_worker_counters_move(
     assert worker["autopilot_worker_in_flight"] == 0
 
 
-async def test_given_the_broker_is_unreachable_then_publish_failures_are_counted(make_stack: Any) -> None:
+async def test_given_the_broker_is_unreachable_then_publish_failures_are_counted(
+    make_stack: MakeStack,
+) -> None:
     stack = make_stack(RABBITMQ_URL=f"amqp://guest:guest@127.0.0.1:{free_port()}/")
     await stack.start_receiver()
 
@@ -81,7 +82,7 @@ async def test_given_the_broker_is_unreachable_then_publish_failures_are_counted
 
 
 async def test_given_the_store_goes_away_then_readyz_fails_and_recovers_by_itself(
-    make_stack: Any, postgres_url: str
+    make_stack: MakeStack, postgres_url: str
 ) -> None:
     parts = urlsplit(postgres_url)
     proxy = TcpProxy(parts.port or 5432)
@@ -106,7 +107,7 @@ async def test_given_the_store_goes_away_then_readyz_fails_and_recovers_by_itsel
 
 
 async def test_given_the_workers_connection_is_dropped_then_it_reconnects_and_consumes_again(
-    make_stack: Any, fake_api: CloudAmqpStandIn, services: Services, vhost: str
+    make_stack: MakeStack, fake_api: CloudAmqpStandIn, services: Services, vhost: str
 ) -> None:
     stack = make_stack()
     await stack.start_receiver()
@@ -131,7 +132,7 @@ async def test_given_the_workers_connection_is_dropped_then_it_reconnects_and_co
 
 
 async def test_given_a_failing_run_then_neither_the_api_key_nor_the_token_appears_anywhere(
-    make_stack: Any, fake_api: CloudAmqpStandIn
+    make_stack: MakeStack, fake_api: CloudAmqpStandIn
 ) -> None:
     token = "tok-never-log-me-42"
     # A hostile API that echoes the credentials it got into its error body.

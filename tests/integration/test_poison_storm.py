@@ -238,5 +238,5 @@ async def _dlq_and_console_show_every_parked_message(
         html = await resp.text()
         assert resp.status == 200, html[:500]
     assert f"{count}" in html
-    shown = [row["ref"] for row in rows if row["ref"] in html]
-    assert len(shown) >= min(count, PARKED_SHOWN), (len(shown), count)
+    on_page = [row["ref"] for row in rows if row["ref"] in html]
+    assert len(on_page) >= min(count, PARKED_SHOWN), (len(on_page), count)
