@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, overload
@@ -114,10 +116,35 @@ async def publish_raw(amqp_url: str, body: bytes, event_id: str) -> None:
         await channel.default_exchange.publish(message, routing_key=topology.WORK_QUEUE)
 
 
+# Ports for what a test starts (a receiver, a metrics endpoint, a proxy, a private broker
+# node) come from below the kernel's ephemeral range (32768-60999), so no outgoing connection
+# takes one between the handing out and the bind, and each pytest-xdist worker (gw0, gw1, …)
+# has a block of its own, so no two workers running at once hand out the same port. Each is
+# bound for a moment first: one in use (or in TIME_WAIT) is passed over.
+PORT_BASE, PORT_BLOCK = 20_000, 500
+_ports: Iterator[int] | None = None
+
+
+def _port_block() -> Iterator[int]:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    first = PORT_BASE + PORT_BLOCK * ((int(worker) if worker.isdigit() else 0) % 25)
+    start = random.randrange(PORT_BLOCK)  # two runs outside xdist rarely start at one port
+    return itertools.cycle([first + (start + n) % PORT_BLOCK for n in range(PORT_BLOCK)])
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    global _ports
+    if _ports is None:
+        _ports = _port_block()
+    for _ in range(PORT_BLOCK):
+        port = next(_ports)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise AssertionError(f"no free port in this worker's block from {PORT_BASE} (size {PORT_BLOCK})")
 
 
 # Every log file of a process the suite started, with the secrets that process was given:

@@ -35,6 +35,11 @@ from worker.cloudamqp import CloudAmqpClient
 from worker.management import ManagementApi
 from worker.process import Processor
 
+# Every test here shares one private node (the ``node`` fixture, started once per module and
+# per process): under ``make test``'s pytest-xdist they all run in one worker (ONE_WORKER_MODULES
+# in tests/conftest.py), so the node starts once; early, as they run one after another.
+pytestmark = pytest.mark.early
+
 MB = 1_000_000
 HIGH_LIMIT = 100 * MB  # a node uses ~150 MB: above any threshold
 LOW_LIMIT = 4000 * MB  # ~4 %: below any threshold

@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import quote
 
 import aio_pika
+import pytest
 
 from shared import topology
 from tests.cloudamqp_stand_in import CloudAmqpStandIn
@@ -192,6 +193,7 @@ async def test_given_a_parked_alarm_when_replayed_inside_the_cooldown_then_a_coo
     assert await peek_dead(services, vhost) == []
 
 
+@pytest.mark.early
 async def test_given_parked_alarms_then_the_cli_lists_shows_refuses_unknown_ids_and_purges(
     make_stack: MakeStack, fake_api: CloudAmqpStandIn, services: Services, vhost: str
 ) -> None:

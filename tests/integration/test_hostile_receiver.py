@@ -9,6 +9,7 @@ import json
 import time
 from typing import Any
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
@@ -136,6 +137,10 @@ async def test_given_an_x_operator_header_of_undecodable_bytes_then_400_json_nev
     assert set(body) == {"error", "detail"}
 
 
+# aiohttp warns of the multipart field name in a bad encoding (the hostile input itself); the
+# warning's text carries the undecodable byte as a lone surrogate, which a pytest-xdist worker
+# cannot send to the controller (an INTERNALERROR that ends the run), so it is not recorded.
+@pytest.mark.filterwarnings("ignore::aiohttp.multipart.BadContentDispositionHeader")
 async def test_given_a_login_form_in_a_bad_encoding_then_a_400_page_never_500(
     make_receiver: MakeReceiver,
 ) -> None:

@@ -279,6 +279,7 @@ async def test_given_a_channel_answering_500_for_a_while_then_200_then_it_is_del
 
 
 @pytest.mark.slow
+@pytest.mark.early
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # once; the short one covers both
 async def test_slow_given_a_channel_answering_500_for_30_seconds_then_200_then_it_is_delivered_once(
     start: Start, channels: dict[str, FakeChannel]
