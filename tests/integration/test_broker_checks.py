@@ -59,8 +59,8 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnBroker]:
         # Figures refreshed twice a second, so a changed watermark shows at once.
         config="collect_statistics_interval = 500",
     )
-    asyncio.run(_start_with_monitor(broker))
-    try:
+    try:  # a start that fails half-way (a timed-out rabbitmqctl) still stops the node
+        asyncio.run(_start_with_monitor(broker))
         yield broker
     finally:
         asyncio.run(broker.cleanup())
