@@ -45,7 +45,7 @@ demo: $(RUNTIME_STAMP) ## post sample alarms to the receiver `make run` started,
 # ports and temporary directory, and most of a test's time is waiting on a broker or a
 # subprocess, so more processes than cores pay (`make test TEST_WORKERS=1`: one at a time).
 # 6 measured on 2 cores: 8, 10 and 14 starve the CPU (a private broker node's rabbitmqctl and
-# the schemathesis run time out), and no run was faster.
+# the schemathesis run time out, and tests fail).
 # tests/conftest.py schedules them (pytest_xdist_make_scheduler) and orders the long ones first.
 TEST_WORKERS ?= 6
 test: $(DEV_STAMP) ## every test, in parallel; starts RabbitMQ, its management plugin and PostgreSQL where missing
