@@ -21,6 +21,7 @@ from typing import Any
 
 import aio_pika
 import aiohttp
+from aio_pika.abc import HeadersType
 
 from bench.harness import Processes, fresh_postgres, fresh_vhost, percentile
 from shared import topology
@@ -88,7 +89,7 @@ async def park(amqp_url: str, count: int) -> None:
         channel = await connection.channel(publisher_confirms=True)
         await topology.declare_topology(channel, (10.0,))
         for n in range(count):
-            headers = {
+            headers: HeadersType = {
                 "x-autopilot-event-id": f"parked-{n}",
                 "x-autopilot-status": "permanent_error",
                 "x-autopilot-attempts": 1,

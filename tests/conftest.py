@@ -152,10 +152,36 @@ def no_secret_in_any_process_log() -> Iterator[None]:
     assert not leaks, f"secrets in process logs: {leaks}"
 
 
+# Modules whose tests share a costly module-scoped fixture (the broker checks' private node):
+# under pytest-xdist (`make test`) all of such a module's tests go to one worker, so it is set
+# up once, not once in every worker. Every other test is scheduled on its own.
+ONE_WORKER_MODULES = frozenset({"tests/integration/test_broker_checks.py"})
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``-n N`` (``--dist load``): each test to the next free worker, but a module of
+    ONE_WORKER_MODULES to a single one. (xdist's own ``xdist_group`` mark is no help: it
+    renames node ids in a way pytest 9 no longer reads.)"""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class KeepModulesTogether(LoadScopeScheduling):  # type: ignore[misc]  # xdist: untyped
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module in ONE_WORKER_MODULES else nodeid
+
+    return KeepModulesTogether(config, log)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "integration" in item.path.parts:
             item.add_marker(pytest.mark.integration)
+    # The long tests (marked ``early``) first: `make test` runs in parallel (pytest-xdist), and
+    # a run should not end waiting on a long test that started late. A stable sort: the order
+    # within each part, and so a module's tests kept together, stays as collected.
+    items.sort(key=lambda item: item.get_closest_marker("early") is None)
 
 
 __all__ = ["json", "asyncio", "vhost_name"]

@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -50,8 +52,26 @@ async def management_request(services: Services, method: str, path: str, body: A
         return json.loads(text) if text else None
 
 
+# Two signatures so that a coroutine function's result type is what the wait returns (a check
+# whose result mentions Any, such as dict[str, Any], makes the choice ambiguous: Any).
+@overload
 async def wait_until(
-    check: Callable[[], Awaitable[T] | T], *, timeout: float = 15.0, interval: float = 0.05, what: str = ""
+    check: Callable[[], Awaitable[T | None]], *, timeout: float = ..., interval: float = ..., what: str = ...
+) -> T: ...
+
+
+@overload
+async def wait_until(
+    check: Callable[[], T | None], *, timeout: float = ..., interval: float = ..., what: str = ...
+) -> T: ...
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[T | None] | T | None],
+    *,
+    timeout: float = 15.0,
+    interval: float = 0.05,
+    what: str = "",
 ) -> T:
     """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -96,10 +116,35 @@ async def publish_raw(amqp_url: str, body: bytes, event_id: str) -> None:
         await channel.default_exchange.publish(message, routing_key=topology.WORK_QUEUE)
 
 
+# Ports for what a test starts (a receiver, a metrics endpoint, a proxy, a private broker
+# node) come from below the kernel's ephemeral range (32768-60999), so no outgoing connection
+# takes one between the handing out and the bind, and each pytest-xdist worker (gw0, gw1, …)
+# has a block of its own, so no two workers running at once hand out the same port. Each is
+# bound for a moment first: one in use (or in TIME_WAIT) is passed over.
+PORT_BASE, PORT_BLOCK = 20_000, 500
+_ports: Iterator[int] | None = None
+
+
+def _port_block() -> Iterator[int]:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    first = PORT_BASE + PORT_BLOCK * ((int(worker) if worker.isdigit() else 0) % 25)
+    start = random.randrange(PORT_BLOCK)  # two runs outside xdist rarely start at one port
+    return itertools.cycle([first + (start + n) % PORT_BLOCK for n in range(PORT_BLOCK)])
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    global _ports
+    if _ports is None:
+        _ports = _port_block()
+    for _ in range(PORT_BLOCK):
+        port = next(_ports)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise AssertionError(f"no free port in this worker's block from {PORT_BASE} (size {PORT_BLOCK})")
 
 
 # Every log file of a process the suite started, with the secrets that process was given:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.cloudamqp_stand_in import CloudAmqpStandIn
-from tests.integration.conftest import SEED_INSTANCE, seed_alarm
+from tests.integration.conftest import SEED_INSTANCE, Stack, seed_alarm
 from tests.support import Services, wait_until
 
 pytestmark = pytest.mark.browser
@@ -26,13 +26,13 @@ approve_timeout = 600
 """
 
 
-async def posted(stack: Any, **changes: Any) -> str:
+async def posted(stack: Stack, **changes: Any) -> str:
     status, body = await stack.post(seed_alarm(**changes))
     assert status == 202, body
     return str(body["id"])
 
 
-async def action_of(stack: Any, event_id: str, *statuses: str) -> dict[str, Any]:
+async def action_of(stack: Stack, event_id: str, *statuses: str) -> dict[str, Any]:
     async def found() -> dict[str, Any] | None:
         row = next((a for a in await stack.actions() if a["event_id"] == event_id), None)
         return row if row is not None and row["status"] in statuses else None

@@ -31,6 +31,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -349,7 +350,7 @@ class OwnCluster:
             await self.ctl(node, "join_cluster", first.node)
             await self.ctl(node, "start_app")
             await wait_until(
-                lambda n=node: port_open(n.port), timeout=timeout, interval=0.1, what=f"{node.node}"
+                partial(port_open, node.port), timeout=timeout, interval=0.1, what=f"{node.node}"
             )
         status = json.loads(await self.ctl(first, "cluster_status", "--formatter", "json"))
         running = set(status.get("running_nodes", []))

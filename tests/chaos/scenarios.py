@@ -14,6 +14,7 @@ import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import aio_pika
@@ -86,6 +87,14 @@ async def stack_of(
         yield stack
     finally:
         await stack.close()
+
+
+def _accepted_at_least(log: SendLog, count: int) -> bool:
+    return len(log.accepted) >= count
+
+
+def _answered_503_since(log: SendLog, seen: float | None) -> bool:
+    return log.last_503 != seen
 
 
 def _send_deadline(plan: Plan, size: Size, slack: float) -> float:
@@ -220,16 +229,18 @@ async def _broker_cycles(
         recoveries = []
         for cycle in range(faults.broker_cycles):
             enough = min(5 * (cycle + 1), share * (cycle + 1))
-            await wait_until(lambda n=enough: len(log.accepted) >= n, timeout=60, what="some 202s")
+            await wait_until(partial(_accepted_at_least, log, enough), timeout=60, what="some 202s")
             await outage.down(crash=cycle % 2 == 1)
             seen = log.last_503
             down[cycle].set()
-            await wait_until(lambda s=seen: log.last_503 != s, timeout=30, what="the receiver to answer 503")
+            await wait_until(
+                partial(_answered_503_since, log, seen), timeout=30, what="the receiver to answer 503"
+            )
             await asyncio.sleep(faults.broker_outage)  # the outage itself
             accepted = len(log.accepted)
             await outage.up()
             up_at = time.monotonic()  # the broker listens again
-            await wait_until(lambda a=accepted: len(log.accepted) > a, timeout=60, what="202s again")
+            await wait_until(partial(_accepted_at_least, log, accepted + 1), timeout=60, what="202s again")
             recoveries.append(round(time.monotonic() - up_at, 2))
         log = await sender
         summary = await _finish("broker-restart", stack, plan, log, api, amqp, db, faults)
@@ -455,7 +466,7 @@ async def _on_cluster(
                 cycles: list[dict[str, Any]] = []
                 for cycle in range(faults.broker_cycles):
                     enough = 5 * (cycle + 1)
-                    await wait_until(lambda n=enough: len(log.accepted) >= n, timeout=60, what="some 202s")
+                    await wait_until(partial(_accepted_at_least, log, enough), timeout=60, what="some 202s")
                     cycles.append(
                         await _lose_a_node(cluster, stack, log, sender, victim, cycle, faults, checks)
                     )

@@ -21,7 +21,7 @@ from tests.support import Services
 
 CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
-pytestmark = [pytest.mark.chaos, pytest.mark.timeout(150)]
+pytestmark = [pytest.mark.chaos, pytest.mark.early, pytest.mark.timeout(150)]
 
 
 def _require(url: str, default_port: int, what: str) -> None:

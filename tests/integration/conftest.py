@@ -122,8 +122,12 @@ def base_env(vhost: str, fake_api: CloudAmqpStandIn, tmp_path: Path) -> dict[str
     }
 
 
+# What the ``make_stack`` fixture yields: a Stack for this test's env, with overrides.
+MakeStack = Callable[..., Stack]
+
+
 @pytest.fixture
-async def make_stack(base_env: dict[str, str], tmp_path: Path) -> AsyncIterator[Callable[..., Stack]]:
+async def make_stack(base_env: dict[str, str], tmp_path: Path) -> AsyncIterator[MakeStack]:
     stacks: list[Stack] = []
 
     def make(**overrides: str) -> Stack:

@@ -29,11 +29,16 @@ from shared.store import Store
 from tests.chaos.harness import OwnBroker
 from tests.cloudamqp_stand_in import CloudAmqpStandIn
 from tests.conftest import CI
-from tests.integration.conftest import API_KEY, SEED_INSTANCE, Stack, seed_alarm
+from tests.integration.conftest import API_KEY, SEED_INSTANCE, MakeStack, Stack, seed_alarm
 from tests.support import free_port, wait_until
 from worker.cloudamqp import CloudAmqpClient
 from worker.management import ManagementApi
 from worker.process import Processor
+
+# Every test here shares one private node (the ``node`` fixture, started once per module and
+# per process): under ``make test``'s pytest-xdist they all run in one worker (ONE_WORKER_MODULES
+# in tests/conftest.py), so the node starts once; early, as they run one after another.
+pytestmark = pytest.mark.early
 
 MB = 1_000_000
 HIGH_LIMIT = 100 * MB  # a node uses ~150 MB: above any threshold
@@ -54,8 +59,8 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnBroker]:
         # Figures refreshed twice a second, so a changed watermark shows at once.
         config="collect_statistics_interval = 500",
     )
-    asyncio.run(_start_with_monitor(broker))
-    try:
+    try:  # a start that fails half-way (a timed-out rabbitmqctl) still stops the node
+        asyncio.run(_start_with_monitor(broker))
         yield broker
     finally:
         asyncio.run(broker.cleanup())
@@ -100,7 +105,7 @@ async def set_limit(node: OwnBroker, limit: int) -> float:
         return False
 
     await wait_until(shows, timeout=30, interval=0.2, what=f"mem_limit {limit} in /api/nodes")
-    return 100.0 * seen["mem_used"] / seen["mem_limit"]
+    return 100.0 * float(seen["mem_used"]) / float(seen["mem_limit"])
 
 
 def alarm(**changes: Any) -> Alarm:
@@ -253,7 +258,7 @@ def watchdog_env(management_url: str, **more: str) -> dict[str, str]:
 
 
 async def test_given_memory_above_the_rule_and_no_alarm_then_the_watchdog_raises_one_that_upgrades_once(
-    make_stack: Any, node: OwnBroker, fake_api: CloudAmqpStandIn
+    make_stack: MakeStack, node: OwnBroker, fake_api: CloudAmqpStandIn
 ) -> None:
     assert await set_limit(node, HIGH_LIMIT) > 80
     proxy = await counting(node)
@@ -283,7 +288,7 @@ async def test_given_memory_above_the_rule_and_no_alarm_then_the_watchdog_raises
 
 
 async def test_given_two_workers_then_the_watchdog_polls_once_per_interval(
-    make_stack: Any, node: OwnBroker
+    make_stack: MakeStack, node: OwnBroker
 ) -> None:
     await set_limit(node, LOW_LIMIT)  # nothing to raise: only the polls reach the node
     proxy = await counting(node)
@@ -327,7 +332,7 @@ async def advice(stack: Stack) -> list[dict[str, Any]]:
 
 
 async def test_given_an_instance_we_upgraded_stays_small_for_the_quiet_window_then_one_advice_and_no_call(
-    make_stack: Any, node: OwnBroker, fake_api: CloudAmqpStandIn
+    make_stack: MakeStack, node: OwnBroker, fake_api: CloudAmqpStandIn
 ) -> None:
     stack: Stack = make_stack(
         **watchdog_env(monitor_url(node.management_port), ADVICE_QUIET_WINDOW_SECONDS="3", **ADVICE_ENV)
@@ -370,7 +375,7 @@ async def _more(stack: Stack, seen: int) -> bool:
 
 
 async def test_given_an_alarm_during_the_quiet_window_then_no_advice_until_a_whole_window_after_it(
-    make_stack: Any, node: OwnBroker, fake_api: CloudAmqpStandIn
+    make_stack: MakeStack, node: OwnBroker, fake_api: CloudAmqpStandIn
 ) -> None:
     window = 5.0
     stack: Stack = make_stack(

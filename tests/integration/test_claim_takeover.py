@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 
 from shared.alarm import Alarm, event_key, iso, new_id
-from shared.settings import Settings
+from shared.settings import Settings, UpgradeApi
 from shared.store import Store
 from tests.cloudamqp_stand_in import DEFAULT_KEY, CloudAmqpStandIn
 from tests.support import TcpProxy, wait_until
@@ -68,7 +68,7 @@ def processor(
         api_timeout_seconds=5.0,
     )
     client = CloudAmqpClient(
-        session, base_url=api.url, api_key=DEFAULT_KEY, timeout=5.0, quick_retries=0, mode="actions"
+        session, base_url=api.url, api_key=DEFAULT_KEY, timeout=5.0, quick_retries=0, mode=UpgradeApi.ACTIONS
     )
     return Processor(settings, store, client, worker_id=name, clock=clock)
 

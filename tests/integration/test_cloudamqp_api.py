@@ -12,7 +12,15 @@ import aio_pika
 
 from shared import envelope, topology
 from tests.cloudamqp_stand_in import CloudAmqpStandIn
-from tests.integration.conftest import API_KEY, SEED_API_ID, SEED_INSTANCE, seed_alarm, seed_instance
+from tests.integration.conftest import (
+    API_KEY,
+    SEED_API_ID,
+    SEED_INSTANCE,
+    MakeStack,
+    Stack,
+    seed_alarm,
+    seed_instance,
+)
 from tests.support import wait_until
 
 BASIC = "Basic " + base64.b64encode(f":{API_KEY}".encode()).decode()
@@ -34,12 +42,12 @@ async def parked_messages(url: str) -> list[aio_pika.abc.AbstractIncomingMessage
     return out
 
 
-async def status_of(stack: Any, count: int = 1) -> list[dict[str, Any]]:
+async def status_of(stack: Stack, count: int = 1) -> list[dict[str, Any]]:
     return await stack.wait_actions(count, timeout=30)
 
 
 async def test_given_default_settings_and_the_documented_api_only_then_one_put_and_success_once_ready(
-    make_stack: Any, fake_api: CloudAmqpStandIn
+    make_stack: MakeStack, fake_api: CloudAmqpStandIn
 ) -> None:
     fake_api.blog = "absent"  # the documented service: no actions/upgrade endpoint
     fake_api.reconfigure_seconds = 1.5
@@ -83,13 +91,13 @@ async def test_given_default_settings_and_the_documented_api_only_then_one_put_a
     assert len(confirmed) == 2 and all(e["detail"]["reconfigure_seconds"] >= 1.4 for e in confirmed)
 
 
-async def _all_succeeded(stack: Any, count: int) -> list[dict[str, Any]]:
+async def _all_succeeded(stack: Stack, count: int) -> list[dict[str, Any]]:
     rows = await stack.actions()
     return rows if len(rows) == count and all(r["status"] == "succeeded" for r in rows) else []
 
 
 async def test_given_an_instance_busy_longer_than_every_retry_delay_then_it_is_not_parked_and_changed_once(
-    make_stack: Any, fake_api: CloudAmqpStandIn, vhost: str
+    make_stack: MakeStack, fake_api: CloudAmqpStandIn, vhost: str
 ) -> None:
     fake_api.blog = "absent"
     seed = seed_instance(fake_api, "bunny-1")
@@ -111,7 +119,7 @@ async def test_given_an_instance_busy_longer_than_every_retry_delay_then_it_is_n
 
 
 async def test_given_423_twice_then_one_success_without_spending_attempts(
-    make_stack: Any, fake_api: CloudAmqpStandIn
+    make_stack: MakeStack, fake_api: CloudAmqpStandIn
 ) -> None:
     fake_api.blog = "absent"
     seed_instance(fake_api, "bunny-1")
@@ -127,7 +135,7 @@ async def test_given_423_twice_then_one_success_without_spending_attempts(
 
 
 async def test_given_a_wait_for_your_cluster_422_then_the_worker_waits_and_changes_once(
-    make_stack: Any, fake_api: CloudAmqpStandIn
+    make_stack: MakeStack, fake_api: CloudAmqpStandIn
 ) -> None:
     fake_api.blog = "absent"
     seed_instance(fake_api, "bunny-1")
@@ -145,7 +153,7 @@ async def test_given_a_wait_for_your_cluster_422_then_the_worker_waits_and_chang
 
 
 async def test_given_an_account_suspended_40005_then_one_call_and_parked_with_cloudamqps_words(
-    make_stack: Any, fake_api: CloudAmqpStandIn, vhost: str
+    make_stack: MakeStack, fake_api: CloudAmqpStandIn, vhost: str
 ) -> None:
     fake_api.blog = "absent"
     seed_instance(fake_api, "bunny-1")
@@ -166,7 +174,7 @@ async def test_given_an_account_suspended_40005_then_one_call_and_parked_with_cl
 
 
 async def test_given_40001_firewall_still_configuring_then_retried(
-    make_stack: Any, fake_api: CloudAmqpStandIn
+    make_stack: MakeStack, fake_api: CloudAmqpStandIn
 ) -> None:
     fake_api.blog = "absent"
     seed_instance(fake_api, "bunny-1")
@@ -183,7 +191,7 @@ async def test_given_40001_firewall_still_configuring_then_retried(
 
 
 async def test_given_429_with_retry_after_then_the_next_try_waits_for_it_and_without_it_is_retried(
-    make_stack: Any, fake_api: CloudAmqpStandIn
+    make_stack: MakeStack, fake_api: CloudAmqpStandIn
 ) -> None:
     fake_api.blog = "absent"
     seed_instance(fake_api, "bunny-1")
@@ -207,7 +215,7 @@ async def test_given_429_with_retry_after_then_the_next_try_waits_for_it_and_wit
 
 
 async def test_given_the_console_uuid_and_an_instance_configured_by_name_then_the_put_goes_to_its_id(
-    make_stack: Any, fake_api: CloudAmqpStandIn
+    make_stack: MakeStack, fake_api: CloudAmqpStandIn
 ) -> None:
     fake_api.blog = "absent"
     seed = seed_instance(fake_api, "bunny-1")
@@ -229,13 +237,13 @@ async def test_given_the_console_uuid_and_an_instance_configured_by_name_then_th
     assert len([r for r in fake_api.reads() if r.path == "/api/instances"]) <= 2
 
 
-async def _decided(stack: Any) -> list[dict[str, Any]]:
+async def _decided(stack: Stack) -> list[dict[str, Any]]:
     rows = await stack.actions()
     return rows if len(rows) == 2 and all(r["status"] in {"succeeded", "skipped"} for r in rows) else []
 
 
 async def test_given_a_second_alarm_after_the_cooldown_while_the_first_change_reconfigures_then_no_second_put(
-    make_stack: Any, fake_api: CloudAmqpStandIn
+    make_stack: MakeStack, fake_api: CloudAmqpStandIn
 ) -> None:
     fake_api.blog = "absent"
     fake_api.reconfigure_seconds = 3600  # CloudAMQP still applying the first change
@@ -258,7 +266,7 @@ async def test_given_a_second_alarm_after_the_cooldown_while_the_first_change_re
 
 
 async def test_given_a_key_refused_by_both_apis_then_parked_as_refused_and_the_key_is_never_said(
-    make_stack: Any, fake_api: CloudAmqpStandIn, vhost: str
+    make_stack: MakeStack, fake_api: CloudAmqpStandIn, vhost: str
 ) -> None:
     fake_api.blog = "refuses"
     fake_api.api_key = "the-key-cloudamqp-knows"
@@ -278,7 +286,7 @@ async def test_given_a_key_refused_by_both_apis_then_parked_as_refused_and_the_k
 
 
 async def test_given_the_blog_answering_api_then_the_seeds_call_is_unchanged(
-    make_stack: Any, fake_api: CloudAmqpStandIn
+    make_stack: MakeStack, fake_api: CloudAmqpStandIn
 ) -> None:
     seed_instance(fake_api, "bunny-1")  # the account has it; the blog's endpoint answers
     stack = make_stack()
@@ -297,7 +305,7 @@ async def test_given_the_blog_answering_api_then_the_seeds_call_is_unchanged(
 
 
 async def test_given_the_instance_list_unreadable_at_start_then_an_upgrade_waits_for_it_instead_of_guessing(
-    make_stack: Any, fake_api: CloudAmqpStandIn, vhost: str
+    make_stack: MakeStack, fake_api: CloudAmqpStandIn, vhost: str
 ) -> None:
     fake_api.blog = "absent"
     seed = seed_instance(fake_api, "bunny-1")

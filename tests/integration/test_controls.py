@@ -189,7 +189,8 @@ async def test_given_a_pause_that_ended_by_itself_then_the_next_alarm_upgrades_e
 
 async def _no_pauses(client: Client) -> bool:
     _, body = await call(client, "GET", "/pauses")
-    return body["pauses"] == []
+    pauses: list[dict[str, Any]] = body["pauses"]
+    return pauses == []
 
 
 async def test_given_a_global_pause_then_every_instance_is_held_until_it_is_lifted(

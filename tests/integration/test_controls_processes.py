@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.cloudamqp_stand_in import CloudAmqpStandIn
-from tests.integration.conftest import API_KEY, SEED_INSTANCE, seed_alarm, seed_instance
+from tests.integration.conftest import API_KEY, SEED_INSTANCE, MakeStack, Stack, seed_alarm, seed_instance
 from tests.support import wait_until
 
 OPERATOR_TOKEN = "operator-token-crash-9c2e51"
@@ -26,7 +26,7 @@ approve_timeout = 600
 """
 
 
-async def _action(stack: Any, event_id: str, status: str) -> dict[str, Any]:
+async def _action(stack: Stack, event_id: str, status: str) -> dict[str, Any]:
     async def found() -> dict[str, Any] | None:
         code, body = await stack.get(f"/actions?token={WEBHOOK_TOKEN}")
         assert code == 200, body
@@ -37,7 +37,7 @@ async def _action(stack: Any, event_id: str, status: str) -> dict[str, Any]:
 
 
 async def test_given_a_worker_sigkilled_while_an_upgrade_awaits_approval_then_approving_still_upgrades_once(
-    make_stack: Any, fake_api: CloudAmqpStandIn, tmp_path: Path
+    make_stack: MakeStack, fake_api: CloudAmqpStandIn, tmp_path: Path
 ) -> None:
     policy = tmp_path / "policy.toml"
     policy.write_text(POLICY)
@@ -73,7 +73,7 @@ async def test_given_a_worker_sigkilled_while_an_upgrade_awaits_approval_then_ap
 
 
 async def test_given_a_worker_sigkilled_during_an_approved_upgrade_call_then_the_upgrade_is_not_repeated(
-    make_stack: Any, fake_api: CloudAmqpStandIn, tmp_path: Path
+    make_stack: MakeStack, fake_api: CloudAmqpStandIn, tmp_path: Path
 ) -> None:
     """The crash window after the approved call started: the approved action is carried on
     under the ordinary claim rules (its lease runs out, a takeover reads the plan first), not

@@ -14,11 +14,12 @@ from typing import Any
 from urllib.parse import quote
 
 import aio_pika
+import pytest
 
 from shared import topology
 from tests.cloudamqp_stand_in import CloudAmqpStandIn
 from tests.conftest import vhost_name
-from tests.integration.conftest import SEED_INSTANCE, seed_alarm
+from tests.integration.conftest import SEED_INSTANCE, MakeStack, Stack, seed_alarm
 from tests.support import ROOT, Services, management_request, queue_depth, wait_until
 
 
@@ -36,7 +37,7 @@ async def wait_parked(services: Services, amqp_url: str, count: int = 1) -> list
         messages = await peek_dead(services, amqp_url)
         return messages if len(messages) >= count else []
 
-    messages = await wait_until(parked, what=f"{count} parked message(s)")
+    messages: list[dict[str, Any]] = await wait_until(parked, what=f"{count} parked message(s)")
 
     async def all_ready() -> bool:
         return await queue_depth(amqp_url, topology.DEAD_QUEUE) == count
@@ -72,7 +73,7 @@ async def run_dlq(env: dict[str, str], *args: str) -> Result:
     return Result(proc.returncode, out.decode(), err.decode())
 
 
-async def post_exact(stack: Any, alarm: dict[str, Any]) -> tuple[bytes, str]:
+async def post_exact(stack: Stack, alarm: dict[str, Any]) -> tuple[bytes, str]:
     """Post these exact bytes; return them and the event id the receiver gave."""
     raw = json.dumps(alarm).encode()
     status, body = await stack.post(None, data=raw, headers={"Content-Type": "application/json"})
@@ -80,14 +81,14 @@ async def post_exact(stack: Any, alarm: dict[str, Any]) -> tuple[bytes, str]:
     return raw, str(body["id"])
 
 
-async def action_has(stack: Any, event_id: str, status: str) -> dict[str, Any] | None:
+async def action_has(stack: Stack, event_id: str, status: str) -> dict[str, Any] | None:
     """The action of ``event_id`` once it has reached ``status``, else None."""
     rows = await stack.actions()
     return next((a for a in rows if (a["event_id"], a["status"]) == (event_id, status)), None)
 
 
 async def test_given_the_api_answers_400_then_one_request_and_the_alarm_is_parked_with_its_explanation(
-    make_stack: Any, fake_api: CloudAmqpStandIn, services: Services, vhost: str
+    make_stack: MakeStack, fake_api: CloudAmqpStandIn, services: Services, vhost: str
 ) -> None:
     fake_api.script = [400]
     stack = make_stack()
@@ -114,7 +115,7 @@ async def test_given_the_api_answers_400_then_one_request_and_the_alarm_is_parke
 
 
 async def test_given_the_api_down_longer_than_all_attempts_then_parked_and_replay_upgrades_exactly_once(
-    make_stack: Any, fake_api: CloudAmqpStandIn, services: Services, vhost: str
+    make_stack: MakeStack, fake_api: CloudAmqpStandIn, services: Services, vhost: str
 ) -> None:
     fake_api.default_status = 503
     stack = make_stack(QUICK_RETRIES="0", MAX_ATTEMPTS="3")
@@ -141,7 +142,7 @@ async def test_given_the_api_down_longer_than_all_attempts_then_parked_and_repla
 
 
 async def test_given_garbage_on_the_work_queue_then_it_is_parked_as_decode_error_and_the_worker_goes_on(
-    make_stack: Any, fake_api: CloudAmqpStandIn, services: Services, vhost: str
+    make_stack: MakeStack, fake_api: CloudAmqpStandIn, services: Services, vhost: str
 ) -> None:
     stack = make_stack()
     await stack.start_receiver()
@@ -166,7 +167,7 @@ async def test_given_garbage_on_the_work_queue_then_it_is_parked_as_decode_error
 
 
 async def test_given_a_parked_alarm_when_replayed_inside_the_cooldown_then_a_cooling_down_skip_and_no_request(
-    make_stack: Any, fake_api: CloudAmqpStandIn, services: Services, vhost: str
+    make_stack: MakeStack, fake_api: CloudAmqpStandIn, services: Services, vhost: str
 ) -> None:
     fake_api.script = [400]
     stack = make_stack()
@@ -192,8 +193,9 @@ async def test_given_a_parked_alarm_when_replayed_inside_the_cooldown_then_a_coo
     assert await peek_dead(services, vhost) == []
 
 
+@pytest.mark.early
 async def test_given_parked_alarms_then_the_cli_lists_shows_refuses_unknown_ids_and_purges(
-    make_stack: Any, fake_api: CloudAmqpStandIn, services: Services, vhost: str
+    make_stack: MakeStack, fake_api: CloudAmqpStandIn, services: Services, vhost: str
 ) -> None:
     fake_api.default_status = 400
     stack = make_stack()

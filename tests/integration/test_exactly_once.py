@@ -11,7 +11,7 @@ import pytest
 
 from shared import topology
 from tests.cloudamqp_stand_in import CloudAmqpStandIn
-from tests.integration.conftest import SEED_INSTANCE
+from tests.integration.conftest import SEED_INSTANCE, MakeStack
 from tests.support import (
     TcpProxy,
     free_port,
@@ -32,7 +32,7 @@ def memory_alarm(instance: str, value: float = 85, seconds_ago: float = 0) -> di
 
 
 async def test_given_four_workers_and_400_alarms_for_20_instances_then_exactly_20_upgrades(
-    make_stack: Any, fake_api: CloudAmqpStandIn, database_url: str
+    make_stack: MakeStack, fake_api: CloudAmqpStandIn, database_url: str
 ) -> None:
     instances = [f"inst-{n:02d}" for n in range(20)]
     stack = make_stack(
@@ -71,7 +71,7 @@ async def test_given_four_workers_and_400_alarms_for_20_instances_then_exactly_2
 
 
 async def test_given_the_same_envelope_published_twice_then_one_upgrade(
-    make_stack: Any, fake_api: CloudAmqpStandIn, vhost: str
+    make_stack: MakeStack, fake_api: CloudAmqpStandIn, vhost: str
 ) -> None:
     stack = make_stack()
     await stack.start_receiver()
@@ -90,7 +90,7 @@ async def test_given_the_same_envelope_published_twice_then_one_upgrade(
 
 
 async def test_given_a_worker_killed_after_upgrading_but_before_acking_then_the_redelivery_is_no_upgrade(
-    make_stack: Any, fake_api: CloudAmqpStandIn, vhost: str
+    make_stack: MakeStack, fake_api: CloudAmqpStandIn, vhost: str
 ) -> None:
     proxy = TcpProxy(5672)
     await proxy.start()
@@ -128,7 +128,7 @@ async def _depth_is(url: str, depth: int) -> bool:
 
 
 async def test_given_a_worker_killed_during_its_api_call_then_another_finishes_after_the_lease(
-    make_stack: Any, fake_api: CloudAmqpStandIn, vhost: str
+    make_stack: MakeStack, fake_api: CloudAmqpStandIn, vhost: str
 ) -> None:
     stack = make_stack(CLAIM_LEASE_SECONDS="3")
     await stack.start_receiver()

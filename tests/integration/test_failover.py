@@ -8,12 +8,11 @@ tests/chaos/scenarios.py, ``cluster-*``.)
 
 from __future__ import annotations
 
-from typing import Any
 from urllib.parse import quote
 
 from shared.publisher import NACKS_BEFORE_RECONNECT
 from tests.conftest import vhost_name
-from tests.integration.conftest import seed_alarm
+from tests.integration.conftest import MakeStack, seed_alarm
 from tests.support import Services, TcpProxy, free_port, management_request, wait_until
 
 
@@ -22,7 +21,7 @@ def _via(vhost: str, port: int) -> str:
 
 
 async def test_given_several_nodes_when_the_one_in_use_goes_away_then_both_processes_go_on_through_the_next(
-    make_stack: Any, vhost: str
+    make_stack: MakeStack, vhost: str
 ) -> None:
     node_a, node_b = TcpProxy(5672), TcpProxy(5672)
     await node_a.start()
@@ -63,7 +62,7 @@ async def test_given_several_nodes_when_the_one_in_use_goes_away_then_both_proce
 
 
 async def test_given_the_node_in_use_nacking_every_publish_then_the_receiver_moves_to_the_next_node(
-    make_stack: Any, vhost: str, services: Services
+    make_stack: MakeStack, vhost: str, services: Services
 ) -> None:
     # Two "nodes" in front of one broker; a policy caps the work queue at no message, and its
     # overflow is reject-publish, so every publish is nacked whichever node it comes through.

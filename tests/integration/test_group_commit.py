@@ -152,7 +152,8 @@ async def snapshot(store: Store) -> dict[str, Any]:
 
 def batches() -> tuple[float, float]:
     """(batches committed, alarms in them) so far in this process."""
-    samples = {s.name: s.value for s in metrics.BATCH_SIZE.collect()[0].samples}
+    [histogram] = metrics.BATCH_SIZE.collect()
+    samples = {s.name: s.value for s in histogram.samples}
     return samples["autopilot_worker_batch_size_count"], samples["autopilot_worker_batch_size_sum"]
 
 

@@ -9,6 +9,7 @@ import json
 import time
 from typing import Any
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
@@ -17,7 +18,7 @@ from receiver.app import create_app, make_runner
 from receiver.console import COOKIE
 from receiver.keys import STORE
 from shared.settings import Settings
-from tests.integration.conftest import seed_alarm
+from tests.integration.conftest import MakeStack, seed_alarm
 from tests.integration.test_console import login
 from tests.integration.test_receiver_inprocess import (
     T0,
@@ -136,6 +137,10 @@ async def test_given_an_x_operator_header_of_undecodable_bytes_then_400_json_nev
     assert set(body) == {"error", "detail"}
 
 
+# aiohttp warns of the multipart field name in a bad encoding (the hostile input itself); the
+# warning's text carries the undecodable byte as a lone surrogate, which a pytest-xdist worker
+# cannot send to the controller (an INTERNALERROR that ends the run), so it is not recorded.
+@pytest.mark.filterwarnings("ignore::aiohttp.multipart.BadContentDispositionHeader")
 async def test_given_a_login_form_in_a_bad_encoding_then_a_400_page_never_500(
     make_receiver: MakeReceiver,
 ) -> None:
@@ -199,7 +204,7 @@ async def test_given_a_client_trickling_its_headers_then_the_receiver_cuts_it_af
 
 
 async def test_given_the_token_in_the_path_or_query_then_no_log_line_carries_it_access_log_included(
-    make_stack: Any,
+    make_stack: MakeStack,
 ) -> None:
     token = "path-token-9c2e51f0a7"
     stack = make_stack(WEBHOOK_TOKEN=token, LOG_LEVEL="debug")
@@ -224,7 +229,8 @@ async def test_given_a_copied_console_cookie_then_it_stops_working_when_its_owne
     csrf = await login(receiver, OPERATOR_TOKEN)
     [cookie] = [c for c in receiver.session.cookie_jar if c.key == COOKIE]
     copied = {"Cookie": f"{COOKIE}={cookie.value}"}
-    thief = await aiohttp_client(receiver.server)  # another browser, same receiver
+    # another browser, same receiver
+    thief: TestClient[web.Request, None] = await aiohttp_client(receiver.server)
     thief.session.cookie_jar.clear()
     async with thief.get("/ui/", headers=copied, allow_redirects=False) as resp:
         assert resp.status == 200  # the copy works while its session lasts

@@ -14,6 +14,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -234,7 +235,7 @@ async def test_given_ten_identical_re_sends_then_one_notification_per_event_by_w
     body = seed_alarm()
     ids = await pilot.publish(*[body] * 10)
     for event_id in ids:
-        await wait_until(lambda e=event_id: _decided(pilot, e), what=f"{event_id} decided")
+        await wait_until(partial(_decided, pilot, event_id), what=f"{event_id} decided")
     await pilot.quiet()
 
     assert len(fake_api.upgrade_requests()) == 1
@@ -278,6 +279,7 @@ async def test_given_a_channel_answering_500_for_a_while_then_200_then_it_is_del
 
 
 @pytest.mark.slow
+@pytest.mark.early
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # once; the short one covers both
 async def test_slow_given_a_channel_answering_500_for_30_seconds_then_200_then_it_is_delivered_once(
     start: Start, channels: dict[str, FakeChannel]

@@ -35,6 +35,7 @@ async def fakes() -> AsyncIterator[dict[str, FakeChannel]]:
         await fake.stop()
 
 
+@pytest.mark.early
 async def test_given_ten_re_sends_and_a_worker_killed_mid_delivery_then_one_notification_per_event(
     make_stack: Callable[..., Stack], fakes: dict[str, FakeChannel], fake_api: CloudAmqpStandIn
 ) -> None:

@@ -6,14 +6,14 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+import pytest
 
 from tests.cloudamqp_stand_in import CloudAmqpStandIn
 from tests.conftest import vhost_name
-from tests.integration.conftest import API_KEY, SEED_INSTANCE, seed_alarm
+from tests.integration.conftest import API_KEY, SEED_INSTANCE, MakeStack, seed_alarm
 from tests.support import (
     ROOT,
     Services,
@@ -34,7 +34,7 @@ async def scrape(url: str) -> dict[str, float]:
 
 
 async def test_given_traffic_then_receiver_and_worker_counters_move(
-    make_stack: Any, fake_api: CloudAmqpStandIn
+    make_stack: MakeStack, fake_api: CloudAmqpStandIn
 ) -> None:
     port = free_port()
     stack = make_stack(WORKER_METRICS_PORT=str(port))
@@ -69,7 +69,9 @@ async def test_given_traffic_then_receiver_and_worker_counters_move(
     assert worker["autopilot_worker_in_flight"] == 0
 
 
-async def test_given_the_broker_is_unreachable_then_publish_failures_are_counted(make_stack: Any) -> None:
+async def test_given_the_broker_is_unreachable_then_publish_failures_are_counted(
+    make_stack: MakeStack,
+) -> None:
     stack = make_stack(RABBITMQ_URL=f"amqp://guest:guest@127.0.0.1:{free_port()}/")
     await stack.start_receiver()
 
@@ -81,7 +83,7 @@ async def test_given_the_broker_is_unreachable_then_publish_failures_are_counted
 
 
 async def test_given_the_store_goes_away_then_readyz_fails_and_recovers_by_itself(
-    make_stack: Any, postgres_url: str
+    make_stack: MakeStack, postgres_url: str
 ) -> None:
     parts = urlsplit(postgres_url)
     proxy = TcpProxy(parts.port or 5432)
@@ -106,7 +108,7 @@ async def test_given_the_store_goes_away_then_readyz_fails_and_recovers_by_itsel
 
 
 async def test_given_the_workers_connection_is_dropped_then_it_reconnects_and_consumes_again(
-    make_stack: Any, fake_api: CloudAmqpStandIn, services: Services, vhost: str
+    make_stack: MakeStack, fake_api: CloudAmqpStandIn, services: Services, vhost: str
 ) -> None:
     stack = make_stack()
     await stack.start_receiver()
@@ -131,7 +133,7 @@ async def test_given_the_workers_connection_is_dropped_then_it_reconnects_and_co
 
 
 async def test_given_a_failing_run_then_neither_the_api_key_nor_the_token_appears_anywhere(
-    make_stack: Any, fake_api: CloudAmqpStandIn
+    make_stack: MakeStack, fake_api: CloudAmqpStandIn
 ) -> None:
     token = "tok-never-log-me-42"
     # A hostile API that echoes the credentials it got into its error body.
@@ -154,8 +156,19 @@ async def test_given_a_failing_run_then_neither_the_api_key_nor_the_token_appear
         assert token not in text
 
 
+# A pause's "until" must lie in the future, which a schema cannot say: such requests answer
+# 400 (tested in test_controls.py), so "valid data is accepted" is not checked on the writes.
+WRITES = r"^/(pause|instances/|actions/[^/]+/(approve|deny))"
+WRITE_ONLY = ("--include-path-regex", WRITES, "--exclude-checks", "positive_data_acceptance")
+
+
+# The two runs, each against a receiver of its own, so that a parallel `make test` runs them at once.
+@pytest.mark.early
+@pytest.mark.parametrize(
+    ("bearer", "only"), [("webhook", ()), ("operator", WRITE_ONLY)], ids=["webhook-token", "operator-writes"]
+)
 def test_the_openapi_document_holds_against_the_live_receiver(
-    tmp_path: Path, base_env: dict[str, str]
+    tmp_path: Path, base_env: dict[str, str], bearer: str, only: tuple[str, ...]
 ) -> None:
     """schemathesis generates requests from the document: no 5xx, every response conforms —
     once with the webhook token (every route; writes then answer 401), once with the
@@ -181,11 +194,7 @@ def test_the_openapi_document_holds_against_the_live_receiver(
         return summary
 
     try:
-        schemathesis(token)
-        # A pause's "until" must lie in the future, which a schema cannot say: such requests
-        # answer 400 (tested in test_controls.py), so "valid data is accepted" is not checked.
-        writes = r"^/(pause|instances/|actions/[^/]+/(approve|deny))"
-        schemathesis(operator, "--include-path-regex", writes, "--exclude-checks", "positive_data_acceptance")
+        schemathesis(token if bearer == "webhook" else operator, *only)
     finally:
         receiver.terminate()
         receiver.wait(20)

@@ -10,7 +10,7 @@ import pytest
 
 from tests.cloudamqp_stand_in import CloudAmqpStandIn
 from tests.conftest import vhost_name
-from tests.integration.conftest import API_KEY, SEED_INSTANCE, now_iso, seed_alarm
+from tests.integration.conftest import API_KEY, SEED_INSTANCE, MakeStack, now_iso, seed_alarm
 from tests.support import (
     Services,
     TcpProxy,
@@ -23,7 +23,7 @@ from tests.support import (
 
 
 async def test_given_the_seed_alarm_when_posted_then_exactly_one_upgrade_request_as_specified(
-    make_stack: Any, fake_api: CloudAmqpStandIn
+    make_stack: MakeStack, fake_api: CloudAmqpStandIn
 ) -> None:
     stack = make_stack()
     await stack.start_receiver()
@@ -64,7 +64,7 @@ async def test_given_the_seed_alarm_when_posted_then_exactly_one_upgrade_request
     ],
 )
 async def test_given_an_alarm_that_must_not_upgrade_then_no_request_and_a_recorded_skip_reason(
-    make_stack: Any, fake_api: CloudAmqpStandIn, alarm: dict[str, Any], reason: str
+    make_stack: MakeStack, fake_api: CloudAmqpStandIn, alarm: dict[str, Any], reason: str
 ) -> None:
     stack = make_stack()
     await stack.start_receiver()
@@ -82,7 +82,7 @@ async def test_given_an_alarm_that_must_not_upgrade_then_no_request_and_a_record
 
 
 async def test_given_ten_alarms_for_one_instance_within_the_cooldown_then_one_upgrade(
-    make_stack: Any, fake_api: CloudAmqpStandIn
+    make_stack: MakeStack, fake_api: CloudAmqpStandIn
 ) -> None:
     stack = make_stack()
     await stack.start_receiver()
@@ -116,7 +116,7 @@ async def test_given_ten_alarms_for_one_instance_within_the_cooldown_then_one_up
     ids=["invalid-json", "json-array", "70-KiB", "text-html"],
 )
 async def test_given_bad_input_then_a_clear_json_error_and_the_receiver_keeps_accepting(
-    make_stack: Any, kwargs: dict[str, Any], status: int, error: str
+    make_stack: MakeStack, kwargs: dict[str, Any], status: int, error: str
 ) -> None:
     stack = make_stack()
     await stack.start_receiver()
@@ -129,7 +129,7 @@ async def test_given_bad_input_then_a_clear_json_error_and_the_receiver_keeps_ac
 
 
 async def test_given_a_webhook_token_then_requests_without_it_get_401_and_with_it_202(
-    make_stack: Any,
+    make_stack: MakeStack,
 ) -> None:
     token = "s3cret-token-for-tests"
     stack = make_stack(WEBHOOK_TOKEN=token)
@@ -148,7 +148,7 @@ async def test_given_a_webhook_token_then_requests_without_it_get_401_and_with_i
 
 
 async def test_given_the_broker_goes_away_then_503_and_after_it_returns_202_without_restart(
-    make_stack: Any, vhost: str
+    make_stack: MakeStack, vhost: str
 ) -> None:
     proxy = TcpProxy(5672)
     await proxy.start()
@@ -173,7 +173,7 @@ async def test_given_the_broker_goes_away_then_503_and_after_it_returns_202_with
 
 
 async def test_given_the_work_queue_deleted_then_503_unroutable_and_then_202_once_it_is_declared_again(
-    make_stack: Any, services: Services, vhost: str
+    make_stack: MakeStack, services: Services, vhost: str
 ) -> None:
     stack = make_stack()
     await stack.start_receiver()
@@ -188,7 +188,7 @@ async def test_given_the_work_queue_deleted_then_503_unroutable_and_then_202_onc
     assert await queue_depth(vhost, "cloudamqp.alarms") == 1
 
 
-async def test_given_a_closed_broker_port_then_503_with_retry_after_never_202(make_stack: Any) -> None:
+async def test_given_a_closed_broker_port_then_503_with_retry_after_never_202(make_stack: MakeStack) -> None:
     stack = make_stack(RABBITMQ_URL=f"amqp://guest:guest@127.0.0.1:{free_port()}/")
     await stack.start_receiver()
 
@@ -200,7 +200,7 @@ async def test_given_a_closed_broker_port_then_503_with_retry_after_never_202(ma
 
 
 async def test_given_alarms_posted_while_no_worker_runs_then_processed_once_a_worker_starts(
-    make_stack: Any, fake_api: CloudAmqpStandIn
+    make_stack: MakeStack, fake_api: CloudAmqpStandIn
 ) -> None:
     stack = make_stack()
     await stack.start_receiver()
@@ -214,7 +214,7 @@ async def test_given_alarms_posted_while_no_worker_runs_then_processed_once_a_wo
     assert len(fake_api.upgrade_requests()) == 1
 
 
-async def test_given_sigterm_then_the_worker_stops_consuming_and_exits_zero(make_stack: Any) -> None:
+async def test_given_sigterm_then_the_worker_stops_consuming_and_exits_zero(make_stack: MakeStack) -> None:
     stack = make_stack()
     worker = await stack.start_worker()
 
@@ -223,7 +223,7 @@ async def test_given_sigterm_then_the_worker_stops_consuming_and_exits_zero(make
 
 
 async def test_given_no_api_key_then_the_worker_announces_dry_run_and_calls_nothing(
-    make_stack: Any, fake_api: CloudAmqpStandIn
+    make_stack: MakeStack, fake_api: CloudAmqpStandIn
 ) -> None:
     stack = make_stack(CLOUDAMQP_API_KEY="")
     await stack.start_receiver()

@@ -5,19 +5,18 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.cloudamqp_stand_in import CloudAmqpStandIn
-from tests.integration.conftest import API_KEY, seed_alarm, seed_instance
+from tests.integration.conftest import API_KEY, MakeStack, seed_alarm, seed_instance
 from tests.support import publish_raw, run_to_exit, wait_until
 
 BASIC = "Basic " + base64.b64encode(f":{API_KEY}".encode()).decode()
 
 
 async def test_given_instances_mode_then_one_read_and_one_put_with_basic_auth_and_a_repeat_is_skipped(
-    make_stack: Any, fake_api: CloudAmqpStandIn
+    make_stack: MakeStack, fake_api: CloudAmqpStandIn
 ) -> None:
     seed = seed_instance(fake_api, "bunny-1")
     stack = make_stack(UPGRADE_API="instances", UPGRADE_PLAN="rabbit-1", COOLDOWN_SECONDS="0")
@@ -45,7 +44,7 @@ async def test_given_instances_mode_then_one_read_and_one_put_with_basic_auth_an
 
 
 async def test_given_an_accepted_upgrade_then_it_is_in_progress_until_the_plan_shows(
-    make_stack: Any, fake_api: CloudAmqpStandIn
+    make_stack: MakeStack, fake_api: CloudAmqpStandIn
 ) -> None:
     seed_instance(fake_api, "hare-3")
     fake_api.reconfigure_seconds = 1.5
@@ -66,7 +65,7 @@ async def test_given_an_accepted_upgrade_then_it_is_in_progress_until_the_plan_s
 
 
 async def test_given_an_accepted_upgrade_redelivered_before_its_check_then_the_check_is_rescheduled(
-    make_stack: Any, fake_api: CloudAmqpStandIn, vhost: str
+    make_stack: MakeStack, fake_api: CloudAmqpStandIn, vhost: str
 ) -> None:
     seed_instance(fake_api, "bunny-1")
     fake_api.reconfigure_seconds = 1.0
@@ -88,7 +87,7 @@ async def test_given_an_accepted_upgrade_redelivered_before_its_check_then_the_c
 
 
 async def test_given_a_plan_that_never_shows_then_the_upgrade_is_recorded_unconfirmed(
-    make_stack: Any, fake_api: CloudAmqpStandIn
+    make_stack: MakeStack, fake_api: CloudAmqpStandIn
 ) -> None:
     seed_instance(fake_api, "bunny-1")
     fake_api.reconfigure_seconds = 3600
@@ -132,7 +131,7 @@ action = "none"
 
 
 async def test_given_disk_and_memory_rules_then_they_act_independently_on_one_instance(
-    make_stack: Any, fake_api: CloudAmqpStandIn, tmp_path: Path
+    make_stack: MakeStack, fake_api: CloudAmqpStandIn, tmp_path: Path
 ) -> None:
     policy = tmp_path / "policy.toml"
     policy.write_text(POLICY)

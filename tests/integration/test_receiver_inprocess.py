@@ -383,7 +383,7 @@ async def record(
 
 async def seed(store: Store) -> list[str]:
     """m1, m2 (another instance), m3, then m1 again: newest first by last seen is m1, m3, m2."""
-    bodies = [
+    bodies: list[tuple[dict[str, Any], str]] = [
         ({"message": "m1", "value": 1}, SEED_INSTANCE),
         ({"message": "m2"}, "other-instance"),
         ({"message": "m3"}, SEED_INSTANCE),

@@ -3,18 +3,16 @@ with the attempt count in our own header, until it answers — exactly one upgra
 
 from __future__ import annotations
 
-from typing import Any
-
 from shared import topology
 from tests.cloudamqp_stand_in import CloudAmqpStandIn
-from tests.integration.conftest import seed_alarm
+from tests.integration.conftest import MakeStack, seed_alarm
 from tests.support import queue_depth
 
 FLAKY_THEN_OK = [503, 502, (429, {"Retry-After": "1"}), 200]
 
 
 async def test_given_503_502_429_then_200_without_quick_retries_then_four_attempts_and_one_upgrade(
-    make_stack: Any, fake_api: CloudAmqpStandIn
+    make_stack: MakeStack, fake_api: CloudAmqpStandIn
 ) -> None:
     fake_api.script = list(FLAKY_THEN_OK)
     stack = make_stack(QUICK_RETRIES="0")
@@ -39,7 +37,7 @@ async def test_given_503_502_429_then_200_without_quick_retries_then_four_attemp
 
 
 async def test_given_503_502_429_then_200_with_quick_retries_then_one_durable_retry_and_one_upgrade(
-    make_stack: Any, fake_api: CloudAmqpStandIn
+    make_stack: MakeStack, fake_api: CloudAmqpStandIn
 ) -> None:
     fake_api.script = list(FLAKY_THEN_OK)
     stack = make_stack()  # QUICK_RETRIES defaults to 2: three tries per attempt
@@ -60,7 +58,7 @@ async def test_given_503_502_429_then_200_with_quick_retries_then_one_durable_re
 
 
 async def test_given_a_retry_in_a_delay_queue_when_the_worker_stops_then_a_new_worker_retries_it(
-    make_stack: Any, fake_api: CloudAmqpStandIn, vhost: str
+    make_stack: MakeStack, fake_api: CloudAmqpStandIn, vhost: str
 ) -> None:
     fake_api.script = [503]
     # Long enough to stop the first worker while the message waits in the delay queue.

@@ -319,6 +319,7 @@ def test_a_steady_ramp_forecasts_the_crossing_at_the_right_time(
         return
     true_crossing = (80 - now_value) / rate * MIN
 
+    assert found.crosses_in is not None
     assert found.crosses_in == pytest.approx(true_crossing, rel=1e-6, abs=1e-6)
     assert found.verdict is (Verdict.SOON if found.crosses_in < lead else Verdict.LATER)
 

@@ -16,7 +16,11 @@ from worker.__main__ import serve_metrics
 
 
 def metrics_handler(app: web.Application) -> Any:
-    [route] = [r for r in app.router.routes() if r.method == "GET" and r.resource.canonical == "/metrics"]
+    [route] = [
+        r
+        for r in app.router.routes()
+        if r.method == "GET" and r.resource is not None and r.resource.canonical == "/metrics"
+    ]
     return route.handler
 
 

@@ -129,7 +129,8 @@ def test_the_kubernetes_check_would_refuse_a_misspelt_field() -> None:
 def _crd_schema(filename: str) -> dict[str, Any]:
     crd = yaml.safe_load((SCHEMAS / filename).read_text())
     (version,) = [v for v in crd["spec"]["versions"] if v["storage"]]
-    return _closed(version["schema"]["openAPIV3Schema"])
+    schema: dict[str, Any] = _closed(version["schema"]["openAPIV3Schema"])
+    return schema
 
 
 def _closed(schema: Any) -> Any:
@@ -175,12 +176,12 @@ def test_the_crd_check_would_refuse_a_misspelt_field() -> None:
 
 def test_the_scaled_object_watches_exactly_the_alarm_queues_that_the_topology_declares() -> None:
     scaled = one("ScaledObject", "cloudamqp-autopilot-worker")
-    watched = [t["metadata"]["queueName"] for t in scaled["spec"]["triggers"] if t["type"] == "rabbitmq"]
+    watched = [str(t["metadata"]["queueName"]) for t in scaled["spec"]["triggers"] if t["type"] == "rabbitmq"]
     declared = {name for name, _ in topology.all_queues(Settings().delay_queues)}
 
     assert set(watched) <= declared, f"{set(watched) - declared} are not queues the processes declare"
     # The two queues the workers take alarms from, the fast lane included.
-    assert sorted(watched) == sorted([topology.ALARMS.work, topology.ALARMS.fast])
+    assert sorted(watched) == sorted([topology.WORK_QUEUE, topology.FAST_QUEUE])
 
 
 def test_the_scaled_object_scales_the_worker_deployment_from_one_up() -> None:

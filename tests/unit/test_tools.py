@@ -3,6 +3,7 @@ says what is missing, without a real service; the launcher's webhook URL keeps t
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Callable, Sequence
 
@@ -145,7 +146,7 @@ def test_given_no_chromium_as_root_then_apt_get_installs_it_with_one_line_a_step
 
     monkeypatch.setattr(services, "_run_env", run)
     monkeypatch.setattr(services, "which", which)
-    monkeypatch.setattr(services.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
 
     assert services.ensure_chromium(required=True) == "/usr/bin/chromium"
     assert ran == [
