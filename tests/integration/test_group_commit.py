@@ -114,7 +114,7 @@ async def run(vhost: str, fake_api: CloudAmqpStandIn) -> AsyncIterator[Run]:
                 "max_attempts": 3,
                 "quick_retries": 0,
                 "claim_lease_seconds": 5,
-                "api_timeout_seconds": 2,
+                "api_timeout_seconds": 4,  # the stand-in shares this loop: a starved one still answers
             }
             settings = Settings(**(fields | overrides))
             store = await Store.open(url)
