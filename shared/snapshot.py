@@ -90,6 +90,20 @@ class Writes:
     audits: list[Any] = field(default_factory=list)  # shared.store.AuditEntry
 
 
+def record_arrival(
+    snapshot: Snapshot, writes: Writes, arrival: Arrival, now: float, new_id: Callable[[], str]
+) -> tuple[bool, EventState]:
+    """Whether this is its event's first delivery (recorded by this batch's ``load``, not yet
+    taken by the fold) — then with its incident change (``record_incident``) — and what the
+    store, as the batch has left it so far, holds about the event."""
+    event_id = arrival.alarm.event_id
+    if event_id in snapshot.new and event_id not in snapshot.events:
+        incident_id, change = record_incident(snapshot, writes, arrival, now, new_id)
+        snapshot.events[event_id] = EventState(incident_id, change)
+        return True, snapshot.events[event_id]
+    return False, snapshot.events[event_id]
+
+
 def record_incident(
     snapshot: Snapshot, writes: Writes, arrival: Arrival, now: float, new_id: Callable[[], str]
 ) -> tuple[str | None, str]:

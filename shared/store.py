@@ -23,7 +23,7 @@ from shared.errors import StoreError
 from shared.incidents import IncidentChange, IncidentPlan
 from shared.notifications import EventType, Notice, action_notice, alarm_data
 from shared.snapshot import Arrival as Arrival
-from shared.snapshot import EventState, Snapshot, Writes, record_incident
+from shared.snapshot import EventState, Snapshot, Writes, record_arrival
 from shared.statuses import ActionStatus as ActionStatus
 
 # An event whose action reached one of these needs no more work when redelivered.
@@ -813,14 +813,8 @@ class Unit:
         writes = Writes()
         records = []
         for arrival in arrivals:
-            event_id = arrival.alarm.event_id
-            if event_id in snapshot.new and event_id not in snapshot.events:
-                incident_id, change = record_incident(snapshot, writes, arrival, now, new_id)
-                snapshot.events[event_id] = EventState(incident_id, change)
-                records.append(EventRecord(True, incident_id, change))
-            else:
-                state = snapshot.events[event_id]
-                records.append(EventRecord(False, state.incident_id, state.incident_change))
+            new, state = record_arrival(snapshot, writes, arrival, now, new_id)
+            records.append(EventRecord(new, state.incident_id, state.incident_change))
         await self.apply(writes, now)
         return records
 
@@ -940,7 +934,7 @@ class Unit:
                 AuditEntry(
                     f"upgrade.confirmed:{action_id}",
                     now,
-                    "autopilot",
+                    AUTOPILOT,
                     "automatic",
                     "upgrade.confirmed",
                     row["instance_id"],
@@ -1141,23 +1135,9 @@ class Unit:
             *args,
         )
 
-    async def request_approval(self, request: ApprovalRequest) -> bool:
-        """Turn the claim this worker just took into one that waits for a person until the
-        deadline, and remember what the upgrade would do. False when the claim is not ours."""
-        claimed = await self.tx.fetchrow(
-            f"""UPDATE claims SET status = {_AWAITING}, lease_until = $3
-               WHERE scope = $1 AND owner = $2 AND status = {_HELD} RETURNING scope""",
-            request.scope,
-            request.owner,
-            request.deadline,
-        )
-        if claimed is None:
-            return False
-        await self._put_approval(request)
-        return True
-
     async def _put_approval(self, request: ApprovalRequest) -> None:
-        """Remember what an upgrade awaiting approval would do (its claim already waits)."""
+        """Remember what an upgrade awaiting approval would do (its claim, written with it by
+        ``apply``, already waits)."""
         await self.tx.execute(
             """INSERT INTO approvals (action_id, scope, owner, instance_id, plan, reason, rule,
                    cooldown_seconds, requested_at, deadline)
@@ -1367,6 +1347,9 @@ def _claim_row(row: Row) -> ClaimRow:
         instance_id=row.get("instance_id") or "",
         claimed_at=float(row.get("claimed_at") or 0.0),
     )
+
+
+AUTOPILOT = "autopilot"  # the actor of automatic entries in the audit trail
 
 
 @dataclass(frozen=True)

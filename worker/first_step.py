@@ -26,8 +26,9 @@ from shared.claims import ClaimAsk, ClaimStatus, ClaimVerdict, take_claim
 from shared.controls import effective_pause
 from shared.policy import DecisionState, Policy, Skip, SkipReason, Upgrade, decide, upgrade_scope
 from shared.settings import Settings
-from shared.snapshot import Arrival, EventState, Snapshot, Writes, record_incident
+from shared.snapshot import Arrival, EventState, Snapshot, Writes, record_arrival
 from shared.store import (
+    AUTOPILOT,
     HANDED_OFF,
     RECONFIGURING,
     ActionRecord,
@@ -37,8 +38,6 @@ from shared.store import (
     is_decided,
     is_done,
 )
-
-AUTOPILOT = "autopilot"  # the actor of automatic entries in the audit trail
 
 
 @dataclass(frozen=True)
@@ -148,14 +147,15 @@ def plan_batch(
 
 
 def _one(snapshot: Snapshot, writes: Writes, arrival: Arrival, now: float, context: Context) -> Step:
-    alarm = arrival.alarm
-    event_id = alarm.event_id
-    if event_id in snapshot.new and event_id not in snapshot.events:
-        incident_id, change = record_incident(snapshot, writes, arrival, now, context.new_id)
-        snapshot.events[event_id] = EventState(incident_id, change)
-        step = Step(arrival=arrival, incident_id=incident_id, change=change, instance_id=arrival.instance_id)
+    new, state = record_arrival(snapshot, writes, arrival, now, context.new_id)
+    if new:
+        step = Step(
+            arrival=arrival,
+            incident_id=state.incident_id,
+            change=state.incident_change,
+            instance_id=arrival.instance_id,
+        )
         return _decide(snapshot, writes, step, now, context)
-    state = snapshot.events[event_id]
     step = Step(arrival=arrival, incident_id=state.incident_id, instance_id=arrival.instance_id)
     earlier = _earlier(state, step)
     return earlier if earlier is not None else _decide(snapshot, writes, step, now, context)

@@ -21,7 +21,6 @@ from worker.outcomes import Ack, Outcome, Retries
 Then = Callable[[], Awaitable[Outcome]]
 
 FIRST_DELIVERY_WON = "another delivery of this event decided first"
-AUTOPILOT = "autopilot"  # the actor of automatic entries in the audit trail
 
 
 @dataclass

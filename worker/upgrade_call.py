@@ -15,9 +15,9 @@ from tenacity import AsyncRetrying, stop_after_delay, wait_exponential
 from shared import metrics
 from shared.errors import BusyError, PermanentError, RetryableError
 from shared.policy import Skip, SkipReason, Upgrade, resolve_plan
-from shared.store import RECONFIGURING, ActionStatus, AuditEntry, Finish
+from shared.store import AUTOPILOT, RECONFIGURING, ActionStatus, AuditEntry, Finish
 from shared.verify import assess
-from worker.jobs import AUTOPILOT, Claim, Job, already_processed
+from worker.jobs import Claim, Job, already_processed
 from worker.management import read_nodes
 from worker.outcomes import PERMANENT_ERROR, RETRIES_EXHAUSTED, Ack, Defer, Outcome, Park
 
