@@ -41,6 +41,7 @@ from shared.controls import GLOBAL, MAX_OPERATOR, ControlError, clean_text, oper
 from shared.errors import BrokerUnavailable
 from shared.policy import Policy
 from shared.settings import Settings
+from shared.statuses import IncidentStatus
 
 log = structlog.get_logger("console")
 
@@ -405,7 +406,7 @@ def webhook_url(request: web.Request, settings: Settings) -> str:
 
 async def incidents(request: web.Request) -> web.Response:
     status = _query(request, "status")
-    if status not in (None, "open", "resolved"):
+    if status not in (None, *IncidentStatus):
         status = None
     filters = {
         "status": status,

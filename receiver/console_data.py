@@ -24,13 +24,13 @@ from typing import Any
 from aio_pika.abc import AbstractConnection
 
 from receiver.chart import Forecast, Marker, usage_chart
-from shared import brokers, dlq, reads, topology, watch
+from shared import brokers, dlq, topology, watch
 from shared.db import Row
 from shared.errors import BrokerUnavailable
 from shared.plans import DEFAULT_LADDER, Ladder, parse_plan
 from shared.policy import Policy
 from shared.settings import Settings
-from shared.store import ActionStatus, Store
+from shared.store import ActionStatus, Store, reads
 
 # Statuses of an action that went (or would have gone) to the CloudAMQP API.
 UPGRADE_STATUSES = (

@@ -24,6 +24,7 @@ from shared import contract, metrics, topology, watch
 from shared.alarm import iso, new_id
 from shared.controls import GLOBAL, Pause
 from shared.errors import BrokerUnavailable
+from shared.statuses import IncidentStatus
 
 log = structlog.get_logger("receiver")
 
@@ -333,7 +334,7 @@ async def list_incidents(request: web.Request) -> web.Response:
     check_token(request, operator_too=True)
     limit, offset = _page(request)
     status = request.query.get("status")
-    if status not in (None, "open", "resolved"):
+    if status not in (None, *IncidentStatus):
         raise json_error(web.HTTPBadRequest, "bad_query", "status must be open or resolved")
     rows = await request.app[STORE].list_incidents(
         status=status, instance=request.query.get("instance"), limit=limit, offset=offset

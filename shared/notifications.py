@@ -18,6 +18,7 @@ from enum import StrEnum
 from typing import Any
 
 from shared.alarm import Alarm, iso
+from shared.statuses import IncidentStatus
 
 
 class EventType(StrEnum):
@@ -110,7 +111,7 @@ def incident_notice(
         "id": incident_id,
         "key": key,
         "title": key,
-        "status": "open" if change == "opened" else "resolved",
+        "status": (IncidentStatus.OPEN if change == "opened" else IncidentStatus.RESOLVED).value,
         "instance_id": instance_id,
         "alarm_type": alarm.alarm_type,
         "at": iso(now),

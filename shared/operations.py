@@ -18,8 +18,10 @@ from shared.alarm import iso, new_id
 from shared.controls import GLOBAL, ApprovalState, ControlError, Pause, approval_refusal
 from shared.db import Row
 from shared.envelope import ApprovalCheck
+from shared.records import ApprovalDecision, AuditEntry
 from shared.settings import Settings
-from shared.store import ActionStatus, ApprovalDecision, AuditEntry, Store
+from shared.statuses import ActionStatus
+from shared.store import Store
 
 log = structlog.get_logger("operations")
 

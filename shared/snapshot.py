@@ -16,6 +16,7 @@ from shared.claims import ClaimRow
 from shared.controls import Pause
 from shared.incidents import IncidentChange, IncidentPlan
 from shared.notifications import Notice, incident_notice
+from shared.records import ActionRecord, ApprovalRequest, AuditEntry
 
 
 @dataclass(frozen=True)
@@ -84,10 +85,10 @@ class Writes:
     grouped: dict[str, Grouped] = field(default_factory=dict)  # existing incident id -> its alarms
     resolved: list[str] = field(default_factory=list)  # existing incidents resolved
     notices: list[Notice] = field(default_factory=list)
-    actions: list[Any] = field(default_factory=list)  # shared.store.ActionRecord, in order
+    actions: list[ActionRecord] = field(default_factory=list)  # in order
     claims: dict[str, ClaimRow] = field(default_factory=dict)  # scope -> the row as it is to be
-    approvals: list[Any] = field(default_factory=list)  # shared.store.ApprovalRequest
-    audits: list[Any] = field(default_factory=list)  # shared.store.AuditEntry
+    approvals: list[ApprovalRequest] = field(default_factory=list)
+    audits: list[AuditEntry] = field(default_factory=list)
 
 
 def record_arrival(

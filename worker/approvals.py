@@ -18,7 +18,9 @@ from shared.controls import effective_pause
 from shared.db import Row
 from shared.envelope import ApprovalCheck
 from shared.policy import Skip, SkipReason, Upgrade
-from shared.store import AUTOPILOT, ActionStatus, AuditEntry, Unit
+from shared.records import AUTOPILOT, AuditEntry
+from shared.statuses import ActionStatus
+from shared.store import Unit
 from worker.jobs import Claim, Job, Then, already_processed, deferred, skipped
 from worker.outcomes import Ack, Follow, Outcome, defer_delay
 from worker.upgrade_call import UpgradeCall

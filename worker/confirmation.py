@@ -13,7 +13,7 @@ from shared import metrics, watch
 from shared.envelope import Check
 from shared.errors import PermanentError, RetryableError
 from shared.plans import plan_shows
-from shared.store import ActionStatus
+from shared.statuses import ActionStatus
 from worker.outcomes import Ack, Follow, Outcome
 
 if TYPE_CHECKING:

@@ -25,19 +25,10 @@ from shared.alarm import Alarm, iso
 from shared.claims import ClaimAsk, ClaimStatus, ClaimVerdict, take_claim
 from shared.controls import effective_pause
 from shared.policy import DecisionState, Policy, Skip, SkipReason, Upgrade, decide, upgrade_scope
+from shared.records import AUTOPILOT, ActionRecord, ApprovalRequest, AuditEntry
 from shared.settings import Settings
 from shared.snapshot import Arrival, EventState, Snapshot, Writes, record_arrival
-from shared.store import (
-    AUTOPILOT,
-    HANDED_OFF,
-    RECONFIGURING,
-    ActionRecord,
-    ActionStatus,
-    ApprovalRequest,
-    AuditEntry,
-    is_decided,
-    is_done,
-)
+from shared.statuses import HANDED_OFF, RECONFIGURING, ActionStatus, is_decided, is_done
 
 
 @dataclass(frozen=True)

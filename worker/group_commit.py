@@ -10,7 +10,8 @@ from typing import Any, TypeVar
 import structlog
 
 from shared import metrics
-from shared.store import Finish, Store
+from shared.records import Finish
+from shared.store import Store
 
 log = structlog.get_logger("worker")
 T = TypeVar("T")

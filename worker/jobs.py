@@ -14,7 +14,8 @@ from shared import metrics
 from shared.alarm import Alarm
 from shared.claims import ClaimVerdict
 from shared.policy import Skip
-from shared.store import ActionRecord, ActionStatus
+from shared.records import ActionRecord
+from shared.statuses import ActionStatus
 from worker.outcomes import Ack, Outcome, Retries
 
 # What to do once an alarm's first transaction has committed.

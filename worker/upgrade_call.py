@@ -15,7 +15,8 @@ from tenacity import AsyncRetrying, stop_after_delay, wait_exponential
 from shared import metrics
 from shared.errors import BusyError, PermanentError, RetryableError
 from shared.policy import Skip, SkipReason, Upgrade, resolve_plan
-from shared.store import AUTOPILOT, RECONFIGURING, ActionStatus, AuditEntry, Finish
+from shared.records import AUTOPILOT, AuditEntry, Finish
+from shared.statuses import RECONFIGURING, ActionStatus
 from shared.verify import assess
 from worker.jobs import Claim, Job, already_processed
 from worker.management import read_nodes

@@ -2,7 +2,7 @@
 cases, and the property that a batch folds to what its alarms do one at a time.
 
 ``StoreModel`` holds what the store would hold and answers ``load`` / ``apply`` as ``Unit``
-does (``shared/store.py``); the integration tests show the real store on both engines doing the
+does (``shared/store/``); the integration tests show the real store on both engines doing the
 same (``tests/integration/test_set_based.py``, ``test_incidents.py``, ``test_group_commit.py``).
 """
 

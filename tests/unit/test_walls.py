@@ -53,11 +53,11 @@ def test_sql_lives_in_shared_only(package: str) -> None:
 
 STATUS_WORDS = re.compile(
     r"'(in_progress|retrying|succeeded|skipped|dry_run|failed|unconfirmed|awaiting_approval|approved|"
-    r"denied|expired|held|stale|awaiting|done|released)'"
+    r"denied|expired|held|stale|awaiting|done|released|open|resolved)'"
 )
 
 
-def test_action_and_claim_statuses_are_never_spelled_by_hand_in_sql() -> None:
+def test_action_claim_and_incident_statuses_are_never_spelled_by_hand_in_sql() -> None:
     """Past migrations aside (they are history), a status in SQL comes from its enum
     (``shared.db.lit``) or a parameter."""
     found = []

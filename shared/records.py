@@ -1,0 +1,79 @@
+"""What the worker and the operator's controls hand the store to write, as plain values: an
+action row, an audit entry, an upgrade's end, an approval asked for and answered."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from shared.alarm import Alarm
+from shared.statuses import ActionStatus
+
+
+@dataclass(frozen=True)
+class ActionRecord:
+    """One write of an event's action row."""
+
+    alarm: Alarm
+    status: ActionStatus
+    now: float
+    incident_id: str | None = None
+    instance_id: str | None = None
+    reason: str | None = None
+    detail: str | None = None
+    plan: str | None = None
+    attempts: int = 0
+    from_plan: str | None = None  # the plan read before the upgrade, where it was
+    verification: dict[str, Any] | None = None  # what the broker check saw (shared.verify)
+
+
+AUTOPILOT = "autopilot"  # the actor of automatic entries in the audit trail
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One line of the audit trail: an operator's act, or an automatic one (an upgrade)."""
+
+    audit_id: str
+    at: float
+    actor: str
+    kind: str  # "operator" or "automatic"
+    act: str  # e.g. "pause", "resume", "approve", "deny", "upgrade", "approval.requested"
+    target: str | None
+    detail: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Finish:
+    """An upgrade's end in the store: its claim completed (``succeeded``: the cooldown runs)
+    or released by its owner, with the action's outcome and, for an upgrade, its audit entry."""
+
+    scope: str
+    owner: str
+    succeeded: bool
+    record: ActionRecord | None = None
+    audit: AuditEntry | None = None
+
+
+@dataclass(frozen=True)
+class ApprovalRequest:
+    action_id: str
+    scope: str
+    owner: str
+    instance_id: str
+    plan: str
+    reason: str
+    rule: str
+    cooldown_seconds: float
+    requested_at: float
+    deadline: float
+
+
+@dataclass(frozen=True)
+class ApprovalDecision:
+    action_id: str
+    status: ActionStatus  # APPROVED or DENIED
+    operator: str
+    reason: str | None
+    now: float
+    lease: float  # the claim's lease once approved (a worker is then about to call)

@@ -1,0 +1,191 @@
+"""Events and incidents in the store: each event recorded once (by event id), grouped into
+incidents by their key, at most one open per key."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from shared.db import Row, lit, rows_cte
+from shared.incidents import IncidentChange
+from shared.snapshot import Arrival, Writes
+from shared.statuses import IncidentStatus
+from shared.store.part import Part
+
+_OPEN = lit(IncidentStatus.OPEN)
+_RESOLVED = lit(IncidentStatus.RESOLVED)
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """What recording one event did (``Unit.record_event``)."""
+
+    new: bool
+    incident_id: str | None
+    incident_change: str | None
+
+
+_EVENT_COLUMNS = (
+    ("event_id", "text"),
+    ("event_key", "text"),
+    ("received_at", "float8"),
+    ("instance_id", "text"),
+    ("alarm_type", "text"),
+    ("incident_key", "text"),
+    ("ungroupable", "text"),
+    ("body", "text"),
+)
+_INCIDENT_COLUMNS = (
+    ("incident_id", "text"),
+    ("incident_key", "text"),
+    ("instance_id", "text"),
+    ("alarm_type", "text"),
+    ("n", "int"),
+    ("last_value", "text"),
+)
+
+
+class Incidents(Part):
+    """Events and incidents, inside one open transaction."""
+
+    async def _insert_events(self, arrivals: Sequence[Arrival], now: float) -> set[str]:
+        """Record each event once (by event id), in event id order (the order every batch
+        takes their index entries in); the ids this call recorded."""
+        first: dict[str, Arrival] = {}
+        for a in arrivals:
+            first.setdefault(a.alarm.event_id, a)
+        cte, args = rows_cte(
+            self.tx.dialect,
+            "v",
+            _EVENT_COLUMNS,
+            [
+                (
+                    a.alarm.event_id,
+                    a.alarm.event_key,
+                    a.alarm.received_at,
+                    a.instance_id,
+                    a.alarm.alarm_type,
+                    a.plan.key,
+                    a.plan.reason if a.plan.change is IncidentChange.UNGROUPABLE else None,
+                    json.dumps(a.alarm.body, ensure_ascii=False),
+                )
+                for _, a in sorted(first.items())
+            ],
+            first=2,
+        )
+        inserted = await self.tx.fetch(
+            f"""WITH {cte}
+               INSERT INTO events (event_id, event_key, received_at, recorded_at, instance_id,
+                   alarm_type, incident_key, ungroupable, body)
+               SELECT event_id, event_key, received_at, CAST($1 AS DOUBLE PRECISION), instance_id,
+                   alarm_type, incident_key, ungroupable, body FROM v WHERE true
+               ON CONFLICT (event_id) DO NOTHING RETURNING event_id""",
+            now,
+            *args,
+        )
+        return {row["event_id"] for row in inserted}
+
+    async def _open_incidents(self, keys: Sequence[str]) -> dict[str, str]:
+        if not keys:
+            return {}
+        cte, args = rows_cte(self.tx.dialect, "v", [("incident_key", "text")], [(k,) for k in keys])
+        lock = " FOR UPDATE OF i" if self.tx.dialect == "postgresql" else ""
+        rows = await self.tx.fetch(
+            f"""WITH {cte} SELECT i.incident_id, i.incident_key FROM incidents i
+               WHERE i.status = {_OPEN} AND i.incident_key IN (SELECT incident_key FROM v)
+               ORDER BY i.incident_key{lock}""",
+            *args,
+        )
+        return {row["incident_key"]: row["incident_id"] for row in rows}
+
+    async def _recorded(self, event_ids: Sequence[str]) -> dict[str, Row]:
+        """What the store holds about events recorded before: incident, action, approval."""
+        if not event_ids:
+            return {}
+        cte, args = rows_cte(self.tx.dialect, "v", [("event_id", "text")], [(i,) for i in event_ids])
+        rows = await self.tx.fetch(
+            f"""WITH {cte}
+               SELECT e.event_id, e.incident_id, e.incident_change, a.status, a.reason, a.plan, p.deadline
+               FROM v JOIN events e ON e.event_id = v.event_id
+               LEFT JOIN actions a ON a.action_id = e.event_id
+               LEFT JOIN approvals p ON p.action_id = e.event_id""",
+            *args,
+        )
+        return {row["event_id"]: row for row in rows}
+
+    async def _apply_incidents_of(self, writes: Writes, now: float) -> None:
+        dialect = self.tx.dialect
+        if writes.grouped:
+            cte, args = rows_cte(
+                dialect,
+                "v",
+                [("incident_id", "text"), ("n", "int"), ("last_value", "text")],
+                [
+                    (iid, g.count, None if g.last_value is None else json.dumps(g.last_value))
+                    for iid, g in sorted(writes.grouped.items())
+                ],
+                first=2,
+            )
+            await self.tx.execute(
+                f"""WITH {cte}
+                   UPDATE incidents SET event_count = incidents.event_count + v.n,
+                       last_seen = CAST($1 AS DOUBLE PRECISION),
+                       last_value = COALESCE(v.last_value, incidents.last_value)
+                   FROM v WHERE incidents.incident_id = v.incident_id""",
+                now,
+                *args,
+            )
+        if writes.resolved:
+            cte, args = rows_cte(dialect, "v", [("incident_id", "text")], [(i,) for i in writes.resolved], 2)
+            await self.tx.execute(
+                f"""WITH {cte}
+                   UPDATE incidents SET status = {_RESOLVED}, resolved_at = CAST($1 AS DOUBLE PRECISION),
+                       last_seen = CAST($1 AS DOUBLE PRECISION)
+                   WHERE incident_id IN (SELECT incident_id FROM v)""",
+                now,
+                *args,
+            )
+        if writes.new_incidents:
+            cte, args = rows_cte(
+                dialect,
+                "v",
+                (*_INCIDENT_COLUMNS, ("status", "text")),
+                [
+                    (
+                        n.incident_id,
+                        n.key,
+                        n.instance_id,
+                        n.alarm_type,
+                        n.count,
+                        None if n.last_value is None else json.dumps(n.last_value),
+                        (IncidentStatus.RESOLVED if n.resolved else IncidentStatus.OPEN).value,
+                    )
+                    for n in writes.new_incidents.values()
+                ],
+                first=2,
+            )
+            await self.tx.execute(
+                f"""WITH {cte}
+                   INSERT INTO incidents (incident_id, incident_key, title, status, instance_id,
+                       alarm_type, first_seen, last_seen, event_count, last_value, resolved_at)
+                   SELECT incident_id, incident_key, incident_key, status, instance_id, alarm_type,
+                       CAST($1 AS DOUBLE PRECISION), CAST($1 AS DOUBLE PRECISION), n, last_value,
+                       CASE WHEN status = {_RESOLVED} THEN CAST($1 AS DOUBLE PRECISION) END
+                   FROM v WHERE true""",
+                now,
+                *args,
+            )
+        if writes.event_incidents:
+            cte, args = rows_cte(
+                dialect,
+                "v",
+                [("event_id", "text"), ("incident_id", "text"), ("incident_change", "text")],
+                writes.event_incidents,
+            )
+            await self.tx.execute(
+                f"""WITH {cte}
+                   UPDATE events SET incident_id = v.incident_id, incident_change = v.incident_change
+                   FROM v WHERE events.event_id = v.event_id""",
+                *args,
+            )

@@ -1,0 +1,134 @@
+"""The store's schema, as the migrations that build it, in order (``Store.migrate`` runs the
+ones a database has not had). A migration, once released, is never edited: a change is a new
+one at the end."""
+
+from __future__ import annotations
+
+from shared import outbox, watch
+
+MIGRATIONS: list[list[str]] = [
+    [
+        """CREATE TABLE events (
+            event_id TEXT PRIMARY KEY,
+            event_key TEXT NOT NULL,
+            received_at DOUBLE PRECISION NOT NULL,
+            recorded_at DOUBLE PRECISION NOT NULL,
+            instance_id TEXT,
+            alarm_type TEXT,
+            incident_key TEXT,
+            incident_id TEXT,
+            incident_change TEXT,
+            ungroupable TEXT,
+            body TEXT NOT NULL
+        )""",
+        "CREATE INDEX events_key ON events (event_key)",
+        "CREATE INDEX events_incident ON events (incident_id)",
+        """CREATE TABLE incidents (
+            incident_id TEXT PRIMARY KEY,
+            incident_key TEXT NOT NULL,
+            title TEXT NOT NULL,
+            status TEXT NOT NULL,
+            instance_id TEXT,
+            alarm_type TEXT,
+            first_seen DOUBLE PRECISION NOT NULL,
+            last_seen DOUBLE PRECISION NOT NULL,
+            event_count INTEGER NOT NULL,
+            last_value TEXT,
+            resolved_at DOUBLE PRECISION
+        )""",
+        # At most one open incident per key: what makes concurrent grouping safe.
+        "CREATE UNIQUE INDEX incidents_open_key ON incidents (incident_key) WHERE status = 'open'",
+        "CREATE INDEX incidents_seen ON incidents (last_seen)",
+        """CREATE TABLE actions (
+            action_id TEXT PRIMARY KEY,
+            event_id TEXT NOT NULL,
+            event_key TEXT NOT NULL,
+            incident_id TEXT,
+            instance_id TEXT,
+            alarm_type TEXT,
+            status TEXT NOT NULL,
+            reason TEXT,
+            detail TEXT,
+            plan TEXT,
+            attempts INTEGER NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL
+        )""",
+        "CREATE INDEX actions_key ON actions (event_key, status)",
+        "CREATE INDEX events_recorded ON events (recorded_at)",
+        "CREATE INDEX actions_created ON actions (created_at)",
+        """CREATE TABLE claims (
+            scope TEXT PRIMARY KEY,
+            instance_id TEXT NOT NULL,
+            status TEXT NOT NULL,
+            owner TEXT NOT NULL,
+            claimed_at DOUBLE PRECISION NOT NULL,
+            lease_until DOUBLE PRECISION NOT NULL,
+            cooldown_until DOUBLE PRECISION NOT NULL
+        )""",
+    ],
+    [
+        # Nothing looks events up by content (duplicates are found through actions): one
+        # index less to maintain on every alarm.
+        "DROP INDEX IF EXISTS events_key",
+    ],
+    [
+        # The operator's controls: pauses (maintenance windows), approvals, and the audit trail.
+        """CREATE TABLE pauses (
+            scope TEXT PRIMARY KEY,
+            until_at DOUBLE PRECISION NOT NULL,
+            operator TEXT NOT NULL,
+            reason TEXT,
+            created_at DOUBLE PRECISION NOT NULL
+        )""",
+        """CREATE TABLE approvals (
+            action_id TEXT PRIMARY KEY,
+            scope TEXT NOT NULL,
+            owner TEXT NOT NULL,
+            instance_id TEXT NOT NULL,
+            plan TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            rule TEXT NOT NULL,
+            cooldown_seconds DOUBLE PRECISION NOT NULL,
+            requested_at DOUBLE PRECISION NOT NULL,
+            deadline DOUBLE PRECISION NOT NULL,
+            decided_by TEXT,
+            decided_at DOUBLE PRECISION,
+            decision_reason TEXT
+        )""",
+        # Append-only: rows are inserted (with ids that make a repeated write a no-op), never
+        # updated or deleted, and nothing in the API can change them.
+        """CREATE TABLE audit (
+            audit_id TEXT PRIMARY KEY,
+            at DOUBLE PRECISION NOT NULL,
+            actor TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            act TEXT NOT NULL,
+            target TEXT,
+            detail TEXT
+        )""",
+        "CREATE INDEX audit_at ON audit (at)",
+    ],
+    # Notifications (issue #14): the outbox, delivery records, disabled endpoints, and the
+    # actions' from_plan column. The DDL lives with its queries in shared/outbox.py.
+    outbox.MIGRATION,
+    # Looking at the broker (issue #17): verification, watchdog, samples, advice (shared/watch.py).
+    watch.MIGRATION,
+    # CloudAMQP's asynchronous plan change (issue #23): the reason's name, and how long the
+    # reconfiguration took once CloudAMQP said it was done.
+    [
+        "UPDATE actions SET reason = 'reconfiguring' WHERE reason = 'awaiting_confirmation'",
+        "DROP INDEX actions_awaiting",
+        "CREATE INDEX actions_reconfiguring ON actions (updated_at) WHERE reason = 'reconfiguring'",
+        "CREATE INDEX actions_reconfiguring_instance ON actions (instance_id) WHERE reason = 'reconfiguring'",
+        "ALTER TABLE actions ADD COLUMN reconfigure_seconds DOUBLE PRECISION",
+    ],
+    # Console sessions ended by a logout (issue 24): every copy of such a cookie is refused
+    # until it would have expired anyway.
+    [
+        """CREATE TABLE console_revoked (
+            session_id TEXT PRIMARY KEY,
+            until_at DOUBLE PRECISION NOT NULL
+        )""",
+    ],
+]

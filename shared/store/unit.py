@@ -1,0 +1,92 @@
+"""One write transaction of the store (``Store.unit()``), and an alarm batch's first step in
+it: ``load`` reads once what the step needs, ``worker.first_step.plan_batch`` folds the
+batch over that snapshot in memory (pure), and ``apply`` writes what the fold changed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from shared import outbox
+from shared.alarm import Alarm, new_id
+from shared.incidents import IncidentPlan
+from shared.snapshot import Arrival, EventState, Snapshot, Writes, record_arrival
+from shared.statuses import HANDED_OFF
+from shared.store.claims import Claims
+from shared.store.controls import pause_of
+from shared.store.incidents import EventRecord, Incidents
+from shared.store.part import CLAIM, INCIDENT
+
+
+class Unit(Claims, Incidents):
+    """The store's writes inside one open transaction: of the operator's controls, actions,
+    claims, events and incidents (each aggregate's part in its own module)."""
+
+    async def load(self, arrivals: Sequence[Arrival], scopes: Iterable[str], now: float) -> Snapshot:
+        """Everything a batch's first step needs, read once: its events recorded (those
+        recorded first by this call are ``new``; what the others have — incident, action,
+        approval), the open incidents of its keys and the claim rows of its scopes (locked,
+        in key and then scope order, as every batch locks them), the decided contents, the
+        running pauses and the plan changes under way of its instances."""
+        snapshot = Snapshot(scopes=set(scopes))
+        if not arrivals:
+            return snapshot
+        keys = sorted({a.plan.key for a in arrivals if a.plan.key is not None})
+        # Nobody else opens an incident of these keys or takes a claim of these scopes until
+        # this transaction ends (a row that exists is also locked by the reads below).
+        await self._lock([INCIDENT + k for k in keys] + [CLAIM + sc for sc in snapshot.scopes])
+        snapshot.new = await self._insert_events(arrivals, now)
+        earlier = await self._recorded(sorted({a.alarm.event_id for a in arrivals} - snapshot.new))
+        for event_id, row in earlier.items():
+            snapshot.events[event_id] = EventState(
+                row["incident_id"],
+                row["incident_change"],
+                row["status"],
+                row["reason"],
+                row["plan"],
+                float(row["deadline"])
+                if row["status"] in HANDED_OFF and row["deadline"] is not None
+                else None,
+            )
+        snapshot.open_incidents = await self._open_incidents(keys)
+        snapshot.decided = await self._decided_events(sorted({a.alarm.event_key for a in arrivals}))
+        snapshot.claims = await self._locked_claims(sorted(snapshot.scopes))
+        rows = await self.tx.fetch("SELECT * FROM pauses WHERE until_at > $1", now)
+        snapshot.pauses = [pause_of(r) for r in rows]
+        instances = sorted({a.instance_id for a in arrivals if a.instance_id is not None})
+        snapshot.reconfiguring = await self._reconfiguring(instances)
+        return snapshot
+
+    async def apply(self, writes: Writes, now: float) -> list[bool]:
+        """Write what a batch's first step changed, in a handful of set-based statements;
+        for each action row (in ``writes.actions`` order) whether it was written (False:
+        another delivery of the event had the final word first)."""
+        await self._apply_incidents_of(writes, now)
+        if writes.notices:
+            await outbox.insert_many(self.tx, [(notice, now) for notice in writes.notices])
+        written = await self.write_actions(writes.actions) if writes.actions else []
+        if writes.claims:
+            await self._put_claims(sorted(writes.claims.values(), key=lambda c: c.scope))
+        for request in writes.approvals:
+            await self._put_approval(request)
+        if writes.audits:
+            await self.audit_many(writes.audits)
+        return written
+
+    async def record_event(
+        self, alarm: Alarm, instance_id: str | None, plan: IncidentPlan, now: float
+    ) -> EventRecord:
+        """``record_events`` of one alarm."""
+        [record] = await self.record_events([Arrival(alarm, instance_id, plan)], now)
+        return record
+
+    async def record_events(self, arrivals: Sequence[Arrival], now: float) -> list[EventRecord]:
+        """Record events (each once, by event id) and their incident changes, in order: the
+        first step's read and write (``load``, ``apply``) with nothing decided in between."""
+        snapshot = await self.load(arrivals, (), now)
+        writes = Writes()
+        records = []
+        for arrival in arrivals:
+            new, state = record_arrival(snapshot, writes, arrival, now, new_id)
+            records.append(EventRecord(new, state.incident_id, state.incident_change))
+        await self.apply(writes, now)
+        return records
