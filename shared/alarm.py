@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from shared.fields import NO_FIELDS, FieldMap
+
 
 @dataclass(frozen=True)
 class Alarm:
@@ -28,10 +30,16 @@ class Alarm:
     # console UUID, its API id, its name: ``worker.instances``).
     configured_instance: str | None = None
     busy_since: float | None = None  # when CloudAMQP first answered "busy" to its plan change
+    # Where each of our fields is read from (a policy file's ``[fields]`` table).
+    fields: FieldMap = NO_FIELDS
+
+    def raw(self, name: str) -> Any:
+        """Our field ``name`` as the payload has it (through the field map), unchecked."""
+        return self.fields.read(self.body, name)
 
     @property
     def alarm_type(self) -> str | None:
-        value = self.body.get("alarm_type")
+        value = self.raw("alarm_type")
         return value if isinstance(value, str) and value else None
 
     @property
@@ -40,27 +48,27 @@ class Alarm:
         come as a JSON number."""
         if self.configured_instance is not None:
             return self.configured_instance
-        value = self.body.get("instance_id")
+        value = self.raw("instance_id")
         if isinstance(value, int) and not isinstance(value, bool):
             return str(value)
         return value if isinstance(value, str) and value else None
 
     @property
     def message(self) -> str | None:
-        value = self.body.get("message")
+        value = self.raw("message")
         return value if isinstance(value, str) and value.strip() else None
 
     @property
     def value(self) -> float | None:
         """The numeric ``value``, or None when it is absent or not a number."""
-        value = self.body.get("value")
+        value = self.raw("value")
         if isinstance(value, bool) or not isinstance(value, int | float):
             return None
         return float(value) if math.isfinite(value) else None
 
     @property
     def resolved(self) -> bool:
-        return self.body.get("resolved") is True
+        return self.raw("resolved") is True
 
     @property
     def metadata_resolved(self) -> bool:
@@ -70,7 +78,7 @@ class Alarm:
     @property
     def triggered_at(self) -> float | None:
         """Epoch seconds of ``triggered_at``; None when absent; raises ValueError when bad."""
-        raw = self.body.get("triggered_at")
+        raw = self.raw("triggered_at")
         if raw is None:
             return None
         return parse_timestamp(raw)
