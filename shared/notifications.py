@@ -18,6 +18,7 @@ from enum import StrEnum
 from typing import Any
 
 from shared.alarm import Alarm, iso
+from shared.pricing import PlanChange, Refusal
 from shared.statuses import IncidentStatus
 
 
@@ -32,6 +33,7 @@ class EventType(StrEnum):
     ACTION_UNCONFIRMED = "action.unconfirmed"  # accepted, the plan did not show in time
     ALARM_PARKED = "alarm.parked"  # a message moved to cloudamqp.alarms.dead
     ACTION_AWAITING_APPROVAL = "action.awaiting_approval"  # an upgrade waits for a person
+    ACTION_SKIPPED = "action.skipped"  # an upgrade refused for its plan or price (NOTIFIED_SKIPS)
     ADVICE_DOWNGRADE = "advice.downgrade"  # a smaller plan would do
 
 
@@ -45,6 +47,9 @@ ACTION_EVENTS: Mapping[str, EventType] = {
     "unconfirmed": EventType.ACTION_UNCONFIRMED,
     "awaiting_approval": EventType.ACTION_AWAITING_APPROVAL,
 }
+# The skips a person must hear of: an upgrade the alarm called for was refused for what it
+# would buy or cost (not sold, not in place, over budget). Other skips are "nothing to do".
+NOTIFIED_SKIPS = frozenset(r.value for r in Refusal)
 
 
 class ChannelKind(StrEnum):
@@ -88,9 +93,9 @@ def alarm_data(alarm: Alarm) -> dict[str, Any]:
         "event_id": alarm.event_id,
         "alarm_type": alarm.alarm_type,
         "instance_id": alarm.instance_id,
-        "value": alarm.body.get("value"),
+        "value": alarm.raw("value"),
         "message": alarm.message,
-        "triggered_at": alarm.body.get("triggered_at"),
+        "triggered_at": alarm.raw("triggered_at"),
         "received_at": iso(alarm.received_at),
     }
 
@@ -122,7 +127,10 @@ def incident_notice(
 def action_notice(action: Mapping[str, Any], alarm: Mapping[str, Any]) -> Notice | None:
     """The notification about an action row that reached a status worth telling, else None.
     ``alarm`` is what ``alarm_data`` says about the alarm that caused it."""
-    event_type = ACTION_EVENTS.get(str(action.get("status")))
+    status = str(action.get("status"))
+    event_type = ACTION_EVENTS.get(status)
+    if status == "skipped" and action.get("reason") in NOTIFIED_SKIPS:
+        event_type = EventType.ACTION_SKIPPED
     if event_type is None:
         return None
     data = {
@@ -138,10 +146,25 @@ def action_notice(action: Mapping[str, Any], alarm: Mapping[str, Any]) -> Notice
             "to_plan": action.get("plan"),
             "attempts": action.get("attempts"),
             "reconfigure_seconds": action.get("reconfigure_seconds"),
+            "price": action_price(action),
         },
         "alarm": dict(alarm),
     }
     return Notice(event_type, str(action["action_id"]), data, action.get("instance_id"))
+
+
+def action_price(action: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The plan change an action row records, with its monthly prices and the difference
+    (``text``: ``bunny-1 → rabbit-1, $99 → $299 a month, +$200``); None where no price is
+    known."""
+    to_price, plan = action.get("to_price"), action.get("plan")
+    if to_price is None or not isinstance(plan, str):
+        return None
+    from_price = action.get("from_price")
+    change = PlanChange(
+        action.get("from_plan"), plan, float(from_price) if from_price is not None else None, float(to_price)
+    )
+    return change.as_dict()
 
 
 def parked_notice(

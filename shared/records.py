@@ -25,6 +25,9 @@ class ActionRecord:
     attempts: int = 0
     from_plan: str | None = None  # the plan read before the upgrade, where it was
     verification: dict[str, Any] | None = None  # what the broker check saw (shared.verify)
+    # The monthly prices of from_plan and plan, where the catalogue knows them.
+    from_price: float | None = None
+    to_price: float | None = None
 
 
 AUTOPILOT = "autopilot"  # the actor of automatic entries in the audit trail

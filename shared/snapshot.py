@@ -53,6 +53,10 @@ class Snapshot:
     scopes: set[str] = field(default_factory=set)  # the scopes whose rows were read (and locked)
     pauses: list[Pause] = field(default_factory=list)  # running now
     reconfiguring: dict[str, str] = field(default_factory=dict)  # instance -> plan being applied
+    plans: dict[str, str] = field(default_factory=dict)  # instance -> its plan as last read
+    # instance -> what the autopilot added to its monthly bill within 30 days (read only
+    # where MAX_MONTHLY_INCREASE is set)
+    increases: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -115,7 +119,7 @@ def record_incident(
     incident_id: str | None = None
     change = plan.change.value
     if plan.change is IncidentChange.UPSERT and plan.key is not None:
-        value = alarm.body.get("value")
+        value = alarm.raw("value")
         incident_id = snapshot.open_incidents.get(plan.key)
         if incident_id is None:
             incident_id = new_id()

@@ -12,7 +12,7 @@ from typing import Any
 from shared import outbox
 from shared.alarm import Alarm
 from shared.db import Row, lit, rows_cte
-from shared.notifications import EventType, Notice, action_notice, alarm_data
+from shared.notifications import EventType, Notice, action_notice, action_price, alarm_data
 from shared.records import AUTOPILOT, ActionRecord, AuditEntry
 from shared.statuses import (
     DECIDED_STATUSES,
@@ -54,6 +54,8 @@ _ACTION_COLUMNS_IN = (
     ("at", "float8"),
     ("from_plan", "text"),
     ("verification", "text"),
+    ("from_price", "float8"),
+    ("to_price", "float8"),
 )
 
 # An action row as the views show it: with its approval, when it has one.
@@ -145,15 +147,19 @@ class Actions(Controls):
                 f"""WITH {cte}
                    INSERT INTO actions (action_id, event_id, event_key, incident_id, instance_id,
                        alarm_type, status, reason, detail, plan, attempts, created_at, updated_at,
-                       from_plan, verification)
+                       from_plan, verification, from_price, to_price)
                    SELECT action_id, action_id, event_key, incident_id, instance_id, alarm_type, status,
-                       reason, detail, plan, attempts, at, at, from_plan, verification FROM v WHERE true
+                       reason, detail, plan, attempts, at, at, from_plan, verification, from_price,
+                       to_price FROM v WHERE true
                    ON CONFLICT (action_id) DO UPDATE SET
                        status = excluded.status, reason = excluded.reason,
                        detail = excluded.detail, plan = COALESCE(excluded.plan, actions.plan),
                        attempts = excluded.attempts, updated_at = excluded.updated_at,
                        from_plan = COALESCE(excluded.from_plan, actions.from_plan),
-                       verification = COALESCE(excluded.verification, actions.verification)
+                       verification = COALESCE(excluded.verification, actions.verification),
+                       from_price = CASE WHEN excluded.to_price IS NULL THEN actions.from_price
+                                         ELSE excluded.from_price END,
+                       to_price = COALESCE(excluded.to_price, actions.to_price)
                    WHERE (actions.status NOT IN ({_SETTLED_SQL})
                           AND COALESCE(actions.reason, '') <> '{RECONFIGURING}') OR $1
                    RETURNING *""",
@@ -213,13 +219,15 @@ class Actions(Controls):
                     {
                         "action_id": action_id,
                         "plan": row["plan"],
+                        "price": action_price(row),
                         "reconfigure_seconds": reconfigure_seconds,
                         "detail": detail,
                     },
                 )
             )
         event = await self.tx.fetchrow(
-            "SELECT event_id, received_at, body FROM events WHERE event_id = $1", row["event_id"]
+            "SELECT event_id, received_at, body, alarm_type, instance_id FROM events WHERE event_id = $1",
+            row["event_id"],
         )
         notice = action_notice(row, _event_alarm_data(event) if event else {"event_id": row["event_id"]})
         if notice is not None:
@@ -265,6 +273,8 @@ def _action_values(r: ActionRecord) -> tuple[Any, ...]:
         r.now,
         r.from_plan,
         verification,
+        r.from_price,
+        r.to_price,
     )
 
 
@@ -272,4 +282,9 @@ def _event_alarm_data(event: Row) -> dict[str, Any]:
     """``alarm_data`` of a recorded event."""
     body = json.loads(event["body"]) if isinstance(event["body"], str) else event["body"]
     alarm = Alarm(event["event_id"], float(event["received_at"]), body, "")
-    return alarm_data(alarm)
+    data = alarm_data(alarm)
+    # What the worker read when it recorded the event (through a [fields] map, if any).
+    for name in ("alarm_type", "instance_id"):
+        if data.get(name) is None and event.get(name) is not None:
+            data[name] = event[name]
+    return data

@@ -5,6 +5,7 @@ one at the end."""
 from __future__ import annotations
 
 from shared import outbox, watch
+from shared.store import checks, prices
 
 MIGRATIONS: list[list[str]] = [
     [
@@ -131,4 +132,8 @@ MIGRATIONS: list[list[str]] = [
             until_at DOUBLE PRECISION NOT NULL
         )""",
     ],
+    # Prices and set-up checks (issue 26): CloudAMQP's plan catalogue and each instance's plan
+    # as last read, the actions' monthly prices, and the checks' results
+    # (shared/store/prices.py, shared/store/checks.py).
+    prices.MIGRATION + checks.MIGRATION,
 ]

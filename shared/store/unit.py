@@ -15,18 +15,29 @@ from shared.store.claims import Claims
 from shared.store.controls import pause_of
 from shared.store.incidents import EventRecord, Incidents
 from shared.store.part import CLAIM, INCIDENT
+from shared.store.prices import Prices
 
 
-class Unit(Claims, Incidents):
+class Unit(Claims, Incidents, Prices):
     """The store's writes inside one open transaction: of the operator's controls, actions,
     claims, events and incidents (each aggregate's part in its own module)."""
 
-    async def load(self, arrivals: Sequence[Arrival], scopes: Iterable[str], now: float) -> Snapshot:
+    async def load(
+        self,
+        arrivals: Sequence[Arrival],
+        scopes: Iterable[str],
+        now: float,
+        *,
+        plans: bool = False,
+        increases_since: float | None = None,
+    ) -> Snapshot:
         """Everything a batch's first step needs, read once: its events recorded (those
         recorded first by this call are ``new``; what the others have — incident, action,
         approval), the open incidents of its keys and the claim rows of its scopes (locked,
         in key and then scope order, as every batch locks them), the decided contents, the
-        running pauses and the plan changes under way of its instances."""
+        running pauses and the plan changes under way of its instances; with ``plans``, its
+        instances' plans as last read, and with ``increases_since``, what the autopilot added
+        to their monthly bills since then (``MAX_MONTHLY_INCREASE``)."""
         snapshot = Snapshot(scopes=set(scopes))
         if not arrivals:
             return snapshot
@@ -54,6 +65,10 @@ class Unit(Claims, Incidents):
         snapshot.pauses = [pause_of(r) for r in rows]
         instances = sorted({a.instance_id for a in arrivals if a.instance_id is not None})
         snapshot.reconfiguring = await self._reconfiguring(instances)
+        if plans:
+            snapshot.plans = await self._plans_of(instances)
+        if increases_since is not None:
+            snapshot.increases = await self.increases_of(instances, increases_since)
         return snapshot
 
     async def apply(self, writes: Writes, now: float) -> list[bool]:
