@@ -1,22 +1,30 @@
-"""Where remediation is decided: pure functions of (alarm, state, policy, now).
+"""Where remediation is decided: pure functions of (alarm, state, policy, now, catalogue).
 
 No I/O here. The worker gathers the state, calls ``decide`` and carries the decision out;
 every ``Skip`` has a reason that ends up in the log, in ``GET /actions`` and in metrics.
-After the worker has read the instance's current plan, ``resolve_plan`` turns the decided
-target (a fixed plan, or ``next`` on the ladder) into the plan to ask for — or a skip.
+Where the plan asked for is known (a fixed plan, or ``next`` from the plan the store last
+saw), ``decide`` prices it against CloudAMQP's catalogue and the spending caps
+(``shared.pricing``): a plan not sold, a shared ↔ dedicated move or a plan over budget is a
+skip before anything is claimed — or, over budget with ``approve`` / ``over_budget = "ask"``,
+a request for a person's approval. After the worker has read the instance's current plan,
+``resolve_plan`` turns the decided target into the plan to ask for, and ``price_check``
+prices it again against what was read.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
 from shared.alarm import Alarm
+from shared.catalogue import Catalogue
 from shared.controls import Pause
+from shared.fields import NO_FIELDS, FieldMap
 from shared.plans import DEFAULT_LADDER, Ladder, Plan, parse_plan
+from shared.pricing import Caps, PlanChange, Refusal, assess_plan_change
 from shared.settings import Settings
 from shared.verify import CHECKABLE, Condition
 
@@ -25,6 +33,8 @@ ALARM_TYPES = frozenset(
      "server_unreachable", "notice"}
 )  # fmt: skip
 NEXT = "next"
+# What a rule does with an upgrade over its budget (``over_budget``): skip it, or ask a person.
+OVER_BUDGET_SKIP, OVER_BUDGET_ASK = "skip", "ask"
 FORECAST = "forecast"  # the ``source`` of the watchdog's forecast alarms
 
 
@@ -49,6 +59,9 @@ class SkipReason(StrEnum):
     AWAITING_APPROVAL = "awaiting_approval"
     CONDITION_CLEARED = "condition_cleared"  # the instance's nodes no longer show the alarm
     RECONFIGURING = "reconfiguring"  # CloudAMQP is still applying a plan change of ours
+    UNKNOWN_PLAN = Refusal.UNKNOWN_PLAN.value  # CloudAMQP does not sell the plan asked for
+    NOT_IN_PLACE = Refusal.NOT_IN_PLACE.value  # shared <-> dedicated: CloudAMQP refuses it
+    OVER_BUDGET = Refusal.OVER_BUDGET.value  # over max_monthly_price / MAX_MONTHLY_INCREASE
 
 
 DEFAULT_APPROVE_TIMEOUT = 3600.0  # seconds an upgrade waits for a person before it expires
@@ -78,6 +91,10 @@ class Rule:
     # the median of past plan changes).
     forecast: bool = False
     lead_time: float | None = None
+    # The most a plan this rule asks for may cost a month (None: MAX_MONTHLY_PRICE), and what
+    # to do with an upgrade over it: skip it, or ask a person (``approve = true`` asks anyway).
+    max_monthly_price: float | None = None
+    over_budget: str = OVER_BUDGET_SKIP
 
     @property
     def has_threshold(self) -> bool:
@@ -95,6 +112,7 @@ class Rule:
 @dataclass(frozen=True)
 class Policy:
     rules: tuple[Rule, ...]
+    fields: FieldMap = NO_FIELDS  # where an alarm's fields are read from (``[fields]``)
 
     @classmethod
     def default(cls, settings: Settings) -> Policy:
@@ -102,12 +120,15 @@ class Policy:
         return cls((Rule("default", "memory", plan=settings.upgrade_plan, above=settings.memory_threshold),))
 
 
-def off_ladder_warnings(policy: Policy) -> list[str]:
-    """Fixed target plans that are not on their rule's ladder: passed through as given
-    (CloudAMQP validates plan names), but worth a warning at start."""
+def off_ladder_warnings(policy: Policy, catalogue: Catalogue | None = None) -> list[str]:
+    """Fixed target plans that are not on their rule's ladder: passed through as given, but
+    worth a warning at start (a plan the catalogue says is not sold has its own warning,
+    ``unsold_plan_warnings``)."""
     warnings = []
     for number, rule in enumerate(policy.rules, start=1):
         if rule.action != "upgrade" or rule.plan == NEXT:
+            continue
+        if catalogue is not None and catalogue.known and not catalogue.sells(rule.plan):
             continue
         plan = parse_plan(rule.plan)
         if plan is None or rule.ladder.position(plan) is None:
@@ -118,18 +139,60 @@ def off_ladder_warnings(policy: Policy) -> list[str]:
     return warnings
 
 
+def plan_names(policy: Policy, *, from_settings: bool = False) -> list[tuple[str, str]]:
+    """Every plan name the policy asks for or stops at, with where it is named: each rule's
+    fixed plan (``UPGRADE_PLAN`` for the default rule), ``max_plan``, and each ladder family
+    (as its single-node plan)."""
+    named: list[tuple[str, str]] = []
+    for number, rule in enumerate(policy.rules, start=1):
+        if rule.action != "upgrade":
+            continue
+        where = "UPGRADE_PLAN" if from_settings else f"rule {number} ({rule.name})"
+        if rule.plan != NEXT:
+            named.append((where if from_settings else f"{where}: plan", rule.plan))
+        if rule.max_plan is not None:
+            named.append((f"{where}: max_plan", str(rule.max_plan)))
+        for family in rule.ladder.families:
+            named.append((f"{where}: ladder", f"{family}-1"))
+    return named
+
+
+def unsold_plan_warnings(policy: Policy, catalogue: Catalogue, *, from_settings: bool = False) -> list[str]:
+    """One line per plan name the policy uses that CloudAMQP does not sell, naming the
+    closest plans it does (``UPGRADE_PLAN 'bunny-2' is not a plan CloudAMQP sells (closest:
+    bunny-1, bunny-3)``); none when the catalogue was never read."""
+    if not catalogue.known:
+        return []
+    lines: list[str] = []
+    for where, name in plan_names(policy, from_settings=from_settings):
+        family = parse_plan(name)
+        if where.endswith(": ladder") and family is not None:
+            variants = [f"{family.family}-{n}" for n in (1, 3, 5)]
+            if any(catalogue.sells(v) for v in variants):
+                continue
+        elif catalogue.sells(name):
+            continue
+        line = f"{where} {catalogue.unsold(name)}"
+        if line not in lines:
+            lines.append(line)
+    return lines
+
+
 @dataclass(frozen=True)
 class DecisionState:
     """What the store knows that matters to the decision."""
 
     duplicate: bool = False
     pause: Pause | None = None  # the pause holding the instance now, if any
+    current_plan: str | None = None  # the instance's plan as last read (None: not known)
+    increased: float = 0.0  # what the autopilot added to its monthly bill within 30 days
 
 
 @dataclass(frozen=True)
 class Skip:
     reason: SkipReason
     detail: str
+    change: PlanChange | None = None  # the plan change refused, priced (a price skip)
 
 
 @dataclass(frozen=True)
@@ -145,6 +208,11 @@ class Upgrade:
     approve: bool = False
     approve_timeout: float = DEFAULT_APPROVE_TIMEOUT
     condition: Condition | None = None  # what the broker check verifies before the call
+    max_monthly_price: float | None = None  # the rule's, else MAX_MONTHLY_PRICE
+    price_cap_name: str = "MAX_MONTHLY_PRICE"
+    over_budget: str = OVER_BUDGET_SKIP
+    change: PlanChange | None = None  # priced when decided, where the target was known
+    budget_note: str | None = None  # why a person must approve it: over budget
 
 
 Decision = Skip | Upgrade
@@ -168,10 +236,16 @@ def _format_value(value: float) -> str:
 
 
 def decide(
-    alarm: Alarm, state: DecisionState, settings: Settings, now: float, policy: Policy | None = None
+    alarm: Alarm,
+    state: DecisionState,
+    settings: Settings,
+    now: float,
+    policy: Policy | None = None,
+    catalogue: Catalogue | None = None,
 ) -> Decision:
     """Decide what to do about one alarm: first whether it may be acted on at all, then
-    which rule fires (first match wins)."""
+    which rule fires (first match wins), then — with a ``catalogue`` (an API key is set) —
+    whether the plan it asks for is sold, in place and within budget."""
     instance = target_instance(alarm, settings)
     blocked = _not_actionable(alarm, state, settings, instance, now)
     if blocked is not None:
@@ -181,7 +255,55 @@ def decide(
     if isinstance(decision, Upgrade) and state.pause is not None:
         # Recorded like any other alarm; only the upgrade waits for the pause to end.
         return Skip(SkipReason.PAUSED, state.pause.describe())
+    if isinstance(decision, Upgrade) and catalogue is not None:
+        return _priced(decision, state, settings, catalogue)
     return decision
+
+
+def upgrade_caps(upgrade: Upgrade, settings: Settings, increased: float) -> Caps:
+    """The spending caps one upgrade is held to."""
+    return Caps(upgrade.max_monthly_price, upgrade.price_cap_name, settings.max_monthly_increase, increased)
+
+
+def price_check(
+    upgrade: Upgrade,
+    current: str | None,
+    target: str,
+    catalogue: Catalogue | None,
+    settings: Settings,
+    increased: float,
+    *,
+    approved: bool = False,
+) -> PlanChange | Skip:
+    """``current`` → ``target`` priced, or the skip that refuses it (``unknown_plan``,
+    ``not_in_place``, ``over_budget``). A person who approved the upgrade approved its price:
+    over budget then stands (a plan not sold, or not in place, never does)."""
+    verdict = assess_plan_change(catalogue, current, target, upgrade_caps(upgrade, settings, increased))
+    if isinstance(verdict, PlanChange):
+        return verdict
+    if verdict.reason is Refusal.OVER_BUDGET and approved:
+        return verdict.change
+    return Skip(SkipReason(verdict.reason.value), verdict.detail, verdict.change)
+
+
+def _priced(upgrade: Upgrade, state: DecisionState, settings: Settings, catalogue: Catalogue) -> Decision:
+    """The decided upgrade with its price, where the plan it would ask for is known now (a
+    fixed plan; ``next`` from the plan last read); else as it was, priced after the instance
+    is read. Over budget, a rule that asks (``approve``, ``over_budget = "ask"``) asks."""
+    target = resolve_plan(upgrade, state.current_plan)
+    if isinstance(target, Skip):
+        return upgrade  # the read before the call says (the plan last read may be old)
+    found = price_check(upgrade, state.current_plan, target, catalogue, settings, state.increased)
+    if isinstance(found, PlanChange):
+        return replace(upgrade, change=found)
+    asks = upgrade.approve or upgrade.over_budget == OVER_BUDGET_ASK
+    if found.reason is SkipReason.OVER_BUDGET and asks:
+        change = price_check(
+            upgrade, state.current_plan, target, catalogue, settings, state.increased, approved=True
+        )
+        assert isinstance(change, PlanChange)
+        return replace(upgrade, change=change, approve=True, budget_note=f"over budget: {found.detail}")
+    return found
 
 
 def _not_actionable(
@@ -237,7 +359,7 @@ def _rule_misses(rule: Rule, alarm: Alarm, instance: str) -> Skip | None:
     # A forecast is compared by where its trend will be once a plan change started now is done.
     value = alarm.value if forecast is None else _number(forecast.get("projected_value"))
     if value is None:
-        return Skip(SkipReason.VALUE_NOT_NUMERIC, f"value {alarm.body.get('value')!r} is not a number")
+        return Skip(SkipReason.VALUE_NOT_NUMERIC, f"value {alarm.raw('value')!r} is not a number")
     if rule.above is not None and value <= rule.above:
         return Skip(
             SkipReason.BELOW_THRESHOLD,
@@ -277,6 +399,7 @@ def _act(rule: Rule, alarm: Alarm, settings: Settings, instance: str) -> Decisio
         reason = f"Automatic upgrade ahead of a {alarm.alarm_type} forecast" + (
             f": {said}" if isinstance(said, str) and said else ""
         )
+    cap, cap_name = rule_budget(rule, settings)
     return Upgrade(
         instance_id=instance,
         plan=rule.plan,
@@ -293,7 +416,18 @@ def _act(rule: Rule, alarm: Alarm, settings: Settings, instance: str) -> Decisio
         # A forecast acts before the nodes show the condition: checking that they show it
         # would always find it cleared. The forecast was made from the nodes' figures.
         condition=rule.condition(settings) if forecast is None else None,
+        max_monthly_price=cap,
+        price_cap_name=cap_name,
+        over_budget=rule.over_budget,
     )
+
+
+def rule_budget(rule: Rule, settings: Settings) -> tuple[float | None, str]:
+    """The most a plan ``rule`` asks for may cost a month, and the name of that cap: the
+    rule's own ``max_monthly_price``, else ``MAX_MONTHLY_PRICE`` (None: no cap)."""
+    if rule.max_monthly_price is not None:
+        return rule.max_monthly_price, f"max_monthly_price of rule {rule.name!r}"
+    return settings.max_monthly_price, "MAX_MONTHLY_PRICE"
 
 
 def needs_current_plan(upgrade: Upgrade) -> bool:

@@ -10,13 +10,24 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from shared.fields import FIELDS, FieldMap, parse_path
 from shared.plans import DEFAULT_LADDER, Ladder, Plan, parse_plan
-from shared.policy import ALARM_TYPES, DEFAULT_APPROVE_TIMEOUT, NEXT, Policy, Rule
+from shared.policy import (
+    ALARM_TYPES,
+    DEFAULT_APPROVE_TIMEOUT,
+    NEXT,
+    OVER_BUDGET_ASK,
+    OVER_BUDGET_SKIP,
+    Policy,
+    Rule,
+)
 
-TOP_KEYS = frozenset({"ladder", "max_plan", "rules", "notify"})  # [[notify]]: worker.notify_config
+# [[notify]]: worker.notify_config; [fields]: where an alarm's fields are read from.
+TOP_KEYS = frozenset({"ladder", "max_plan", "rules", "notify", "fields"})
 RULE_KEYS = frozenset(
     {"name", "alarm_type", "above", "below", "instances", "action", "plan", "max_plan", "ladder",
-     "cooldown_seconds", "approve", "approve_timeout", "time_threshold", "forecast", "lead_time"}
+     "cooldown_seconds", "approve", "approve_timeout", "time_threshold", "forecast", "lead_time",
+     "max_monthly_price", "over_budget"}
 )  # fmt: skip
 
 
@@ -71,7 +82,29 @@ def parse_policy(data: dict[str, Any], path: str = "<policy>") -> Policy:
         except _KeyProblem as exc:
             raise fail(f"{where}: key {exc.key!r}", exc.message) from None
         rules.append(rule)
-    return Policy(tuple(rules))
+    try:
+        fields = parse_fields(data.get("fields", {}))
+    except _KeyProblem as exc:
+        raise fail(f"[fields] key {exc.key!r}", exc.message) from None
+    return Policy(tuple(rules), fields)
+
+
+def parse_fields(raw: Any) -> FieldMap:
+    """``[fields]``: our field name → the key or dotted path of the payload it is read from
+    (``alarm_type = "type"``, ``instance_id = "metadata.instance"``)."""
+    if not isinstance(raw, dict):
+        raise _KeyProblem("fields", 'expected a table: [fields] with alarm_type = "type"-style lines')
+    paths = []
+    for name, value in raw.items():
+        if name not in FIELDS:
+            raise _KeyProblem(name, f"not a field the autopilot reads (known: {', '.join(FIELDS)})")
+        if not isinstance(value, str):
+            raise _KeyProblem(name, "expected the payload's key or dotted path, as a string")
+        try:
+            paths.append((name, parse_path(value)))
+        except ValueError as exc:
+            raise _KeyProblem(name, str(exc)) from None
+    return FieldMap(tuple(paths))
 
 
 class _KeyProblem(Exception):
@@ -161,6 +194,20 @@ def _forecast(
     return forecast, lead_time
 
 
+def _budget(raw: dict[str, Any], action: str) -> tuple[float | None, str]:
+    cap = _number(raw, "max_monthly_price")
+    if cap is not None and action != "upgrade":
+        raise _KeyProblem("max_monthly_price", "only an 'upgrade' rule spends money")
+    if cap is not None and cap < 0:
+        raise _KeyProblem("max_monthly_price", "expected US dollars a month, >= 0")
+    mode = raw.get("over_budget", OVER_BUDGET_SKIP)
+    if mode not in (OVER_BUDGET_SKIP, OVER_BUDGET_ASK):
+        raise _KeyProblem("over_budget", f"expected {OVER_BUDGET_SKIP!r} or {OVER_BUDGET_ASK!r}")
+    if mode == OVER_BUDGET_ASK and action != "upgrade":
+        raise _KeyProblem("over_budget", "only an 'upgrade' rule can ask for approval")
+    return cap, mode
+
+
 def _rule(raw: dict[str, Any], number: int, top_ladder: Ladder, default_max: Any) -> Rule:
     for key in raw:
         if key not in RULE_KEYS:
@@ -187,6 +234,7 @@ def _rule(raw: dict[str, Any], number: int, top_ladder: Ladder, default_max: Any
     if time_threshold is not None and time_threshold < 0:
         raise _KeyProblem("time_threshold", "expected seconds >= 0")
     forecast, lead_time = _forecast(raw, alarm_type, action, above, below)
+    max_monthly_price, over_budget = _budget(raw, action)
     name = raw.get("name", f"rule-{number}")
     if not isinstance(name, str) or not name:
         raise _KeyProblem("name", "expected a non-empty string")
@@ -206,4 +254,6 @@ def _rule(raw: dict[str, Any], number: int, top_ladder: Ladder, default_max: Any
         time_threshold=time_threshold,
         forecast=forecast,
         lead_time=lead_time,
+        max_monthly_price=max_monthly_price,
+        over_budget=over_budget,
     )

@@ -103,6 +103,11 @@ class Settings:
     # The forecast of a rule with ``forecast = true`` (worker.forecast): the samples it fits.
     forecast_window_seconds: float = 1800.0
     forecast_min_samples: int = 10
+    # Spending caps (shared.pricing): the most a plan the autopilot asks for may cost a month
+    # (a rule's max_monthly_price wins), and the most it may add to one instance's monthly
+    # bill within 30 days. None: no cap.
+    max_monthly_price: float | None = None
+    max_monthly_increase: float | None = None
 
     def management_url(self, instance_id: str) -> str | None:
         """The management API URL (credentials included) of a managed instance, if given."""
@@ -394,6 +399,8 @@ _VARIABLES: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("plan_memory_step", "PLAN_MEMORY_STEP", _number(1, allow_equal=False)),
     ("forecast_window_seconds", "FORECAST_WINDOW_SECONDS", _number(0, allow_equal=False)),
     ("forecast_min_samples", "FORECAST_MIN_SAMPLES", _int_range(3, 100000)),
+    ("max_monthly_price", "MAX_MONTHLY_PRICE", _number(0)),
+    ("max_monthly_increase", "MAX_MONTHLY_INCREASE", _number(0)),
 )
 
 # What a platform sets when ours is unset: Heroku's CloudAMQP add-on sets CLOUDAMQP_URL and

@@ -22,9 +22,11 @@ from dataclasses import dataclass, replace
 from typing import TypedDict
 
 from shared.alarm import Alarm, iso
+from shared.catalogue import Catalogue
 from shared.claims import ClaimAsk, ClaimStatus, ClaimVerdict, take_claim
 from shared.controls import effective_pause
 from shared.policy import DecisionState, Policy, Skip, SkipReason, Upgrade, decide, upgrade_scope
+from shared.pricing import PlanChange
 from shared.records import AUTOPILOT, ActionRecord, ApprovalRequest, AuditEntry
 from shared.settings import Settings
 from shared.snapshot import Arrival, EventState, Snapshot, Writes, record_arrival
@@ -40,6 +42,8 @@ class Context:
     dry_run: bool
     worker_id: str
     new_id: Callable[[], str]  # a fresh id (incident ids, claim owner tokens)
+    # What CloudAMQP sells (``worker.catalogue``); None: nothing is checked (no API key).
+    catalogue: Catalogue | None = None
 
     def claim_scope(self, scope: str) -> str:
         """Dry runs have their own claims, so that going live does not inherit a cooldown."""
@@ -67,6 +71,7 @@ class Step:
     instance_id: str | None = None
     plan: str | None = None
     action: int | None = None
+    priced: PlanChange | None = None  # the plan change decided, with its prices (where known)
 
     @property
     def alarm(self) -> Alarm:
@@ -169,12 +174,18 @@ def _earlier(state: EventState, step: Step) -> Step | None:
 def _decide(snapshot: Snapshot, writes: Writes, step: Step, now: float, context: Context) -> Step:
     alarm = step.alarm
     others = snapshot.decided.get(alarm.event_key, set()) - {alarm.event_id}
-    state = DecisionState(duplicate=not alarm.replayed and bool(others))
-    decision = decide(alarm, state, context.settings, now, context.policy)
+    instance = step.instance_id or ""
+    state = DecisionState(
+        duplicate=not alarm.replayed and bool(others),
+        current_plan=snapshot.plans.get(instance),
+        increased=snapshot.increases.get(instance, 0.0),
+    )
+    settings, policy, catalogue = context.settings, context.policy, context.catalogue
+    decision = decide(alarm, state, settings, now, policy, catalogue)
     if isinstance(decision, Upgrade):
         pause = effective_pause(snapshot.pauses, decision.instance_id, now)
         if pause is not None:
-            decision = decide(alarm, replace(state, pause=pause), context.settings, now, context.policy)
+            decision = decide(alarm, replace(state, pause=pause), settings, now, policy, catalogue)
     if isinstance(decision, Upgrade):
         changing = snapshot.reconfiguring.get(decision.instance_id)
         if changing is not None:
@@ -182,11 +193,13 @@ def _decide(snapshot: Snapshot, writes: Writes, step: Step, now: float, context:
             decision = Skip(SkipReason.RECONFIGURING, detail)
     if isinstance(decision, Skip):
         return _skip(snapshot, writes, step, decision, now)
-    step = replace(step, instance_id=decision.instance_id, plan=decision.plan)
+    step = replace(step, instance_id=decision.instance_id, plan=decision.plan, priced=decision.change)
     return _claim(snapshot, writes, step, decision, now, context)
 
 
 def _skip(snapshot: Snapshot, writes: Writes, step: Step, skip: Skip, now: float) -> Skipped:
+    if skip.change is not None:  # a price skip: which change it refused, and at what price
+        step = replace(step, plan=skip.change.to_plan, priced=skip.change)
     record = _action(step, ActionStatus.SKIPPED, now, reason=skip.reason.value, detail=skip.detail)
     return Skipped(**_fields(step), action=_write(snapshot, writes, record), skip=skip)
 
@@ -221,7 +234,9 @@ def _claim(
     assert row is not None
     if context.dry_run:
         snapshot.claims[scope] = writes.claims[scope] = replace(row, status=ClaimStatus.DONE)
-        record = _action(step, ActionStatus.DRY_RUN, now, detail=upgrade.reason)
+        if step.priced is not None:
+            step = replace(step, plan=step.priced.to_plan)
+        record = _action(step, ActionStatus.DRY_RUN, now, detail=_with_price(upgrade.reason, step.priced))
         return DryRun(**_fields(step), action=_write(snapshot, writes, record), upgrade=upgrade)
     if upgrade.approve:
         return _ask_approval(snapshot, writes, step, upgrade, row.owner, scope, now)
@@ -240,13 +255,19 @@ def _ask_approval(
     snapshot.claims[scope] = writes.claims[scope] = replace(
         row, status=ClaimStatus.AWAITING, lease_until=deadline
     )
+    # A person approves a plan and its price: where the change was priced, the approval
+    # names the plan (``next`` resolved), and the call makes that change or none.
+    change = step.priced
+    plan = change.to_plan if change is not None else upgrade.plan
+    step = replace(step, plan=plan)
     writes.approvals.append(
         ApprovalRequest(
-            action_id, scope, owner, upgrade.instance_id, upgrade.plan, upgrade.reason, upgrade.rule,
+            action_id, scope, owner, upgrade.instance_id, plan, upgrade.reason, upgrade.rule,
             upgrade.cooldown_seconds, now, deadline,
         )
     )  # fmt: skip
-    detail = f"{upgrade.reason}; awaits approval until {iso(deadline)} (POST /actions/{action_id}/approve)"
+    said = _with_price(upgrade.reason, change) + (f"; {upgrade.budget_note}" if upgrade.budget_note else "")
+    detail = f"{said}; awaits approval until {iso(deadline)} (POST /actions/{action_id}/approve)"
     _write(snapshot, writes, _action(step, ActionStatus.AWAITING_APPROVAL, now, detail=detail))
     snapshot.events[action_id].approval_deadline = deadline
     writes.audits.append(
@@ -257,10 +278,22 @@ def _ask_approval(
             "automatic",
             "approval.requested",
             upgrade.instance_id,
-            {"action_id": action_id, "plan": upgrade.plan, "rule": upgrade.rule, "deadline": iso(deadline)},
+            {
+                "action_id": action_id,
+                "plan": plan,
+                "rule": upgrade.rule,
+                "deadline": iso(deadline),
+                "price": change.as_dict() if change is not None else None,
+                "over_budget": upgrade.budget_note,
+            },
         )
     )
     return AwaitingApproval(**_fields(step), upgrade=upgrade, deadline=deadline)
+
+
+def _with_price(reason: str, change: PlanChange | None) -> str:
+    """An upgrade's reason, and what it would cost where that is known."""
+    return reason if change is None else f"{reason}; {change.describe()}"
 
 
 class _Fields(TypedDict):
@@ -269,6 +302,7 @@ class _Fields(TypedDict):
     change: str | None
     instance_id: str | None
     plan: str | None
+    priced: PlanChange | None
 
 
 def _fields(step: Step) -> _Fields:
@@ -278,6 +312,7 @@ def _fields(step: Step) -> _Fields:
         "change": step.change,
         "instance_id": step.instance_id,
         "plan": step.plan,
+        "priced": step.priced,
     }
 
 
@@ -290,6 +325,7 @@ def _action(
     reason: str | None = None,
     detail: str | None = None,
 ) -> ActionRecord:
+    priced = step.priced
     return ActionRecord(
         step.alarm,
         status,
@@ -300,6 +336,9 @@ def _action(
         detail=detail,
         plan=step.plan,
         attempts=step.alarm.attempts if attempts is None else attempts,
+        from_plan=priced.from_plan if priced is not None else None,
+        from_price=priced.from_price if priced is not None else None,
+        to_price=priced.to_price if priced is not None else None,
     )
 
 

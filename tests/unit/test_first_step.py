@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared.alarm import Alarm, event_key
+from shared.catalogue import Catalogue
 from shared.claims import ClaimRow, ClaimStatus
 from shared.controls import Pause
 from shared.incidents import plan_incident
@@ -24,6 +25,7 @@ from shared.policy import Policy, Rule
 from shared.settings import Settings
 from shared.snapshot import Arrival, EventState, Snapshot, Writes
 from shared.store import HANDED_OFF, RECONFIGURING, ActionStatus, is_decided
+from tests.cloudamqp_stand_in import PRICES, SHARED_PLANS
 from worker.first_step import (
     AlreadyDone,
     AwaitingApproval,
@@ -38,6 +40,10 @@ from worker.first_step import (
 
 NOW = 1_000_000.0
 SETTINGS = Settings(instance_ids=("a", "b", "c"), cooldown_seconds=600.0, claim_lease_seconds=60.0)
+CATALOGUE = Catalogue.from_listing(
+    [{"name": n, "price": p, "backend": "rabbitmq", "shared": n in SHARED_PLANS} for n, p in PRICES.items()],
+    NOW,
+)
 
 
 def alarm(event_id: str, instance: str = "a", value: Any = 85, **more: Any) -> Alarm:
@@ -275,3 +281,44 @@ def test_the_steps_are_plain_values() -> None:
 def _event_of(owner: str) -> str:
     """The event a claim's owner token names (``worker/event/nonce``), or the owner."""
     return owner.split("/")[1] if "/" in owner else owner
+
+
+# --- prices: the catalogue and the caps are inputs of the fold -----------------------------------
+
+
+def priced_step(over_budget: str) -> tuple[Step, Writes]:
+    """One memory alarm of instance ``a`` (on bunny-1 as last read) under a rule climbing
+    ``next`` with a $150 cap, decided with CloudAMQP's recorded catalogue."""
+    policy = Policy(
+        (Rule("memory", "memory", plan="next", above=80, max_monthly_price=150, over_budget=over_budget),)
+    )
+    ctx = Context(SETTINGS, policy, False, "w", ids(), CATALOGUE)
+    arrivals = [arrival(alarm("e1"))]
+    snapshot = StoreModel().load(arrivals, {"a/memory"})
+    snapshot.plans = {"a": "bunny-1"}
+    [step], writes = plan_batch(snapshot, arrivals, NOW, ctx)
+    return step, writes
+
+
+def test_an_upgrade_over_budget_is_a_skip_that_records_the_change_and_its_prices() -> None:
+    step, writes = priced_step("skip")
+    assert isinstance(step, Skipped) and step.skip.reason.value == "over_budget"
+    [record] = writes.actions
+    assert (record.status, record.plan, record.from_plan, record.from_price, record.to_price) == (
+        ActionStatus.SKIPPED, "hare-1", "bunny-1", 99, 199,
+    )  # fmt: skip
+    assert record.detail == "hare-1 costs $199 a month, over max_monthly_price of rule 'memory' $150"
+    assert writes.claims == {} and writes.approvals == []  # nothing claimed, nothing called
+
+
+def test_an_upgrade_over_budget_that_asks_is_an_approval_request_showing_the_price() -> None:
+    step, writes = priced_step("ask")
+    assert isinstance(step, AwaitingApproval)
+    [request] = writes.approvals
+    assert request.plan == "hare-1"  # the change shown is the change approved
+    [record] = writes.actions
+    assert (record.status, record.to_price, record.from_price) == (ActionStatus.AWAITING_APPROVAL, 199, 99)
+    assert record.detail is not None
+    assert "bunny-1 → hare-1, $99 → $199 a month, +$100" in record.detail and "over budget" in record.detail
+    [audit] = writes.audits
+    assert audit.detail["price"]["text"] == "bunny-1 → hare-1, $99 → $199 a month, +$100"
