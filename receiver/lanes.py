@@ -45,10 +45,11 @@ class Lanes:
         """The queue ``body`` (an alarm received at ``now``) is published to."""
         if not self.settings.fast_lane:
             return topology.WORK_QUEUE
-        decision = decide(Alarm("", now, body, ""), _NO_STATE, self.settings, now, self.policy)
+        alarm = Alarm("", now, body, "", fields=self.policy.fields)
+        decision = decide(alarm, _NO_STATE, self.settings, now, self.policy)
         if not isinstance(decision, Upgrade):
             return topology.WORK_QUEUE
-        pair = (decision.instance_id, body.get("alarm_type"))
+        pair = (decision.instance_id, alarm.alarm_type)
         if self._until.get(pair, 0.0) > now:
             return topology.WORK_QUEUE
         self._until.pop(pair, None)  # re-inserted last: the dict stays oldest-first

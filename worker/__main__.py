@@ -7,6 +7,7 @@ import asyncio
 import os
 import socket
 from collections.abc import Coroutine
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -15,13 +16,14 @@ from aiohttp import web
 
 from shared import metrics
 from shared.errors import StoreError
-from shared.policy import Policy, off_ladder_warnings
+from shared.policy import Policy
 from shared.policy_file import PolicyError, load_policy
 from shared.publisher import Publisher
 from shared.runtime import fail, install_stop_handlers, load_settings_or_exit, run_main
 from shared.settings import Settings
 from shared.store import Store
 from worker import notify_config
+from worker.catalogue import PlanCatalogue
 from worker.cloudamqp import CloudAmqpClient
 from worker.consumer import Consumer
 from worker.management import ManagementApi
@@ -48,8 +50,6 @@ async def main(settings: Settings, *, burst: bool = False) -> None:
         fail("worker", f"state store error: {exc}")
         return
     log.info("policy.loaded", file=settings.policy_file, rules=[r.name for r in policy.rules])
-    for warning in off_ladder_warnings(policy):
-        log.warning("policy.plan_not_on_ladder", detail=warning)
     if not settings.instance_ids:
         log.warning("worker.no_instances", detail="CLOUDAMQP_INSTANCE_ID is unset: no upgrades")
     if settings.effective_dry_run:
@@ -57,9 +57,14 @@ async def main(settings: Settings, *, burst: bool = False) -> None:
         log.warning("worker.dry_run", detail=f"dry run: {why}; decisions are recorded, no API call")
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
     async with aiohttp.ClientSession() as session:
-        client = None
-        if not settings.effective_dry_run and settings.cloudamqp_api_key:
-            client = CloudAmqpClient.from_settings(session, settings, settings.cloudamqp_api_key)
+        # With a key, CloudAMQP is read (plans, instances) even in a dry run; only calls wait.
+        reader = None
+        if settings.cloudamqp_api_key:
+            reader = CloudAmqpClient.from_settings(session, settings, settings.cloudamqp_api_key)
+        client = reader if not settings.effective_dry_run else None
+        plans = PlanCatalogue(store, reader)
+        await plans.read()
+        plans.warn_about(policy, from_settings=not settings.policy_file)
         management = (
             ManagementApi(
                 session, dict(settings.instance_management), timeout=settings.management_timeout_seconds
@@ -68,7 +73,7 @@ async def main(settings: Settings, *, burst: bool = False) -> None:
             else None
         )
         processor = Processor(
-            settings, store, client, worker_id=worker_id, policy=policy, management=management
+            settings, store, client, worker_id=worker_id, policy=policy, management=management, plans=plans
         )
         await processor.resolve_instances(force=True)
         consumer = Consumer(settings, processor)
@@ -79,6 +84,8 @@ async def main(settings: Settings, *, burst: bool = False) -> None:
         jobs = [run_both(consumer, notifier, stop, burst)]
         if not burst:
             jobs += periodic_jobs(settings, store, processor, policy, stop)
+            listing = partial(processor.resolve_instances, force=True)
+            jobs.append(plans.run(stop, listing))
         try:
             await asyncio.gather(*jobs)
         finally:

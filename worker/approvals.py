@@ -17,7 +17,8 @@ from shared.claims import ClaimVerdict
 from shared.controls import effective_pause
 from shared.db import Row
 from shared.envelope import ApprovalCheck
-from shared.policy import Skip, SkipReason, Upgrade
+from shared.fields import FieldMap
+from shared.policy import Skip, SkipReason, Upgrade, rule_budget
 from shared.records import AUTOPILOT, AuditEntry
 from shared.statuses import ActionStatus
 from shared.store import Unit
@@ -56,7 +57,9 @@ class Approvals:
             elif row["status"] == ActionStatus.AWAITING_APPROVAL:
                 then = await self._awaiting(unit, row, check, now, bound)
             elif row["status"] in _CARRIED_OUT and row["decided_at"] is not None:
-                then = await self._carry_out(unit, _approved_job(row, bound), row, now)
+                then = await self._carry_out(
+                    unit, _approved_job(row, bound, self.processor.policy.fields), row, now
+                )
             else:  # denied, expired, or done by another look
                 then = partial(_say_settled, bound, "approval.settled", row["status"])
         return await then()
@@ -140,6 +143,7 @@ class Approvals:
     def _approved_upgrade(self, row: Row) -> Upgrade:
         """The upgrade that was approved, with its rule's ladder and ceiling as they are now."""
         rule = next(r for r in self.processor.policy.rules if r.name == row["rule"])
+        cap, cap_name = rule_budget(rule, self.processor.settings)
         return Upgrade(
             instance_id=row["instance_id"],
             plan=row["plan"],
@@ -150,6 +154,9 @@ class Approvals:
             ladder=rule.ladder,
             max_plan=rule.max_plan,
             condition=rule.condition(self.processor.settings),
+            max_monthly_price=cap,
+            price_cap_name=cap_name,
+            over_budget=rule.over_budget,
         )
 
     def look_again(self, check: ApprovalCheck, now: float) -> Follow:
@@ -171,11 +178,16 @@ class Approvals:
         return self.look_again(check, self.processor.clock())
 
 
-def _approved_job(row: Row, bound: structlog.typing.FilteringBoundLogger) -> Job:
+def _approved_job(row: Row, bound: structlog.typing.FilteringBoundLogger, fields: FieldMap) -> Job:
     """The alarm that asked for the approval, as recorded, with the attempts its action made."""
     body = json.loads(row["body"]) if isinstance(row["body"], str) else {}
     alarm = Alarm(
-        row["action_id"], float(row["received_at"] or 0.0), body, row["event_key"] or "", row["attempts"]
+        row["action_id"],
+        float(row["received_at"] or 0.0),
+        body,
+        row["event_key"] or "",
+        row["attempts"],
+        fields=fields,
     )
     return Job(
         alarm, row["instance_id"], row["incident_id"], bound.bind(instance=row["instance_id"]), row["plan"]

@@ -209,6 +209,14 @@ class CloudAmqpClient:
             raise PermanentError("CloudAMQP API answered /api/instances without a list")
         return [item for item in listing if isinstance(item, dict)]
 
+    async def list_plans(self) -> list[dict[str, Any]]:
+        """``GET /api/plans``: what CloudAMQP sells (``name``, ``price`` a month in USD,
+        ``backend``, ``shared``)."""
+        listing = await self._get_json("/api/plans")
+        if not isinstance(listing, list):
+            raise PermanentError("CloudAMQP API answered /api/plans without a list")
+        return [item for item in listing if isinstance(item, dict)]
+
     async def read_instance(self, instance_id: str, *, nodes: bool = False) -> InstanceState:
         """``GET /api/instances/{id}`` → its plan and ``ready``; with ``nodes``, whether every
         node of ``…/nodes`` is ``configured`` (None where the nodes cannot be read)."""

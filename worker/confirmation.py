@@ -65,6 +65,7 @@ class PlanCheck:
         if state is not None and state.settled and plan_shows(check.plan, state.plan):
             took = now - check.accepted_at if check.accepted_at is not None else None
             detail = f"instance is now on {state.plan}" + (f"; reconfigured in {took:.0f}s" if took else "")
+            await self.processor.note_plans({check.instance_id: state.plan})
             return await self._confirmed(check, bound, detail, took)
         if now >= check.deadline:
             seen = f"{state.plan}, ready: {state.ready}" if state is not None else "unknown"

@@ -22,6 +22,7 @@ class Directory:
     aliases: Mapping[str, str] = field(default_factory=dict)
     api_ids: Mapping[str, str] = field(default_factory=dict)
     unresolved: tuple[str, ...] = ()  # configured names the listing did not know
+    plans: Mapping[str, str] = field(default_factory=dict)  # configured name -> plan listed
 
     @classmethod
     def from_listing(cls, configured: Iterable[str], listing: Iterable[Mapping[str, Any]]) -> Directory:
@@ -35,6 +36,7 @@ class Directory:
                     by_name[str(value)] = item
         aliases: dict[str, str] = {}
         api_ids: dict[str, str] = {}
+        plans: dict[str, str] = {}
         unresolved = []
         for ref in configured:
             found = by_name.get(ref)
@@ -44,12 +46,14 @@ class Directory:
                 continue
             item = found
             api_ids[ref] = str(api_id)
+            if isinstance(item.get("plan"), str) and item["plan"]:
+                plans[ref] = item["plan"]
             for key in ("id", "providerid", "name"):
                 value = item.get(key)
                 if isinstance(value, str | int) and not isinstance(value, bool) and str(value):
                     aliases.setdefault(str(value), ref)
             aliases[ref] = ref
-        return cls(aliases, api_ids, tuple(unresolved))
+        return cls(aliases, api_ids, tuple(unresolved), plans)
 
     def configured(self, ref: str) -> str:
         """The configured name of the instance ``ref`` names (``ref`` itself when unknown)."""

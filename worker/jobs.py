@@ -14,6 +14,7 @@ from shared import metrics
 from shared.alarm import Alarm
 from shared.claims import ClaimVerdict
 from shared.policy import Skip
+from shared.pricing import PlanChange
 from shared.records import ActionRecord
 from shared.statuses import ActionStatus
 from worker.outcomes import Ack, Outcome, Retries
@@ -36,9 +37,14 @@ class Job:
     from_plan: str | None = None  # the plan read before the upgrade, where it was read
     verification: dict[str, Any] | None = None  # what the broker check saw, where it looked
     new: bool = False  # its event was recorded in this step (it has no action row yet)
+    change: PlanChange | None = None  # the plan change priced before the call
 
     def action(self, status: ActionStatus, now: float, **fields: Any) -> ActionRecord:
         """A write of this alarm's action row."""
+        change = self.change
+        if change is not None:
+            fields.setdefault("from_price", change.from_price)
+            fields.setdefault("to_price", change.to_price)
         return ActionRecord(
             self.alarm,
             status,

@@ -19,6 +19,7 @@ import structlog
 
 from shared import metrics
 from shared.alarm import Alarm, new_id
+from shared.catalogue import Catalogue
 from shared.envelope import AnyCheck, ApprovalCheck
 from shared.errors import PermanentError, RetryableError
 from shared.incidents import plan_incident
@@ -27,10 +28,12 @@ from shared.policy import (
     Upgrade,
     target_instance,
 )
+from shared.pricing import INCREASE_WINDOW
 from shared.settings import Settings
 from shared.snapshot import Arrival
 from shared.store import Store
 from worker.approvals import Approvals
+from worker.catalogue import PlanCatalogue
 from worker.cloudamqp import CloudAmqpClient
 from worker.confirmation import PlanCheck, first_look
 from worker.first_step import (
@@ -75,8 +78,10 @@ class Processor:
         policy: Policy | None = None,
         clock: Callable[[], float] = time.time,
         management: ManagementApi | None = None,
+        plans: PlanCatalogue | None = None,
     ):
         self.settings = settings
+        self.plans = plans  # CloudAMQP's plan catalogue (None: nothing is checked)
         self.management = management
         self.policy = policy or Policy.default(settings)
         self.retries = Retries.from_settings(settings)
@@ -111,6 +116,7 @@ class Processor:
             return
         self.listing_error = None
         self.directory = Directory.from_listing(self.settings.instance_ids, listing)
+        await self.note_plans(dict(self.directory.plans))
         log.info(
             "instances.resolved",
             instances={ref: self.directory.api_id(ref) for ref in self.settings.instance_ids},
@@ -121,6 +127,20 @@ class Processor:
                 detail="CLOUDAMQP_INSTANCE_ID names instances CloudAMQP does not list; used as given",
                 instances=list(self.directory.unresolved),
             )
+
+    async def note_plans(self, plans: dict[str, str]) -> None:
+        """Remember the instances' plans as just read (what ``next`` is priced from before the
+        instance is read again); a store that does not answer only costs that."""
+        try:
+            async with self.store.unit() as unit:
+                await unit.note_plans(plans, self.clock())
+        except Exception as exc:
+            log.warning("instances.plans_not_kept", error=f"{type(exc).__name__}: {exc}")
+
+    @property
+    def catalogue(self) -> Catalogue | None:
+        """What CloudAMQP sells, as last read (None: nothing is checked, no API key)."""
+        return self.plans.current if self.plans is not None else None
 
     async def _named(self, alarms: Sequence[Alarm]) -> list[Alarm]:
         """``alarms``, each naming its instance as ``CLOUDAMQP_INSTANCE_ID`` does."""
@@ -149,16 +169,27 @@ class Processor:
         (``worker.first_step.plan_batch``), one write (``Unit.apply``); then, for each alarm,
         what it does next once that has committed (``carry_on``). When the transaction fails,
         none of them took its step (the caller decides whether to try them one by one)."""
+        fields = self.policy.fields
+        if fields.paths:  # read through the policy file's [fields] table
+            alarms = [replace(alarm, fields=fields) for alarm in alarms]
         alarms = await self._named(alarms)
         now = self.clock()
         arrivals = []
         for alarm in alarms:
             instance = target_instance(alarm, self.settings)
             arrivals.append(Arrival(alarm, instance, plan_incident(alarm, instance)))
-        context = Context(self.settings, self.policy, self.dry_run, self.worker_id, new_id)
+        catalogue = self.catalogue
+        context = Context(self.settings, self.policy, self.dry_run, self.worker_id, new_id, catalogue)
         scopes = {scope for a in arrivals if (scope := context.scope_of(a)) is not None}
+        capped = catalogue is not None and self.settings.max_monthly_increase is not None
         async with self.store.unit() as unit:
-            snapshot = await unit.load(arrivals, scopes, now)
+            snapshot = await unit.load(
+                arrivals,
+                scopes,
+                now,
+                plans=catalogue is not None,
+                increases_since=now - INCREASE_WINDOW if capped else None,
+            )
             steps, writes = plan_batch(snapshot, arrivals, now, context)
             written = await unit.apply(writes, now)
         return [partial(self.carry_on, step, step.action is None or written[step.action]) for step in steps]

@@ -14,7 +14,8 @@ from tenacity import AsyncRetrying, stop_after_delay, wait_exponential
 
 from shared import metrics
 from shared.errors import BusyError, PermanentError, RetryableError
-from shared.policy import Skip, SkipReason, Upgrade, resolve_plan
+from shared.policy import OVER_BUDGET_ASK, Skip, SkipReason, Upgrade, price_check, resolve_plan
+from shared.pricing import INCREASE_WINDOW, PlanChange
 from shared.records import AUTOPILOT, AuditEntry, Finish
 from shared.statuses import RECONFIGURING, ActionStatus
 from shared.verify import assess
@@ -170,10 +171,49 @@ class UpgradeCall:
         unread (a ``next`` rule, which needs the plan, is skipped)."""
         current = await self.client.readable(self.api_id)
         self.unreadable = current is None
+        if current is not None:
+            await self.processor.note_plans({self.upgrade.instance_id: current.plan})
         if current is not None and not current.ready:
             raise BusyError(f"CloudAMQP is configuring the instance (ready: false, plan {current.plan})")
         self.job.from_plan = current.plan if current is not None else None
-        return resolve_plan(self.upgrade, self.job.from_plan)
+        plan = resolve_plan(self.upgrade, self.job.from_plan)
+        return plan if isinstance(plan, Skip) else await self._priced(plan)
+
+    async def _priced(self, plan: str) -> str | Skip:
+        """The plan priced from the plan just read, against the catalogue and the caps (the
+        decision priced it from the plan last read, which may be old): a plan not sold, not
+        in place or over budget is a skip, never a call. A person's approval stands for the
+        price they were shown."""
+        upgrade, catalogue, settings = self.upgrade, self.processor.catalogue, self.settings
+        increased = 0.0
+        if catalogue is not None and settings.max_monthly_increase is not None:
+            since = self.processor.clock() - INCREASE_WINDOW
+            async with self.processor.store.unit() as unit:
+                spent = await unit.increases_of(
+                    [upgrade.instance_id], since, leaving_out=self.job.alarm.event_id
+                )
+            increased = spent.get(upgrade.instance_id, 0.0)
+        found = price_check(
+            upgrade,
+            self.job.from_plan,
+            plan,
+            catalogue,
+            settings,
+            increased,
+            approved=self.approved_by is not None,
+        )
+        if isinstance(found, PlanChange):
+            self.job.change = found
+            return plan
+        if found.change is not None:
+            self.job.change, self.job.plan = found.change, found.change.to_plan
+        if found.reason is SkipReason.OVER_BUDGET and (
+            upgrade.approve or upgrade.over_budget == OVER_BUDGET_ASK
+        ):
+            # Priced from an older plan when decided; the plan just read is kept, so the next
+            # alarm's decision prices it right and asks.
+            return Skip(found.reason, f"{found.detail}; the next alarm asks for approval", found.change)
+        return found
 
     async def _retryable(self, exc: RetryableError) -> Outcome:
         retries = self.processor.retries
@@ -222,13 +262,14 @@ class UpgradeCall:
                 "action_id": alarm.event_id,
                 "plan_from": self.job.from_plan,
                 "plan_to": self.job.plan,
+                "price": self.job.change.as_dict() if self.job.change is not None else None,
                 "rule": self.upgrade.rule,
                 "approved_by": self.approved_by,
                 "cause": {
                     "event_id": alarm.event_id,
                     "alarm_type": alarm.alarm_type,
-                    "value": alarm.body.get("value"),
-                    "triggered_at": alarm.body.get("triggered_at"),
+                    "value": alarm.raw("value"),
+                    "triggered_at": alarm.raw("triggered_at"),
                     "reason": self.upgrade.reason,
                 },
             },

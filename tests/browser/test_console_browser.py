@@ -20,7 +20,7 @@ APPROVE_POLICY = """
 name = "careful"
 alarm_type = "memory"
 above = 80
-plan = "bunny-2"
+plan = "hare-1"
 approve = true
 approve_timeout = 600
 """
@@ -95,7 +95,7 @@ async def test_given_an_upgrade_awaiting_approval_when_approved_in_the_console_t
     await wait_until(lambda: len(fake_api.upgrade_requests()) == 1, timeout=10, what="the upgrade call")
     await page.wait_for_selector("#awaiting >> text=Nothing awaits approval")
     [call] = fake_api.upgrade_requests()
-    assert call.path == f"/api/instances/{SEED_INSTANCE}/actions/upgrade" and call.body["plan"] == "bunny-2"
+    assert call.path == f"/api/instances/{SEED_INSTANCE}/actions/upgrade" and call.body["plan"] == "hare-1"
     await page.goto("/ui/audit")
     await page.wait_for_selector("#audit >> text=capacity review done")
     assert len(fake_api.upgrade_requests()) == 1
@@ -189,12 +189,12 @@ CHART_POLICY = """
 name = "memory-80"
 alarm_type = "memory"
 above = 80
-plan = "bunny-2"
+plan = "hare-1"
 
 [[rules]]
 name = "cpu"
 alarm_type = "cpu"
-plan = "bunny-2"
+plan = "hare-1"
 """
 
 
@@ -229,7 +229,7 @@ async def test_the_instance_page_charts_memory_with_the_threshold_and_an_upgrade
     await action_of(stack, event_id, "succeeded")
 
     # The live part refreshes every 3 s: the marker shows once a later sample spans it.
-    await page.wait_for_selector("#usage-chart svg.chart g.marker >> text=→ bunny-2", timeout=30_000)
+    await page.wait_for_selector("#usage-chart svg.chart g.marker >> text=→ hare-1", timeout=30_000)
     chart = page.locator("#usage-chart svg.chart").first
     box = await chart.bounding_box()
     assert box is not None and box["width"] > 300 and box["height"] > 100

@@ -45,7 +45,7 @@ from tests.cloudamqp_stand_in import CloudAmqpStandIn
 from tests.support import Proc, Services, free_port, management_request, wait_until
 
 API_KEY = "chaos-api-key"
-START_PLAN, TARGET_PLAN = "bunny-1", "bunny-2"
+START_PLAN, TARGET_PLAN = "bunny-1", "hare-1"
 # Short delays so that a run takes seconds; attempts enough to outlast every fault we inject.
 RETRY_DELAYS = (0.2, 0.5, 1.0)
 MAX_ATTEMPTS = 200

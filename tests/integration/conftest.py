@@ -119,6 +119,9 @@ def base_env(vhost: str, fake_api: CloudAmqpStandIn, tmp_path: Path) -> dict[str
         "RETRY_DELAYS": "0.2,0.5",
         "UPGRADE_POLL_SECONDS": "0.2",
         "CLAIM_LEASE_SECONDS": "5",
+        # A plan CloudAMQP sells (the seed's default, bunny-2, is not: the worker refuses it
+        # as unknown_plan against the stand-in's catalogue; tests/integration/test_prices.py).
+        "UPGRADE_PLAN": "hare-1",
     }
 
 

@@ -52,7 +52,7 @@ async def test_given_default_settings_and_the_documented_api_only_then_one_put_a
     fake_api.blog = "absent"  # the documented service: no actions/upgrade endpoint
     fake_api.reconfigure_seconds = 1.5
     seed = seed_instance(fake_api, "bunny-1")
-    other = fake_api.add_instance("other-instance", "hare-1")
+    other = fake_api.add_instance("other-instance", "squirrel-1")
     # Default settings: UPGRADE_API unset (auto); the seed instance configured by its UUID.
     stack = make_stack(CLOUDAMQP_INSTANCE_ID=f"{SEED_INSTANCE},other-instance")
     await stack.start_receiver()
@@ -67,7 +67,7 @@ async def test_given_default_settings_and_the_documented_api_only_then_one_put_a
     )
     puts = [r for r in fake_api.upgrade_requests() if r.method == "PUT"]
     assert sorted(r.path for r in puts) == sorted([f"/api/instances/{seed.id}", f"/api/instances/{other.id}"])
-    assert all(r.headers["Authorization"] == BASIC and r.body == {"plan": "bunny-2"} for r in puts)
+    assert all(r.headers["Authorization"] == BASIC and r.body == {"plan": "hare-1"} for r in puts)
     assert all(r.status == 200 for r in puts)
     # The blog's endpoint was asked once in this process, and answered 404: nothing was done.
     blog = [r for r in fake_api.upgrade_requests() if r.path.endswith(BLOG_PATH)]
@@ -80,7 +80,7 @@ async def test_given_default_settings_and_the_documented_api_only_then_one_put_a
         assert instance.ready_at is not None and at(action["updated_at"]) >= instance.ready_at
         assert action["reconfigure_seconds"] >= 1.4
         assert "reconfigured in" in action["detail"]
-    assert (seed.plan, other.plan) == ("bunny-2", "bunny-2")
+    assert (seed.plan, other.plan) == ("hare-1", "hare-1")
     # The first look saw it still reconfiguring.
     assert any(e.get("ready") is False for e in worker.events("upgrade.waiting"))
     # The instance's own secrets (its AMQP URL's password, its apikey) were read, never kept.
@@ -300,7 +300,7 @@ async def test_given_the_blog_answering_api_then_the_seeds_call_is_unchanged(
     [post] = fake_api.upgrade_requests()
     assert post.method == "POST" and post.path == f"/api/instances/{SEED_API_ID}{BLOG_PATH}"
     assert post.headers["Authorization"] == f"Bearer {API_KEY}"
-    assert post.body == {"plan": "bunny-2", "reason": "Automatic upgrade triggered by memory alarm (85%)"}
+    assert post.body == {"plan": "hare-1", "reason": "Automatic upgrade triggered by memory alarm (85%)"}
     assert worker.events("api.blog_in_use")
 
 

@@ -20,7 +20,7 @@ POLICY = """
 name = "careful"
 alarm_type = "memory"
 above = 80
-plan = "bunny-2"
+plan = "hare-1"
 approve = true
 approve_timeout = 600
 """
@@ -115,4 +115,4 @@ async def test_given_a_worker_sigkilled_during_an_approved_upgrade_call_then_the
     final = await wait_until(settled, timeout=40, what="the approved upgrade to be carried on")
     assert (final["status"], final["reason"]) == ("skipped", "already_at_or_above_target")
     assert [r.method for r in fake_api.upgrade_requests()] == ["PUT"]
-    assert seed.plan == "bunny-2"
+    assert seed.plan == "hare-1"

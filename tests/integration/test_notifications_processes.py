@@ -128,7 +128,7 @@ async def test_given_a_backlog_when_a_burst_worker_runs_then_it_delivers_the_not
     assert worker.events("notify.drained") and worker.events("worker.drained")
 
 
-RULE = '[[rules]]\nalarm_type = "memory"\nabove = 80\nplan = "bunny-2"\n'
+RULE = '[[rules]]\nalarm_type = "memory"\nabove = 80\nplan = "hare-1"\n'
 
 
 @pytest.mark.parametrize(

@@ -34,12 +34,12 @@ async def test_given_the_seed_alarm_when_posted_then_exactly_one_upgrade_request
     assert status == 202 and body["status"] == "accepted" and body["id"]
     await wait_until(lambda: fake_api.upgrade_requests(), what="the upgrade request")
     [action] = await stack.wait_actions(1)
-    assert action["status"] == "succeeded" and action["plan"] == "bunny-2"
+    assert action["status"] == "succeeded" and action["plan"] == "hare-1"
     [request] = fake_api.upgrade_requests()
     assert request.method == "POST"
     assert request.path == f"/api/instances/{SEED_INSTANCE}/actions/upgrade"
     assert request.headers["Authorization"] == f"Bearer {API_KEY}"
-    assert request.body == {"plan": "bunny-2", "reason": "Automatic upgrade triggered by memory alarm (85%)"}
+    assert request.body == {"plan": "hare-1", "reason": "Automatic upgrade triggered by memory alarm (85%)"}
 
 
 @pytest.mark.parametrize(
@@ -232,7 +232,7 @@ async def test_given_no_api_key_then_the_worker_announces_dry_run_and_calls_noth
     assert (await stack.post(seed_alarm()))[0] == 202
 
     [action] = await stack.wait_actions(1)
-    assert action["status"] == "dry_run" and action["plan"] == "bunny-2"
+    assert action["status"] == "dry_run" and action["plan"] == "hare-1"
     assert worker.events("worker.dry_run")
     assert fake_api.upgrade_requests() == []
 

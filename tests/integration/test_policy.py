@@ -28,7 +28,9 @@ async def test_given_instances_mode_then_one_read_and_one_put_with_basic_auth_an
 
     path = f"/api/instances/{seed.id}"  # the integer id the console's UUID resolved to
     calls = [(r.method, r.path) for r in fake_api.requests]
-    assert calls[:3] == [("GET", "/api/instances"), ("GET", path), ("PUT", path)]
+    # At start the list (names to ids) and the plan catalogue; then the instance read, the PUT.
+    assert set(calls[:2]) == {("GET", "/api/instances"), ("GET", "/api/plans")}
+    assert [c for c in calls if c[1] == path][:2] == [("GET", path), ("PUT", path)]
     [put] = fake_api.upgrade_requests()
     assert put.headers["Authorization"] == BASIC
     assert put.body == {"plan": "rabbit-1"}
