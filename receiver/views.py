@@ -24,6 +24,7 @@ from shared import contract, metrics, topology, watch
 from shared.alarm import iso, new_id
 from shared.controls import GLOBAL, Pause
 from shared.errors import BrokerUnavailable
+from shared.notifications import action_price
 from shared.statuses import IncidentStatus
 
 log = structlog.get_logger("receiver")
@@ -265,6 +266,7 @@ def action_json(row: dict[str, Any]) -> dict[str, Any]:
         "detail": row["detail"],
         "plan": row["plan"],
         "from_plan": row.get("from_plan"),
+        "price": action_price(row),
         "reconfigure_seconds": row.get("reconfigure_seconds"),
         "verification": _loads(row.get("verification")),
         "attempts": row["attempts"],

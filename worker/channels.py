@@ -79,6 +79,10 @@ def webhook_request(endpoint: Endpoint, msg_id: str, payload: dict[str, Any], no
     return Request(endpoint.url, headers, body)
 
 
+# The test notification ``autopilot check --send-test`` sends (its type: ``autopilot.test``).
+TEST_EVENT = "autopilot.test"
+TEST_TEXT = "Test notification from `autopilot check --send-test`: nothing happened, no action is needed"
+
 # --- what happened, in words ---------------------------------------------------------------
 
 
@@ -99,13 +103,16 @@ def _facts(payload: dict[str, Any]) -> dict[str, Any]:
         "to": action.get("to_plan"),
         "detail": action.get("detail") or data.get("error"),
         "incident_id": incident.get("id") or action.get("incident_id"),
+        "reason": action.get("reason"),
+        # "bunny-1 → rabbit-1, $99 → $299 a month, +$200", where the prices are known
+        "price": price.get("text") if isinstance(price := action.get("price"), dict) else None,
     }
 
 
 def summary(payload: dict[str, Any]) -> str:
     """One line on what happened (Slack's text, PagerDuty's summary)."""
     f = _facts(payload)
-    plans = f"{f['from'] or '?'} → {f['to'] or '?'}"
+    plans = f["price"] or f"{f['from'] or '?'} → {f['to'] or '?'}"
     cause = f" ({f['alarm_type']} alarm, value {f['value']})" if f["alarm_type"] else ""
     lines: dict[str, str] = {
         EventType.INCIDENT_OPENED: f"Incident opened on {f['instance']}: {f['title']}",
@@ -116,6 +123,8 @@ def summary(payload: dict[str, Any]) -> str:
         EventType.ACTION_UNCONFIRMED: f"Upgrade of {f['instance']} to {f['to']} unconfirmed: {f['detail']}",
         EventType.ALARM_PARKED: f"Alarm parked in cloudamqp.alarms.dead: {f['detail']}",
         EventType.ACTION_AWAITING_APPROVAL: f"Upgrade of {f['instance']} ({plans}) awaits approval",
+        EventType.ACTION_SKIPPED: f"Upgrade of {f['instance']} not made ({f['reason']}): {f['detail']}",
+        TEST_EVENT: TEST_TEXT,
         EventType.ADVICE_DOWNGRADE: f"{f['instance']} could move down: {plans}",
     }
     event_type = str(payload.get("type"))
@@ -137,7 +146,8 @@ def slack_request(endpoint: Endpoint, payload: dict[str, Any], public_url: str |
     text = summary(payload)
     texts = [f"*Instance*\n{f['instance']}", f"*What*\n{payload.get('type')}"]
     if f["to"]:
-        texts.append(f"*Plan*\n{f['from'] or '?'} → {f['to']}")
+        plans = f["price"] or f"{f['from'] or '?'} → {f['to']}"
+        texts.append(f"*Plan*\n{plans}")
     if f["alarm_type"]:
         texts.append(f"*Alarm*\n{f['alarm_type']} {f['value']}")
     fields = [{"type": "mrkdwn", "text": cut(t, SLACK_FIELD_LIMIT)} for t in texts]

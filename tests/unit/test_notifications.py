@@ -314,3 +314,57 @@ def test_given_the_longest_texts_the_contract_allows_then_each_channel_fits_its_
         assert all(len(field["text"]) <= 2000 for field in block.get("fields", []))
     assert len(trigger["payload"]["summary"]) <= 1024 and len(trigger["dedup_key"]) <= 255
     assert len(trigger["payload"]["source"]) <= 255
+
+
+def priced(status: str = "succeeded", **more: Any) -> dict[str, Any]:
+    action = {
+        "action_id": "ev-2", "status": status, "instance_id": "i-1", "alarm_type": "memory",
+        "from_plan": "bunny-1", "plan": "rabbit-1", "from_price": 99.0, "to_price": 299.0, **more,
+    }  # fmt: skip
+    notice = action_notice(action, alarm_data(ALARM))
+    assert notice is not None
+    return payload(notice.type, notice.data)
+
+
+PRICE = "bunny-1 → rabbit-1, $99 → $299 a month, +$200"
+
+
+def test_an_upgrades_price_is_in_every_channels_payload() -> None:
+    body = priced()
+    assert body["data"]["action"]["price"] == {
+        "from_plan": "bunny-1", "to_plan": "rabbit-1", "from_price": 99.0, "to_price": 299.0,
+        "difference": 200.0, "text": PRICE,
+    }  # fmt: skip
+    webhook = Endpoint("webhook-x", ChannelKind.WEBHOOK, "http://127.0.0.1/hook", SECRET)
+    sent = json.loads(channels.webhook_request(webhook, "msg_2", body, time.time()).body)
+    assert sent["data"]["action"]["price"]["text"] == PRICE
+    slack = Endpoint("slack-x", ChannelKind.SLACK, "https://hooks.slack.com/services/T/B/secret")
+    message = json.loads(channels.slack_request(slack, body, None).body)
+    assert message["text"] == f"Upgraded i-1: {PRICE} (memory alarm, value 85)"
+    assert PRICE in json.dumps(message["blocks"], ensure_ascii=False)
+    pagerduty = Endpoint("pd-x", ChannelKind.PAGERDUTY, "http://pd", "ROUTING")
+    event = json.loads(channels.pagerduty_request(pagerduty, body, None).body)
+    assert event["payload"]["custom_details"]["action"]["price"]["text"] == PRICE
+    assert PRICE in event["payload"]["summary"]
+
+
+@pytest.mark.parametrize(
+    ("reason", "event"),
+    [
+        ("over_budget", "action.skipped"),
+        ("unknown_plan", "action.skipped"),
+        ("not_in_place", "action.skipped"),
+        ("below_threshold", None),
+        ("cooling_down", None),
+    ],
+)
+def test_a_skip_for_what_the_upgrade_would_buy_or_cost_is_news(reason: str, event: str | None) -> None:
+    notice = action_notice({"action_id": "a", "status": "skipped", "reason": reason}, {})
+    assert (notice.type.value if notice else None) == event
+
+
+def test_an_over_budget_skip_says_why_in_its_text() -> None:
+    detail = "rabbit-1 costs $299 a month, over MAX_MONTHLY_PRICE $200"
+    body = priced("skipped", reason="over_budget", detail=detail)
+    assert body["type"] == "action.skipped" and body["data"]["action"]["price"]["text"] == PRICE
+    assert channels.summary(body) == f"Upgrade of i-1 not made (over_budget): {detail}"
