@@ -9,7 +9,7 @@ RUNTIME_STAMP := $(VENV)/.installed-runtime
 DEV_STAMP := $(VENV)/.installed-dev
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev services run demo test test-unit lint bench chaos clean
+.PHONY: help install install-dev services run demo check test test-unit lint bench chaos clean
 
 help: ## list the targets
 	@awk -F ':.*## ' '/^[a-z][a-z-]*:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -38,6 +38,11 @@ run: $(RUNTIME_STAMP) ## RabbitMQ if needed, then a receiver and a worker in the
 
 demo: $(RUNTIME_STAMP) ## post sample alarms to the receiver `make run` started, and show the results
 	$(PY) -m tools.demo
+
+# The same as `autopilot check`: the configuration of this environment (and .env) checked the way
+# the worker reads it; CHECK_ARGS="--send-test" sends each notification endpoint a test.
+check: $(RUNTIME_STAMP) ## check the set-up before the first alarm: key, instances, plans, URLs, broker, store
+	$(PY) -m worker.cli check $(CHECK_ARGS)
 
 # A service that cannot be brought up stops here with one line saying what to install; any
 # non-zero pytest status fails the target, 5 (no test collected) included.

@@ -393,6 +393,10 @@ class FakeChannel:
     failing_status: int = 500
     hold: asyncio.Event | None = None
     received: list[Delivery] = field(default_factory=list)
+    # HEAD / OPTIONS (``autopilot check``'s reachability probes): answered ``probe_status``
+    # (a POST-only endpoint's 405 by default) and kept apart from the deliveries.
+    probe_status: int = 405
+    probes: list[Delivery] = field(default_factory=list)
     port: int = 0
     _runner: web.AppRunner | None = None
     _release: asyncio.Event = field(default_factory=asyncio.Event)
@@ -404,6 +408,8 @@ class FakeChannel:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_route("POST", "/{tail:.*}", self._handle)
+        app.router.add_route("HEAD", "/{tail:.*}", self._probe)
+        app.router.add_route("OPTIONS", "/{tail:.*}", self._probe)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
         await self._runner.setup()
         self.port = free_port()
@@ -440,6 +446,12 @@ class FakeChannel:
         if self.pagerduty_key is not None:
             return _pagerduty_problem(request.path, body, self.pagerduty_key)
         return None
+
+    async def _probe(self, request: web.Request) -> web.StreamResponse:
+        self.probes.append(
+            Delivery(request.path, dict(request.headers), b"", None, self.probe_status, time.monotonic())
+        )
+        return web.Response(status=self.probe_status)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()

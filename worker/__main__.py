@@ -24,6 +24,7 @@ from shared.settings import Settings
 from shared.store import Store
 from worker import notify_config
 from worker.catalogue import PlanCatalogue
+from worker.check import start_checks
 from worker.cloudamqp import CloudAmqpClient
 from worker.consumer import Consumer
 from worker.management import ManagementApi
@@ -85,7 +86,7 @@ async def main(settings: Settings, *, burst: bool = False) -> None:
         if not burst:
             jobs += periodic_jobs(settings, store, processor, policy, stop)
             listing = partial(processor.resolve_instances, force=True)
-            jobs.append(plans.run(stop, listing))
+            jobs += [plans.run(stop, listing), start_checks(settings, session, store, worker_id)]
         try:
             await asyncio.gather(*jobs)
         finally:

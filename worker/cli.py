@@ -5,17 +5,24 @@
     autopilot approve ACTION_ID [--reason …]      autopilot deny ACTION_ID [--reason …]
     autopilot pauses                              autopilot audit [--limit N]
     autopilot parked list|show|replay|purge …     (the parking lot: ``autopilot-dlq``)
+    autopilot check [--send-test]                 the set-up, checked before the first alarm
+    autopilot check --last-alarms [N]             the last alarms received, and what was read
 
 It works on the deployment its environment names (``DATABASE_URL``, ``RABBITMQ_URL``, as the
 worker reads them), through the same operations as the receiver's write endpoints, and
 records each act in the audit trail as ``cli:<user>`` unless ``--operator`` names someone.
 ``--json`` prints what happened as JSON.
+
+``check`` reads the configuration exactly as the worker does and checks each piece of the
+chain (``worker.check``): one ``ok`` / ``warn`` / ``fail`` line each, with the fix; it exits 0
+when nothing fails, 1 otherwise (a configuration that does not even load is a ``fail`` too).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import json
 import re
@@ -24,16 +31,24 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import aiohttp
+
 from shared import brokers, dlq, envelope, topology
 from shared.alarm import iso
+from shared.checks import Report, fail
 from shared.controls import ControlError, clean_text, operator_name, pause_until
 from shared.envelope import ApprovalCheck
 from shared.errors import StoreError
+from shared.fields import received_view
 from shared.logs import configure_logging
 from shared.operations import Operations
+from shared.policy import Policy
+from shared.policy_file import PolicyError, load_policy
 from shared.runtime import load_settings_or_exit
-from shared.settings import Settings
+from shared.settings import ConfigError, Settings
 from shared.store import Store
+from shared.store.checks import last_alarms
+from worker.check import Checker, keep, render_json
 
 PROGRAM = "autopilot"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -84,6 +99,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("pauses", help="the pauses still running", parents=[common])
     audit = sub.add_parser("audit", help="the audit trail, newest first", parents=[common])
     audit.add_argument("--limit", type=int, default=20)
+    check = sub.add_parser(
+        "check", help="check the set-up: key, instances, plans, management, notifications, broker, store"
+    )
+    check.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print the result as JSON"
+    )
+    check.add_argument(
+        "--send-test",
+        action="store_true",
+        help="send each notification endpoint one marked test notification",
+    )
+    check.add_argument(
+        "--last-alarms",
+        nargs="?",
+        type=int,
+        const=10,
+        default=None,
+        metavar="N",
+        help="show the last N alarms received (default 10): the fields read and the keys not recognised",
+    )
     parked = sub.add_parser(
         "parked", help="the parking lot (list, show, replay, purge; see autopilot parked -h)"
     )
@@ -173,6 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "parked":
         rest = list(args.rest)
         return dlq.main([*rest, "--json"] if args.json and rest[:1] == ["list"] else rest)
+    if args.command == "check":
+        return run_check(args)
     settings = load_settings_or_exit(PROGRAM)
     configure_logging(settings.log_format, "warning")  # the command says what it did itself
     try:
@@ -182,6 +219,85 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreError as exc:
         print(f"{PROGRAM}: state store error: {exc}", file=sys.stderr)
     return EXIT_FAILED
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """``autopilot check``: its report on stdout, exit 0 when nothing fails, 1 otherwise."""
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        report = Report((fail("configuration", str(exc), "fix the variable named"),), time.time(), _who())
+        print(render_json(report) if args.json else report.render())
+        return report.exit_code
+    configure_logging(settings.log_format, "error")  # the report says it all
+    if args.last_alarms is not None:
+        return asyncio.run(_last_alarms(settings, max(1, min(args.last_alarms, 500)), args.json))
+    report = asyncio.run(_check(settings, args.send_test))
+    print(render_json(report) if args.json else report.render())
+    return report.exit_code
+
+
+def _who() -> str:
+    return f"cli:{getpass.getuser()}"
+
+
+async def _check(settings: Settings, send_test: bool) -> Report:
+    async with aiohttp.ClientSession() as session:
+        checker = Checker(settings, session, send_test=send_test, source=_who())
+        try:
+            report = await checker.run()
+            if checker.store is not None:
+                with contextlib.suppress(StoreError, OSError):
+                    await keep(checker.store, report)  # for the console's overview
+            return report
+        finally:
+            await checker.close()
+
+
+async def _last_alarms(settings: Settings, limit: int, as_json: bool) -> int:
+    try:
+        policy = load_policy(settings.policy_file) if settings.policy_file else Policy.default(settings)
+    except PolicyError as exc:
+        print(f"{PROGRAM}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        store = await Store.open(settings.database_url)
+    except StoreError as exc:
+        print(f"{PROGRAM}: state store error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        rows = await last_alarms(store.db, limit)
+    finally:
+        await store.close()
+    views = [received_view(row, policy.fields) for row in rows]
+    if as_json:
+        for view in views:
+            view["received_at"] = iso(view["received_at"])
+        print(json.dumps(views, indent=2, ensure_ascii=False))
+        return EXIT_OK
+    print(_alarms_text(views) if views else "(no alarm received yet)")
+    return EXIT_OK
+
+
+def _alarms_text(views: list[dict[str, Any]]) -> str:
+    out = []
+    for view in views:
+        outcome = " ".join(str(v) for v in (view["status"], view["reason"]) if v) or "not decided"
+        out.append(f"{iso(view['received_at'])}  {view['event_id']}  {outcome}")
+        if view["detail"]:
+            out.append(f"  why: {view['detail']}")
+        read = "  ".join(
+            f"{name}={json.dumps(field['value'], ensure_ascii=False)}"
+            + (f" (from {field['from']})" if field["from"] not in (None, name) else "")
+            for name, field in view["read"].items()
+            if field["value"] is not None
+        )
+        out.append(f"  read: {read or 'nothing'}")
+        out.append(f"  not recognised: {', '.join(view['unrecognised']) or 'none'}")
+        if view["hint"]:
+            out.append(f"  hint: {view['hint']}")
+        out.append(f"  payload: {json.dumps(view['body'], ensure_ascii=False, sort_keys=True)}")
+    return "\n".join(out)
 
 
 if __name__ == "__main__":
