@@ -39,9 +39,12 @@ from receiver.views import redact_path, same_secret
 from shared.alarm import iso
 from shared.controls import GLOBAL, MAX_OPERATOR, ControlError, clean_text, operator_name, pause_until
 from shared.errors import BrokerUnavailable
+from shared.fields import received_view
+from shared.notifications import action_price
 from shared.policy import Policy
 from shared.settings import Settings
 from shared.statuses import IncidentStatus
+from shared.store.checks import last_alarms, last_check_run
 
 log = structlog.get_logger("console")
 
@@ -373,6 +376,7 @@ async def overview(request: web.Request) -> web.Response:
         counts = await console_data.counts(store, now)
         pauses = await store.list_pauses(now)
         upgrades = await console_data.last_upgrades(store, limit=10)
+        check = await last_check_run(store.db)
     except Exception as exc:
         raise web.HTTPServiceUnavailable(
             text=f"The state store does not answer: {type(exc).__name__}"
@@ -390,6 +394,7 @@ async def overview(request: web.Request) -> web.Response:
         now=now,
         pause_choices=PAUSE_CHOICES,
         webhook_url=webhook_url(request, settings),
+        check=check,
     )
     return _render(request, "overview.html", "overview_live.html", context)
 
@@ -530,6 +535,22 @@ async def audit(request: web.Request) -> web.Response:
         request, rows=rows[:PAGE_SIZE], filters=filters, pager=_pager(request, offset, len(rows) > PAGE_SIZE)
     )
     return _render(request, "audit.html", "audit_live.html", context)
+
+
+# --- the alarms received ---------------------------------------------------------------------------
+
+
+ALARMS_SHOWN = 50
+
+
+async def alarms(request: web.Request) -> web.Response:
+    """The last alarms received as they arrived (escaped), what was read from each (through the
+    policy file's ``[fields]``), the keys nothing read, and what became of it."""
+    rows = await last_alarms(request.config_dict[STORE].db, ALARMS_SHOWN)
+    fields = request.config_dict[LANES].policy.fields
+    views = [received_view(row, fields) for row in rows]
+    context = await _context(request, alarms=views, mapped=fields.describe())
+    return _render(request, "alarms.html", "alarms_live.html", context)
 
 
 # --- instances -----------------------------------------------------------------------------------
@@ -717,7 +738,12 @@ def _filters() -> dict[str, Callable[..., Any]]:
             value /= 1000
         return f"{value:.1f} GB"
 
-    return {"when": when, "left": left, "pretty": pretty, "size": size}
+    def price(row: dict[str, Any]) -> str | None:
+        """An action row's plan change with its monthly prices, where they are known."""
+        found = action_price(row)
+        return str(found["text"]) if found else None
+
+    return {"when": when, "left": left, "pretty": pretty, "size": size, "price": price}
 
 
 async def _probe(app: web.Application) -> Any:
@@ -755,6 +781,7 @@ def console_app(settings: Settings) -> web.Application:
     router.add_post("/actions/{action_id}/approve", approve)
     router.add_post("/actions/{action_id}/deny", deny)
     router.add_get("/audit", audit)
+    router.add_get("/alarms", alarms)
     router.add_get("/instances", instances)
     router.add_get("/instances/{instance}", instance)
     router.add_post("/instances/{instance}/pause", pause)

@@ -82,6 +82,7 @@ async def last_upgrades(store: Store, *, instance: str | None = None, limit: int
         row["upgrade"] = {
             "plan_from": detail.get("plan_from"),
             "plan_to": detail.get("plan_to"),
+            "price": price.get("text") if isinstance(price := detail.get("price"), dict) else None,
             "rule": detail.get("rule"),
             "approved_by": detail.get("approved_by"),
             "cause": " ".join(str(cause[k]) for k in ("alarm_type", "value") if cause.get(k) is not None),

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.cloudamqp_stand_in import CloudAmqpStandIn
-from tests.integration.conftest import SEED_INSTANCE, Stack, seed_alarm
+from tests.integration.conftest import SEED_INSTANCE, Stack, seed_alarm, seed_instance
 from tests.support import Services, wait_until
 
 pytestmark = pytest.mark.browser
@@ -99,6 +99,45 @@ async def test_given_an_upgrade_awaiting_approval_when_approved_in_the_console_t
     await page.goto("/ui/audit")
     await page.wait_for_selector("#audit >> text=capacity review done")
     assert len(fake_api.upgrade_requests()) == 1
+
+
+OVER_BUDGET_POLICY = """
+[[rules]]
+name = "climb"
+alarm_type = "memory"
+above = 80
+plan = "next"
+max_monthly_price = 150
+over_budget = "ask"
+"""
+
+
+async def test_given_an_upgrade_over_budget_then_the_approval_shows_its_price_and_approved_one_call(
+    console: Any, fake_api: CloudAmqpStandIn, tmp_path: Path
+) -> None:
+    seed_instance(fake_api, "bunny-1")
+    policy = tmp_path / "policy.toml"
+    policy.write_text(OVER_BUDGET_POLICY)
+    stack, page = await console(POLICY_FILE=str(policy))
+    await page.goto("/ui/actions")
+
+    event_id = await posted(stack)
+    await action_of(stack, event_id, "awaiting_approval")
+    row = page.locator(f"#awaiting tr[data-action='{event_id}']")
+    await row.wait_for()
+    # Before anyone clicks Approve: the change, both monthly prices, the difference, and why.
+    shown = await row.inner_text()
+    assert "bunny-1 → hare-1, $99 → $199 a month, +$100" in shown
+    assert "over budget: hare-1 costs $199 a month, over max_monthly_price of rule 'climb' $150" in shown
+    assert fake_api.upgrade_requests() == []
+    await row.locator("button:has-text('Approve')").click()
+    await page.wait_for_selector(f"text=Approved upgrade {event_id}")
+
+    await action_of(stack, event_id, "succeeded")
+    await wait_until(lambda: len(fake_api.upgrade_requests()) == 1, timeout=10, what="the upgrade call")
+    [call] = fake_api.upgrade_requests()
+    assert call.body["plan"] == "hare-1"
+    await page.wait_for_selector("#actions >> text=bunny-1 → hare-1, $99 → $199 a month, +$100")
 
 
 async def test_given_a_parked_alarm_when_replayed_in_the_console_then_it_is_processed(

@@ -3,14 +3,16 @@ alarm: a process with the deployment's environment, against the real broker (a v
 the real stores, the real RabbitMQ management API as the instance's, the stand-in CloudAMQP API
 and stand-in notification endpoints on loopback. A good set-up exits 0; each broken piece gives
 its own ``fail`` line and exit 1; no secret is ever in what it prints. The worker runs the same
-checks at start (warnings, and it starts)."""
+checks at start (warnings, and it starts), and the console's overview shows the last result."""
 
 from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import AsyncIterator
 
+import aiohttp
 import pytest
 
 from tests.cloudamqp_stand_in import CloudAmqpStandIn
@@ -189,7 +191,7 @@ async def test_given_send_test_then_each_endpoint_gets_one_marked_test_notificat
     assert "Test notification" in pagerduty.body["payload"]["summary"]
 
 
-async def test_the_worker_runs_the_checks_at_start_warns_and_starts(
+async def test_the_worker_runs_the_checks_at_start_warns_and_starts_and_the_console_shows_the_result(
     make_stack: MakeStack, good: dict[str, str], channels: dict[str, FakeChannel]
 ) -> None:
     channels["slack"].probe_status = 404
@@ -200,3 +202,23 @@ async def test_the_worker_runs_the_checks_at_start_warns_and_starts(
     assert warning["level"] == "warning" and warning["check"].startswith("notify slack-")
     assert "answers 404" in warning["detail"]
     await worker.wait_event("check.done", timeout=30)
+    await stack.start_receiver()
+
+    html = await console_page(stack.base, "/ui/", OPERATOR_TOKEN)
+    card = html.split('id="setup-check"', 1)[1].split("</section>", 1)[0]
+    assert "1 failed" in card and "notify slack-" in card and "answers 404" in card
+    assert SLACK_PATH not in html and OPERATOR_TOKEN not in html
+
+
+async def console_page(base: str, path: str, token: str) -> str:
+    """A console page, after logging in through the form (a cookie jar that keeps 127.0.0.1's)."""
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        async with session.get(f"{base}/ui/login") as resp:
+            found = re.search(r'name="_csrf" value="([^"]+)"', await resp.text())
+            assert found is not None
+        form = {"_csrf": found.group(1), "token": token, "name": "alice", "next": "/ui/"}
+        async with session.post(f"{base}/ui/login", data=form, allow_redirects=False) as resp:
+            assert resp.status == 303, await resp.text()
+        async with session.get(f"{base}{path}") as resp:
+            assert resp.status == 200
+            return await resp.text()

@@ -36,6 +36,7 @@ PAGES = (
     "/ui/audit",
     "/ui/instances",
     f"/ui/instances/{SEED_INSTANCE}",
+    "/ui/alarms",
 )
 
 
