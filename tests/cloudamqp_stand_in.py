@@ -9,7 +9,8 @@ the benchmarks. It answers as CloudAMQP's own clients have recorded it answering
 - ``PUT /api/instances/{id}`` with ``plan`` as a form or as JSON: 200, then ``ready: false``
   for ``reconfigure_seconds``, then the new plan and ``ready: true``; while not ready, 422
   "Please wait for your cluster to be configured…"; shared ↔ dedicated: 422;
-- ``GET /api/plans`` with the prices recorded in November 2025;
+- ``GET /api/plans`` with the prices recorded in November 2025 (``plans_status``: answer it with
+  that status instead, as an API that does not answer it);
 - the blog's ``POST /api/instances/{id}/actions/upgrade`` (Bearer key) as a switch: ``blog``
   ``"answers"`` (200, and the change happens as a PUT's would) or ``"absent"`` (404, as the
   documented service, which has no such endpoint) or ``"refuses"`` (401).
@@ -177,6 +178,7 @@ class CloudAmqpStandIn:
     fail_until: float = 0.0
     hang_until: float = 0.0
     echo_headers: bool = False  # a careless API that repeats the credentials in its errors
+    plans_status: int | None = None  # GET /api/plans answers this instead (503: the API is down)
     instances: dict[int, Instance] = field(default_factory=dict)
     requests: list[Recorded] = field(default_factory=list)
     port: int = 0
@@ -336,6 +338,8 @@ class CloudAmqpStandIn:
     def _documented(self, request: web.Request, record: Recorded, parts: list[str]) -> web.Response:
         method = request.method
         if parts == ["api", "plans"] and method == "GET":
+            if self.plans_status is not None:
+                return self._refusal(request, self.plans_status, {}, None)
             return web.json_response(
                 [
                     {"name": name, "price": price, "backend": "rabbitmq", "shared": name in SHARED_PLANS}
