@@ -167,9 +167,7 @@ class Approvals:
         )
 
     async def requested(self, job: Job, upgrade: Upgrade, check: ApprovalCheck) -> Outcome:
-        job.log.info(
-            "upgrade.awaiting_approval", plan=upgrade.plan, rule=upgrade.rule, until=iso(check.deadline)
-        )
+        job.log.info("upgrade.awaiting_approval", plan=job.plan, rule=upgrade.rule, until=iso(check.deadline))
         metrics.MESSAGES.labels("awaiting_approval").inc()
         return self.look_again(check, self.processor.clock())
 

@@ -239,7 +239,7 @@ class Processor:
     # --- what follows the first step's commit ---------------------------------------------
 
     async def _dry_run(self, job: Job, upgrade: Upgrade) -> Outcome:
-        job.log.info("upgrade.dry_run", plan=upgrade.plan, reason=upgrade.reason)
+        job.log.info("upgrade.dry_run", plan=job.plan, reason=upgrade.reason)
         metrics.MESSAGES.labels("dry_run").inc()
         return Ack()
 
