@@ -273,15 +273,22 @@ def price_check(
     settings: Settings,
     increased: float,
     *,
-    approved: bool = False,
+    approved_price: float | None = None,
 ) -> PlanChange | Skip:
     """``current`` → ``target`` priced, or the skip that refuses it (``unknown_plan``,
-    ``not_in_place``, ``over_budget``). A person who approved the upgrade approved its price:
-    over budget then stands (a plan not sold, or not in place, never does)."""
+    ``not_in_place``, ``over_budget``). A person who approved the upgrade at a price shown to
+    them (``approved_price``) approved that much: over budget at no more than it stands (a
+    plan not sold, or not in place, never does)."""
     verdict = assess_plan_change(catalogue, current, target, upgrade_caps(upgrade, settings, increased))
     if isinstance(verdict, PlanChange):
         return verdict
-    if verdict.reason is Refusal.OVER_BUDGET and approved:
+    shown = verdict.change.to_price
+    if (
+        verdict.reason is Refusal.OVER_BUDGET
+        and approved_price is not None
+        and shown is not None
+        and shown <= approved_price
+    ):
         return verdict.change
     return Skip(SkipReason(verdict.reason.value), verdict.detail, verdict.change)
 
@@ -298,11 +305,8 @@ def _priced(upgrade: Upgrade, state: DecisionState, settings: Settings, catalogu
         return replace(upgrade, change=found)
     asks = upgrade.approve or upgrade.over_budget == OVER_BUDGET_ASK
     if found.reason is SkipReason.OVER_BUDGET and asks:
-        change = price_check(
-            upgrade, state.current_plan, target, catalogue, settings, state.increased, approved=True
-        )
-        assert isinstance(change, PlanChange)
-        return replace(upgrade, change=change, approve=True, budget_note=f"over budget: {found.detail}")
+        assert found.change is not None
+        return replace(upgrade, change=found.change, approve=True, budget_note=f"over budget: {found.detail}")
     return found
 
 

@@ -117,7 +117,10 @@ class Approvals:
                 job.action(ActionStatus.IN_PROGRESS, now, attempts=job.alarm.attempts + 1)
             )
         job.log.info("upgrade.approved", by=row["decided_by"], plan=upgrade.plan)
-        return UpgradeCall(self.processor, job, upgrade, claim, approved_by=row["decided_by"]).run
+        price = float(row["to_price"]) if row["to_price"] is not None else None
+        return UpgradeCall(
+            self.processor, job, upgrade, claim, approved_by=row["decided_by"], approved_price=price
+        ).run
 
     async def _approved_refusal(
         self, unit: Unit, job: Job, row: Row, now: float

@@ -41,9 +41,11 @@ class UpgradeCall:
         claim: Claim,
         *,
         approved_by: str | None = None,
+        approved_price: float | None = None,
     ):
         assert processor.client is not None
         self.approved_by = approved_by
+        self.approved_price = approved_price  # the monthly price the approval showed, if any
         self.processor = processor
         self.client = processor.client
         self.settings = processor.settings
@@ -183,7 +185,7 @@ class UpgradeCall:
         """The plan priced from the plan just read, against the catalogue and the caps (the
         decision priced it from the plan last read, which may be old): a plan not sold, not
         in place or over budget is a skip, never a call. A person's approval stands for the
-        price they were shown."""
+        price they were shown (and no more)."""
         upgrade, catalogue, settings = self.upgrade, self.processor.catalogue, self.settings
         increased = 0.0
         if catalogue is not None and settings.max_monthly_increase is not None:
@@ -200,8 +202,9 @@ class UpgradeCall:
             catalogue,
             settings,
             increased,
-            approved=self.approved_by is not None,
+            approved_price=self.approved_price,
         )
+
         if isinstance(found, PlanChange):
             self.job.change = found
             return plan

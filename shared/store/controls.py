@@ -125,9 +125,10 @@ class Controls(Part):
         )
 
     async def approval(self, action_id: str) -> Row | None:
-        """An action with its approval and the alarm that caused it (None: no such action)."""
+        """An action with its approval (and the monthly price it showed, ``to_price``) and the
+        alarm that caused it (None: no such action)."""
         return await self.tx.fetchrow(
-            """SELECT a.action_id, a.status, a.incident_id, a.attempts, p.scope, p.owner,
+            """SELECT a.action_id, a.status, a.incident_id, a.attempts, a.to_price, p.scope, p.owner,
                       p.instance_id, p.plan, p.reason, p.rule, p.cooldown_seconds, p.deadline,
                       p.decided_by, p.decided_at, e.received_at, e.event_key, e.body
                FROM actions a

@@ -155,16 +155,18 @@ def test_without_an_api_key_nothing_is_checked_and_the_seed_plan_stands() -> Non
     assert isinstance(decision, Upgrade) and decision.plan == "bunny-2" and decision.change is None
 
 
-def test_an_approval_stands_for_the_price_it_showed_but_never_for_a_plan_not_sold() -> None:
+def test_an_approval_stands_for_the_price_it_showed_and_no_more_and_never_for_a_plan_not_sold() -> None:
     upgrade = decide(
         alarm(), DecisionState(current_plan="bunny-1"), SETTINGS, NOW, rule(max_monthly_price=10)
     )
     assert isinstance(upgrade, Upgrade)
     over = price_check(upgrade, "bunny-1", "hare-1", CATALOGUE, SETTINGS, 0.0)
     assert isinstance(over, Skip) and over.reason is SkipReason.OVER_BUDGET
-    approved = price_check(upgrade, "bunny-1", "hare-1", CATALOGUE, SETTINGS, 0.0, approved=True)
+    approved = price_check(upgrade, "bunny-1", "hare-1", CATALOGUE, SETTINGS, 0.0, approved_price=199)
     assert approved == PlanChange("bunny-1", "hare-1", 99, 199)
-    unsold = price_check(upgrade, "bunny-1", "bunny-2", CATALOGUE, SETTINGS, 0.0, approved=True)
+    dearer = price_check(upgrade, "bunny-1", "rabbit-1", CATALOGUE, SETTINGS, 0.0, approved_price=199)
+    assert isinstance(dearer, Skip) and dearer.reason is SkipReason.OVER_BUDGET  # more than was shown
+    unsold = price_check(upgrade, "bunny-1", "bunny-2", CATALOGUE, SETTINGS, 0.0, approved_price=10_000)
     assert isinstance(unsold, Skip) and unsold.reason is SkipReason.UNKNOWN_PLAN
 
 
