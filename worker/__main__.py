@@ -86,7 +86,7 @@ async def main(settings: Settings, *, burst: bool = False) -> None:
         if not burst:
             jobs += periodic_jobs(settings, store, processor, policy, stop)
             listing = partial(processor.resolve_instances, force=True)
-            jobs += [plans.run(stop, listing), start_checks(settings, session, store, worker_id)]
+            jobs += [plans.run(stop, listing), start_checks(settings, session, store, worker_id, stop)]
         try:
             await asyncio.gather(*jobs)
         finally:

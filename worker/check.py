@@ -9,6 +9,7 @@ and keeps the result in the store, where the console's overview shows it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable
@@ -328,13 +329,23 @@ async def keep(store: Store, report: Report) -> None:
     )
 
 
-async def start_checks(settings: Settings, session: aiohttp.ClientSession, store: Store, source: str) -> None:
+async def start_checks(
+    settings: Settings, session: aiohttp.ClientSession, store: Store, source: str, stop: asyncio.Event
+) -> None:
     """The worker's own run at start, beside its work: each failure a warning (the worker
-    runs on), the result kept for the console. Nothing here may stop the worker."""
+    runs on), the result kept for the console. Nothing here may stop the worker, nor hold up
+    its stop (a probe waiting out its time-out is left)."""
+    run = asyncio.ensure_future(_start_checks(settings, session, store, source))
+    stopped = asyncio.ensure_future(stop.wait())
     try:
-        await _start_checks(settings, session, store, source)
-    except Exception as exc:
-        log.warning("check.crashed", error=f"{type(exc).__name__}: {exc}"[:300])
+        await asyncio.wait({run, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (run, stopped):
+            task.cancel()
+        results = await asyncio.gather(run, stopped, return_exceptions=True)
+    failure = results[0]
+    if isinstance(failure, Exception):
+        log.warning("check.crashed", error=f"{type(failure).__name__}: {failure}"[:300])
 
 
 async def _start_checks(

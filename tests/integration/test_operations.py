@@ -39,7 +39,8 @@ async def test_given_traffic_then_receiver_and_worker_counters_move(
     port = free_port()
     stack = make_stack(WORKER_METRICS_PORT=str(port))
     await stack.start_receiver()
-    await stack.start_worker()
+    process = await stack.start_worker()
+    await process.wait_event("check.done", timeout=30)  # its own reads at start, counted below
 
     assert (await stack.post(seed_alarm(value=85)))[0] == 202
     assert (await stack.post(seed_alarm(value=50)))[0] == 202
@@ -62,8 +63,9 @@ async def test_given_traffic_then_receiver_and_worker_counters_move(
     assert receiver["autopilot_receiver_accept_seconds_count"] == 2
     assert worker['autopilot_worker_messages_total{outcome="upgraded"}'] == 1
     assert worker['autopilot_worker_messages_total{outcome="below_threshold"}'] == 1
-    # The instance list read at start, and the upgrade (the instance read before it: 404).
-    assert worker['autopilot_worker_api_responses_total{status="200"}'] == 2
+    # The instance list and the plan catalogue read at start, the same two read by the checks
+    # at start, and the upgrade (the instance read before it: 404).
+    assert worker['autopilot_worker_api_responses_total{status="200"}'] == 5
     assert worker['autopilot_worker_api_request_seconds_count{method="POST"}'] == 1
     assert worker[f'autopilot_worker_last_upgrade_timestamp_seconds{{instance="{SEED_INSTANCE}"}}'] > 0
     assert worker["autopilot_worker_in_flight"] == 0
