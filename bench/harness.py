@@ -30,6 +30,9 @@ SERVICES = Services(
     postgres_url=os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
 )
 API_KEY = "bench-api-key"
+# The plan the benchmarks' upgrades ask for: one CloudAMQP sells, as the worker checks it against
+# the stand-in's GET /api/plans (the default, the blog's bunny-2, is refused as unknown_plan).
+PLAN = "hare-1"
 
 
 def stand_in_args(port: int, latency: float) -> list[str]:

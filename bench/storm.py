@@ -22,6 +22,7 @@ import aiohttp
 
 from bench.harness import (
     API_KEY,
+    PLAN,
     cpu_seconds,
     free_port,
     fresh_vhost,
@@ -103,6 +104,7 @@ async def run_storm(
             "DATABASE_URL": db_url,
             "CLOUDAMQP_API_URL": api_url,
             "CLOUDAMQP_API_KEY": API_KEY,
+            "UPGRADE_PLAN": PLAN,
             "CLOUDAMQP_INSTANCE_ID": ",".join(storm.managed),
             "RETRY_DELAYS": "0.2,0.5",
         }

@@ -24,6 +24,7 @@ import aiohttp
 
 from bench.harness import (
     API_KEY,
+    PLAN,
     Processes,
     cpu_seconds,
     free_port,
@@ -462,6 +463,7 @@ async def run_workers(
             "DATABASE_URL": db_url,
             "CLOUDAMQP_API_URL": api_url,
             "CLOUDAMQP_API_KEY": API_KEY,
+            "UPGRADE_PLAN": PLAN,
             "CLOUDAMQP_INSTANCE_ID": ",".join(instances),
             "RETRY_DELAYS": "0.2,0.5",
             **(extra or {}),
@@ -647,6 +649,7 @@ async def e2e_ours(cfg: Config, extra: dict[str, str]) -> dict[str, Any]:
             port,
             CLOUDAMQP_API_URL=api_url,
             CLOUDAMQP_API_KEY=API_KEY,
+            UPGRADE_PLAN=PLAN,
             CLOUDAMQP_INSTANCE_ID=",".join(instances),
         )
         env["DATABASE_URL"] = f"sqlite:///{cfg.workdir}/e2e-{port}.db"
