@@ -103,6 +103,11 @@ class Settings:
     # The forecast of a rule with ``forecast = true`` (worker.forecast): the samples it fits.
     forecast_window_seconds: float = 1800.0
     forecast_min_samples: int = 10
+    # Flap detection (shared.flapping): a key that opened this often within the window is
+    # flapping; its incident then resolves only after the quiet period. 0 openings: off.
+    flap_openings: int = 4
+    flap_window_seconds: float = 3600.0
+    flap_quiet_seconds: float = 900.0
 
     def management_url(self, instance_id: str) -> str | None:
         """The management API URL (credentials included) of a managed instance, if given."""
@@ -394,6 +399,9 @@ _VARIABLES: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("plan_memory_step", "PLAN_MEMORY_STEP", _number(1, allow_equal=False)),
     ("forecast_window_seconds", "FORECAST_WINDOW_SECONDS", _number(0, allow_equal=False)),
     ("forecast_min_samples", "FORECAST_MIN_SAMPLES", _int_range(3, 100000)),
+    ("flap_openings", "FLAP_OPENINGS", _int_range(0, 1000)),
+    ("flap_window_seconds", "FLAP_WINDOW_SECONDS", _number(0, allow_equal=False)),
+    ("flap_quiet_seconds", "FLAP_QUIET_SECONDS", _number(0, allow_equal=False)),
 )
 
 # What a platform sets when ours is unset: Heroku's CloudAMQP add-on sets CLOUDAMQP_URL and
