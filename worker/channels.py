@@ -99,7 +99,20 @@ def _facts(payload: dict[str, Any]) -> dict[str, Any]:
         "to": action.get("to_plan"),
         "detail": action.get("detail") or data.get("error"),
         "incident_id": incident.get("id") or action.get("incident_id"),
+        "flap": incident.get("flap") or {},
     }
+
+
+def _flapping(flap: dict[str, Any]) -> str:
+    """``9 transitions in 60 min; resolves after 15 min quiet``."""
+    window, quiet = flap.get("window_seconds") or 0, flap.get("quiet_seconds") or 0
+    return f"{flap.get('transitions')} transitions in {_span(window)}; resolves after {_span(quiet)} quiet"
+
+
+def _span(seconds: float) -> str:
+    if seconds >= 120 and seconds % 60 == 0:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"
 
 
 def summary(payload: dict[str, Any]) -> str:
@@ -109,7 +122,10 @@ def summary(payload: dict[str, Any]) -> str:
     cause = f" ({f['alarm_type']} alarm, value {f['value']})" if f["alarm_type"] else ""
     lines: dict[str, str] = {
         EventType.INCIDENT_OPENED: f"Incident opened on {f['instance']}: {f['title']}",
-        EventType.INCIDENT_RESOLVED: f"Incident resolved on {f['instance']}: {f['title']}",
+        EventType.INCIDENT_RESOLVED: f"Incident resolved on {f['instance']}: {f['title']}"
+        + (f" (after flapping: quiet for {_span(f['flap'].get('quiet_seconds') or 0)})" if f["flap"] else ""),
+        EventType.INCIDENT_FLAPPING: f"Incident flapping on {f['instance']}: {f['title']}"
+        + (f" ({_flapping(f['flap'])})" if f["flap"] else ""),
         EventType.ACTION_SUCCEEDED: f"Upgraded {f['instance']}: {plans}{cause}",
         EventType.ACTION_DRY_RUN: f"Dry run: would upgrade {f['instance']}: {plans}{cause}",
         EventType.ACTION_FAILED: f"Upgrade of {f['instance']} to {f['to']} failed: {f['detail']}",
@@ -139,7 +155,8 @@ def slack_request(endpoint: Endpoint, payload: dict[str, Any], public_url: str |
     if f["to"]:
         texts.append(f"*Plan*\n{f['from'] or '?'} → {f['to']}")
     if f["alarm_type"]:
-        texts.append(f"*Alarm*\n{f['alarm_type']} {f['value']}")
+        value = "" if f["value"] is None else f" {f['value']}"
+        texts.append(f"*Alarm*\n{f['alarm_type']}{value}")
     fields = [{"type": "mrkdwn", "text": cut(t, SLACK_FIELD_LIMIT)} for t in texts]
     blocks: list[dict[str, Any]] = [
         {"type": "section", "text": {"type": "mrkdwn", "text": f"*{cut(text, SLACK_TEXT_LIMIT - 2)}*"}},
@@ -177,8 +194,9 @@ def severity(alarm_type: str | None) -> str:
 
 
 def pagerduty_request(endpoint: Endpoint, payload: dict[str, Any], public_url: str | None) -> Request:
-    """``trigger`` / ``resolve`` for incidents (``dedup_key`` = our incident id); every other
-    event is a change event (on the service's timeline, never a page)."""
+    """``trigger`` / ``resolve`` for incidents (``dedup_key`` = our incident id: a flapping
+    incident's ``incident.flapping`` triggers it again, its final resolve resolves it); every
+    other event is a change event (on the service's timeline, never a page)."""
     assert endpoint.secret is not None
     f = _facts(payload)
     dedup_key = cut(str(f["incident_id"]), DEDUP_KEY_LIMIT) if f["incident_id"] is not None else None
@@ -194,7 +212,7 @@ def pagerduty_request(endpoint: Endpoint, payload: dict[str, Any], public_url: s
         }
         return Request(f"{endpoint.url}/v2/enqueue", headers, _json(event))
     source = cut(str(f["instance"]), 255) if f["instance"] != "?" else "cloudamqp-autopilot"
-    if event_type == EventType.INCIDENT_OPENED:
+    if event_type in (EventType.INCIDENT_OPENED, EventType.INCIDENT_FLAPPING):
         event = {
             "routing_key": endpoint.secret,
             "event_action": "trigger",

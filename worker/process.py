@@ -21,6 +21,7 @@ from shared import metrics
 from shared.alarm import Alarm, new_id
 from shared.envelope import AnyCheck, ApprovalCheck
 from shared.errors import PermanentError, RetryableError
+from shared.flapping import FlapRule
 from shared.incidents import plan_incident
 from shared.policy import (
     Policy,
@@ -84,6 +85,7 @@ class Processor:
         self.client = client
         self.worker_id = worker_id
         self.clock = clock
+        self.flap = FlapRule.of(settings)
         self.finishes = Finishes(store)  # upgrades' outcomes, recorded together when together
         self.approvals = Approvals(self)
         self.directory = Directory()  # ids compared as given until CloudAMQP's list is read
@@ -158,7 +160,7 @@ class Processor:
         context = Context(self.settings, self.policy, self.dry_run, self.worker_id, new_id)
         scopes = {scope for a in arrivals if (scope := context.scope_of(a)) is not None}
         async with self.store.unit() as unit:
-            snapshot = await unit.load(arrivals, scopes, now)
+            snapshot = await unit.load(arrivals, scopes, now, self.flap)
             steps, writes = plan_batch(snapshot, arrivals, now, context)
             written = await unit.apply(writes, now)
         return [partial(self.carry_on, step, step.action is None or written[step.action]) for step in steps]

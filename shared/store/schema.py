@@ -131,4 +131,22 @@ MIGRATIONS: list[list[str]] = [
             until_at DOUBLE PRECISION NOT NULL
         )""",
     ],
+    # Flap detection (issue 28, shared/flapping.py): an incident's flap marking and pending
+    # resolve, and each incident key's latest incident and recent transitions.
+    [
+        "ALTER TABLE incidents ADD COLUMN flap_episodes INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE incidents ADD COLUMN flapping_since DOUBLE PRECISION",
+        "ALTER TABLE incidents ADD COLUMN flap_transitions INTEGER",
+        "ALTER TABLE incidents ADD COLUMN flap_window DOUBLE PRECISION",
+        "ALTER TABLE incidents ADD COLUMN flap_quiet DOUBLE PRECISION",
+        "ALTER TABLE incidents ADD COLUMN resolves_at DOUBLE PRECISION",
+        # The quiet-resolve sweep's look: the pending resolves that fell due.
+        "CREATE INDEX incidents_resolves ON incidents (resolves_at) WHERE resolves_at IS NOT NULL",
+        """CREATE TABLE incident_keys (
+            incident_key TEXT PRIMARY KEY,
+            incident_id TEXT NOT NULL,
+            transitions TEXT NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL
+        )""",
+    ],
 ]
