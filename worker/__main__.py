@@ -27,6 +27,7 @@ from worker.consumer import Consumer
 from worker.management import ManagementApi
 from worker.notify import Notifier
 from worker.process import Processor
+from worker.quiet import QuietResolves
 from worker.sweep import ConfirmationSweep
 from worker.watchdog import Watchdog
 
@@ -91,14 +92,17 @@ def periodic_jobs(
     settings: Settings, store: Store, processor: Processor, policy: Policy, stop: asyncio.Event
 ) -> list[Coroutine[Any, Any, None]]:
     """What one worker among all runs per interval (``worker.schedule``): the confirmation
-    sweep, and the watchdog where an instance's management API is known. Each publishes on a
-    connection of its own."""
+    sweep, the quiet-resolve sweep of flapping incidents, and the watchdog where an
+    instance's management API is known. Those that publish do so on a connection of their own."""
     worker_id = processor.worker_id
 
     def publisher() -> Publisher:
         return Publisher(settings.rabbitmq_url, settings.delay_queues)
 
-    jobs = [ConfirmationSweep(settings, store, publisher(), worker_id=worker_id).run(stop)]
+    jobs = [
+        ConfirmationSweep(settings, store, publisher(), worker_id=worker_id).run(stop),
+        QuietResolves(settings, store, worker_id=worker_id).run(stop),
+    ]
     if processor.management is not None and settings.watchdog_interval_seconds > 0:
         watchdog = Watchdog(
             settings,
