@@ -717,7 +717,14 @@ def _filters() -> dict[str, Callable[..., Any]]:
             value /= 1000
         return f"{value:.1f} GB"
 
-    return {"when": when, "left": left, "pretty": pretty, "size": size}
+    def span(seconds: float | None) -> str:
+        if seconds is None:
+            return "—"
+        if seconds >= 120 and seconds % 60 == 0:
+            return f"{seconds / 60:g} min"
+        return f"{seconds:g} s"
+
+    return {"when": when, "left": left, "pretty": pretty, "size": size, "span": span}
 
 
 async def _probe(app: web.Application) -> Any:

@@ -25,6 +25,7 @@ from shared.alarm import iso, new_id
 from shared.controls import GLOBAL, Pause
 from shared.errors import BrokerUnavailable
 from shared.statuses import IncidentStatus
+from shared.store.incidents import flap_mark
 
 log = structlog.get_logger("receiver")
 
@@ -238,6 +239,7 @@ def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | Non
 
 
 def incident_json(row: dict[str, Any]) -> dict[str, Any]:
+    mark = flap_mark(row)
     return {
         "id": row["incident_id"],
         "key": row["incident_key"],
@@ -250,6 +252,10 @@ def incident_json(row: dict[str, Any]) -> dict[str, Any]:
         "count": row["event_count"],
         "last_value": _loads(row["last_value"]),
         "resolved_at": iso(row["resolved_at"]),
+        # Marked flapping (shared.flapping): how, and its pending resolve ("resolves at …, if quiet").
+        "flapping": mark is not None,
+        "flap": None if mark is None else mark.json(),
+        "resolves_at": iso(row["resolves_at"]),
     }
 
 

@@ -64,24 +64,28 @@ _FLAP_COLUMNS = (
 )
 
 
+def flap_mark(row: Row) -> FlapMark | None:
+    """How an incident row is marked flapping, or None (it never flapped)."""
+    if not row["flap_episodes"]:
+        return None
+    return FlapMark(
+        float(row["flapping_since"]),
+        int(row["flap_transitions"]),
+        float(row["flap_window"]),
+        float(row["flap_quiet"]),
+        int(row["flap_episodes"]),
+    )
+
+
 def key_state(row: Row) -> KeyState:
     """An incident row as its key's latest incident."""
-    mark = None
-    if row["flap_episodes"]:
-        mark = FlapMark(
-            float(row["flapping_since"]),
-            int(row["flap_transitions"]),
-            float(row["flap_window"]),
-            float(row["flap_quiet"]),
-            int(row["flap_episodes"]),
-        )
     resolves_at = row["resolves_at"]
     return KeyState(
         row["incident_id"],
         row["status"] == IncidentStatus.OPEN,
         row["instance_id"],
         row["alarm_type"],
-        mark,
+        flap_mark(row),
         None if resolves_at is None else float(resolves_at),
     )
 
