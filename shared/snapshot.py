@@ -176,7 +176,7 @@ def record_incident(
     if rule.on:
         state.transitions = flapping.remember(state.transitions, verdict.move, now, rule)
     incident_id = _MOVES[verdict.move](state, writes, _Turn(arrival, now, new_id, rule))
-    if rule.on and state.incident_id is not None and verdict.move is not Move.GROUPED:
+    if rule.on and state.incident_id is not None and verdict.move in flapping.OPENINGS | flapping.CLOSINGS:
         writes.keys[plan.key] = KeyRow(state.incident_id, list(state.transitions))
     writes.event_incidents.append((alarm.event_id, incident_id, verdict.move.value))
     return incident_id, verdict.move.value
