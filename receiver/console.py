@@ -692,6 +692,15 @@ async def _confirm(request: web.Request, what: str, question: str) -> web.Respon
 # --- the sub-application ---------------------------------------------------------------------------
 
 
+def _span(seconds: float | None) -> str:
+    """A duration as a person reads it: ``60 min``, ``90 s``."""
+    if seconds is None:
+        return "—"
+    if seconds >= 120 and seconds % 60 == 0:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"
+
+
 def _filters() -> dict[str, Callable[..., Any]]:
     def when(ts: float | None) -> str:
         text = iso(ts)
@@ -717,14 +726,7 @@ def _filters() -> dict[str, Callable[..., Any]]:
             value /= 1000
         return f"{value:.1f} GB"
 
-    def span(seconds: float | None) -> str:
-        if seconds is None:
-            return "—"
-        if seconds >= 120 and seconds % 60 == 0:
-            return f"{seconds / 60:g} min"
-        return f"{seconds:g} s"
-
-    return {"when": when, "left": left, "pretty": pretty, "size": size, "span": span}
+    return {"when": when, "left": left, "pretty": pretty, "size": size, "span": _span}
 
 
 async def _probe(app: web.Application) -> Any:
