@@ -8,22 +8,29 @@ node's memory cannot be made to follow a curve at sixty times real time).
   crossing of 80 % is 9 min away (at minute 21), none before, with two workers polling;
 - noise around 60 %, a spike to 79 % and back, a ramp that flattens at 75 %: nothing;
 - a forecast during a pause or a cooldown: recorded, no call; with approval: a request that
-  carries the projection.
+  carries the projection;
+- the console's instance page (the receiver's app on the same store) says why, and draws the
+  forecast's line, the threshold and the upgrade.
 """
 
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import random
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 import pytest
+from pytest_aiohttp import AiohttpClient
 
+from receiver.app import create_app
 from shared.alarm import iso
 from shared.operations import Operations
 from shared.policy import Policy, Rule
@@ -32,6 +39,7 @@ from shared.settings import Settings
 from shared.store import Store
 from tests.cloudamqp_stand_in import BUNNY_MEM_LIMIT, CloudAmqpStandIn, Instance
 from tests.integration.conftest import API_KEY, SEED_INSTANCE, seed_instance
+from tests.integration.test_console import OPERATOR_TOKEN, login, page
 from tests.support import wait_until
 from worker import schedule
 from worker.cloudamqp import CloudAmqpClient
@@ -337,3 +345,35 @@ async def test_given_a_rule_with_approval_then_the_forecast_asks_for_it_with_its
     assert (action["event_id"], action["status"]) == (forecast["event_id"], "awaiting_approval")
     assert "memory 71% rising 1.0%/min, projected to cross 80% in 9 min" in action["detail"]
     assert fake_api.upgrade_requests() == []
+
+
+async def test_given_a_forecast_then_the_consoles_instance_page_says_why_and_draws_its_line(
+    fleet: Callable[..., Any], vhost: str, database_url: str, aiohttp_client: AiohttpClient
+) -> None:
+    given: Fleet = await fleet(FORECAST_80)
+    await given.run(ramp(25))  # the forecast and its upgrade at minute 21, then four more samples
+    settings = Settings.from_env(
+        {
+            "RABBITMQ_URL": vhost,
+            "DATABASE_URL": database_url,
+            "CLOUDAMQP_INSTANCE_ID": SEED_INSTANCE,
+            "OPERATOR_TOKEN": OPERATOR_TOKEN,
+        }
+    )
+    console = await aiohttp_client(create_app(settings))
+    await login(console, OPERATOR_TOKEN)
+
+    status, body, _ = await page(console, f"/ui/instances/{SEED_INSTANCE}")
+
+    assert status == 200
+    why = re.search(r'<p class="forecast" id="forecast-why">(.*?)</p>', body, re.S)
+    assert why is not None, body
+    made = datetime.fromtimestamp(T0 + 21 * MIN, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    assert html.unescape(why.group(1)) == (
+        f"Forecast ({made}): memory 71% rising 1.0%/min, projected to cross 80% in 9 min; "
+        "the rule's lead time is 10 min"
+    )
+    memory = body[body.index("<h3>Memory per node</h3>") : body.index("<h3>Disk headroom per node</h3>")]
+    assert memory.count('<g class="forecast">') == 1  # the projection, to 80 % at minute 30
+    assert "threshold 80%" in memory and "→ hare-1" in memory  # the rule, and the upgrade it made
+    assert memory.count('<g class="series" data-node="rabbit@seed-instance-01">') == 1
