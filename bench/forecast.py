@@ -198,6 +198,7 @@ class World:
     publisher: CountingPublisher
     watchdog: Watchdog
     consumer: Consumer
+    database_url: str
     events: int = 0  # events the pipeline has recorded, as far as the replay waited for them
     steps: int = 0
     polls: int = 0
@@ -285,7 +286,9 @@ async def world(cfg: Config, curve: Curve, lead: str, start: float) -> AsyncIter
             consuming = asyncio.ensure_future(consumer.run(stop))
             try:
                 await wait_until(lambda: consumer.consuming, timeout=30, what="the consumer")
-                yield World(clock, api, instance, fleet, store, publisher, watchdog, consumer)
+                yield World(
+                    clock, api, instance, fleet, store, publisher, watchdog, consumer, settings.database_url
+                )
             finally:
                 stop.set()
                 with contextlib.suppress(TimeoutError):
