@@ -1,5 +1,5 @@
-"""``python -m bench [--quick] [--only accept,workers,e2e,footprint,flask,console,storm] [--profile]
-[--stores sqlite,postgresql] [--scales 1,2,4]``.
+"""``python -m bench [--quick] [--only accept,workers,e2e,footprint,flask,console,storm,forecast]
+[--profile] [--stores sqlite,postgresql] [--scales 1,2,4]``.
 
 Runs the benchmarks against the local RabbitMQ (a fresh vhost per run) and PostgreSQL (a fresh
 database per run), prints a table of ratios against the baselines measured in the same run,
@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import console, report, storm, suite
+from bench import console, forecast, report, storm, suite
 from bench.harness import ROOT, git_revision, machine_facts
 
-ALL = ("footprint", "accept", "flask", "e2e", "workers", "console", "storm")
+ALL = ("footprint", "accept", "flask", "e2e", "workers", "console", "storm", "forecast")
 
 
 async def run(cfg: suite.Config, only: tuple[str, ...]) -> dict[str, Any]:
@@ -37,6 +37,8 @@ async def run(cfg: suite.Config, only: tuple[str, ...]) -> dict[str, Any]:
             results[name] = await console.bench_console(cfg)
         elif name == "storm":
             results[name] = await storm.bench_storm(cfg)
+        elif name == "forecast":
+            results[name] = await forecast.bench_forecast(cfg)
         elif name == "flask":
             receiver_rate = results.get("accept", {}).get("receiver", {}).get("rate_per_s")
             results[name] = await suite.bench_flask(cfg, receiver_rate)

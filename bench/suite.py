@@ -83,6 +83,8 @@ class Config:
     )
     storm_arrivals_per_s: float = 2.0
     storm_timeout: float = 900.0
+    # 8: the forecast (bench/forecast.py): four curves instead of eight
+    forecast_quick: bool = False
     results: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -97,6 +99,7 @@ class Config:
             storm_alarms=10_000,
             storm_instances=1_000,
             storm_runs=(("sqlite", 1), ("postgresql", 1)),
+            forecast_quick=True,
         )
 
 

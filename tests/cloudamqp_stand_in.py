@@ -20,6 +20,17 @@ headers)``, ``(status, headers, body)`` or ``"hang"``), then ``default_status`` 
 (monotonic) answer every API request 503, or never. A request that arrived is carried out even
 when its client hung up (aiohttp's ``handler_cancellation=False``), as a real API does.
 
+Each instance's own RabbitMQ management API answers too, at ``management_url(instance)``
+(``/management/{id}``, the instance's user and password as in its ``url``): ``GET
+/api/nodes`` with one node per ``nodes``, RabbitMQ's figures — ``mem_used`` (``mem_used``, or
+``load(clock())`` where a load curve is given), ``mem_limit`` (the plan's, ``mem_limit_of``:
+it grows when a plan change is done), ``disk_free`` and ``disk_free_limit``. Its reads are
+counted (``management_reads``), not recorded among the API's requests.
+
+Time: ``clock`` (default ``time.time``) dates plan changes (``Instance.changes_made``); with a
+clock of its own (a test's or a benchmark's accelerated one) a change is done once that clock
+passes ``reconfigure_seconds`` after it was accepted, seen at the next request or ``settle()``.
+
 In its own process (benchmarks): ``python -m tests.cloudamqp_stand_in --port P --latency 0.05
 --key K --instances a,b,c``; ``GET /_stand_in/requests`` lists ``[[epoch, method, path,
 status], …]``, ``DELETE`` clears them.
@@ -34,6 +45,7 @@ import json
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
@@ -51,6 +63,20 @@ PRICES: dict[str, int] = {
     "lion-5": 17495, "rhino-5": 27495,
 }  # fmt: skip
 SHARED_PLANS = frozenset({"lemur", "tiger"})
+# A node's ``mem_limit`` per plan family: each family has twice the memory of the one below it
+# (the autopilot's PLAN_MEMORY_STEP default assumes as much; the prices above are recorded,
+# these figures are not), bunny's 1 GB.
+FAMILIES = ("squirrel", "bunny", "hare", "rabbit", "panda", "ape", "hippo", "lion", "rhino")
+BUNNY_MEM_LIMIT = 1_000_000_000
+GB = 1_000_000_000
+
+
+def mem_limit_of(plan: str) -> int:
+    """The ``mem_limit`` of a node on ``plan`` (a shared or unknown plan: squirrel's)."""
+    family = plan.rsplit("-", 1)[0]
+    rung = FAMILIES.index(family) if family in FAMILIES else 0
+    return int(BUNNY_MEM_LIMIT * 2.0 ** (rung - 1))
+
 
 NOT_AUTHORIZED = {"error": "Not authorized"}
 RECONFIGURING = {
@@ -76,6 +102,16 @@ DEFAULT_BODIES: dict[int, dict[str, Any]] = {
 
 
 @dataclass
+class Change:
+    """A plan change CloudAMQP accepted, dated by the stand-in's clock."""
+
+    plan_from: str
+    plan_to: str
+    accepted_at: float
+    ready_at: float | None = None  # when it was done (None: still reconfiguring)
+
+
+@dataclass
 class Instance:
     """One instance as CloudAMQP keeps it."""
 
@@ -89,14 +125,49 @@ class Instance:
     region: str = "amazon-web-services::us-east-1"
     changes: int = 0  # plan changes applied
     target: str | None = None  # the plan a change under way is moving to
-    ready_at: float | None = None  # time.time() when the last change was done
+    ready_at: float | None = None  # when the last change was done (time.time(), or the clock's)
+    due_at: float | None = None  # when the change under way is done, by the stand-in's clock
+    changes_made: list[Change] = field(default_factory=list)
+    # What its RabbitMQ nodes report (``GET /api/nodes`` of its management API).
+    mem_limit: int = 0  # 0: the plan's (``mem_limit_of``)
+    mem_used: int = 0
+    load: Callable[[float], float] | None = None  # mem_used at a time of the clock, when given
+    disk_free: int = 40 * GB
+    disk_free_limit: int = 50_000_000
 
-    def finish(self) -> None:
-        """CloudAMQP is done reconfiguring: the new plan, ready again."""
+    def __post_init__(self) -> None:
+        self.mem_limit = self.mem_limit or mem_limit_of(self.plan)
+
+    def finish(self, at: float | None = None) -> None:
+        """CloudAMQP is done reconfiguring: the new plan (and its memory), ready again."""
         if self.target is not None:
             self.plan, self.target, self.ready = self.target, None, True
+            self.mem_limit = mem_limit_of(self.plan)
             self.changes += 1
-            self.ready_at = time.time()
+            self.ready_at = time.time() if at is None else at
+            self.due_at = None
+            if self.changes_made and self.changes_made[-1].ready_at is None:
+                self.changes_made[-1].ready_at = self.ready_at
+
+    def rabbitmq_nodes(self, now: float) -> list[dict[str, Any]]:
+        """``GET /api/nodes`` of its management API at ``now``, as RabbitMQ shapes it."""
+        used = round(self.load(now)) if self.load is not None else self.mem_used
+        return [
+            {
+                "name": f"rabbit@{self.name}-0{n}",
+                "type": "disc",
+                "running": True,
+                "mem_used": used,
+                "mem_limit": self.mem_limit,
+                "mem_alarm": used >= self.mem_limit,
+                "disk_free": self.disk_free,
+                "disk_free_limit": self.disk_free_limit,
+                "disk_free_alarm": self.disk_free <= self.disk_free_limit,
+                "fd_used": 40,
+                "sockets_used": 0,
+            }
+            for n in range(1, self.nodes + 1)
+        ]
 
     def listing(self) -> dict[str, Any]:
         return {
@@ -177,6 +248,8 @@ class CloudAmqpStandIn:
     fail_until: float = 0.0
     hang_until: float = 0.0
     echo_headers: bool = False  # a careless API that repeats the credentials in its errors
+    clock: Callable[[], float] = time.time  # dates plan changes; see the module doc
+    management_reads: Counter[str] = field(default_factory=Counter)  # per instance name
     instances: dict[int, Instance] = field(default_factory=dict)
     requests: list[Recorded] = field(default_factory=list)
     port: int = 0
@@ -214,6 +287,7 @@ class CloudAmqpStandIn:
     async def start(self, port: int = 0) -> None:
         app = web.Application()
         app.router.add_route("*", "/_stand_in/requests", self._requests_view)
+        app.router.add_get("/management/{id}/api/nodes", self._rabbitmq_nodes)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=False)
         await self._runner.setup()
@@ -226,6 +300,18 @@ class CloudAmqpStandIn:
             self.hold.set()
         if self._runner is not None:
             await self._runner.cleanup()
+
+    def management_url(self, instance: Instance) -> str:
+        """The instance's RabbitMQ management API, with its user and password (as in its ``url``)."""
+        user = f"{instance.name}:instance-password-{instance.id}"
+        return f"http://{user}@127.0.0.1:{self.port}/management/{instance.id}"
+
+    def settle(self) -> None:
+        """Finish every plan change whose reconfiguration is over by the stand-in's clock."""
+        now = self.clock()
+        for instance in self.instances.values():
+            if instance.target is not None and instance.due_at is not None and instance.due_at <= now:
+                instance.finish(instance.due_at)
 
     # --- what the tests read -------------------------------------------------------------
 
@@ -264,6 +350,7 @@ class CloudAmqpStandIn:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()  # all of it arrived, whatever follows
+        self.settle()
         record = Recorded(
             request.method, request.path, dict(request.headers), _body(raw, request.content_type),
             at=time.monotonic(), wall=time.time(),
@@ -368,12 +455,29 @@ class CloudAmqpStandIn:
             return self._refusal(request, 422, {}, WAIT_FOR_CONFIGURED)
         if (plan in SHARED_PLANS) != (instance.plan in SHARED_PLANS):
             return self._refusal(request, 422, {}, NO_SHARED_MOVE)
+        now = self.clock()
         instance.ready, instance.target = False, plan
-        if self.reconfigure_seconds > 0:
+        instance.changes_made.append(Change(instance.plan, plan, now))
+        if self.reconfigure_seconds <= 0:
+            instance.finish(now)
+            return None
+        instance.due_at = now + self.reconfigure_seconds
+        if self.clock is time.time:  # done on time even when nobody asks
             asyncio.get_running_loop().call_later(self.reconfigure_seconds, instance.finish)
-        else:
-            instance.finish()
         return None
+
+    async def _rabbitmq_nodes(self, request: web.Request) -> web.Response:
+        """An instance's own RabbitMQ management API: ``GET /api/nodes``."""
+        ref = request.match_info["id"]
+        instance = self.instances.get(int(ref)) if ref.isdigit() else None
+        if instance is None:
+            return web.json_response({"error": "Object Not Found", "reason": "Not Found"}, status=404)
+        expected = base64.b64encode(f"{instance.name}:instance-password-{instance.id}".encode()).decode()
+        if request.headers.get("Authorization") != f"Basic {expected}":
+            return web.json_response({"error": "not_authorized", "reason": "Login failed"}, status=401)
+        self.settle()
+        self.management_reads[instance.name] += 1
+        return web.json_response(instance.rabbitmq_nodes(self.clock()))
 
     async def _requests_view(self, request: web.Request) -> web.Response:
         if request.method == "DELETE":
