@@ -9,16 +9,23 @@ the benchmarks. It answers as CloudAMQP's own clients have recorded it answering
 - ``PUT /api/instances/{id}`` with ``plan`` as a form or as JSON: 200, then ``ready: false``
   for ``reconfigure_seconds``, then the new plan and ``ready: true``; while not ready, 422
   "Please wait for your cluster to be configured…"; shared ↔ dedicated: 422;
+- ``PUT /api/instances/{id}/disk`` with ``{"extra_disk_size", "allow_downtime"}``: 200 "Disk
+  resize started.", then every node ``configured: false`` for ``reconfigure_seconds``, then the
+  nodes' ``additional_disk_size`` is the new size; a size not in 0/25/…/2000 is 400 (error_code
+  40007); a shared plan, a shrink without downtime, or a second resize without downtime within
+  the region's limit (6 h on AWS, 4 h on Google Cloud, by ``clock``) are refused with 400 (their
+  wording is the stand-in's own: no public source records it);
 - ``GET /api/plans`` with the prices recorded in November 2025;
 - the blog's ``POST /api/instances/{id}/actions/upgrade`` (Bearer key) as a switch: ``blog``
   ``"answers"`` (200, and the change happens as a PUT's would) or ``"absent"`` (404, as the
   documented service, which has no such endpoint) or ``"refuses"`` (401).
 
-Scriptable: ``script`` lists answers for the coming plan changes (a status, ``(status,
-headers)``, ``(status, headers, body)`` or ``"hang"``), then ``default_status`` when set;
-``latency``; ``hold`` (each plan change waits for the event); ``fail_until`` / ``hang_until``
-(monotonic) answer every API request 503, or never. A request that arrived is carried out even
-when its client hung up (aiohttp's ``handler_cancellation=False``), as a real API does.
+Scriptable: ``script`` lists answers for the coming changes — plan changes and disk resizes
+alike — (a status, ``(status, headers)``, ``(status, headers, body)`` or ``"hang"``), then
+``default_status`` when set; ``latency``; ``hold`` (each change waits for the event);
+``fail_until`` / ``hang_until`` (monotonic) answer every API request 503, or never. A request
+that arrived is carried out even when its client hung up (aiohttp's
+``handler_cancellation=False``), as a real API does.
 
 In its own process (benchmarks): ``python -m tests.cloudamqp_stand_in --port P --latency 0.05
 --key K --instances a,b,c``; ``GET /_stand_in/requests`` lists ``[[epoch, method, path,
@@ -34,6 +41,7 @@ import json
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
@@ -60,6 +68,16 @@ WAIT_FOR_CONFIGURED = {"error": "Please wait for your cluster to be configured b
 NO_SHARED_MOVE = {
     "error": "Sorry, you can't move to a shared plan automatically. Please create a new instance."
 }
+# The disk: extra sizes CloudAMQP sells (GB), and how often it resizes without downtime, by
+# the region's provider (Azure: no limit).
+EXTRA_DISK_SIZES = (0, 25, 50, 100, 250, 500, 1000, 2000)
+RESIZE_INTERVALS = {"amazon-web-services": 6 * 3600.0, "google-compute-engine": 4 * 3600.0}
+DISK_RESIZE_STARTED = {"message": "Disk resize started."}
+INVALID_DISK_SIZE = {"error": "Invalid disk size", "error_code": 40007}
+# The refusals below are documented facts (dedicated plans only, shrinking needs downtime, the
+# interval) in words of the stand-in's own: no public source records CloudAMQP's.
+DISK_NOT_ON_SHARED = {"error": "Disk resize is only available on dedicated plans"}
+DISK_SHRINK_NEEDS_DOWNTIME = {"error": "Shrinking the disk requires downtime"}
 # What a scripted refusal says when the script gives no body (the documented shapes).
 DEFAULT_BODIES: dict[int, dict[str, Any]] = {
     400: {"error": "Bad request", "error_code": 40002},
@@ -90,12 +108,24 @@ class Instance:
     changes: int = 0  # plan changes applied
     target: str | None = None  # the plan a change under way is moving to
     ready_at: float | None = None  # time.time() when the last change was done
+    disk_target: int | None = None  # the extra disk a resize under way is moving to (GB)
+    disk_resized_at: float | None = None  # the stand-in's clock when the last resize started
+    resizes: int = 0  # disk resizes applied
+
+    @property
+    def configured(self) -> bool:
+        """What every node's ``configured`` says: no change under way."""
+        return self.ready and self.disk_target is None
 
     def finish(self) -> None:
-        """CloudAMQP is done reconfiguring: the new plan, ready again."""
+        """CloudAMQP is done reconfiguring: the new plan (or disk), ready again."""
         if self.target is not None:
             self.plan, self.target, self.ready = self.target, None, True
             self.changes += 1
+            self.ready_at = time.time()
+        if self.disk_target is not None:
+            self.extra_disk, self.disk_target = self.disk_target, None
+            self.resizes += 1
             self.ready_at = time.time()
 
     def listing(self) -> dict[str, Any]:
@@ -130,7 +160,7 @@ class Instance:
                 "name": f"{self.name}-0{n}",
                 "hostname": f"{self.name}-0{n}.rmq.cloudamqp.test",
                 "running": True,
-                "configured": self.ready,
+                "configured": self.configured,
                 "rabbitmq_version": "3.13.7",
                 "erlang_version": "26.2.5",
                 "disk_size": 20,
@@ -162,6 +192,10 @@ class Recorded:
     def plan_change(self) -> bool:
         return (self.method == "PUT" and self.path.count("/") == 3) or self.path.endswith("/actions/upgrade")
 
+    @property
+    def disk_change(self) -> bool:
+        return self.method == "PUT" and self.path.count("/") == 4 and self.path.endswith("/disk")
+
 
 @dataclass
 class CloudAmqpStandIn:
@@ -177,6 +211,7 @@ class CloudAmqpStandIn:
     fail_until: float = 0.0
     hang_until: float = 0.0
     echo_headers: bool = False  # a careless API that repeats the credentials in its errors
+    clock: Callable[[], float] = time.time  # what the disk resize interval is counted by
     instances: dict[int, Instance] = field(default_factory=dict)
     requests: list[Recorded] = field(default_factory=list)
     port: int = 0
@@ -233,6 +268,10 @@ class CloudAmqpStandIn:
         """Plan changes asked for (``PUT /api/instances/{id}`` or the blog's POST), answered or not."""
         return [r for r in self.requests if r.plan_change]
 
+    def disk_requests(self) -> list[Recorded]:
+        """Disk resizes asked for (``PUT /api/instances/{id}/disk``), answered or not."""
+        return [r for r in self.requests if r.disk_change]
+
     def reads(self) -> list[Recorded]:
         return [r for r in self.requests if r.method == "GET"]
 
@@ -286,7 +325,7 @@ class CloudAmqpStandIn:
         if self.latency:
             await asyncio.sleep(self.latency)
         parts = request.path.strip("/").split("/")
-        if record.plan_change:
+        if record.plan_change or record.disk_change:
             if self.hold is not None:
                 await self.hold.wait()
             scripted = self._scripted()
@@ -301,7 +340,8 @@ class CloudAmqpStandIn:
         return self._documented(request, record, parts)
 
     def _scripted(self) -> Any:
-        """The next scripted answer to a plan change: None (none), "hang", or (status, headers, body)."""
+        """The next scripted answer to a change (a plan or the disk): None (none), "hang", or
+        (status, headers, body)."""
         step = self.script.pop(0) if self.script else self.default_status
         if step is None or step == "hang":
             return step
@@ -360,11 +400,40 @@ class CloudAmqpStandIn:
                 return self._refusal(request, 400, {}, {"error": "plan is missing"})
             refused = self._change_plan(request, instance, plan)
             return refused or web.json_response(RECONFIGURING)
+        if rest == ["disk"] and method == "PUT":
+            return self._resize_disk(request, instance, record.body)
         return self._refusal(request, 404, {}, None)
+
+    def _resize_disk(self, request: web.Request, instance: Instance, body: Any) -> web.Response:
+        """Start a disk resize (asynchronous: every node ``configured: false`` meanwhile), or
+        refuse it."""
+        size = body.get("extra_disk_size") if isinstance(body, dict) else None
+        downtime = body.get("allow_downtime", False) if isinstance(body, dict) else False
+        if isinstance(size, bool) or size not in EXTRA_DISK_SIZES or not isinstance(downtime, bool):
+            return self._refusal(request, 400, {}, INVALID_DISK_SIZE)
+        if not instance.configured:
+            return self._refusal(request, 422, {}, WAIT_FOR_CONFIGURED)
+        if instance.plan in SHARED_PLANS:
+            return self._refusal(request, 400, {}, DISK_NOT_ON_SHARED)
+        if size < instance.extra_disk and not downtime:
+            return self._refusal(request, 400, {}, DISK_SHRINK_NEEDS_DOWNTIME)
+        now = self.clock()
+        interval = RESIZE_INTERVALS.get(instance.region.split("::")[0], 0.0)
+        last = instance.disk_resized_at
+        if not downtime and last is not None and now - last < interval:
+            hours = f"{interval / 3600:g}"
+            refusal = {"error": f"Disk resize without downtime is allowed once every {hours} hours"}
+            return self._refusal(request, 400, {}, refusal)
+        instance.disk_target, instance.disk_resized_at = int(size), now
+        if self.reconfigure_seconds > 0:
+            asyncio.get_running_loop().call_later(self.reconfigure_seconds, instance.finish)
+        else:
+            instance.finish()
+        return web.json_response(DISK_RESIZE_STARTED)
 
     def _change_plan(self, request: web.Request, instance: Instance, plan: str) -> web.Response | None:
         """Start a plan change (asynchronous: ``ready: false`` meanwhile), or refuse it."""
-        if not instance.ready:
+        if not instance.configured:
             return self._refusal(request, 422, {}, WAIT_FOR_CONFIGURED)
         if (plan in SHARED_PLANS) != (instance.plan in SHARED_PLANS):
             return self._refusal(request, 422, {}, NO_SHARED_MOVE)
