@@ -5,6 +5,7 @@ policy file and their start-up checks, and what Slack and PagerDuty say of a res
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +25,7 @@ from shared.policy import (
     resize_cooldown_warnings,
     resolve_disk,
 )
-from shared.policy_file import PolicyError, parse_policy
+from shared.policy_file import PolicyError, load_policy, parse_policy
 from shared.settings import Settings
 from worker import channels
 
@@ -156,6 +157,16 @@ def test_the_start_says_which_resize_rules_cooldown_is_raised_to_the_interval() 
     assert warnings[0].startswith("rule 1 (short): cooldown_seconds 3600 is shorter than ")
     assert warnings[1].startswith("rule 2 (default): COOLDOWN_SECONDS 1800 is shorter than ")
     assert all("DISK_RESIZE_INTERVAL_SECONDS=21600" in w and "6 h apart" in w for w in warnings)
+
+
+def test_the_example_policy_loads_and_its_disk_rule_resizes() -> None:
+    policy = load_policy(str(Path(__file__).resolve().parents[2] / "policy.example.toml"))
+
+    decision = decide(disk_alarm(), DecisionState(), SETTINGS, NOW, policy)
+
+    assert isinstance(decision, Upgrade) and (decision.rule, decision.kind) == ("disk-resize", "resize_disk")
+    assert decision.disk == DiskTarget(None, 500, False)
+    assert resize_cooldown_warnings(policy, SETTINGS) == []  # its cooldown is the six hours
 
 
 def rules(**rule: Any) -> dict[str, Any]:
