@@ -20,6 +20,7 @@ import aiohttp
 import pytest
 
 from shared.alarm import Alarm, event_key, iso, new_id
+from shared.envelope import Check
 from shared.policy_file import load_policy
 from shared.settings import Settings
 from shared.store import Store
@@ -334,3 +335,30 @@ async def test_given_a_shared_plan_then_its_disk_alarm_is_not_supported_and_noth
     assert (action["status"], action["reason"]) == ("skipped", "not_supported")
     assert "lemur is a shared plan" in action["detail"]
     assert fake_api.disk_requests() == []
+
+
+async def test_given_a_resize_under_way_when_its_alarm_is_redelivered_then_its_check_is_sent_again(
+    resizer: tuple[Processor, Store, Clock, Run], fake_api: CloudAmqpStandIn
+) -> None:
+    processor, store, clock, _ = resizer
+    fake_api.reconfigure_seconds = 3600  # CloudAMQP still resizing
+    seed_instance(fake_api, "bunny-1")
+    await processor.resolve_instances(force=True)
+    body = {"alarm_type": "disk", "value": 92, "instance_id": SEED_INSTANCE, "triggered_at": iso(clock())}
+    alarm = Alarm(new_id(), clock(), body, event_key(body))
+
+    first = await processor.process(alarm)
+    again = await processor.process(alarm)  # the broker redelivers it (the ack was lost)
+    later = {"alarm_type": "disk", "value": 97, "instance_id": SEED_INSTANCE, "triggered_at": iso(clock())}
+    other = Alarm(new_id(), clock(), later, event_key(later))
+    await processor.process(other)
+
+    assert isinstance(first, Follow) and isinstance(first.check, Check)
+    assert first.check.extra_disk == 25 and first.check.accepted_at is not None
+    assert isinstance(again, Follow) and isinstance(again.check, Check)
+    assert again.check.extra_disk == 25 and again.check.accepted_at is None
+    assert len(fake_api.disk_requests()) == 1
+    # No other change of the instance starts while CloudAMQP resizes its disk.
+    skipped = await store.get_action(other.event_id)
+    assert skipped is not None and (skipped["status"], skipped["reason"]) == ("skipped", "reconfiguring")
+    assert "extra disk 25 GB" in skipped["detail"]
