@@ -363,6 +363,7 @@ async def test_the_instance_page_shows_the_disk_history_beside_the_plan_history(
     assert "25 → 50 GB" in rows[0] and "resized outside the autopilot (seen)" in rows[0]
     assert "0 → 25 GB" in rows[1] and "resized by the autopilot" in rows[1] and "succeeded" in rows[1]
     assert "0 GB" in rows[2] and "first read" in rows[2]
+    assert '<td id="extra-disk">50 GB' in html  # the latest known
     assert "disk 0 → 25 GB" in html  # the recent actions say what the resize asked for
     _, actions, _ = await page(receiver, "/ui/actions")
     assert "disk 0 → 25 GB" in actions
