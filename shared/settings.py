@@ -103,6 +103,8 @@ class Settings:
     # The forecast of a rule with ``forecast = true`` (worker.forecast): the samples it fits.
     forecast_window_seconds: float = 1800.0
     forecast_min_samples: int = 10
+    # CloudAMQP resizes a disk without downtime once every 6 h on AWS (4 h on Google Cloud).
+    disk_resize_interval_seconds: float = 21600.0
 
     def management_url(self, instance_id: str) -> str | None:
         """The management API URL (credentials included) of a managed instance, if given."""
@@ -394,6 +396,7 @@ _VARIABLES: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("plan_memory_step", "PLAN_MEMORY_STEP", _number(1, allow_equal=False)),
     ("forecast_window_seconds", "FORECAST_WINDOW_SECONDS", _number(0, allow_equal=False)),
     ("forecast_min_samples", "FORECAST_MIN_SAMPLES", _int_range(3, 100000)),
+    ("disk_resize_interval_seconds", "DISK_RESIZE_INTERVAL_SECONDS", _number(0)),
 )
 
 # What a platform sets when ours is unset: Heroku's CloudAMQP add-on sets CLOUDAMQP_URL and

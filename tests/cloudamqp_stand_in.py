@@ -9,16 +9,23 @@ the benchmarks. It answers as CloudAMQP's own clients have recorded it answering
 - ``PUT /api/instances/{id}`` with ``plan`` as a form or as JSON: 200, then ``ready: false``
   for ``reconfigure_seconds``, then the new plan and ``ready: true``; while not ready, 422
   "Please wait for your cluster to be configured…"; shared ↔ dedicated: 422;
+- ``PUT /api/instances/{id}/disk`` with ``{"extra_disk_size", "allow_downtime"}``: 200 "Disk
+  resize started.", then every node ``configured: false`` for ``reconfigure_seconds``, then the
+  nodes' ``additional_disk_size`` is the new size; a size not in 0/25/…/2000 is 400 (error_code
+  40007); a shared plan, a shrink without downtime, or a second resize without downtime within
+  the region's limit (6 h on AWS, 4 h on Google Cloud, by ``clock``) are refused with 400 (their
+  wording is the stand-in's own: no public source records it);
 - ``GET /api/plans`` with the prices recorded in November 2025;
 - the blog's ``POST /api/instances/{id}/actions/upgrade`` (Bearer key) as a switch: ``blog``
   ``"answers"`` (200, and the change happens as a PUT's would) or ``"absent"`` (404, as the
   documented service, which has no such endpoint) or ``"refuses"`` (401).
 
-Scriptable: ``script`` lists answers for the coming plan changes (a status, ``(status,
-headers)``, ``(status, headers, body)`` or ``"hang"``), then ``default_status`` when set;
-``latency``; ``hold`` (each plan change waits for the event); ``fail_until`` / ``hang_until``
-(monotonic) answer every API request 503, or never. A request that arrived is carried out even
-when its client hung up (aiohttp's ``handler_cancellation=False``), as a real API does.
+Scriptable: ``script`` lists answers for the coming changes — plan changes and disk resizes
+alike — (a status, ``(status, headers)``, ``(status, headers, body)`` or ``"hang"``), then
+``default_status`` when set; ``latency``; ``hold`` (each change waits for the event);
+``fail_until`` / ``hang_until`` (monotonic) answer every API request 503, or never. A request
+that arrived is carried out even when its client hung up (aiohttp's
+``handler_cancellation=False``), as a real API does.
 
 Each instance's own RabbitMQ management API answers too, at ``management_url(instance)``
 (``/management/{id}``, the instance's user and password as in its ``url``): ``GET
@@ -86,6 +93,16 @@ WAIT_FOR_CONFIGURED = {"error": "Please wait for your cluster to be configured b
 NO_SHARED_MOVE = {
     "error": "Sorry, you can't move to a shared plan automatically. Please create a new instance."
 }
+# The disk: extra sizes CloudAMQP sells (GB), and how often it resizes without downtime, by
+# the region's provider (Azure: no limit).
+EXTRA_DISK_SIZES = (0, 25, 50, 100, 250, 500, 1000, 2000)
+RESIZE_INTERVALS = {"amazon-web-services": 6 * 3600.0, "google-compute-engine": 4 * 3600.0}
+DISK_RESIZE_STARTED = {"message": "Disk resize started."}
+INVALID_DISK_SIZE = {"error": "Invalid disk size", "error_code": 40007}
+# The refusals below are documented facts (dedicated plans only, shrinking needs downtime, the
+# interval) in words of the stand-in's own: no public source records CloudAMQP's.
+DISK_NOT_ON_SHARED = {"error": "Disk resize is only available on dedicated plans"}
+DISK_SHRINK_NEEDS_DOWNTIME = {"error": "Shrinking the disk requires downtime"}
 # What a scripted refusal says when the script gives no body (the documented shapes).
 DEFAULT_BODIES: dict[int, dict[str, Any]] = {
     400: {"error": "Bad request", "error_code": 40002},
@@ -128,6 +145,9 @@ class Instance:
     ready_at: float | None = None  # when the last change was done (time.time(), or the clock's)
     due_at: float | None = None  # when the change under way is done, by the stand-in's clock
     changes_made: list[Change] = field(default_factory=list)
+    disk_target: int | None = None  # the extra disk a resize under way is moving to (GB)
+    disk_resized_at: float | None = None  # the stand-in's clock when the last resize started
+    resizes: int = 0  # disk resizes applied
     # What its RabbitMQ nodes report (``GET /api/nodes`` of its management API).
     mem_limit: int = 0  # 0: the plan's (``mem_limit_of``)
     mem_used: int = 0
@@ -138,8 +158,13 @@ class Instance:
     def __post_init__(self) -> None:
         self.mem_limit = self.mem_limit or mem_limit_of(self.plan)
 
+    @property
+    def configured(self) -> bool:
+        """What every node's ``configured`` says: no change under way."""
+        return self.ready and self.disk_target is None
+
     def finish(self, at: float | None = None) -> None:
-        """CloudAMQP is done reconfiguring: the new plan (and its memory), ready again."""
+        """CloudAMQP is done reconfiguring: the new plan (and its memory) or disk, ready again."""
         if self.target is not None:
             self.plan, self.target, self.ready = self.target, None, True
             self.mem_limit = mem_limit_of(self.plan)
@@ -148,6 +173,10 @@ class Instance:
             self.due_at = None
             if self.changes_made and self.changes_made[-1].ready_at is None:
                 self.changes_made[-1].ready_at = self.ready_at
+        if self.disk_target is not None:
+            self.extra_disk, self.disk_target = self.disk_target, None
+            self.resizes += 1
+            self.ready_at = time.time() if at is None else at
 
     def rabbitmq_nodes(self, now: float) -> list[dict[str, Any]]:
         """``GET /api/nodes`` of its management API at ``now``, as RabbitMQ shapes it."""
@@ -201,7 +230,7 @@ class Instance:
                 "name": f"{self.name}-0{n}",
                 "hostname": f"{self.name}-0{n}.rmq.cloudamqp.test",
                 "running": True,
-                "configured": self.ready,
+                "configured": self.configured,
                 "rabbitmq_version": "3.13.7",
                 "erlang_version": "26.2.5",
                 "disk_size": 20,
@@ -233,6 +262,10 @@ class Recorded:
     def plan_change(self) -> bool:
         return (self.method == "PUT" and self.path.count("/") == 3) or self.path.endswith("/actions/upgrade")
 
+    @property
+    def disk_change(self) -> bool:
+        return self.method == "PUT" and self.path.count("/") == 4 and self.path.endswith("/disk")
+
 
 @dataclass
 class CloudAmqpStandIn:
@@ -248,7 +281,7 @@ class CloudAmqpStandIn:
     fail_until: float = 0.0
     hang_until: float = 0.0
     echo_headers: bool = False  # a careless API that repeats the credentials in its errors
-    clock: Callable[[], float] = time.time  # dates plan changes; see the module doc
+    clock: Callable[[], float] = time.time  # dates plan changes and counts the disk resize interval
     management_reads: Counter[str] = field(default_factory=Counter)  # per instance name
     instances: dict[int, Instance] = field(default_factory=dict)
     requests: list[Recorded] = field(default_factory=list)
@@ -319,6 +352,10 @@ class CloudAmqpStandIn:
         """Plan changes asked for (``PUT /api/instances/{id}`` or the blog's POST), answered or not."""
         return [r for r in self.requests if r.plan_change]
 
+    def disk_requests(self) -> list[Recorded]:
+        """Disk resizes asked for (``PUT /api/instances/{id}/disk``), answered or not."""
+        return [r for r in self.requests if r.disk_change]
+
     def reads(self) -> list[Recorded]:
         return [r for r in self.requests if r.method == "GET"]
 
@@ -373,7 +410,7 @@ class CloudAmqpStandIn:
         if self.latency:
             await asyncio.sleep(self.latency)
         parts = request.path.strip("/").split("/")
-        if record.plan_change:
+        if record.plan_change or record.disk_change:
             if self.hold is not None:
                 await self.hold.wait()
             scripted = self._scripted()
@@ -388,7 +425,8 @@ class CloudAmqpStandIn:
         return self._documented(request, record, parts)
 
     def _scripted(self) -> Any:
-        """The next scripted answer to a plan change: None (none), "hang", or (status, headers, body)."""
+        """The next scripted answer to a change (a plan or the disk): None (none), "hang", or
+        (status, headers, body)."""
         step = self.script.pop(0) if self.script else self.default_status
         if step is None or step == "hang":
             return step
@@ -447,11 +485,40 @@ class CloudAmqpStandIn:
                 return self._refusal(request, 400, {}, {"error": "plan is missing"})
             refused = self._change_plan(request, instance, plan)
             return refused or web.json_response(RECONFIGURING)
+        if rest == ["disk"] and method == "PUT":
+            return self._resize_disk(request, instance, record.body)
         return self._refusal(request, 404, {}, None)
+
+    def _resize_disk(self, request: web.Request, instance: Instance, body: Any) -> web.Response:
+        """Start a disk resize (asynchronous: every node ``configured: false`` meanwhile), or
+        refuse it."""
+        size = body.get("extra_disk_size") if isinstance(body, dict) else None
+        downtime = body.get("allow_downtime", False) if isinstance(body, dict) else False
+        if isinstance(size, bool) or size not in EXTRA_DISK_SIZES or not isinstance(downtime, bool):
+            return self._refusal(request, 400, {}, INVALID_DISK_SIZE)
+        if not instance.configured:
+            return self._refusal(request, 422, {}, WAIT_FOR_CONFIGURED)
+        if instance.plan in SHARED_PLANS:
+            return self._refusal(request, 400, {}, DISK_NOT_ON_SHARED)
+        if size < instance.extra_disk and not downtime:
+            return self._refusal(request, 400, {}, DISK_SHRINK_NEEDS_DOWNTIME)
+        now = self.clock()
+        interval = RESIZE_INTERVALS.get(instance.region.split("::")[0], 0.0)
+        last = instance.disk_resized_at
+        if not downtime and last is not None and now - last < interval:
+            hours = f"{interval / 3600:g}"
+            refusal = {"error": f"Disk resize without downtime is allowed once every {hours} hours"}
+            return self._refusal(request, 400, {}, refusal)
+        instance.disk_target, instance.disk_resized_at = int(size), now
+        if self.reconfigure_seconds > 0:
+            asyncio.get_running_loop().call_later(self.reconfigure_seconds, instance.finish)
+        else:
+            instance.finish()
+        return web.json_response(DISK_RESIZE_STARTED)
 
     def _change_plan(self, request: web.Request, instance: Instance, plan: str) -> web.Response | None:
         """Start a plan change (asynchronous: ``ready: false`` meanwhile), or refuse it."""
-        if not instance.ready:
+        if not instance.configured:
             return self._refusal(request, 422, {}, WAIT_FOR_CONFIGURED)
         if (plan in SHARED_PLANS) != (instance.plan in SHARED_PLANS):
             return self._refusal(request, 422, {}, NO_SHARED_MOVE)

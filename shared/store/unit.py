@@ -46,6 +46,7 @@ class Unit(Claims, Incidents):
                 float(row["deadline"])
                 if row["status"] in HANDED_OFF and row["deadline"] is not None
                 else None,
+                row["extra_disk_to"],
             )
         snapshot.open_incidents = await self._open_incidents(keys)
         snapshot.decided = await self._decided_events(sorted({a.alarm.event_key for a in arrivals}))
