@@ -309,8 +309,12 @@ async def test_given_two_workers_then_the_watchdog_polls_once_per_interval(
         await proxy.stop()
 
     gaps = [b - a for a, b in zip(proxy.times[start:], proxy.times[start + 1 :], strict=False)]
-    # Two pollers of their own would poll twice per interval (gaps near 0 or interval / 2).
-    assert min(gaps) >= 0.8 * interval, gaps
+    # Two pollers of their own would poll twice per interval (gaps near 0 or interval / 2, a
+    # mean near interval / 2). The mean, not each gap: the slots are an interval apart, but a
+    # poll's request reaches the node some time after its slot was taken, and a poll that was
+    # late on a starved machine makes the gap after it short by as much as the one before it
+    # was long (seen: 0.74 s, then 0.25 s, at 0.5 s).
+    assert sum(gaps) / len(gaps) >= 0.8 * interval, gaps
     assert sum(gaps) / len(gaps) < 2 * interval, gaps
 
 
