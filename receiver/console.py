@@ -560,7 +560,8 @@ async def instance(request: web.Request) -> web.Response:
     # The policy the receiver routes by (the worker's, from the same POLICY_FILE) names the
     # threshold the chart draws.
     policy = lanes.policy if lanes is not None else Policy.default(settings)
-    charts = await console_data.charts_of(store, name, policy, settings, upgrades)
+    disks = await console_data.disk_history_of(store, name)
+    charts = await console_data.charts_of(store, name, policy, settings, upgrades, disks)
     context = await _context(
         request,
         flash=_flash(request, await get_session(request)),
@@ -569,6 +570,7 @@ async def instance(request: web.Request) -> web.Response:
         pauses=pauses,
         own_pause=next((p for p in pauses if p.scope == name), None),
         upgrades=upgrades,
+        disks=disks,
         plan=console_data.plan_facts(upgrades),
         claims=claims,
         recent=recent,

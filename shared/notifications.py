@@ -28,7 +28,7 @@ class EventType(StrEnum):
     INCIDENT_OPENED = "incident.opened"
     INCIDENT_RESOLVED = "incident.resolved"
     INCIDENT_FLAPPING = "incident.flapping"  # a flap episode began; then only its final resolve
-    ACTION_SUCCEEDED = "action.succeeded"  # an upgrade done (from/to plan, the alarm that caused it)
+    ACTION_SUCCEEDED = "action.succeeded"  # an upgrade done (from/to plan or disk, the alarm behind it)
     ACTION_DRY_RUN = "action.dry_run"  # an upgrade decided, not called (dry run)
     ACTION_FAILED = "action.failed"  # an upgrade given up (its alarm is parked)
     ACTION_UNCONFIRMED = "action.unconfirmed"  # accepted, the plan did not show in time
@@ -184,6 +184,10 @@ def action_notice(action: Mapping[str, Any], alarm: Mapping[str, Any]) -> Notice
             "to_plan": action.get("plan"),
             "attempts": action.get("attempts"),
             "reconfigure_seconds": action.get("reconfigure_seconds"),
+            # A disk resize (``resize_disk``): its extra disk before and asked for, in GB.
+            "kind": action.get("kind"),
+            "extra_disk_from": action.get("extra_disk_from"),
+            "extra_disk_to": action.get("extra_disk_to"),
         },
         "alarm": dict(alarm),
     }

@@ -108,6 +108,8 @@ class Settings:
     flap_openings: int = 4
     flap_window_seconds: float = 3600.0
     flap_quiet_seconds: float = 900.0
+    # CloudAMQP resizes a disk without downtime once every 6 h on AWS (4 h on Google Cloud).
+    disk_resize_interval_seconds: float = 21600.0
 
     def management_url(self, instance_id: str) -> str | None:
         """The management API URL (credentials included) of a managed instance, if given."""
@@ -402,6 +404,7 @@ _VARIABLES: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("flap_openings", "FLAP_OPENINGS", _int_range(0, 1000)),
     ("flap_window_seconds", "FLAP_WINDOW_SECONDS", _number(0, allow_equal=False)),
     ("flap_quiet_seconds", "FLAP_QUIET_SECONDS", _number(0, allow_equal=False)),
+    ("disk_resize_interval_seconds", "DISK_RESIZE_INTERVAL_SECONDS", _number(0)),
 )
 
 # What a platform sets when ours is unset: Heroku's CloudAMQP add-on sets CLOUDAMQP_URL and

@@ -44,6 +44,7 @@ class EventState:
     reason: str | None = None
     plan: str | None = None
     approval_deadline: float | None = None
+    extra_disk: int | None = None  # a disk resize's extra disk asked for (GB)
 
 
 @dataclass
@@ -79,7 +80,7 @@ class Snapshot:
     claims: dict[str, ClaimRow] = field(default_factory=dict)  # scope -> row (absent: no row)
     scopes: set[str] = field(default_factory=set)  # the scopes whose rows were read (and locked)
     pauses: list[Pause] = field(default_factory=list)  # running now
-    reconfiguring: dict[str, str] = field(default_factory=dict)  # instance -> plan being applied
+    reconfiguring: dict[str, str] = field(default_factory=dict)  # instance -> change being applied
     flap: FlapRule = OFF
 
 

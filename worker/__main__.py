@@ -15,7 +15,7 @@ from aiohttp import web
 
 from shared import metrics
 from shared.errors import StoreError
-from shared.policy import Policy, off_ladder_warnings
+from shared.policy import Policy, off_ladder_warnings, resize_cooldown_warnings
 from shared.policy_file import PolicyError, load_policy
 from shared.publisher import Publisher
 from shared.runtime import fail, install_stop_handlers, load_settings_or_exit, run_main
@@ -51,6 +51,8 @@ async def main(settings: Settings, *, burst: bool = False) -> None:
     log.info("policy.loaded", file=settings.policy_file, rules=[r.name for r in policy.rules])
     for warning in off_ladder_warnings(policy):
         log.warning("policy.plan_not_on_ladder", detail=warning)
+    for warning in resize_cooldown_warnings(policy, settings):
+        log.warning("policy.resize_cooldown_raised", detail=warning)
     if not settings.instance_ids:
         log.warning("worker.no_instances", detail="CLOUDAMQP_INSTANCE_ID is unset: no upgrades")
     if settings.effective_dry_run:

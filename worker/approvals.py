@@ -21,9 +21,9 @@ from shared.policy import Skip, SkipReason, Upgrade
 from shared.records import AUTOPILOT, AuditEntry
 from shared.statuses import ActionStatus
 from shared.store import Unit
+from worker.disk_resize import upgrade_call
 from worker.jobs import Claim, Job, Then, already_processed, deferred, skipped
 from worker.outcomes import Ack, Follow, Outcome, defer_delay
-from worker.upgrade_call import UpgradeCall
 
 if TYPE_CHECKING:
     from worker.process import Processor
@@ -114,7 +114,7 @@ class Approvals:
                 job.action(ActionStatus.IN_PROGRESS, now, attempts=job.alarm.attempts + 1)
             )
         job.log.info("upgrade.approved", by=row["decided_by"], plan=upgrade.plan)
-        return UpgradeCall(self.processor, job, upgrade, claim, approved_by=row["decided_by"]).run
+        return upgrade_call(self.processor, job, upgrade, claim, approved_by=row["decided_by"]).run
 
     async def _approved_refusal(
         self, unit: Unit, job: Job, row: Row, now: float
@@ -150,6 +150,7 @@ class Approvals:
             ladder=rule.ladder,
             max_plan=rule.max_plan,
             condition=rule.condition(self.processor.settings),
+            disk=rule.disk,
         )
 
     def look_again(self, check: ApprovalCheck, now: float) -> Follow:
@@ -177,8 +178,15 @@ def _approved_job(row: Row, bound: structlog.typing.FilteringBoundLogger) -> Job
     alarm = Alarm(
         row["action_id"], float(row["received_at"] or 0.0), body, row["event_key"] or "", row["attempts"]
     )
+    resize = row.get("kind") is not None  # a disk resize: its approval's plan is what it asks for
     return Job(
-        alarm, row["instance_id"], row["incident_id"], bound.bind(instance=row["instance_id"]), row["plan"]
+        alarm,
+        row["instance_id"],
+        row["incident_id"],
+        bound.bind(instance=row["instance_id"]),
+        None if resize else row["plan"],
+        kind=row.get("kind"),
+        extra_disk_to=row.get("extra_disk_to"),
     )
 
 

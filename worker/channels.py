@@ -100,6 +100,9 @@ def _facts(payload: dict[str, Any]) -> dict[str, Any]:
         "detail": action.get("detail") or data.get("error"),
         "incident_id": incident.get("id") or action.get("incident_id"),
         "flap": incident.get("flap") or {},
+        "kind": action.get("kind"),
+        "disk_from": action.get("extra_disk_from"),
+        "disk_to": action.get("extra_disk_to"),
     }
 
 
@@ -113,6 +116,28 @@ def _span(seconds: float) -> str:
     if seconds >= 120 and seconds % 60 == 0:
         return f"{seconds / 60:g} min"
     return f"{seconds:g} s"
+
+
+def _disk_sizes(f: dict[str, Any]) -> str:
+    """``extra disk 25 → 50 GB``: a disk resize's sizes, as far as they are known."""
+    before = f"{f['disk_from']}" if f["disk_from"] is not None else "?"
+    after = f"{f['disk_to']} GB" if f["disk_to"] is not None else "the next size up"
+    return f"extra disk {before} → {after}"
+
+
+def _disk_summary(event_type: str, f: dict[str, Any], cause: str) -> str | None:
+    """What a disk resize's event says (None: not a disk resize, or no action event)."""
+    if f["kind"] != "resize_disk":
+        return None
+    sizes, instance = _disk_sizes(f), f["instance"]
+    lines: dict[str, str] = {
+        EventType.ACTION_SUCCEEDED: f"Resized the disk of {instance}: {sizes}{cause}",
+        EventType.ACTION_DRY_RUN: f"Dry run: would resize the disk of {instance}: {sizes}{cause}",
+        EventType.ACTION_FAILED: f"Disk resize of {instance} ({sizes}) failed: {f['detail']}",
+        EventType.ACTION_UNCONFIRMED: f"Disk resize of {instance} ({sizes}) unconfirmed: {f['detail']}",
+        EventType.ACTION_AWAITING_APPROVAL: f"Disk resize of {instance} ({sizes}) awaits approval",
+    }
+    return lines.get(event_type)
 
 
 def summary(payload: dict[str, Any]) -> str:
@@ -135,7 +160,7 @@ def summary(payload: dict[str, Any]) -> str:
         EventType.ADVICE_DOWNGRADE: f"{f['instance']} could move down: {plans}",
     }
     event_type = str(payload.get("type"))
-    text = lines.get(event_type, f"{event_type} on {f['instance']}")
+    text = _disk_summary(event_type, f, cause) or lines.get(event_type, f"{event_type} on {f['instance']}")
     return cut(text, SUMMARY_LIMIT)
 
 
@@ -154,6 +179,8 @@ def slack_request(endpoint: Endpoint, payload: dict[str, Any], public_url: str |
     texts = [f"*Instance*\n{f['instance']}", f"*What*\n{payload.get('type')}"]
     if f["to"]:
         texts.append(f"*Plan*\n{f['from'] or '?'} → {f['to']}")
+    if f["kind"] == "resize_disk":
+        texts.append(f"*Disk*\n{_disk_sizes(f)}")
     if f["alarm_type"]:
         value = "" if f["value"] is None else f" {f['value']}"
         texts.append(f"*Alarm*\n{f['alarm_type']}{value}")

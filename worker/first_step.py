@@ -24,7 +24,16 @@ from typing import TypedDict
 from shared.alarm import Alarm, iso
 from shared.claims import ClaimAsk, ClaimStatus, ClaimVerdict, take_claim
 from shared.controls import effective_pause
-from shared.policy import DecisionState, Policy, Skip, SkipReason, Upgrade, decide, upgrade_scope
+from shared.policy import (
+    DecisionState,
+    Policy,
+    Skip,
+    SkipReason,
+    Upgrade,
+    cooling_down,
+    decide,
+    upgrade_scope,
+)
 from shared.records import AUTOPILOT, ActionRecord, ApprovalRequest, AuditEntry
 from shared.settings import Settings
 from shared.snapshot import Arrival, EventState, Snapshot, Writes, record_arrival
@@ -67,6 +76,8 @@ class Step:
     instance_id: str | None = None
     plan: str | None = None
     action: int | None = None
+    kind: str | None = None  # the remedy decided, where not an upgrade ("resize_disk")
+    extra_disk: int | None = None  # a disk resize's fixed target (GB), where its rule has one
 
     @property
     def alarm(self) -> Alarm:
@@ -85,10 +96,11 @@ class AlreadyDone(Step):
 
 @dataclass(frozen=True, kw_only=True)
 class FollowAgain(Step):
-    """CloudAMQP took this alarm's plan change; its check may have been lost with the
-    delivery: one more is sent (a second one is harmless)."""
+    """CloudAMQP took this alarm's plan change (or disk resize); its check may have been lost
+    with the delivery: one more is sent (a second one is harmless)."""
 
     awaiting_plan: str
+    awaiting_disk: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -156,8 +168,9 @@ def _earlier(state: EventState, step: Step) -> Step | None:
     """What an earlier delivery of this event left to do, if that is all there is to do."""
     fields = _fields(step)
     replayed, done = step.alarm.replayed, is_done(state.status, state.reason)
-    if state.reason == RECONFIGURING and state.plan is not None and step.instance_id and not replayed:
-        return FollowAgain(**fields, awaiting_plan=state.plan)
+    changing = state.plan is not None or state.extra_disk is not None
+    if state.reason == RECONFIGURING and changing and step.instance_id and not replayed:
+        return FollowAgain(**fields, awaiting_plan=state.plan or "", awaiting_disk=state.extra_disk)
     if state.status in HANDED_OFF and state.approval_deadline is not None:
         # (Even for a replay: deciding afresh would only meet its own waiting claim.)
         return ApprovalAgain(**fields, deadline=state.approval_deadline)
@@ -171,6 +184,8 @@ def _decide(snapshot: Snapshot, writes: Writes, step: Step, now: float, context:
     others = snapshot.decided.get(alarm.event_key, set()) - {alarm.event_id}
     state = DecisionState(duplicate=not alarm.replayed and bool(others))
     decision = decide(alarm, state, context.settings, now, context.policy)
+    if isinstance(decision, Upgrade) and decision.disk is not None:
+        step = replace(step, kind=decision.kind, extra_disk=decision.disk.extra_disk)
     if isinstance(decision, Upgrade):
         pause = effective_pause(snapshot.pauses, decision.instance_id, now)
         if pause is not None:
@@ -182,7 +197,8 @@ def _decide(snapshot: Snapshot, writes: Writes, step: Step, now: float, context:
             decision = Skip(SkipReason.RECONFIGURING, detail)
     if isinstance(decision, Skip):
         return _skip(snapshot, writes, step, decision, now)
-    step = replace(step, instance_id=decision.instance_id, plan=decision.plan)
+    plan = decision.plan if decision.disk is None else None  # a resize changes no plan
+    step = replace(step, instance_id=decision.instance_id, plan=plan)
     return _claim(snapshot, writes, step, decision, now, context)
 
 
@@ -207,8 +223,8 @@ def _claim(
     if row is not None:
         snapshot.claims[scope] = writes.claims[scope] = row
     if verdict is ClaimVerdict.COOLING_DOWN:
-        left = (existing.cooldown_until if existing else now) - now
-        skip = Skip(SkipReason.COOLING_DOWN, f"upgraded recently; cooldown ends in {left:.0f}s")
+        claimed_at, cools = (existing.claimed_at, existing.cooldown_until) if existing else (now, now)
+        skip = cooling_down(upgrade, claimed_at, cools, now, settings.disk_resize_interval_seconds)
         return _skip(snapshot, writes, step, skip, now)
     if verdict is ClaimVerdict.AWAITING_APPROVAL:
         until = iso(existing.lease_until) if existing else "?"
@@ -269,6 +285,8 @@ class _Fields(TypedDict):
     change: str | None
     instance_id: str | None
     plan: str | None
+    kind: str | None
+    extra_disk: int | None
 
 
 def _fields(step: Step) -> _Fields:
@@ -278,6 +296,8 @@ def _fields(step: Step) -> _Fields:
         "change": step.change,
         "instance_id": step.instance_id,
         "plan": step.plan,
+        "kind": step.kind,
+        "extra_disk": step.extra_disk,
     }
 
 
@@ -300,6 +320,8 @@ def _action(
         detail=detail,
         plan=step.plan,
         attempts=step.alarm.attempts if attempts is None else attempts,
+        kind=step.kind,
+        extra_disk_to=step.extra_disk,
     )
 
 
@@ -310,6 +332,7 @@ def _write(snapshot: Snapshot, writes: Writes, record: ActionRecord) -> int:
     state = snapshot.events[record.alarm.event_id]
     state.status, state.reason = record.status.value, record.reason
     state.plan = record.plan if record.plan is not None else state.plan
+    state.extra_disk = record.extra_disk_to if record.extra_disk_to is not None else state.extra_disk
     if is_decided(record.status, record.reason):
         snapshot.decided.setdefault(record.alarm.event_key, set()).add(record.alarm.event_id)
     return len(writes.actions) - 1

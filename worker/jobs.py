@@ -36,6 +36,9 @@ class Job:
     from_plan: str | None = None  # the plan read before the upgrade, where it was read
     verification: dict[str, Any] | None = None  # what the broker check saw, where it looked
     new: bool = False  # its event was recorded in this step (it has no action row yet)
+    kind: str | None = None  # the remedy, where not an upgrade ("resize_disk")
+    extra_disk_from: int | None = None  # a disk resize's extra disk read, and asked for (GB)
+    extra_disk_to: int | None = None
 
     def action(self, status: ActionStatus, now: float, **fields: Any) -> ActionRecord:
         """A write of this alarm's action row."""
@@ -49,6 +52,9 @@ class Job:
             from_plan=self.from_plan,
             verification=self.verification,
             attempts=fields.pop("attempts", self.alarm.attempts),
+            kind=self.kind,
+            extra_disk_from=self.extra_disk_from,
+            extra_disk_to=self.extra_disk_to,
             **fields,
         )
 

@@ -127,7 +127,8 @@ class Controls(Part):
     async def approval(self, action_id: str) -> Row | None:
         """An action with its approval and the alarm that caused it (None: no such action)."""
         return await self.tx.fetchrow(
-            """SELECT a.action_id, a.status, a.incident_id, a.attempts, p.scope, p.owner,
+            """SELECT a.action_id, a.status, a.incident_id, a.attempts, a.kind, a.extra_disk_to,
+                      p.scope, p.owner,
                       p.instance_id, p.plan, p.reason, p.rule, p.cooldown_seconds, p.deadline,
                       p.decided_by, p.decided_at, e.received_at, e.event_key, e.body
                FROM actions a

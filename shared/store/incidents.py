@@ -174,7 +174,8 @@ class Incidents(Part):
         cte, args = rows_cte(self.tx.dialect, "v", [("event_id", "text")], [(i,) for i in event_ids])
         rows = await self.tx.fetch(
             f"""WITH {cte}
-               SELECT e.event_id, e.incident_id, e.incident_change, a.status, a.reason, a.plan, p.deadline
+               SELECT e.event_id, e.incident_id, e.incident_change, a.status, a.reason, a.plan,
+                   a.extra_disk_to, p.deadline
                FROM v JOIN events e ON e.event_id = v.event_id
                LEFT JOIN actions a ON a.action_id = e.event_id
                LEFT JOIN approvals p ON p.action_id = e.event_id""",

@@ -131,6 +131,23 @@ MIGRATIONS: list[list[str]] = [
             until_at DOUBLE PRECISION NOT NULL
         )""",
     ],
+    # Disk alarms get disk (issue 27): an action's remedy where it is not an upgrade, a disk
+    # resize's sizes, and each instance's disk history (shared/store/disk.py).
+    [
+        "ALTER TABLE actions ADD COLUMN kind TEXT",
+        "ALTER TABLE actions ADD COLUMN extra_disk_from INTEGER",
+        "ALTER TABLE actions ADD COLUMN extra_disk_to INTEGER",
+        """CREATE TABLE disk_history (
+            mark_id TEXT PRIMARY KEY,
+            instance_id TEXT NOT NULL,
+            at DOUBLE PRECISION NOT NULL,
+            source TEXT NOT NULL,
+            extra_disk_from INTEGER,
+            extra_disk_to INTEGER NOT NULL,
+            action_id TEXT
+        )""",
+        "CREATE INDEX disk_history_instance ON disk_history (instance_id, at)",
+    ],
     # Flap detection (issue 28, shared/flapping.py): an incident's flap marking and pending
     # resolve, and each incident key's latest incident and recent transitions.
     [

@@ -50,6 +50,7 @@ class Unit(Claims, Incidents):
                 float(row["deadline"])
                 if row["status"] in HANDED_OFF and row["deadline"] is not None
                 else None,
+                row["extra_disk_to"],
             )
         snapshot.keys = await self._key_states(keys, flap)
         snapshot.decided = await self._decided_events(sorted({a.alarm.event_key for a in arrivals}))
