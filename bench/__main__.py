@@ -1,4 +1,5 @@
-"""``python -m bench [--quick] [--only accept,workers,e2e,footprint,flask,console,storm] [--profile]``.
+"""``python -m bench [--quick] [--only accept,workers,e2e,footprint,flask,console,storm,forecast]
+[--profile] [--stores sqlite,postgresql] [--scales 1,2,4]``.
 
 Runs the benchmarks against the local RabbitMQ (a fresh vhost per run) and PostgreSQL (a fresh
 database per run), prints a table of ratios against the baselines measured in the same run,
@@ -18,10 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import console, report, storm, suite
+from bench import console, forecast, report, storm, suite
 from bench.harness import ROOT, git_revision, machine_facts
 
-ALL = ("footprint", "accept", "flask", "e2e", "workers", "console", "storm")
+ALL = ("footprint", "accept", "flask", "e2e", "workers", "console", "storm", "forecast")
 
 
 async def run(cfg: suite.Config, only: tuple[str, ...]) -> dict[str, Any]:
@@ -36,6 +37,8 @@ async def run(cfg: suite.Config, only: tuple[str, ...]) -> dict[str, Any]:
             results[name] = await console.bench_console(cfg)
         elif name == "storm":
             results[name] = await storm.bench_storm(cfg)
+        elif name == "forecast":
+            results[name] = await forecast.bench_forecast(cfg)
         elif name == "flask":
             receiver_rate = results.get("accept", {}).get("receiver", {}).get("rate_per_s")
             results[name] = await suite.bench_flask(cfg, receiver_rate)
@@ -60,6 +63,8 @@ def main() -> int:
         metavar="DIR",
         help="also measure the receiver of another checkout (e.g. `git archive HEAD` unpacked)",
     )
+    parser.add_argument("--stores", help="comma-separated stores of the worker runs: sqlite,postgresql")
+    parser.add_argument("--scales", help="comma-separated worker process counts, e.g. 1 or 1,2,4")
     args = parser.parse_args()
     only = tuple(part.strip() for part in args.only.split(",") if part.strip())
     unknown = set(only) - set(ALL)
@@ -77,6 +82,16 @@ def main() -> int:
     cfg.compare_root = args.compare_receiver.resolve() if args.compare_receiver else None
     if args.rounds:
         cfg.rounds = args.rounds
+    if args.stores:
+        stores = tuple(s.strip() for s in args.stores.split(",") if s.strip())
+        if not stores or set(stores) - {"sqlite", "postgresql"}:
+            parser.error("--stores takes sqlite, postgresql or both")
+        cfg.stores = stores
+    if args.scales:
+        try:
+            cfg.worker_scales = tuple(int(s) for s in args.scales.split(",") if s.strip())
+        except ValueError:
+            parser.error("--scales takes process counts, e.g. 1,2,4")
     try:
         results = asyncio.run(run(cfg, only))
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 
@@ -296,25 +297,69 @@ def _console_rows(r: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _ahead(minutes: float | None) -> str:
+    if minutes is None:
+        return "not ready"
+    return f"{minutes:.1f} min before" if minutes >= 0 else f"{-minutes:.1f} min after"
+
+
+def _forecast_said(run: dict[str, Any]) -> str:
+    """One run of benchmark 8 in words: did it upgrade, when ready against the crossing."""
+    crossing = run["crossing_min"]
+    if not run["upgrades"]:
+        said = "no upgrade"
+        return said + (f" (crosses at min {crossing:.1f})" if crossing is not None else "")
+    first = run["upgrades"][0]
+    said = f"upgraded ({first['source']} at min {first['requested_min']:.1f}), ready "
+    if crossing is not None:
+        said += f"{_ahead(run['ready_before_crossing_min'])} the crossing (min {crossing:.1f})"
+    else:
+        said += f"at min {first['ready_min']:.1f}, no crossing"
+    return said + f"; {run['needless_upgrades']} needless"
+
+
+def _forecast_rows(r: dict[str, Any]) -> list[str]:
+    baselines = {run["curve"]: run for run in r["runs"] if run["lead"] == "forecast off"}
+    targets = {"climb": "ready before the crossing", "plateau": "no upgrade", "spike": "no upgrade"}
+    rows = []
+    for run in r["runs"]:
+        if run["lead"] == "forecast off":
+            continue
+        base = baselines.get(run["curve"])
+        rows.append(
+            _row(
+                f"8 forecast, {run['curve']}, lead time {run['lead']}",
+                _forecast_said(run),
+                f"forecast off: {_forecast_said(base)}" if base else "–",
+                "–",
+                targets.get(run["shape"], "–"),
+                _verdict(run.get("meets")),
+            )
+        )
+    return rows
+
+
+# Each benchmark's rows, in the table's order (flask's need the accept run's rate too).
+ROWS: tuple[tuple[str, Callable[[dict[str, Any], dict[str, Any]], list[str]]], ...] = (
+    ("accept", lambda r, _: _accept_rows(r)),
+    ("workers", lambda r, _: _worker_rows(r)),
+    ("e2e", lambda r, _: _e2e_rows(r)),
+    ("footprint", lambda r, _: _footprint_rows(r)),
+    ("flask", lambda r, results: _flask_rows(r, results.get("accept"))),
+    ("console", lambda r, _: _console_rows(r)),
+    ("storm", lambda r, _: _storm_rows(r)),
+    ("forecast", lambda r, _: _forecast_rows(r)),
+)
+
+
 def markdown(results: dict[str, Any]) -> str:
     lines = [
         _row("benchmark", "ours", "baseline (same run)", "ratio", "target", "verdict"),
         _row(*["---"] * 6),
     ]
-    if "accept" in results:
-        lines += _accept_rows(results["accept"])
-    if "workers" in results:
-        lines += _worker_rows(results["workers"])
-    if "e2e" in results:
-        lines += _e2e_rows(results["e2e"])
-    if "footprint" in results:
-        lines += _footprint_rows(results["footprint"])
-    if "flask" in results:
-        lines += _flask_rows(results["flask"], results.get("accept"))
-    if "console" in results:
-        lines += _console_rows(results["console"])
-    if "storm" in results:
-        lines += _storm_rows(results["storm"])
+    for name, rows in ROWS:
+        if name in results:
+            lines += rows(results[name], results)
     m = results["machine"]
     lines += [
         "",

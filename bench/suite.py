@@ -84,6 +84,8 @@ class Config:
     )
     storm_arrivals_per_s: float = 2.0
     storm_timeout: float = 900.0
+    # 8: the forecast (bench/forecast.py): four curves instead of eight
+    forecast_quick: bool = False
     results: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -98,6 +100,7 @@ class Config:
             storm_alarms=10_000,
             storm_instances=1_000,
             storm_runs=(("sqlite", 1), ("postgresql", 1)),
+            forecast_quick=True,
         )
 
 
@@ -468,7 +471,8 @@ async def run_workers(
             "RETRY_DELAYS": "0.2,0.5",
             **(extra or {}),
         }
-        workers = [procs.spawn("worker", env) for _ in range(k)]
+        ports = [free_port() for _ in range(k)]
+        workers = [procs.spawn("worker", env | {"WORKER_METRICS_PORT": str(port)}) for port in ports]
         machine_before = machine_cpu()
         ready, cpu_before = [], 0.0
         for worker in workers:
@@ -484,6 +488,7 @@ async def run_workers(
         await wait_until(done, timeout=180, interval=0.1, what=f"{len(bodies)} decisions")
         cpu = sum(cpu_seconds(w.popen.pid) for w in workers) - cpu_before
         busy, elapsed = (after - before for after, before in zip(machine_cpu(), machine_before, strict=True))
+        batches = [await batch_sizes(port) for port in ports]
         for worker in workers:
             await worker.stop()
         profiled = finish_profiler(profiler)
@@ -505,8 +510,25 @@ async def run_workers(
             "cpu_us_per_alarm": round(cpu / len(bodies) * 1e6),
             "machine_cpu_busy": round(busy / elapsed, 2) if elapsed else None,
             "batch_fallbacks": fallbacks,
+            # First steps per transaction (group commit), over the whole run.
+            "mean_batch": round(sum(s for s, _ in batches) / max(1, sum(n for _, n in batches)), 1),
         }
         | ({"profile": profiled} if profiled else {})
+    )
+
+
+async def batch_sizes(port: int) -> tuple[float, int]:
+    """A worker's group commit so far, from its ``/metrics``: the alarms its batches held, and
+    how many batches (``autopilot_worker_batch_size``'s sum and count)."""
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+        text = await resp.text()
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("autopilot_worker_batch_size_sum", "autopilot_worker_batch_size_count"):
+            values[name] = float(value)
+    return values.get("autopilot_worker_batch_size_sum", 0.0), int(
+        values.get("autopilot_worker_batch_size_count", 0)
     )
 
 

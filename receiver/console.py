@@ -581,7 +581,8 @@ async def instance(request: web.Request) -> web.Response:
     # The policy the receiver routes by (the worker's, from the same POLICY_FILE) names the
     # threshold the chart draws.
     policy = lanes.policy if lanes is not None else Policy.default(settings)
-    charts = await console_data.charts_of(store, name, policy, settings, upgrades)
+    disks = await console_data.disk_history_of(store, name)
+    charts = await console_data.charts_of(store, name, policy, settings, upgrades, disks)
     context = await _context(
         request,
         flash=_flash(request, await get_session(request)),
@@ -590,6 +591,7 @@ async def instance(request: web.Request) -> web.Response:
         pauses=pauses,
         own_pause=next((p for p in pauses if p.scope == name), None),
         upgrades=upgrades,
+        disks=disks,
         plan=console_data.plan_facts(upgrades),
         claims=claims,
         recent=recent,
@@ -713,6 +715,15 @@ async def _confirm(request: web.Request, what: str, question: str) -> web.Respon
 # --- the sub-application ---------------------------------------------------------------------------
 
 
+def _span(seconds: float | None) -> str:
+    """A duration as a person reads it: ``60 min``, ``90 s``."""
+    if seconds is None:
+        return "—"
+    if seconds >= 120 and seconds % 60 == 0:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"
+
+
 def _filters() -> dict[str, Callable[..., Any]]:
     def when(ts: float | None) -> str:
         text = iso(ts)
@@ -743,7 +754,7 @@ def _filters() -> dict[str, Callable[..., Any]]:
         found = action_price(row)
         return str(found["text"]) if found else None
 
-    return {"when": when, "left": left, "pretty": pretty, "size": size, "price": price}
+    return {"when": when, "left": left, "pretty": pretty, "size": size, "price": price, "span": _span}
 
 
 async def _probe(app: web.Application) -> Any:

@@ -26,6 +26,7 @@ from aio_pika.abc import AbstractConnection
 from receiver.chart import Forecast, Marker, usage_chart
 from shared import brokers, dlq, topology, watch
 from shared.db import Row
+from shared.disk import AUTOPILOT, READ, SEEN
 from shared.errors import BrokerUnavailable
 from shared.plans import DEFAULT_LADDER, Ladder, parse_plan
 from shared.policy import Policy
@@ -87,6 +88,22 @@ async def last_upgrades(store: Store, *, instance: str | None = None, limit: int
             "approved_by": detail.get("approved_by"),
             "cause": " ".join(str(cause[k]) for k in ("alarm_type", "value") if cause.get(k) is not None),
         }
+    return rows
+
+
+# How each disk history mark came about (``shared.disk``).
+DISK_SOURCES = {
+    AUTOPILOT: "resized by the autopilot",
+    SEEN: "resized outside the autopilot (seen)",
+    READ: "first read",
+}
+
+
+async def disk_history_of(store: Store, instance: str, limit: int = 50) -> list[Row]:
+    """The instance's disk history (resizes made or seen, the size first read), newest first."""
+    rows = await reads.disk_history(store.db, instance, limit)
+    for row in rows:
+        row["how"] = DISK_SOURCES.get(str(row["source"]), str(row["source"]))
     return rows
 
 
@@ -166,10 +183,16 @@ def _threshold(policy: Policy, instance: str, alarm_type: str) -> float | None:
 
 
 async def charts_of(
-    store: Store, instance: str, policy: Policy, settings: Settings, upgrades: list[Row]
+    store: Store,
+    instance: str,
+    policy: Policy,
+    settings: Settings,
+    upgrades: list[Row],
+    disks: list[Row] | None = None,
 ) -> Charts:
     """The samples of the instance's nodes drawn against the rule's threshold, the upgrades
-    of its plan history (``last_upgrades``) as markers, and the newest forecast's line."""
+    of its plan history (``last_upgrades``) as markers — and on the disk chart the resizes of
+    its disk history (``disk_history_of``) —, and the newest forecast's line."""
     memory: dict[str, list[tuple[float, float]]] = {}
     disk: dict[str, list[tuple[float, float]]] = {}
     for node, samples in (await watch.samples_by_node(store.db, instance)).items():
@@ -180,6 +203,9 @@ async def charts_of(
             if s["disk_free"] is not None and s["disk_free_limit"]:
                 disk.setdefault(node, []).append((at, s["disk_free"] / s["disk_free_limit"]))
     markers = [Marker(float(u["at"]), f"→ {u['upgrade']['plan_to'] or '?'}") for u in upgrades]
+    resizes = [
+        Marker(float(d["at"]), f"→ +{d['extra_disk_to']} GB") for d in disks or [] if d["source"] != READ
+    ]
     lines: dict[str, Forecast] = {}
     said, said_at = None, None
     row = await reads.latest_forecast(store.db, instance)
@@ -207,7 +233,7 @@ async def charts_of(
             title="disk headroom, × disk_free_limit",
             unit="×",
             threshold=settings.disk_free_margin,
-            markers=markers,
+            markers=sorted(markers + resizes, key=lambda m: m.at),
             forecast=lines.get("disk"),
         ),
         forecast=said if isinstance(said, str) else None,

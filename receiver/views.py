@@ -26,6 +26,7 @@ from shared.controls import GLOBAL, Pause
 from shared.errors import BrokerUnavailable
 from shared.notifications import action_price
 from shared.statuses import IncidentStatus
+from shared.store.incidents import flap_mark
 
 log = structlog.get_logger("receiver")
 
@@ -239,6 +240,7 @@ def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | Non
 
 
 def incident_json(row: dict[str, Any]) -> dict[str, Any]:
+    mark = flap_mark(row)
     return {
         "id": row["incident_id"],
         "key": row["incident_key"],
@@ -251,6 +253,10 @@ def incident_json(row: dict[str, Any]) -> dict[str, Any]:
         "count": row["event_count"],
         "last_value": _loads(row["last_value"]),
         "resolved_at": iso(row["resolved_at"]),
+        # Marked flapping (shared.flapping): how, and its pending resolve ("resolves at …, if quiet").
+        "flapping": mark is not None,
+        "flap": None if mark is None else mark.json(),
+        "resolves_at": iso(row["resolves_at"]),
     }
 
 
@@ -267,6 +273,9 @@ def action_json(row: dict[str, Any]) -> dict[str, Any]:
         "plan": row["plan"],
         "from_plan": row.get("from_plan"),
         "price": action_price(row),
+        "kind": row.get("kind") or "upgrade",
+        "extra_disk_from": row.get("extra_disk_from"),
+        "extra_disk_to": row.get("extra_disk_to"),
         "reconfigure_seconds": row.get("reconfigure_seconds"),
         "verification": _loads(row.get("verification")),
         "attempts": row["attempts"],

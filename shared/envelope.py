@@ -133,7 +133,8 @@ def is_check(headers: Mapping[str, Any]) -> bool:
 @dataclass(frozen=True)
 class Check:
     """A follow-up on an upgrade CloudAMQP accepted: read the instance until it is ready on
-    ``plan``, or give up at ``deadline`` (CloudAMQP applies the change asynchronously)."""
+    ``plan`` — for a disk resize (``extra_disk`` set), until its nodes have that extra disk —
+    or give up at ``deadline`` (CloudAMQP applies the change asynchronously)."""
 
     action_id: str
     instance_id: str
@@ -141,6 +142,7 @@ class Check:
     deadline: float
     checks: int = 0
     accepted_at: float | None = None  # when CloudAMQP took it (None: not known to this check)
+    extra_disk: int | None = None  # a disk resize's extra disk asked for (GB)
 
     KIND: ClassVar[str] = "plan"
 
@@ -183,6 +185,7 @@ def decode_check(body: bytes, headers: Mapping[str, Any] | None = None) -> AnyCh
             float(data["deadline"]),
             int(data.get("checks", 0)),
             float(data["accepted_at"]) if data.get("accepted_at") is not None else None,
+            int(data["extra_disk"]) if data.get("extra_disk") is not None else None,
         )
     except Exception as exc:  # whatever the bytes: not a check of ours
         raise DecodeError(f"not an upgrade check: {type(exc).__name__}: {exc}") from None

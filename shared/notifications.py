@@ -18,6 +18,7 @@ from enum import StrEnum
 from typing import Any
 
 from shared.alarm import Alarm, iso
+from shared.flapping import FlapMark
 from shared.pricing import PlanChange, Refusal
 from shared.statuses import IncidentStatus
 
@@ -27,7 +28,8 @@ class EventType(StrEnum):
 
     INCIDENT_OPENED = "incident.opened"
     INCIDENT_RESOLVED = "incident.resolved"
-    ACTION_SUCCEEDED = "action.succeeded"  # an upgrade done (from/to plan, the alarm that caused it)
+    INCIDENT_FLAPPING = "incident.flapping"  # a flap episode began; then only its final resolve
+    ACTION_SUCCEEDED = "action.succeeded"  # an upgrade done (from/to plan or disk, the alarm behind it)
     ACTION_DRY_RUN = "action.dry_run"  # an upgrade decided, not called (dry run)
     ACTION_FAILED = "action.failed"  # an upgrade given up (its alarm is parked)
     ACTION_UNCONFIRMED = "action.unconfirmed"  # accepted, the plan did not show in time
@@ -100,6 +102,43 @@ def alarm_data(alarm: Alarm) -> dict[str, Any]:
     }
 
 
+# The incident changes that are news, and the event each becomes.
+INCIDENT_EVENTS: Mapping[str, EventType] = {
+    "opened": EventType.INCIDENT_OPENED,
+    "resolved": EventType.INCIDENT_RESOLVED,
+    "reopened": EventType.INCIDENT_FLAPPING,
+}
+
+
+def incident_data(
+    incident_id: str,
+    key: str | None,
+    status: IncidentStatus,
+    instance_id: str | None,
+    alarm_type: str | None,
+    at: float,
+    mark: FlapMark | None = None,
+) -> dict[str, Any]:
+    """What a notification says about an incident (``flapping`` and ``flap``: its marking)."""
+    return {
+        "id": incident_id,
+        "key": key,
+        "title": key,
+        "status": status.value,
+        "instance_id": instance_id,
+        "alarm_type": alarm_type,
+        "at": iso(at),
+        "flapping": mark is not None,
+        "flap": None if mark is None else mark.json(),
+    }
+
+
+def incident_notice_key(incident_id: str, mark: FlapMark | None) -> str:
+    """A flapping incident is told of once per episode and resolved once per episode: its
+    notifications are keyed by the episode too (its first opening and resolve were not)."""
+    return incident_id if mark is None else f"{incident_id}:{mark.episodes}"
+
+
 def incident_notice(
     change: str | None,
     incident_id: str | None,
@@ -107,21 +146,28 @@ def incident_notice(
     alarm: Alarm,
     instance_id: str | None,
     now: float,
+    *,
+    mark: FlapMark | None = None,
 ) -> Notice | None:
-    """``incident.opened`` / ``incident.resolved`` for an event's incident change, else None."""
-    types = {"opened": EventType.INCIDENT_OPENED, "resolved": EventType.INCIDENT_RESOLVED}
-    if change not in types or incident_id is None:
+    """``incident.opened`` / ``incident.resolved`` / ``incident.flapping`` (a re-opening by
+    the flap rule) for an event's incident change, else None."""
+    event_type = INCIDENT_EVENTS.get(change or "")
+    if event_type is None or incident_id is None:
         return None
-    incident = {
-        "id": incident_id,
-        "key": key,
-        "title": key,
-        "status": (IncidentStatus.OPEN if change == "opened" else IncidentStatus.RESOLVED).value,
-        "instance_id": instance_id,
-        "alarm_type": alarm.alarm_type,
-        "at": iso(now),
-    }
-    return Notice(types[change], incident_id, {"incident": incident, "alarm": alarm_data(alarm)}, instance_id)
+    status = IncidentStatus.RESOLVED if change == "resolved" else IncidentStatus.OPEN
+    incident = incident_data(incident_id, key, status, instance_id, alarm.alarm_type, now, mark)
+    data = {"incident": incident, "alarm": alarm_data(alarm)}
+    return Notice(event_type, incident_notice_key(incident_id, mark), data, instance_id)
+
+
+def quiet_resolve_notice(
+    incident_id: str, key: str, instance_id: str | None, alarm_type: str | None, at: float, mark: FlapMark
+) -> Notice:
+    """``incident.resolved`` of a flapping incident whose quiet period passed at ``at``: no
+    alarm caused it (``alarm`` is null)."""
+    incident = incident_data(incident_id, key, IncidentStatus.RESOLVED, instance_id, alarm_type, at, mark)
+    data = {"incident": incident, "alarm": None}
+    return Notice(EventType.INCIDENT_RESOLVED, incident_notice_key(incident_id, mark), data, instance_id)
 
 
 def action_notice(action: Mapping[str, Any], alarm: Mapping[str, Any]) -> Notice | None:
@@ -147,6 +193,10 @@ def action_notice(action: Mapping[str, Any], alarm: Mapping[str, Any]) -> Notice
             "attempts": action.get("attempts"),
             "reconfigure_seconds": action.get("reconfigure_seconds"),
             "price": action_price(action),
+            # A disk resize (``resize_disk``): its extra disk before and asked for, in GB.
+            "kind": action.get("kind"),
+            "extra_disk_from": action.get("extra_disk_from"),
+            "extra_disk_to": action.get("extra_disk_to"),
         },
         "alarm": dict(alarm),
     }

@@ -22,10 +22,12 @@ from typing import Any
 from shared.alarm import Alarm
 from shared.catalogue import Catalogue
 from shared.controls import Pause
+from shared.disk import DiskTarget, hours, interval_limit, next_size
 from shared.fields import NO_FIELDS, FieldMap
 from shared.plans import DEFAULT_LADDER, Ladder, Plan, parse_plan
 from shared.pricing import Caps, PlanChange, Refusal, assess_plan_change
 from shared.settings import Settings
+from shared.statuses import ActionKind
 from shared.verify import CHECKABLE, Condition
 
 ALARM_TYPES = frozenset(
@@ -36,6 +38,8 @@ NEXT = "next"
 # What a rule does with an upgrade over its budget (``over_budget``): skip it, or ask a person.
 OVER_BUDGET_SKIP, OVER_BUDGET_ASK = "skip", "ask"
 FORECAST = "forecast"  # the ``source`` of the watchdog's forecast alarms
+RESIZE_DISK = ActionKind.RESIZE_DISK.value  # the action of a rule that grows a disk alarm's disk
+REMEDIES = frozenset({"upgrade", RESIZE_DISK})  # the actions that call the CloudAMQP API
 
 
 class SkipReason(StrEnum):
@@ -62,6 +66,9 @@ class SkipReason(StrEnum):
     UNKNOWN_PLAN = Refusal.UNKNOWN_PLAN.value  # CloudAMQP does not sell the plan asked for
     NOT_IN_PLACE = Refusal.NOT_IN_PLACE.value  # shared <-> dedicated: CloudAMQP refuses it
     OVER_BUDGET = Refusal.OVER_BUDGET.value  # over max_monthly_price / MAX_MONTHLY_INCREASE
+    NOT_SUPPORTED = "not_supported"  # a disk resize of a shared plan (no disk of its own)
+    RESIZE_INTERVAL = "resize_interval"  # CloudAMQP resizes a disk once per DISK_RESIZE_INTERVAL_SECONDS
+    DISK_UNKNOWN = "disk_unknown"  # the nodes' extra disk could not be read
 
 
 DEFAULT_APPROVE_TIMEOUT = 3600.0  # seconds an upgrade waits for a person before it expires
@@ -95,6 +102,7 @@ class Rule:
     # to do with an upgrade over it: skip it, or ask a person (``approve = true`` asks anyway).
     max_monthly_price: float | None = None
     over_budget: str = OVER_BUDGET_SKIP
+    disk: DiskTarget | None = None  # what a ``resize_disk`` rule asks for
 
     @property
     def has_threshold(self) -> bool:
@@ -103,7 +111,7 @@ class Rule:
     def condition(self, settings: Settings) -> Condition | None:
         """What the instance's nodes must show for this rule's alarm to still be true; None
         for alarm types the nodes' figures do not show."""
-        if self.action != "upgrade" or self.alarm_type not in CHECKABLE:
+        if self.action not in REMEDIES or self.alarm_type not in CHECKABLE:
             return None
         found = Condition(self.alarm_type, self.above, settings.disk_free_margin)
         return found if found.checkable else None
@@ -213,6 +221,12 @@ class Upgrade:
     over_budget: str = OVER_BUDGET_SKIP
     change: PlanChange | None = None  # priced when decided, where the target was known
     budget_note: str | None = None  # why a person must approve it: over budget
+    disk: DiskTarget | None = None  # a disk resize (``resize_disk``) rather than a plan change
+
+    @property
+    def kind(self) -> str:
+        """The remedy: ``upgrade`` (a plan change) or ``resize_disk``."""
+        return RESIZE_DISK if self.disk is not None else ActionKind.UPGRADE.value
 
 
 Decision = Skip | Upgrade
@@ -255,8 +269,8 @@ def decide(
     if isinstance(decision, Upgrade) and state.pause is not None:
         # Recorded like any other alarm; only the upgrade waits for the pause to end.
         return Skip(SkipReason.PAUSED, state.pause.describe())
-    if isinstance(decision, Upgrade) and catalogue is not None:
-        return _priced(decision, state, settings, catalogue)
+    if isinstance(decision, Upgrade) and decision.disk is None and catalogue is not None:
+        return _priced(decision, state, settings, catalogue)  # a plan change: priced
     return decision
 
 
@@ -394,6 +408,8 @@ def _apply_rules(alarm: Alarm, policy: Policy, settings: Settings, instance: str
 def _act(rule: Rule, alarm: Alarm, settings: Settings, instance: str) -> Decision:
     if rule.action == "none":
         return Skip(SkipReason.NO_ACTION, f"rule {rule.name!r} records the alarm and does nothing")
+    if rule.disk is not None:
+        return _resize(rule, alarm, settings, instance)
     value = alarm.value
     shown = f" ({_format_value(value)}%)" if value is not None else ""
     reason = f"Automatic upgrade triggered by {alarm.alarm_type} alarm{shown}"
@@ -463,3 +479,83 @@ def resolve_plan(upgrade: Upgrade, current: str | None) -> str | Skip:
     if upgrade.max_plan is not None and upgrade.ladder.above(step, upgrade.max_plan):
         return Skip(SkipReason.AT_CEILING, f"{step} would pass max_plan {upgrade.max_plan}")
     return str(step)
+
+
+# --- the disk resize (``action = "resize_disk"``) ---------------------------------------------
+
+
+def _resize(rule: Rule, alarm: Alarm, settings: Settings, instance: str) -> Upgrade:
+    """A disk resize: its cooldown never shorter than CloudAMQP's interval between resizes."""
+    assert rule.disk is not None
+    value = alarm.value
+    shown = f" ({_format_value(value)}%)" if value is not None else ""
+    cooldown = settings.cooldown_seconds if rule.cooldown_seconds is None else rule.cooldown_seconds
+    return Upgrade(
+        instance_id=instance,
+        plan=f"extra disk {rule.disk.describe()}",
+        reason=f"Automatic disk resize triggered by {alarm.alarm_type} alarm{shown}",
+        scope=upgrade_scope(instance, alarm.alarm_type),
+        cooldown_seconds=max(cooldown, settings.disk_resize_interval_seconds),
+        rule=rule.name,
+        approve=rule.approve,
+        approve_timeout=rule.approve_timeout,
+        condition=rule.condition(settings),
+        disk=rule.disk,
+    )
+
+
+def resolve_disk(upgrade: Upgrade, current: int) -> int | Skip:
+    """The extra disk (GB) to ask for, given the nodes' current one — or a skip."""
+    target = upgrade.disk
+    assert target is not None
+    ceiling = target.max_extra_disk
+    if target.extra_disk is not None:
+        if current >= target.extra_disk:
+            return Skip(
+                SkipReason.ALREADY_AT_OR_ABOVE_TARGET,
+                f"the extra disk is {current} GB, target {target.extra_disk} GB",
+            )
+        return target.extra_disk
+    if ceiling is not None and current >= ceiling:
+        return Skip(SkipReason.AT_CEILING, f"the extra disk is {current} GB, at max_extra_disk {ceiling} GB")
+    step = next_size(current)
+    if step is None:
+        return Skip(SkipReason.AT_CEILING, f"{current} GB is the largest extra disk CloudAMQP sells")
+    if ceiling is not None and step > ceiling:
+        return Skip(SkipReason.AT_CEILING, f"{step} GB would pass max_extra_disk {ceiling} GB")
+    return step
+
+
+def cooling_down(
+    upgrade: Upgrade, claimed_at: float, cooldown_until: float, now: float, interval: float
+) -> Skip:
+    """The skip of an alarm whose claim (taken at ``claimed_at``) cools down until
+    ``cooldown_until``. A disk resize's cooldown is CloudAMQP's interval between resizes unless
+    its rule's is longer: then the skip names that limit (``resize_interval``)."""
+    left = cooldown_until - now
+    if upgrade.disk is not None and upgrade.cooldown_seconds <= interval:
+        return Skip(
+            SkipReason.RESIZE_INTERVAL,
+            f"the last change for its {upgrade.scope.rsplit('/', 1)[-1]} alarms started "
+            f"{hours(now - claimed_at)} ago; {interval_limit(interval)}: next resize in {hours(left)}",
+        )
+    return Skip(SkipReason.COOLING_DOWN, f"upgraded recently; cooldown ends in {left:.0f}s")
+
+
+def resize_cooldown_warnings(policy: Policy, settings: Settings) -> list[str]:
+    """``resize_disk`` rules whose cooldown is shorter than CloudAMQP's interval between two
+    resizes: their resizes wait for the interval instead (said at start)."""
+    interval = settings.disk_resize_interval_seconds
+    warnings = []
+    for number, rule in enumerate(policy.rules, start=1):
+        if rule.disk is None:
+            continue
+        own = rule.cooldown_seconds is not None
+        cooldown = rule.cooldown_seconds if rule.cooldown_seconds is not None else settings.cooldown_seconds
+        if cooldown < interval:
+            warnings.append(
+                f"rule {number} ({rule.name}): {'cooldown_seconds' if own else 'COOLDOWN_SECONDS'} "
+                f"{cooldown:g} is shorter than DISK_RESIZE_INTERVAL_SECONDS={interval:g}; "
+                f"{interval_limit(interval)}, so its resizes of an instance are {hours(interval)} apart"
+            )
+    return warnings

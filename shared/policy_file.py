@@ -10,6 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from shared.disk import EXTRA_DISK_SIZES, NEXT_SIZE, DiskTarget
 from shared.fields import FIELDS, FieldMap, parse_path
 from shared.plans import DEFAULT_LADDER, Ladder, Plan, parse_plan
 from shared.policy import (
@@ -18,6 +19,8 @@ from shared.policy import (
     NEXT,
     OVER_BUDGET_ASK,
     OVER_BUDGET_SKIP,
+    REMEDIES,
+    RESIZE_DISK,
     Policy,
     Rule,
 )
@@ -27,8 +30,12 @@ TOP_KEYS = frozenset({"ladder", "max_plan", "rules", "notify", "fields"})
 RULE_KEYS = frozenset(
     {"name", "alarm_type", "above", "below", "instances", "action", "plan", "max_plan", "ladder",
      "cooldown_seconds", "approve", "approve_timeout", "time_threshold", "forecast", "lead_time",
-     "max_monthly_price", "over_budget"}
+     "max_monthly_price", "over_budget",
+     "extra_disk", "max_extra_disk", "allow_downtime"}
 )  # fmt: skip
+# A ``resize_disk`` rule's own keys, and the plan keys it has no use for.
+DISK_KEYS = ("extra_disk", "max_extra_disk", "allow_downtime")
+PLAN_KEYS = ("plan", "max_plan", "ladder")
 
 
 MAX_APPROVE_TIMEOUT = 7 * 86400.0  # an upgrade nobody answers within a week is not wanted
@@ -159,8 +166,8 @@ def _approval(raw: dict[str, Any], action: str) -> tuple[bool, float]:
     approve = raw.get("approve", False)
     if not isinstance(approve, bool):
         raise _KeyProblem("approve", "expected true or false")
-    if approve and action != "upgrade":
-        raise _KeyProblem("approve", "only an 'upgrade' rule can ask for approval")
+    if approve and action not in REMEDIES:
+        raise _KeyProblem("approve", "only an 'upgrade' or 'resize_disk' rule can ask for approval")
     timeout = _number(raw, "approve_timeout")
     if timeout is not None and not approve:
         raise _KeyProblem("approve_timeout", "only means something with approve = true")
@@ -208,6 +215,44 @@ def _budget(raw: dict[str, Any], action: str) -> tuple[float | None, str]:
     return cap, mode
 
 
+def _size(value: Any, key: str) -> int:
+    """An extra disk size (GB) CloudAMQP sells, above none."""
+    sizes = EXTRA_DISK_SIZES[1:]
+    if isinstance(value, bool) or not isinstance(value, int) or value not in sizes:
+        wanted = "'next' or " if key == "extra_disk" else ""
+        listed = ", ".join(str(size) for size in sizes)
+        raise _KeyProblem(key, f"{value!r} is not an extra disk size: expected {wanted}one of {listed} (GB)")
+    return value
+
+
+def _disk(raw: dict[str, Any], action: str, alarm_type: str, approve: bool) -> DiskTarget | None:
+    """A ``resize_disk`` rule's target: ``extra_disk`` ("next" or a size), ``max_extra_disk``,
+    ``allow_downtime`` (only with a person's approval: a resize with downtime stops the broker)."""
+    if action != RESIZE_DISK:
+        for key in DISK_KEYS:
+            if key in raw:
+                raise _KeyProblem(key, "only means something with action = 'resize_disk'")
+        return None
+    if alarm_type != "disk":
+        raise _KeyProblem("action", f"'resize_disk' answers disk alarms only, not {alarm_type!r}")
+    for key in PLAN_KEYS:
+        if key in raw:
+            raise _KeyProblem(key, "a 'resize_disk' rule resizes the disk and never changes the plan")
+    extra = raw.get("extra_disk", NEXT_SIZE)
+    extra_disk = None if extra == NEXT_SIZE else _size(extra, "extra_disk")
+    ceiling = _size(raw["max_extra_disk"], "max_extra_disk") if "max_extra_disk" in raw else None
+    if extra_disk is not None and ceiling is not None and extra_disk > ceiling:
+        raise _KeyProblem("max_extra_disk", f"{ceiling} GB is below extra_disk ({extra_disk} GB)")
+    downtime = raw.get("allow_downtime", False)
+    if not isinstance(downtime, bool):
+        raise _KeyProblem("allow_downtime", "expected true or false")
+    if downtime and not approve:
+        raise _KeyProblem(
+            "allow_downtime", "true needs approve = true: a person approves each resize with downtime"
+        )
+    return DiskTarget(extra_disk, ceiling, downtime)
+
+
 def _rule(raw: dict[str, Any], number: int, top_ladder: Ladder, default_max: Any) -> Rule:
     for key in raw:
         if key not in RULE_KEYS:
@@ -217,8 +262,8 @@ def _rule(raw: dict[str, Any], number: int, top_ladder: Ladder, default_max: Any
         raise _KeyProblem("alarm_type", f"{alarm_type!r} is not one of {', '.join(sorted(ALARM_TYPES))}")
     above, below = _thresholds(raw)
     action = raw.get("action", "upgrade")
-    if not isinstance(action, str) or action not in {"upgrade", "none"}:
-        raise _KeyProblem("action", "expected 'upgrade' or 'none'")
+    if not isinstance(action, str) or action not in REMEDIES | {"none"}:
+        raise _KeyProblem("action", "expected 'upgrade', 'resize_disk' or 'none'")
     plan = raw.get("plan", NEXT)
     if not isinstance(plan, str) or not plan.strip():
         raise _KeyProblem("plan", "expected a plan name or 'next'")
@@ -235,6 +280,7 @@ def _rule(raw: dict[str, Any], number: int, top_ladder: Ladder, default_max: Any
         raise _KeyProblem("time_threshold", "expected seconds >= 0")
     forecast, lead_time = _forecast(raw, alarm_type, action, above, below)
     max_monthly_price, over_budget = _budget(raw, action)
+    disk = _disk(raw, action, alarm_type, approve)
     name = raw.get("name", f"rule-{number}")
     if not isinstance(name, str) or not name:
         raise _KeyProblem("name", "expected a non-empty string")
@@ -246,7 +292,7 @@ def _rule(raw: dict[str, Any], number: int, top_ladder: Ladder, default_max: Any
         above=above,
         below=below,
         instances=_instances(raw),
-        max_plan=_max_plan(raw.get("max_plan", default_max), ladder),
+        max_plan=_max_plan(raw.get("max_plan", default_max), ladder) if disk is None else None,
         ladder=ladder,
         cooldown_seconds=cooldown,
         approve=approve,
@@ -256,4 +302,5 @@ def _rule(raw: dict[str, Any], number: int, top_ladder: Ladder, default_max: Any
         lead_time=lead_time,
         max_monthly_price=max_monthly_price,
         over_budget=over_budget,
+        disk=disk,
     )

@@ -28,6 +28,9 @@ class ActionRecord:
     # The monthly prices of from_plan and plan, where the catalogue knows them.
     from_price: float | None = None
     to_price: float | None = None
+    kind: str | None = None  # the remedy, where not an upgrade: "resize_disk" (shared.policy)
+    extra_disk_from: int | None = None  # a disk resize's extra disk before and asked for (GB)
+    extra_disk_to: int | None = None
 
 
 AUTOPILOT = "autopilot"  # the actor of automatic entries in the audit trail
@@ -47,15 +50,32 @@ class AuditEntry:
 
 
 @dataclass(frozen=True)
+class DiskMark:
+    """A fact about an instance's extra disk, for its disk history: a resize the autopilot made
+    (``autopilot``, when CloudAMQP accepted it), one it saw happen without it (``seen``), or the
+    size first read (``read``, from and to alike)."""
+
+    mark_id: str  # one per fact: a retried write keeps one
+    instance_id: str
+    at: float
+    source: str  # "autopilot", "seen", "read"
+    extra_disk_from: int | None
+    extra_disk_to: int
+    action_id: str | None = None
+
+
+@dataclass(frozen=True)
 class Finish:
     """An upgrade's end in the store: its claim completed (``succeeded``: the cooldown runs)
-    or released by its owner, with the action's outcome and, for an upgrade, its audit entry."""
+    or released by its owner, with the action's outcome and, for an upgrade, its audit entry;
+    for a disk resize, what it learnt of the disk (``disk``)."""
 
     scope: str
     owner: str
     succeeded: bool
     record: ActionRecord | None = None
     audit: AuditEntry | None = None
+    disk: tuple[DiskMark, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -108,6 +108,13 @@ class Settings:
     # bill within 30 days. None: no cap.
     max_monthly_price: float | None = None
     max_monthly_increase: float | None = None
+    # Flap detection (shared.flapping): a key that opened this often within the window is
+    # flapping; its incident then resolves only after the quiet period. 0 openings: off.
+    flap_openings: int = 4
+    flap_window_seconds: float = 3600.0
+    flap_quiet_seconds: float = 900.0
+    # CloudAMQP resizes a disk without downtime once every 6 h on AWS (4 h on Google Cloud).
+    disk_resize_interval_seconds: float = 21600.0
 
     def management_url(self, instance_id: str) -> str | None:
         """The management API URL (credentials included) of a managed instance, if given."""
@@ -401,6 +408,10 @@ _VARIABLES: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("forecast_min_samples", "FORECAST_MIN_SAMPLES", _int_range(3, 100000)),
     ("max_monthly_price", "MAX_MONTHLY_PRICE", _number(0)),
     ("max_monthly_increase", "MAX_MONTHLY_INCREASE", _number(0)),
+    ("flap_openings", "FLAP_OPENINGS", _int_range(0, 1000)),
+    ("flap_window_seconds", "FLAP_WINDOW_SECONDS", _number(0, allow_equal=False)),
+    ("flap_quiet_seconds", "FLAP_QUIET_SECONDS", _number(0, allow_equal=False)),
+    ("disk_resize_interval_seconds", "DISK_RESIZE_INTERVAL_SECONDS", _number(0)),
 )
 
 # What a platform sets when ours is unset: Heroku's CloudAMQP add-on sets CLOUDAMQP_URL and

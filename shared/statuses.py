@@ -23,6 +23,14 @@ class ActionStatus(StrEnum):
     EXPIRED = "expired"  # nobody answered within the rule's approve_timeout
 
 
+class ActionKind(StrEnum):
+    """The remedy an action row is about (its ``kind`` column; NULL in rows of upgrades, and of
+    rows from before disk resizes existed)."""
+
+    UPGRADE = "upgrade"  # a plan change
+    RESIZE_DISK = "resize_disk"  # more extra disk (shared.disk)
+
+
 class IncidentStatus(StrEnum):
     """Where an incident stands (at most one ``open`` per incident key)."""
 

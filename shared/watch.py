@@ -215,10 +215,11 @@ RECONFIGURATIONS = 200
 
 async def reconfigure_durations(tx: Tx, limit: int = RECONFIGURATIONS) -> list[tuple[str, float]]:
     """``(instance, seconds)`` of the latest plan changes CloudAMQP finished, as the
-    asynchronous follow-up measured them (``actions.reconfigure_seconds``)."""
+    asynchronous follow-up measured them (``actions.reconfigure_seconds``; disk resizes, whose
+    ``kind`` is set, aside)."""
     rows = await tx.fetch(
         """SELECT instance_id, reconfigure_seconds FROM actions
-           WHERE reconfigure_seconds IS NOT NULL AND instance_id IS NOT NULL
+           WHERE reconfigure_seconds IS NOT NULL AND instance_id IS NOT NULL AND kind IS NULL
            ORDER BY updated_at DESC LIMIT $1""",
         limit,
     )
@@ -329,7 +330,7 @@ async def unchecked_confirmations(db: Database, before: float, limit: int) -> li
     sweep marks each it sends a check to with ``checked``, so it sends one, not one per sweep)."""
     async with db.transaction(write=False) as tx:
         rows = await tx.fetch(
-            f"""SELECT action_id, instance_id, plan, updated_at FROM actions
+            f"""SELECT action_id, instance_id, plan, extra_disk_to, updated_at FROM actions
                WHERE reason = 'reconfiguring' AND status = {lit(ActionStatus.IN_PROGRESS)}
                AND COALESCE(checked_at, updated_at) < $1
                ORDER BY updated_at LIMIT $2""",

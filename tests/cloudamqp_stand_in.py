@@ -9,17 +9,35 @@ the benchmarks. It answers as CloudAMQP's own clients have recorded it answering
 - ``PUT /api/instances/{id}`` with ``plan`` as a form or as JSON: 200, then ``ready: false``
   for ``reconfigure_seconds``, then the new plan and ``ready: true``; while not ready, 422
   "Please wait for your cluster to be configured…"; shared ↔ dedicated: 422;
+- ``PUT /api/instances/{id}/disk`` with ``{"extra_disk_size", "allow_downtime"}``: 200 "Disk
+  resize started.", then every node ``configured: false`` for ``reconfigure_seconds``, then the
+  nodes' ``additional_disk_size`` is the new size; a size not in 0/25/…/2000 is 400 (error_code
+  40007); a shared plan, a shrink without downtime, or a second resize without downtime within
+  the region's limit (6 h on AWS, 4 h on Google Cloud, by ``clock``) are refused with 400 (their
+  wording is the stand-in's own: no public source records it);
 - ``GET /api/plans`` with the prices recorded in November 2025 (``plans_status``: answer it with
   that status instead, as an API that does not answer it);
 - the blog's ``POST /api/instances/{id}/actions/upgrade`` (Bearer key) as a switch: ``blog``
   ``"answers"`` (200, and the change happens as a PUT's would) or ``"absent"`` (404, as the
   documented service, which has no such endpoint) or ``"refuses"`` (401).
 
-Scriptable: ``script`` lists answers for the coming plan changes (a status, ``(status,
-headers)``, ``(status, headers, body)`` or ``"hang"``), then ``default_status`` when set;
-``latency``; ``hold`` (each plan change waits for the event); ``fail_until`` / ``hang_until``
-(monotonic) answer every API request 503, or never. A request that arrived is carried out even
-when its client hung up (aiohttp's ``handler_cancellation=False``), as a real API does.
+Scriptable: ``script`` lists answers for the coming changes — plan changes and disk resizes
+alike — (a status, ``(status, headers)``, ``(status, headers, body)`` or ``"hang"``), then
+``default_status`` when set; ``latency``; ``hold`` (each change waits for the event);
+``fail_until`` / ``hang_until`` (monotonic) answer every API request 503, or never. A request
+that arrived is carried out even when its client hung up (aiohttp's
+``handler_cancellation=False``), as a real API does.
+
+Each instance's own RabbitMQ management API answers too, at ``management_url(instance)``
+(``/management/{id}``, the instance's user and password as in its ``url``): ``GET
+/api/nodes`` with one node per ``nodes``, RabbitMQ's figures — ``mem_used`` (``mem_used``, or
+``load(clock())`` where a load curve is given), ``mem_limit`` (the plan's, ``mem_limit_of``:
+it grows when a plan change is done), ``disk_free`` and ``disk_free_limit``. Its reads are
+counted (``management_reads``), not recorded among the API's requests.
+
+Time: ``clock`` (default ``time.time``) dates plan changes (``Instance.changes_made``); with a
+clock of its own (a test's or a benchmark's accelerated one) a change is done once that clock
+passes ``reconfigure_seconds`` after it was accepted, seen at the next request or ``settle()``.
 
 In its own process (benchmarks): ``python -m tests.cloudamqp_stand_in --port P --latency 0.05
 --key K --instances a,b,c``; ``GET /_stand_in/requests`` lists ``[[epoch, method, path,
@@ -35,6 +53,7 @@ import json
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
@@ -52,6 +71,20 @@ PRICES: dict[str, int] = {
     "lion-5": 17495, "rhino-5": 27495,
 }  # fmt: skip
 SHARED_PLANS = frozenset({"lemur", "tiger"})
+# A node's ``mem_limit`` per plan family: each family has twice the memory of the one below it
+# (the autopilot's PLAN_MEMORY_STEP default assumes as much; the prices above are recorded,
+# these figures are not), bunny's 1 GB.
+FAMILIES = ("squirrel", "bunny", "hare", "rabbit", "panda", "ape", "hippo", "lion", "rhino")
+BUNNY_MEM_LIMIT = 1_000_000_000
+GB = 1_000_000_000
+
+
+def mem_limit_of(plan: str) -> int:
+    """The ``mem_limit`` of a node on ``plan`` (a shared or unknown plan: squirrel's)."""
+    family = plan.rsplit("-", 1)[0]
+    rung = FAMILIES.index(family) if family in FAMILIES else 0
+    return int(BUNNY_MEM_LIMIT * 2.0 ** (rung - 1))
+
 
 NOT_AUTHORIZED = {"error": "Not authorized"}
 RECONFIGURING = {
@@ -61,6 +94,16 @@ WAIT_FOR_CONFIGURED = {"error": "Please wait for your cluster to be configured b
 NO_SHARED_MOVE = {
     "error": "Sorry, you can't move to a shared plan automatically. Please create a new instance."
 }
+# The disk: extra sizes CloudAMQP sells (GB), and how often it resizes without downtime, by
+# the region's provider (Azure: no limit).
+EXTRA_DISK_SIZES = (0, 25, 50, 100, 250, 500, 1000, 2000)
+RESIZE_INTERVALS = {"amazon-web-services": 6 * 3600.0, "google-compute-engine": 4 * 3600.0}
+DISK_RESIZE_STARTED = {"message": "Disk resize started."}
+INVALID_DISK_SIZE = {"error": "Invalid disk size", "error_code": 40007}
+# The refusals below are documented facts (dedicated plans only, shrinking needs downtime, the
+# interval) in words of the stand-in's own: no public source records CloudAMQP's.
+DISK_NOT_ON_SHARED = {"error": "Disk resize is only available on dedicated plans"}
+DISK_SHRINK_NEEDS_DOWNTIME = {"error": "Shrinking the disk requires downtime"}
 # What a scripted refusal says when the script gives no body (the documented shapes).
 DEFAULT_BODIES: dict[int, dict[str, Any]] = {
     400: {"error": "Bad request", "error_code": 40002},
@@ -77,6 +120,16 @@ DEFAULT_BODIES: dict[int, dict[str, Any]] = {
 
 
 @dataclass
+class Change:
+    """A plan change CloudAMQP accepted, dated by the stand-in's clock."""
+
+    plan_from: str
+    plan_to: str
+    accepted_at: float
+    ready_at: float | None = None  # when it was done (None: still reconfiguring)
+
+
+@dataclass
 class Instance:
     """One instance as CloudAMQP keeps it."""
 
@@ -90,14 +143,61 @@ class Instance:
     region: str = "amazon-web-services::us-east-1"
     changes: int = 0  # plan changes applied
     target: str | None = None  # the plan a change under way is moving to
-    ready_at: float | None = None  # time.time() when the last change was done
+    ready_at: float | None = None  # when the last change was done (time.time(), or the clock's)
+    due_at: float | None = None  # when the change under way is done, by the stand-in's clock
+    changes_made: list[Change] = field(default_factory=list)
+    disk_target: int | None = None  # the extra disk a resize under way is moving to (GB)
+    disk_resized_at: float | None = None  # the stand-in's clock when the last resize started
+    resizes: int = 0  # disk resizes applied
+    # What its RabbitMQ nodes report (``GET /api/nodes`` of its management API).
+    mem_limit: int = 0  # 0: the plan's (``mem_limit_of``)
+    mem_used: int = 0
+    load: Callable[[float], float] | None = None  # mem_used at a time of the clock, when given
+    disk_free: int = 40 * GB
+    disk_free_limit: int = 50_000_000
 
-    def finish(self) -> None:
-        """CloudAMQP is done reconfiguring: the new plan, ready again."""
+    def __post_init__(self) -> None:
+        self.mem_limit = self.mem_limit or mem_limit_of(self.plan)
+
+    @property
+    def configured(self) -> bool:
+        """What every node's ``configured`` says: no change under way."""
+        return self.ready and self.disk_target is None
+
+    def finish(self, at: float | None = None) -> None:
+        """CloudAMQP is done reconfiguring: the new plan (and its memory) or disk, ready again."""
         if self.target is not None:
             self.plan, self.target, self.ready = self.target, None, True
+            self.mem_limit = mem_limit_of(self.plan)
             self.changes += 1
-            self.ready_at = time.time()
+            self.ready_at = time.time() if at is None else at
+            self.due_at = None
+            if self.changes_made and self.changes_made[-1].ready_at is None:
+                self.changes_made[-1].ready_at = self.ready_at
+        if self.disk_target is not None:
+            self.extra_disk, self.disk_target = self.disk_target, None
+            self.resizes += 1
+            self.ready_at = time.time() if at is None else at
+
+    def rabbitmq_nodes(self, now: float) -> list[dict[str, Any]]:
+        """``GET /api/nodes`` of its management API at ``now``, as RabbitMQ shapes it."""
+        used = round(self.load(now)) if self.load is not None else self.mem_used
+        return [
+            {
+                "name": f"rabbit@{self.name}-0{n}",
+                "type": "disc",
+                "running": True,
+                "mem_used": used,
+                "mem_limit": self.mem_limit,
+                "mem_alarm": used >= self.mem_limit,
+                "disk_free": self.disk_free,
+                "disk_free_limit": self.disk_free_limit,
+                "disk_free_alarm": self.disk_free <= self.disk_free_limit,
+                "fd_used": 40,
+                "sockets_used": 0,
+            }
+            for n in range(1, self.nodes + 1)
+        ]
 
     def listing(self) -> dict[str, Any]:
         return {
@@ -131,7 +231,7 @@ class Instance:
                 "name": f"{self.name}-0{n}",
                 "hostname": f"{self.name}-0{n}.rmq.cloudamqp.test",
                 "running": True,
-                "configured": self.ready,
+                "configured": self.configured,
                 "rabbitmq_version": "3.13.7",
                 "erlang_version": "26.2.5",
                 "disk_size": 20,
@@ -163,6 +263,10 @@ class Recorded:
     def plan_change(self) -> bool:
         return (self.method == "PUT" and self.path.count("/") == 3) or self.path.endswith("/actions/upgrade")
 
+    @property
+    def disk_change(self) -> bool:
+        return self.method == "PUT" and self.path.count("/") == 4 and self.path.endswith("/disk")
+
 
 @dataclass
 class CloudAmqpStandIn:
@@ -179,6 +283,8 @@ class CloudAmqpStandIn:
     hang_until: float = 0.0
     echo_headers: bool = False  # a careless API that repeats the credentials in its errors
     plans_status: int | None = None  # GET /api/plans answers this instead (503: the API is down)
+    clock: Callable[[], float] = time.time  # dates plan changes and counts the disk resize interval
+    management_reads: Counter[str] = field(default_factory=Counter)  # per instance name
     instances: dict[int, Instance] = field(default_factory=dict)
     requests: list[Recorded] = field(default_factory=list)
     port: int = 0
@@ -216,6 +322,7 @@ class CloudAmqpStandIn:
     async def start(self, port: int = 0) -> None:
         app = web.Application()
         app.router.add_route("*", "/_stand_in/requests", self._requests_view)
+        app.router.add_get("/management/{id}/api/nodes", self._rabbitmq_nodes)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=False)
         await self._runner.setup()
@@ -229,11 +336,27 @@ class CloudAmqpStandIn:
         if self._runner is not None:
             await self._runner.cleanup()
 
+    def management_url(self, instance: Instance) -> str:
+        """The instance's RabbitMQ management API, with its user and password (as in its ``url``)."""
+        user = f"{instance.name}:instance-password-{instance.id}"
+        return f"http://{user}@127.0.0.1:{self.port}/management/{instance.id}"
+
+    def settle(self) -> None:
+        """Finish every plan change whose reconfiguration is over by the stand-in's clock."""
+        now = self.clock()
+        for instance in self.instances.values():
+            if instance.target is not None and instance.due_at is not None and instance.due_at <= now:
+                instance.finish(instance.due_at)
+
     # --- what the tests read -------------------------------------------------------------
 
     def upgrade_requests(self) -> list[Recorded]:
         """Plan changes asked for (``PUT /api/instances/{id}`` or the blog's POST), answered or not."""
         return [r for r in self.requests if r.plan_change]
+
+    def disk_requests(self) -> list[Recorded]:
+        """Disk resizes asked for (``PUT /api/instances/{id}/disk``), answered or not."""
+        return [r for r in self.requests if r.disk_change]
 
     def reads(self) -> list[Recorded]:
         return [r for r in self.requests if r.method == "GET"]
@@ -266,6 +389,7 @@ class CloudAmqpStandIn:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()  # all of it arrived, whatever follows
+        self.settle()
         record = Recorded(
             request.method, request.path, dict(request.headers), _body(raw, request.content_type),
             at=time.monotonic(), wall=time.time(),
@@ -288,7 +412,7 @@ class CloudAmqpStandIn:
         if self.latency:
             await asyncio.sleep(self.latency)
         parts = request.path.strip("/").split("/")
-        if record.plan_change:
+        if record.plan_change or record.disk_change:
             if self.hold is not None:
                 await self.hold.wait()
             scripted = self._scripted()
@@ -303,7 +427,8 @@ class CloudAmqpStandIn:
         return self._documented(request, record, parts)
 
     def _scripted(self) -> Any:
-        """The next scripted answer to a plan change: None (none), "hang", or (status, headers, body)."""
+        """The next scripted answer to a change (a plan or the disk): None (none), "hang", or
+        (status, headers, body)."""
         step = self.script.pop(0) if self.script else self.default_status
         if step is None or step == "hang":
             return step
@@ -338,14 +463,7 @@ class CloudAmqpStandIn:
     def _documented(self, request: web.Request, record: Recorded, parts: list[str]) -> web.Response:
         method = request.method
         if parts == ["api", "plans"] and method == "GET":
-            if self.plans_status is not None:
-                return self._refusal(request, self.plans_status, {}, None)
-            return web.json_response(
-                [
-                    {"name": name, "price": price, "backend": "rabbitmq", "shared": name in SHARED_PLANS}
-                    for name, price in PRICES.items()
-                ]
-            )
+            return self._plans(request)
         if parts == ["api", "instances"] and method == "GET":
             return web.json_response([i.listing() for i in self.instances.values()])
         if len(parts) < 3 or parts[:2] != ["api", "instances"]:
@@ -364,20 +482,77 @@ class CloudAmqpStandIn:
                 return self._refusal(request, 400, {}, {"error": "plan is missing"})
             refused = self._change_plan(request, instance, plan)
             return refused or web.json_response(RECONFIGURING)
+        if rest == ["disk"] and method == "PUT":
+            return self._resize_disk(request, instance, record.body)
         return self._refusal(request, 404, {}, None)
 
-    def _change_plan(self, request: web.Request, instance: Instance, plan: str) -> web.Response | None:
-        """Start a plan change (asynchronous: ``ready: false`` meanwhile), or refuse it."""
-        if not instance.ready:
+    def _plans(self, request: web.Request) -> web.Response:
+        """``GET /api/plans``: the catalogue, or ``plans_status`` (an API that does not answer it)."""
+        if self.plans_status is not None:
+            return self._refusal(request, self.plans_status, {}, None)
+        return web.json_response(
+            [
+                {"name": name, "price": price, "backend": "rabbitmq", "shared": name in SHARED_PLANS}
+                for name, price in PRICES.items()
+            ]
+        )
+
+    def _resize_disk(self, request: web.Request, instance: Instance, body: Any) -> web.Response:
+        """Start a disk resize (asynchronous: every node ``configured: false`` meanwhile), or
+        refuse it."""
+        size = body.get("extra_disk_size") if isinstance(body, dict) else None
+        downtime = body.get("allow_downtime", False) if isinstance(body, dict) else False
+        if isinstance(size, bool) or size not in EXTRA_DISK_SIZES or not isinstance(downtime, bool):
+            return self._refusal(request, 400, {}, INVALID_DISK_SIZE)
+        if not instance.configured:
             return self._refusal(request, 422, {}, WAIT_FOR_CONFIGURED)
-        if (plan in SHARED_PLANS) != (instance.plan in SHARED_PLANS):
-            return self._refusal(request, 422, {}, NO_SHARED_MOVE)
-        instance.ready, instance.target = False, plan
+        if instance.plan in SHARED_PLANS:
+            return self._refusal(request, 400, {}, DISK_NOT_ON_SHARED)
+        if size < instance.extra_disk and not downtime:
+            return self._refusal(request, 400, {}, DISK_SHRINK_NEEDS_DOWNTIME)
+        now = self.clock()
+        interval = RESIZE_INTERVALS.get(instance.region.split("::")[0], 0.0)
+        last = instance.disk_resized_at
+        if not downtime and last is not None and now - last < interval:
+            hours = f"{interval / 3600:g}"
+            refusal = {"error": f"Disk resize without downtime is allowed once every {hours} hours"}
+            return self._refusal(request, 400, {}, refusal)
+        instance.disk_target, instance.disk_resized_at = int(size), now
         if self.reconfigure_seconds > 0:
             asyncio.get_running_loop().call_later(self.reconfigure_seconds, instance.finish)
         else:
             instance.finish()
+        return web.json_response(DISK_RESIZE_STARTED)
+
+    def _change_plan(self, request: web.Request, instance: Instance, plan: str) -> web.Response | None:
+        """Start a plan change (asynchronous: ``ready: false`` meanwhile), or refuse it."""
+        if not instance.configured:
+            return self._refusal(request, 422, {}, WAIT_FOR_CONFIGURED)
+        if (plan in SHARED_PLANS) != (instance.plan in SHARED_PLANS):
+            return self._refusal(request, 422, {}, NO_SHARED_MOVE)
+        now = self.clock()
+        instance.ready, instance.target = False, plan
+        instance.changes_made.append(Change(instance.plan, plan, now))
+        if self.reconfigure_seconds <= 0:
+            instance.finish(now)
+            return None
+        instance.due_at = now + self.reconfigure_seconds
+        if self.clock is time.time:  # done on time even when nobody asks
+            asyncio.get_running_loop().call_later(self.reconfigure_seconds, instance.finish)
         return None
+
+    async def _rabbitmq_nodes(self, request: web.Request) -> web.Response:
+        """An instance's own RabbitMQ management API: ``GET /api/nodes``."""
+        ref = request.match_info["id"]
+        instance = self.instances.get(int(ref)) if ref.isdigit() else None
+        if instance is None:
+            return web.json_response({"error": "Object Not Found", "reason": "Not Found"}, status=404)
+        expected = base64.b64encode(f"{instance.name}:instance-password-{instance.id}".encode()).decode()
+        if request.headers.get("Authorization") != f"Basic {expected}":
+            return web.json_response({"error": "not_authorized", "reason": "Login failed"}, status=401)
+        self.settle()
+        self.management_reads[instance.name] += 1
+        return web.json_response(instance.rabbitmq_nodes(self.clock()))
 
     async def _requests_view(self, request: web.Request) -> web.Response:
         if request.method == "DELETE":

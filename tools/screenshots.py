@@ -1,4 +1,5 @@
-"""``python -m tools.screenshots``: the console's screenshots in ``docs/console/``.
+"""``python -m tools.screenshots``: the console's screenshots in ``docs/console/``;
+``python -m tools.screenshots chart``: the README's picture of the instance page's usage chart.
 
 Runs what an operator would: a receiver and a worker (``python -m receiver`` / ``worker``) on a
 vhost of their own of the local RabbitMQ (created and deleted through the management API), a
@@ -6,6 +7,11 @@ throw-away SQLite store, and a stand-in CloudAMQP API on loopback that accepts u
 refuses one instance's, so that an alarm is parked). It posts a morning's alarms, pauses one
 instance, then photographs every page with Debian's headless chromium through Playwright
 (never a downloaded browser). Everything it starts is stopped, and the vhost removed.
+
+The chart needs hours of samples and a forecast: a steady climb of 0.5 %/min is replayed
+through the worker's watchdog, forecast, upgrade and follow-up at accelerated time, as
+benchmark 8 does (``bench.forecast``, against the CloudAMQP stand-in's management API), on a
+clock that ends now; then ``python -m receiver`` serves the page from that store.
 """
 
 from __future__ import annotations
@@ -106,10 +112,12 @@ async def _stand_in_api() -> AsyncIterator[str]:
 
 
 @asynccontextmanager
-async def _processes(env: dict[str, str], workdir: Path) -> AsyncIterator[None]:
+async def _processes(
+    env: dict[str, str], workdir: Path, modules: tuple[str, ...] = ("receiver", "worker")
+) -> AsyncIterator[None]:
     full = {**os.environ, **env, "LOG_FORMAT": "json"}
     procs = []
-    for module in ("receiver", "worker"):
+    for module in modules:
         with (workdir / f"{module}.log").open("wb") as log:
             procs.append(
                 await asyncio.create_subprocess_exec(
@@ -174,9 +182,7 @@ async def _settled(http: aiohttp.ClientSession, base: str) -> bool:
 async def _photograph(base: str, incident_id: str) -> list[Path]:
     from playwright.async_api import async_playwright
 
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        raise SystemExit("screenshots: no chromium (apt-get install chromium)")
+    chromium = _chromium()
     shots = {
         "login": "/ui/login",
         "overview": "/ui/",
@@ -196,10 +202,7 @@ async def _photograph(base: str, incident_id: str) -> list[Path]:
         await page.goto("/ui/login")
         await page.screenshot(path=str(OUT / "login.png"))
         written.append(OUT / "login.png")
-        await page.fill("input[name=token]", OPERATOR_TOKEN)
-        await page.fill("input[name=name]", "alice")
-        await page.click("main button[type=submit]")
-        await page.wait_for_url("**/ui/")
+        await _login(page)
         for name, path in shots.items():
             if name == "login":
                 continue
@@ -210,6 +213,86 @@ async def _photograph(base: str, incident_id: str) -> list[Path]:
             written.append(target)
         await browser.close()
     return written
+
+
+def _chromium() -> str:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        raise SystemExit("screenshots: no chromium (apt-get install chromium)")
+    return chromium
+
+
+async def _login(page: Any) -> None:
+    await page.fill("input[name=token]", OPERATOR_TOKEN)
+    await page.fill("input[name=name]", "alice")
+    await page.click("main button[type=submit]")
+    await page.wait_for_url("**/ui/")
+
+
+async def _replayed_climb(workdir: Path) -> tuple[str, str]:
+    """A steady climb replayed until now (bench.forecast): the store's URL and the instance.
+    The forecast comes at minute 31 (the lead time assumed while no plan change was measured,
+    30 min), its plan change is done at minute 45; the picture is taken at minute 50."""
+    from bench.forecast import MIN, PRE_ROLL, climb, world
+    from bench.suite import Config
+    from shared.logs import configure_logging
+
+    configure_logging("json", "warning")
+    minutes = 50 * MIN
+    start = time.time() - PRE_ROLL - minutes
+    async with world(Config(workdir), climb(0.5), "default", start) as replay:
+        while replay.clock() < start + PRE_ROLL + minutes:
+            await replay.step()
+        return replay.database_url, replay.instance.providerid
+
+
+async def _photograph_chart(base: str, instance: str) -> Path:
+    from playwright.async_api import async_playwright
+
+    target = OUT / "instance-chart.png"
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=_chromium(), headless=True)
+        context = await browser.new_context(base_url=base, viewport={"width": 1280, "height": 860})
+        page = await context.new_page()
+        await page.goto("/ui/login")
+        await _login(page)
+        await page.goto(f"/ui/instances/{instance}")
+        await page.wait_for_selector("#forecast-why")
+        await page.locator("#usage-chart").screenshot(path=str(target))
+        await browser.close()
+    return target
+
+
+async def chart() -> int:
+    """docs/console/instance-chart.png: the instance page's usage chart after a forecast."""
+    _chromium()
+    workdir = Path(tempfile.mkdtemp(prefix="autopilot-chart-"))
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        database_url, instance = await _replayed_climb(workdir)
+        async with _vhost() as amqp_url:
+            env = {
+                "RABBITMQ_URL": amqp_url,
+                "DATABASE_URL": database_url,
+                "RECEIVER_HOST": "127.0.0.1",
+                "RECEIVER_PORT": str(port),
+                "OPERATOR_TOKEN": OPERATOR_TOKEN,
+                "CONSOLE_SESSION_KEY": base64.urlsafe_b64encode(os.urandom(32)).decode(),
+                "CLOUDAMQP_INSTANCE_ID": instance,
+            }
+            async with _processes(env, workdir, ("receiver",)), aiohttp.ClientSession() as http:
+
+                async def ready() -> bool:
+                    async with http.get(f"{base}/readyz") as resp:
+                        return resp.status == 200
+
+                await _until("the receiver", ready)
+                target = await _photograph_chart(base, instance)
+        print(f"[screenshots] {target.relative_to(ROOT)}", flush=True)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
 
 
 async def main() -> int:
@@ -261,4 +344,4 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(asyncio.run(main()))
+    raise SystemExit(asyncio.run(chart() if sys.argv[1:] == ["chart"] else main()))

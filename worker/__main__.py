@@ -16,7 +16,7 @@ from aiohttp import web
 
 from shared import metrics
 from shared.errors import StoreError
-from shared.policy import Policy
+from shared.policy import Policy, resize_cooldown_warnings
 from shared.policy_file import PolicyError, load_policy
 from shared.publisher import Publisher
 from shared.runtime import fail, install_stop_handlers, load_settings_or_exit, run_main
@@ -30,6 +30,7 @@ from worker.consumer import Consumer
 from worker.management import ManagementApi
 from worker.notify import Notifier
 from worker.process import Processor
+from worker.quiet import QuietResolves
 from worker.sweep import ConfirmationSweep
 from worker.watchdog import Watchdog
 
@@ -51,6 +52,8 @@ async def main(settings: Settings, *, burst: bool = False) -> None:
         fail("worker", f"state store error: {exc}")
         return
     log.info("policy.loaded", file=settings.policy_file, rules=[r.name for r in policy.rules])
+    for warning in resize_cooldown_warnings(policy, settings):
+        log.warning("policy.resize_cooldown_raised", detail=warning)
     if not settings.instance_ids:
         log.warning("worker.no_instances", detail="CLOUDAMQP_INSTANCE_ID is unset: no upgrades")
     if settings.effective_dry_run:
@@ -99,14 +102,17 @@ def periodic_jobs(
     settings: Settings, store: Store, processor: Processor, policy: Policy, stop: asyncio.Event
 ) -> list[Coroutine[Any, Any, None]]:
     """What one worker among all runs per interval (``worker.schedule``): the confirmation
-    sweep, and the watchdog where an instance's management API is known. Each publishes on a
-    connection of its own."""
+    sweep, the quiet-resolve sweep of flapping incidents, and the watchdog where an
+    instance's management API is known. Those that publish do so on a connection of their own."""
     worker_id = processor.worker_id
 
     def publisher() -> Publisher:
         return Publisher(settings.rabbitmq_url, settings.delay_queues)
 
-    jobs = [ConfirmationSweep(settings, store, publisher(), worker_id=worker_id).run(stop)]
+    jobs = [
+        ConfirmationSweep(settings, store, publisher(), worker_id=worker_id).run(stop),
+        QuietResolves(settings, store, worker_id=worker_id).run(stop),
+    ]
     if processor.management is not None and settings.watchdog_interval_seconds > 0:
         watchdog = Watchdog(
             settings,

@@ -22,9 +22,9 @@ from shared.policy import Skip, SkipReason, Upgrade, rule_budget
 from shared.records import AUTOPILOT, AuditEntry
 from shared.statuses import ActionStatus
 from shared.store import Unit
+from worker.disk_resize import upgrade_call
 from worker.jobs import Claim, Job, Then, already_processed, deferred, skipped
 from worker.outcomes import Ack, Follow, Outcome, defer_delay
-from worker.upgrade_call import UpgradeCall
 
 if TYPE_CHECKING:
     from worker.process import Processor
@@ -118,7 +118,7 @@ class Approvals:
             )
         job.log.info("upgrade.approved", by=row["decided_by"], plan=upgrade.plan)
         price = float(row["to_price"]) if row["to_price"] is not None else None
-        return UpgradeCall(
+        return upgrade_call(
             self.processor, job, upgrade, claim, approved_by=row["decided_by"], approved_price=price
         ).run
 
@@ -160,6 +160,7 @@ class Approvals:
             max_monthly_price=cap,
             price_cap_name=cap_name,
             over_budget=rule.over_budget,
+            disk=rule.disk,
         )
 
     def look_again(self, check: ApprovalCheck, now: float) -> Follow:
@@ -190,8 +191,15 @@ def _approved_job(row: Row, bound: structlog.typing.FilteringBoundLogger, fields
         row["attempts"],
         fields=fields,
     )
+    resize = row.get("kind") is not None  # a disk resize: its approval's plan is what it asks for
     return Job(
-        alarm, row["instance_id"], row["incident_id"], bound.bind(instance=row["instance_id"]), row["plan"]
+        alarm,
+        row["instance_id"],
+        row["incident_id"],
+        bound.bind(instance=row["instance_id"]),
+        None if resize else row["plan"],
+        kind=row.get("kind"),
+        extra_disk_to=row.get("extra_disk_to"),
     )
 
 

@@ -18,92 +18,41 @@ per group of acks, and without the wait those groups would stay small; with it t
 (the time is the broker's to deliver them, on a machine whose cores it shares).
 
 A batch whose transaction fails is tried again one alarm at a time, so that one alarm the
-store refuses fails alone and never sends its neighbours to a retry.
+store refuses fails alone and never sends its neighbours to a retry. The collecting is
+``worker.group_commit.Collector``'s, the same that records the upgrades' outcomes.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Sequence
-
-import structlog
+from collections.abc import Callable
 
 from shared import metrics
 from shared.alarm import Alarm
-from worker.group_commit import commit_together, settle
+from worker.group_commit import Collector
 from worker.jobs import Then
 from worker.process import Processor
-
-log = structlog.get_logger("worker")
 
 # How long a batch waits for more alarms, and only when the last one was not alone.
 WINDOW_SECONDS = 0.002
 
 
-class FirstSteps:
+class FirstSteps(Collector[Alarm, Then]):
     """Collects alarms and runs their first steps, a batch at a time (see the module)."""
 
     def __init__(self, processor: Processor, limit: int, in_flight: Callable[[], int] = lambda: 0):
+        super().__init__(
+            processor.first_steps,
+            limit,
+            "the batch's transaction failed: its alarms are tried one at a time",
+            window=WINDOW_SECONDS,
+            in_flight=in_flight,
+            on_batch=metrics.BATCH_SIZE.observe,
+        )
         self.processor = processor
-        self.limit = max(1, limit)
-        self.in_flight = in_flight  # messages being worked on, these waiting here included
-        self._waiting: list[tuple[Alarm, asyncio.Future[Then]]] = []
-        self._runner: asyncio.Future[None] | None = None
-        self._full: asyncio.Future[None] | None = None  # set when a waiting batch is full
-        self._last_size = 1
-        self._ahead = 0  # how many of those waiting came ``first``
 
     async def take(self, alarm: Alarm, *, first: bool = False) -> Then:
         """Commit ``alarm``'s first step (with whatever else is waiting); what to do next.
         Raises what the step raised when it failed on its own. ``first``: ahead of the others
-        waiting (in its order among those that came ``first`` too) — an alarm from the fast
-        lane passes those from the work queue (``receiver.lanes``)."""
-        step: asyncio.Future[Then] = asyncio.get_running_loop().create_future()
-        if first:
-            self._waiting.insert(self._ahead, (alarm, step))
-            self._ahead += 1
-        else:
-            self._waiting.append((alarm, step))
-        if self._full is not None and len(self._waiting) >= self.limit and not self._full.done():
-            self._full.set_result(None)
-        if self._runner is None:
-            # Started, not run: the deliveries read with this one join it before it begins.
-            self._runner = asyncio.ensure_future(self._run())
-        return await step
-
-    async def _run(self) -> None:
-        try:
-            while self._waiting:
-                if self._busy():
-                    await self._gather()
-                batch, self._waiting = self._waiting[: self.limit], self._waiting[self.limit :]
-                self._ahead = max(0, self._ahead - len(batch))
-                await self._commit(batch)
-        finally:
-            self._runner = None
-
-    def _busy(self) -> bool:
-        """More alarms are on their way: others are in flight (their acks bring the next
-        deliveries) and the last batch was not alone."""
-        waiting = len(self._waiting)
-        return waiting < self.limit and self._last_size > 1 and self.in_flight() > waiting
-
-    async def _gather(self) -> None:
-        """Up to ``WINDOW_SECONDS`` for the batch to fill."""
-        loop = asyncio.get_running_loop()
-        self._full = full = loop.create_future()
-        timer = loop.call_later(WINDOW_SECONDS, settle, full, None)
-        try:
-            await full
-        finally:
-            timer.cancel()
-            self._full = None
-
-    async def _commit(self, batch: Sequence[tuple[Alarm, asyncio.Future[Then]]]) -> None:
-        metrics.BATCH_SIZE.observe(len(batch))
-        self._last_size = len(batch)
-        await commit_together(
-            batch,
-            self.processor.first_steps,
-            "the batch's transaction failed: its alarms are tried one at a time",
-        )
+        waiting — an alarm from the fast lane passes those from the work queue
+        (``receiver.lanes``)."""
+        return await self.add(alarm, first=first)

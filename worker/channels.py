@@ -106,7 +106,45 @@ def _facts(payload: dict[str, Any]) -> dict[str, Any]:
         "reason": action.get("reason"),
         # "bunny-1 → rabbit-1, $99 → $299 a month, +$200", where the prices are known
         "price": price.get("text") if isinstance(price := action.get("price"), dict) else None,
+        "flap": incident.get("flap") or {},
+        "kind": action.get("kind"),
+        "disk_from": action.get("extra_disk_from"),
+        "disk_to": action.get("extra_disk_to"),
     }
+
+
+def _flapping(flap: dict[str, Any]) -> str:
+    """``9 transitions in 60 min; resolves after 15 min quiet``."""
+    window, quiet = flap.get("window_seconds") or 0, flap.get("quiet_seconds") or 0
+    return f"{flap.get('transitions')} transitions in {_span(window)}; resolves after {_span(quiet)} quiet"
+
+
+def _span(seconds: float) -> str:
+    if seconds >= 120 and seconds % 60 == 0:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"
+
+
+def _disk_sizes(f: dict[str, Any]) -> str:
+    """``extra disk 25 → 50 GB``: a disk resize's sizes, as far as they are known."""
+    before = f"{f['disk_from']}" if f["disk_from"] is not None else "?"
+    after = f"{f['disk_to']} GB" if f["disk_to"] is not None else "the next size up"
+    return f"extra disk {before} → {after}"
+
+
+def _disk_summary(event_type: str, f: dict[str, Any], cause: str) -> str | None:
+    """What a disk resize's event says (None: not a disk resize, or no action event)."""
+    if f["kind"] != "resize_disk":
+        return None
+    sizes, instance = _disk_sizes(f), f["instance"]
+    lines: dict[str, str] = {
+        EventType.ACTION_SUCCEEDED: f"Resized the disk of {instance}: {sizes}{cause}",
+        EventType.ACTION_DRY_RUN: f"Dry run: would resize the disk of {instance}: {sizes}{cause}",
+        EventType.ACTION_FAILED: f"Disk resize of {instance} ({sizes}) failed: {f['detail']}",
+        EventType.ACTION_UNCONFIRMED: f"Disk resize of {instance} ({sizes}) unconfirmed: {f['detail']}",
+        EventType.ACTION_AWAITING_APPROVAL: f"Disk resize of {instance} ({sizes}) awaits approval",
+    }
+    return lines.get(event_type)
 
 
 def summary(payload: dict[str, Any]) -> str:
@@ -116,7 +154,10 @@ def summary(payload: dict[str, Any]) -> str:
     cause = f" ({f['alarm_type']} alarm, value {f['value']})" if f["alarm_type"] else ""
     lines: dict[str, str] = {
         EventType.INCIDENT_OPENED: f"Incident opened on {f['instance']}: {f['title']}",
-        EventType.INCIDENT_RESOLVED: f"Incident resolved on {f['instance']}: {f['title']}",
+        EventType.INCIDENT_RESOLVED: f"Incident resolved on {f['instance']}: {f['title']}"
+        + (f" (after flapping: quiet for {_span(f['flap'].get('quiet_seconds') or 0)})" if f["flap"] else ""),
+        EventType.INCIDENT_FLAPPING: f"Incident flapping on {f['instance']}: {f['title']}"
+        + (f" ({_flapping(f['flap'])})" if f["flap"] else ""),
         EventType.ACTION_SUCCEEDED: f"Upgraded {f['instance']}: {plans}{cause}",
         EventType.ACTION_DRY_RUN: f"Dry run: would upgrade {f['instance']}: {plans}{cause}",
         EventType.ACTION_FAILED: f"Upgrade of {f['instance']} to {f['to']} failed: {f['detail']}",
@@ -128,7 +169,7 @@ def summary(payload: dict[str, Any]) -> str:
         EventType.ADVICE_DOWNGRADE: f"{f['instance']} could move down: {plans}",
     }
     event_type = str(payload.get("type"))
-    text = lines.get(event_type, f"{event_type} on {f['instance']}")
+    text = _disk_summary(event_type, f, cause) or lines.get(event_type, f"{event_type} on {f['instance']}")
     return cut(text, SUMMARY_LIMIT)
 
 
@@ -148,8 +189,11 @@ def slack_request(endpoint: Endpoint, payload: dict[str, Any], public_url: str |
     if f["to"]:
         plans = f["price"] or f"{f['from'] or '?'} → {f['to']}"
         texts.append(f"*Plan*\n{plans}")
+    if f["kind"] == "resize_disk":
+        texts.append(f"*Disk*\n{_disk_sizes(f)}")
     if f["alarm_type"]:
-        texts.append(f"*Alarm*\n{f['alarm_type']} {f['value']}")
+        value = "" if f["value"] is None else f" {f['value']}"
+        texts.append(f"*Alarm*\n{f['alarm_type']}{value}")
     fields = [{"type": "mrkdwn", "text": cut(t, SLACK_FIELD_LIMIT)} for t in texts]
     blocks: list[dict[str, Any]] = [
         {"type": "section", "text": {"type": "mrkdwn", "text": f"*{cut(text, SLACK_TEXT_LIMIT - 2)}*"}},
@@ -187,8 +231,9 @@ def severity(alarm_type: str | None) -> str:
 
 
 def pagerduty_request(endpoint: Endpoint, payload: dict[str, Any], public_url: str | None) -> Request:
-    """``trigger`` / ``resolve`` for incidents (``dedup_key`` = our incident id); every other
-    event is a change event (on the service's timeline, never a page)."""
+    """``trigger`` / ``resolve`` for incidents (``dedup_key`` = our incident id: a flapping
+    incident's ``incident.flapping`` triggers it again, its final resolve resolves it); every
+    other event is a change event (on the service's timeline, never a page)."""
     assert endpoint.secret is not None
     f = _facts(payload)
     dedup_key = cut(str(f["incident_id"]), DEDUP_KEY_LIMIT) if f["incident_id"] is not None else None
@@ -204,7 +249,7 @@ def pagerduty_request(endpoint: Endpoint, payload: dict[str, Any], public_url: s
         }
         return Request(f"{endpoint.url}/v2/enqueue", headers, _json(event))
     source = cut(str(f["instance"]), 255) if f["instance"] != "?" else "cloudamqp-autopilot"
-    if event_type == EventType.INCIDENT_OPENED:
+    if event_type in (EventType.INCIDENT_OPENED, EventType.INCIDENT_FLAPPING):
         event = {
             "routing_key": endpoint.secret,
             "event_action": "trigger",

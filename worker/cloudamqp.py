@@ -8,7 +8,8 @@ network errors, timeouts and a 400 with ``error_code`` 40001 or 40099 are ``Retr
 ``PermanentError`` with CloudAMQP's own ``error`` / ``message`` text. Quick retries (a few,
 short, jittered) happen here; longer waits are the worker's durable retries through RabbitMQ.
 
-A plan change goes, by ``UPGRADE_API``, to the blog's ``POST …/actions/upgrade`` (Bearer),
+A disk resize always goes to the documented ``PUT /api/instances/{id}/disk`` (the blog knows
+none). A plan change goes, by ``UPGRADE_API``, to the blog's ``POST …/actions/upgrade`` (Bearer),
 to the documented ``PUT /api/instances/{id}`` (Basic, empty user, key as password), or
 (``auto``) to the blog's endpoint once and, when that answers 401/403/404/405, to the
 documented one from then on in this process.
@@ -36,6 +37,7 @@ from tenacity import (
 )
 
 from shared import metrics
+from shared.disk import current_extra_disk
 from shared.errors import BusyError, PermanentError, RetryableError
 from shared.settings import Settings, UpgradeApi
 
@@ -131,6 +133,8 @@ class InstanceState:
     plan: str
     ready: bool
     configured: bool | None = None  # every node configured (None: the nodes were not read)
+    # The nodes' extra disk, ``additional_disk_size`` in GB (None: not read, or not reported).
+    extra_disk: int | None = None
 
     @property
     def settled(self) -> bool:
@@ -225,8 +229,8 @@ class CloudAmqpClient:
         if not isinstance(plan, str) or not plan:
             raise PermanentError("CloudAMQP API answered the instance read without a 'plan'")
         ready = data.get("ready") is not False  # an answer without it (older API) is taken as ready
-        configured = await self._nodes_configured(instance_id) if nodes and ready else None
-        return InstanceState(plan, ready, configured)
+        configured, extra_disk = await self._nodes(instance_id) if nodes and ready else (None, None)
+        return InstanceState(plan, ready, configured, extra_disk)
 
     async def readable(self, instance_id: str, *, nodes: bool = False) -> InstanceState | None:
         """``read_instance``, or None where the instance cannot be read at all and the mode
@@ -239,14 +243,24 @@ class CloudAmqpClient:
                 raise
             return None
 
-    async def _nodes_configured(self, instance_id: str) -> bool | None:
+    async def _nodes(self, instance_id: str) -> tuple[bool | None, int | None]:
+        """Whether every node of ``…/nodes`` is ``configured``, and their extra disk (None
+        where the nodes cannot be read, or do not say)."""
         try:
             nodes = await self._get_json(f"/api/instances/{instance_id}/nodes")
         except PermanentError:
-            return None
+            return None, None
         if not isinstance(nodes, list) or not nodes:
-            return None
-        return all(isinstance(n, dict) and n.get("configured") is not False for n in nodes)
+            return None, None
+        configured = all(isinstance(n, dict) and n.get("configured") is not False for n in nodes)
+        sizes = [
+            int(size)
+            for n in nodes
+            if isinstance(n, dict)
+            and isinstance(size := n.get("additional_disk_size"), int | float)
+            and not isinstance(size, bool)
+        ]
+        return configured, current_extra_disk(sizes)
 
     async def upgrade(
         self, instance_id: str, plan: str, reason: str, on_request: Callable[[], Awaitable[None]]
@@ -293,6 +307,22 @@ class CloudAmqpClient:
             with attempt:
                 await on_request()
                 await self._send("POST", url, headers=self._bearer, json={"plan": plan, "reason": reason})
+
+    async def resize_disk(
+        self,
+        instance_id: str,
+        extra_disk: int,
+        allow_downtime: bool,
+        on_request: Callable[[], Awaitable[None]],
+    ) -> None:
+        """Ask for ``extra_disk`` GB of extra disk (CloudAMQP starts the resize and answers at
+        once); ``on_request`` runs before each try."""
+        url = f"{self._base_url}/api/instances/{instance_id}/disk"
+        body = {"extra_disk_size": extra_disk, "allow_downtime": allow_downtime}
+        async for attempt in self._retrying():
+            with attempt:
+                await on_request()
+                await self._send("PUT", url, headers=self._basic, json=body)
 
     async def _put(self, instance_id: str, plan: str, on_request: Callable[[], Awaitable[None]]) -> None:
         url = f"{self._base_url}/api/instances/{instance_id}"

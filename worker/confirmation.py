@@ -1,6 +1,7 @@
-"""Following a plan change CloudAMQP accepted: a check message comes back every
-``UPGRADE_POLL_SECONDS`` and reads the instance until it is ready on the new plan
-(``succeeded``, with how long it took) or the deadline passes (``unconfirmed``)."""
+"""Following a plan change (or a disk resize) CloudAMQP accepted: a check message comes back
+every ``UPGRADE_POLL_SECONDS`` and reads the instance until it is ready on the new plan — or its
+nodes, configured again, have the new extra disk — (``succeeded``, with how long it took) or
+the deadline passes (``unconfirmed``)."""
 
 from __future__ import annotations
 
@@ -14,24 +15,52 @@ from shared.envelope import Check
 from shared.errors import PermanentError, RetryableError
 from shared.plans import plan_shows
 from shared.statuses import ActionStatus
+from worker.cloudamqp import InstanceState
 from worker.outcomes import Ack, Follow, Outcome
 
 if TYPE_CHECKING:
-    from worker.cloudamqp import InstanceState
     from worker.process import Processor
 
 log = structlog.get_logger("worker")
 
 
 def first_look(
-    processor: Processor, action_id: str, instance_id: str, plan: str, *, accepted: bool = True
+    processor: Processor,
+    action_id: str,
+    instance_id: str,
+    plan: str,
+    *,
+    accepted: bool = True,
+    extra_disk: int | None = None,
 ) -> Follow:
-    """The first look at a plan change CloudAMQP accepted (just now, where ``accepted``),
-    one poll interval from now."""
+    """The first look at a plan change (a disk resize, with ``extra_disk``) CloudAMQP accepted
+    (just now, where ``accepted``), one poll interval from now."""
     now = processor.clock()
     deadline = now + processor.settings.upgrade_confirm_timeout_seconds
-    check = Check(action_id, instance_id, plan, deadline, accepted_at=now if accepted else None)
+    accepted_at = now if accepted else None
+    check = Check(action_id, instance_id, plan, deadline, accepted_at=accepted_at, extra_disk=extra_disk)
     return Follow(check, processor.settings.upgrade_poll_seconds)
+
+
+def shows(check: Check, state: InstanceState) -> bool:
+    """Does the instance show what the change asked for: its plan, or its nodes' extra disk?"""
+    if check.extra_disk is not None:
+        return state.extra_disk == check.extra_disk
+    return plan_shows(check.plan, state.plan)
+
+
+def done_detail(check: Check, state: InstanceState) -> str:
+    if check.extra_disk is not None:
+        return f"every node now has {state.extra_disk} GB of extra disk"
+    return f"instance is now on {state.plan}"
+
+
+def late_detail(check: Check, state: InstanceState | None) -> str:
+    if check.extra_disk is not None:
+        seen = f"{state.extra_disk} GB, configured: {state.configured}" if state is not None else "unknown"
+        return f"{check.extra_disk} GB of extra disk did not show before the deadline (last seen: {seen})"
+    seen = f"{state.plan}, ready: {state.ready}" if state is not None else "unknown"
+    return f"plan {check.plan} did not show before the deadline (last seen: {seen})"
 
 
 class PlanCheck:
@@ -47,6 +76,8 @@ class PlanCheck:
         be read at all (the blog's world), CloudAMQP's 200 stands, said to be unconfirmed."""
         assert self.processor.client is not None
         bound = log.bind(action_id=check.action_id, instance=check.instance_id, plan=check.plan)
+        if check.extra_disk is not None:
+            bound = bound.bind(extra_disk=check.extra_disk)
         state: InstanceState | None
         try:
             state = await self.processor.client.readable(
@@ -62,14 +93,14 @@ class PlanCheck:
                 f"CloudAMQP accepted the change to {check.plan}; not confirmed: the instance cannot be read"
             )
             return await self._confirmed(check, bound, detail, None)
-        if state is not None and state.settled and plan_shows(check.plan, state.plan):
+        if state is not None and state.settled and shows(check, state):
             took = now - check.accepted_at if check.accepted_at is not None else None
-            detail = f"instance is now on {state.plan}" + (f"; reconfigured in {took:.0f}s" if took else "")
-            await self.processor.note_plans({check.instance_id: state.plan})
+            detail = done_detail(check, state) + (f"; reconfigured in {took:.0f}s" if took else "")
+            if check.extra_disk is None:  # a plan change: the plan now known
+                await self.processor.note_plans({check.instance_id: state.plan})
             return await self._confirmed(check, bound, detail, took)
         if now >= check.deadline:
-            seen = f"{state.plan}, ready: {state.ready}" if state is not None else "unknown"
-            detail = f"plan {check.plan} did not show before the deadline (last seen: {seen})"
+            detail = late_detail(check, state)
             if not await self.processor.store.confirm_action(
                 check.action_id, ActionStatus.UNCONFIRMED, detail, now
             ):
@@ -81,6 +112,8 @@ class PlanCheck:
             "upgrade.waiting",
             current=state.plan if state else None,
             ready=state.ready if state else None,
+            configured=state.configured if state else None,
+            current_extra_disk=state.extra_disk if state else None,
             checks=check.checks + 1,
         )
         await watch.checked(self.processor.store.db, check.action_id, now)

@@ -52,6 +52,11 @@ class Consumer:
         """Connected to the broker and consuming."""
         return self._connection is not None and not self._connection.is_closed
 
+    @property
+    def in_flight(self) -> int:
+        """Messages being worked on now."""
+        return len(self._inflight)
+
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         await self._inflight.run(self._work(message, first=False))
 

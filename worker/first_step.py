@@ -25,7 +25,16 @@ from shared.alarm import Alarm, iso
 from shared.catalogue import Catalogue
 from shared.claims import ClaimAsk, ClaimStatus, ClaimVerdict, take_claim
 from shared.controls import effective_pause
-from shared.policy import DecisionState, Policy, Skip, SkipReason, Upgrade, decide, upgrade_scope
+from shared.policy import (
+    DecisionState,
+    Policy,
+    Skip,
+    SkipReason,
+    Upgrade,
+    cooling_down,
+    decide,
+    upgrade_scope,
+)
 from shared.pricing import PlanChange
 from shared.records import AUTOPILOT, ActionRecord, ApprovalRequest, AuditEntry
 from shared.settings import Settings
@@ -72,6 +81,8 @@ class Step:
     plan: str | None = None
     action: int | None = None
     priced: PlanChange | None = None  # the plan change decided, with its prices (where known)
+    kind: str | None = None  # the remedy decided, where not an upgrade ("resize_disk")
+    extra_disk: int | None = None  # a disk resize's fixed target (GB), where its rule has one
 
     @property
     def alarm(self) -> Alarm:
@@ -90,10 +101,11 @@ class AlreadyDone(Step):
 
 @dataclass(frozen=True, kw_only=True)
 class FollowAgain(Step):
-    """CloudAMQP took this alarm's plan change; its check may have been lost with the
-    delivery: one more is sent (a second one is harmless)."""
+    """CloudAMQP took this alarm's plan change (or disk resize); its check may have been lost
+    with the delivery: one more is sent (a second one is harmless)."""
 
     awaiting_plan: str
+    awaiting_disk: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -161,8 +173,9 @@ def _earlier(state: EventState, step: Step) -> Step | None:
     """What an earlier delivery of this event left to do, if that is all there is to do."""
     fields = _fields(step)
     replayed, done = step.alarm.replayed, is_done(state.status, state.reason)
-    if state.reason == RECONFIGURING and state.plan is not None and step.instance_id and not replayed:
-        return FollowAgain(**fields, awaiting_plan=state.plan)
+    changing = state.plan is not None or state.extra_disk is not None
+    if state.reason == RECONFIGURING and changing and step.instance_id and not replayed:
+        return FollowAgain(**fields, awaiting_plan=state.plan or "", awaiting_disk=state.extra_disk)
     if state.status in HANDED_OFF and state.approval_deadline is not None:
         # (Even for a replay: deciding afresh would only meet its own waiting claim.)
         return ApprovalAgain(**fields, deadline=state.approval_deadline)
@@ -182,6 +195,8 @@ def _decide(snapshot: Snapshot, writes: Writes, step: Step, now: float, context:
     )
     settings, policy, catalogue = context.settings, context.policy, context.catalogue
     decision = decide(alarm, state, settings, now, policy, catalogue)
+    if isinstance(decision, Upgrade) and decision.disk is not None:
+        step = replace(step, kind=decision.kind, extra_disk=decision.disk.extra_disk)
     if isinstance(decision, Upgrade):
         pause = effective_pause(snapshot.pauses, decision.instance_id, now)
         if pause is not None:
@@ -193,7 +208,8 @@ def _decide(snapshot: Snapshot, writes: Writes, step: Step, now: float, context:
             decision = Skip(SkipReason.RECONFIGURING, detail)
     if isinstance(decision, Skip):
         return _skip(snapshot, writes, step, decision, now)
-    step = replace(step, instance_id=decision.instance_id, plan=decision.plan, priced=decision.change)
+    plan = decision.plan if decision.disk is None else None  # a resize changes no plan
+    step = replace(step, instance_id=decision.instance_id, plan=plan, priced=decision.change)
     return _claim(snapshot, writes, step, decision, now, context)
 
 
@@ -220,8 +236,8 @@ def _claim(
     if row is not None:
         snapshot.claims[scope] = writes.claims[scope] = row
     if verdict is ClaimVerdict.COOLING_DOWN:
-        left = (existing.cooldown_until if existing else now) - now
-        skip = Skip(SkipReason.COOLING_DOWN, f"upgraded recently; cooldown ends in {left:.0f}s")
+        claimed_at, cools = (existing.claimed_at, existing.cooldown_until) if existing else (now, now)
+        skip = cooling_down(upgrade, claimed_at, cools, now, settings.disk_resize_interval_seconds)
         return _skip(snapshot, writes, step, skip, now)
     if verdict is ClaimVerdict.AWAITING_APPROVAL:
         until = iso(existing.lease_until) if existing else "?"
@@ -303,6 +319,8 @@ class _Fields(TypedDict):
     instance_id: str | None
     plan: str | None
     priced: PlanChange | None
+    kind: str | None
+    extra_disk: int | None
 
 
 def _fields(step: Step) -> _Fields:
@@ -313,6 +331,8 @@ def _fields(step: Step) -> _Fields:
         "instance_id": step.instance_id,
         "plan": step.plan,
         "priced": step.priced,
+        "kind": step.kind,
+        "extra_disk": step.extra_disk,
     }
 
 
@@ -339,6 +359,8 @@ def _action(
         from_plan=priced.from_plan if priced is not None else None,
         from_price=priced.from_price if priced is not None else None,
         to_price=priced.to_price if priced is not None else None,
+        kind=step.kind,
+        extra_disk_to=step.extra_disk,
     )
 
 
@@ -349,6 +371,7 @@ def _write(snapshot: Snapshot, writes: Writes, record: ActionRecord) -> int:
     state = snapshot.events[record.alarm.event_id]
     state.status, state.reason = record.status.value, record.reason
     state.plan = record.plan if record.plan is not None else state.plan
+    state.extra_disk = record.extra_disk_to if record.extra_disk_to is not None else state.extra_disk
     if is_decided(record.status, record.reason):
         snapshot.decided.setdefault(record.alarm.event_key, set()).add(record.alarm.event_id)
     return len(writes.actions) - 1

@@ -36,6 +36,11 @@ MAX_POINTS = 240  # points fitted at most (Theil–Sen is quadratic in them): ev
 # An episode that projects a crossing this many lead times away (or later) is over: a little
 # slack, so a climb whose estimate wobbles around the lead time stays one episode.
 EPISODE_SLACK = 2.0
+# A measured plan change's duration is stretched by this much to make the lead time: the fit
+# reads a climb's slope low while the climb is young (so the crossing looks later than it is),
+# and the sample that sees it comes up to one watchdog interval late (added on top). Without
+# it a change started one duration before the projected crossing ends after the real one.
+LEAD_MARGIN = 1.5
 FORECAST_PREFIX = "forecast-"
 
 
@@ -139,15 +144,18 @@ class LeadTime:
     seconds: float
     source: str  # "rule", "instance", "fleet" or "default"
     plan_changes: int = 0  # how many past plan changes the median is of
+    measured: float | None = None  # their median duration (``seconds`` holds the margin too)
 
     def describe(self) -> str:
         minutes = _minutes(self.seconds)
         if self.source == "rule":
             return f"the rule's lead time is {minutes}"
+        took = _minutes(self.measured if self.measured is not None else self.seconds)
+        margin = f" ({minutes} ahead, with its margin)" if self.measured not in (None, self.seconds) else ""
         if self.source == "instance":
-            return f"plan changes here take {minutes}"
+            return f"plan changes here take {took}{margin}"
         if self.source == "fleet":
-            return f"plan changes in this fleet take {minutes}"
+            return f"plan changes in this fleet take {took}{margin}"
         return f"no plan change measured yet, {minutes} assumed"
 
 
@@ -206,18 +214,21 @@ def project(
     return judge(fit(points, target, now, window=window, min_samples=min_samples), target, lead)
 
 
-def lead_time(rule_lead: float | None, instance_id: str, durations: Sequence[tuple[str, float]]) -> LeadTime:
+def lead_time(
+    rule_lead: float | None, instance_id: str, durations: Sequence[tuple[str, float]], interval: float = 0.0
+) -> LeadTime:
     """The lead time: the rule's, else the median of this instance's past reconfiguration
-    times (``(instance, seconds)`` of plan changes CloudAMQP finished), else the fleet's,
-    else ``DEFAULT_LEAD_TIME``."""
+    times (``(instance, seconds)`` of plan changes CloudAMQP finished), else the fleet's —
+    either stretched by ``LEAD_MARGIN`` plus one sampling ``interval`` — else
+    ``DEFAULT_LEAD_TIME``."""
     if rule_lead is not None:
         return LeadTime(rule_lead, "rule")
     own = [seconds for instance, seconds in durations if instance == instance_id and seconds > 0]
-    if own:
-        return LeadTime(statistics.median(own), "instance", len(own))
     fleet = [seconds for _, seconds in durations if seconds > 0]
-    if fleet:
-        return LeadTime(statistics.median(fleet), "fleet", len(fleet))
+    for source, measured in (("instance", own), ("fleet", fleet)):
+        if measured:
+            median = statistics.median(measured)
+            return LeadTime(median * LEAD_MARGIN + interval, source, len(measured), median)
     return LeadTime(DEFAULT_LEAD_TIME, "default")
 
 

@@ -1,11 +1,19 @@
 """Group commit: items committed together in one call (one transaction), each settled on its
-own — the alarms' first steps (``worker.batch``) and the upgrades' outcomes (``Finishes``)."""
+own. One collector serves both uses: the alarms' first steps (``worker.batch.FirstSteps``)
+and the upgrades' outcomes (``Finishes``).
+
+A batch is what has arrived by the time the store is free, at most ``limit``. A lone item
+waits for nothing: the store takes it on the next turn of the event loop. A collector given
+a ``window`` (the first steps) waits up to that long for more when more are on their way (see
+``Collector._busy``). A batch whose transaction fails is tried again one item at a time, so
+that one item the store refuses fails alone and never sends its neighbours to a retry.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import structlog
 
@@ -15,41 +23,101 @@ from shared.store import Store
 
 log = structlog.get_logger("worker")
 T = TypeVar("T")
+R = TypeVar("R")
 
 
-class Finishes:
-    """Group commit of upgrades' outcomes: upgrades whose API calls come back together (they
-    were requested together, from one batch) record their ends (claim, action row, audit entry,
-    notification) in one transaction of set-based statements (``Store.finish_claims``). What
-    waits is what arrived while the previous commit ran, at most ``limit``: no window, so a
-    lone outcome is recorded at once. A batch whose transaction fails is tried again one
-    outcome at a time, each failing (and retried by its caller) alone."""
+class Collector(Generic[T, R]):
+    """Collects items and commits them a batch at a time with ``commit`` (one call, one
+    transaction, one result per item, in order); each caller gets its own item's result, or
+    the exception its item failed with alone.
 
-    def __init__(self, store: Store, limit: int = 64):
-        self.store = store
+    ``window`` and ``in_flight``: under load (others in flight, whose acks bring the next
+    deliveries, and the last batch not alone) a batch waits up to ``window`` seconds to fill.
+    Without a window nothing waits. ``on_batch`` sees each batch's size before it commits."""
+
+    def __init__(
+        self,
+        commit: Callable[[list[T]], Awaitable[Sequence[R]]],
+        limit: int,
+        fallback: str,
+        *,
+        window: float = 0.0,
+        in_flight: Callable[[], int] = lambda: 0,
+        on_batch: Callable[[int], None] = lambda size: None,
+    ):
+        self.commit = commit
         self.limit = max(1, limit)
-        self._waiting: list[tuple[Finish, asyncio.Future[bool]]] = []
+        self.fallback = fallback
+        self.window = window
+        self.in_flight = in_flight  # items being worked on, those waiting here included
+        self.on_batch = on_batch
+        self._waiting: list[tuple[T, asyncio.Future[R]]] = []
         self._runner: asyncio.Future[None] | None = None
+        self._full: asyncio.Future[None] | None = None  # set when a waiting batch is full
+        self._last_size = 1
+        self._ahead = 0  # how many of those waiting came ``first``
 
-    async def finish(self, finish: Finish) -> bool:
-        """Record ``finish`` (with whatever else is waiting); what ``Store.finish_claim`` says."""
-        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._waiting.append((finish, done))
+    async def add(self, item: T, *, first: bool = False) -> R:
+        """Commit ``item`` (with whatever else is waiting); its result. Raises what its commit
+        raised when it failed on its own. ``first``: ahead of the others waiting (in its order
+        among those that came ``first`` too)."""
+        done: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        if first:
+            self._waiting.insert(self._ahead, (item, done))
+            self._ahead += 1
+        else:
+            self._waiting.append((item, done))
+        if self._full is not None and len(self._waiting) >= self.limit and not self._full.done():
+            self._full.set_result(None)
         if self._runner is None:
+            # Started, not run: the items that arrive with this one join it before it begins.
             self._runner = asyncio.ensure_future(self._run())
         return await done
 
     async def _run(self) -> None:
         try:
             while self._waiting:
+                if self._busy():
+                    await self._gather()
                 batch, self._waiting = self._waiting[: self.limit], self._waiting[self.limit :]
-                await commit_together(
-                    batch,
-                    self.store.finish_claims,
-                    "the outcomes' transaction failed: they are recorded one at a time",
-                )
+                self._ahead = max(0, self._ahead - len(batch))
+                self._last_size = len(batch)
+                self.on_batch(len(batch))
+                await commit_together(batch, self.commit, self.fallback)
         finally:
             self._runner = None
+
+    def _busy(self) -> bool:
+        """More items are on their way: others are in flight and the last batch was not alone."""
+        waiting = len(self._waiting)
+        return self.window > 0 and waiting < self.limit and self._last_size > 1 and self.in_flight() > waiting
+
+    async def _gather(self) -> None:
+        """Up to ``window`` seconds for the batch to fill."""
+        loop = asyncio.get_running_loop()
+        self._full = full = loop.create_future()
+        timer = loop.call_later(self.window, settle, full, None)
+        try:
+            await full
+        finally:
+            timer.cancel()
+            self._full = None
+
+
+class Finishes(Collector[Finish, bool]):
+    """Group commit of upgrades' outcomes: upgrades whose API calls come back together (they
+    were requested together, from one batch) record their ends (claim, action row, audit entry,
+    notification) in one transaction of set-based statements (``Store.finish_claims``). No
+    window: a lone outcome is recorded at once."""
+
+    def __init__(self, store: Store, limit: int = 64):
+        super().__init__(
+            store.finish_claims, limit, "the outcomes' transaction failed: they are recorded one at a time"
+        )
+
+    async def finish(self, finish: Finish) -> bool:
+        """Record ``finish`` (with whatever else is waiting); what ``Store.finish_claim`` says."""
+        return await self.add(finish)
 
 
 async def commit_together(

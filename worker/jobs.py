@@ -38,6 +38,9 @@ class Job:
     verification: dict[str, Any] | None = None  # what the broker check saw, where it looked
     new: bool = False  # its event was recorded in this step (it has no action row yet)
     change: PlanChange | None = None  # the plan change priced before the call
+    kind: str | None = None  # the remedy, where not an upgrade ("resize_disk")
+    extra_disk_from: int | None = None  # a disk resize's extra disk read, and asked for (GB)
+    extra_disk_to: int | None = None
 
     def action(self, status: ActionStatus, now: float, **fields: Any) -> ActionRecord:
         """A write of this alarm's action row."""
@@ -55,6 +58,9 @@ class Job:
             from_plan=self.from_plan,
             verification=self.verification,
             attempts=fields.pop("attempts", self.alarm.attempts),
+            kind=self.kind,
+            extra_disk_from=self.extra_disk_from,
+            extra_disk_to=self.extra_disk_to,
             **fields,
         )
 

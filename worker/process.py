@@ -22,6 +22,7 @@ from shared.alarm import Alarm, new_id
 from shared.catalogue import Catalogue
 from shared.envelope import AnyCheck, ApprovalCheck
 from shared.errors import PermanentError, RetryableError
+from shared.flapping import FlapRule
 from shared.incidents import plan_incident
 from shared.policy import (
     Policy,
@@ -36,6 +37,7 @@ from worker.approvals import Approvals
 from worker.catalogue import PlanCatalogue
 from worker.cloudamqp import CloudAmqpClient
 from worker.confirmation import PlanCheck, first_look
+from worker.disk_resize import upgrade_call
 from worker.first_step import (
     AlreadyDone,
     ApprovalAgain,
@@ -59,7 +61,6 @@ from worker.outcomes import (
     Outcome,
     Retries,
 )
-from worker.upgrade_call import UpgradeCall
 
 log = structlog.get_logger("worker")
 
@@ -89,6 +90,7 @@ class Processor:
         self.client = client
         self.worker_id = worker_id
         self.clock = clock
+        self.flap = FlapRule.of(settings)
         self.finishes = Finishes(store)  # upgrades' outcomes, recorded together when together
         self.approvals = Approvals(self)
         self.directory = Directory()  # ids compared as given until CloudAMQP's list is read
@@ -187,6 +189,7 @@ class Processor:
                 arrivals,
                 scopes,
                 now,
+                self.flap,
                 plans=catalogue is not None,
                 increases_since=now - INCREASE_WINDOW if capped else None,
             )
@@ -215,14 +218,24 @@ class Processor:
                 key=incident.key,
                 reason=incident.reason,
             )
-        job = Job(alarm, step.instance_id, step.incident_id, bound, step.plan)
+        job = Job(
+            alarm,
+            step.instance_id,
+            step.incident_id,
+            bound,
+            step.plan,
+            kind=step.kind,
+            extra_disk_to=step.extra_disk,
+        )
         match step:
             case Skipped():
                 return await (skipped(job, step.skip) if written else already_processed(job))
             case AlreadyDone():
                 return await already_processed(job, step.detail)
             case FollowAgain():
-                return await self._reschedule(job, step.instance_id or "", step.awaiting_plan)
+                return await self._reschedule(
+                    job, step.instance_id or "", step.awaiting_plan, step.awaiting_disk
+                )
             case ApprovalAgain():
                 return await self.approvals.rescheduled(job, ApprovalCheck(alarm.event_id, step.deadline))
             case Deferred():
@@ -233,7 +246,7 @@ class Processor:
                 check = ApprovalCheck(alarm.event_id, step.deadline)
                 return await self.approvals.requested(job, step.upgrade, check)
             case Claimed():
-                return await UpgradeCall(self, job, step.upgrade, Claim(step.scope, step.owner)).run()
+                return await upgrade_call(self, job, step.upgrade, Claim(step.scope, step.owner)).run()
         raise AssertionError(f"a step of no known kind: {step!r}")
 
     # --- what follows the first step's commit ---------------------------------------------
@@ -243,13 +256,22 @@ class Processor:
         metrics.MESSAGES.labels("dry_run").inc()
         return Ack()
 
-    async def _reschedule(self, job: Job, instance_id: str, plan: str) -> Outcome:
-        job.log.info("upgrade.check_rescheduled", plan=plan)
-        return self.follow(job.alarm.event_id, instance_id, plan, accepted=False)
+    async def _reschedule(self, job: Job, instance_id: str, plan: str, disk: int | None) -> Outcome:
+        job.log.info("upgrade.check_rescheduled", plan=plan, extra_disk=disk)
+        return self.follow(job.alarm.event_id, instance_id, plan, accepted=False, extra_disk=disk)
 
-    def follow(self, action_id: str, instance_id: str, plan: str, *, accepted: bool = True) -> Follow:
-        """The first look at a plan change CloudAMQP accepted (``worker.confirmation``)."""
-        return first_look(self, action_id, instance_id, plan, accepted=accepted)
+    def follow(
+        self,
+        action_id: str,
+        instance_id: str,
+        plan: str,
+        *,
+        accepted: bool = True,
+        extra_disk: int | None = None,
+    ) -> Follow:
+        """The first look at a plan change (or a disk resize) CloudAMQP accepted
+        (``worker.confirmation``)."""
+        return first_look(self, action_id, instance_id, plan, accepted=accepted, extra_disk=extra_disk)
 
     # --- follow-up checks ---------------------------------------------------------------------
 

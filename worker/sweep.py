@@ -70,8 +70,9 @@ class ConfirmationSweep:
             check = envelope.Check(
                 row["action_id"],
                 row["instance_id"],
-                row["plan"],
+                row["plan"] or "",
                 float(row["updated_at"]) + self.settings.upgrade_confirm_timeout_seconds,
+                extra_disk=row["extra_disk_to"],
             )
             try:
                 await self.publisher.publish_message(envelope.check_message(check))

@@ -16,7 +16,7 @@ from shared import metrics
 from shared.errors import BusyError, PermanentError, RetryableError
 from shared.policy import OVER_BUDGET_ASK, Skip, SkipReason, Upgrade, price_check, resolve_plan
 from shared.pricing import INCREASE_WINDOW, PlanChange
-from shared.records import AUTOPILOT, AuditEntry, Finish
+from shared.records import AUTOPILOT, AuditEntry, DiskMark, Finish
 from shared.statuses import RECONFIGURING, ActionStatus
 from shared.verify import assess
 from worker.jobs import Claim, Job, already_processed
@@ -54,6 +54,7 @@ class UpgradeCall:
         self.claim = claim
         self.attempts = job.alarm.attempts + 1
         self.unreadable = False  # the API showed no instance to read (the blog's world)
+        self.disk_marks: tuple[DiskMark, ...] = ()  # what a disk resize learnt of the disk
 
     async def run(self) -> Outcome:
         async with self._renewing():
@@ -111,6 +112,15 @@ class UpgradeCall:
     def api_id(self) -> str:
         """The instance's id in the CloudAMQP API (its integer id, where the list gave it)."""
         return self.processor.directory.api_id(self.upgrade.instance_id)
+
+    async def refused(self, exc: RetryableError | PermanentError) -> Outcome:
+        """What CloudAMQP's refusal (``worker.cloudamqp.classify``) means for this call: busy
+        waits without spending an attempt, a retryable one is retried, a permanent one parks."""
+        if isinstance(exc, BusyError):
+            return await self._busy(exc)
+        if isinstance(exc, RetryableError):
+            return await self._retryable(exc)
+        return await self._park(str(exc), PERMANENT_ERROR)
 
     async def _busy(self, exc: BusyError) -> Outcome:
         """CloudAMQP is configuring the instance: release the claim and look again one poll
@@ -247,7 +257,7 @@ class UpgradeCall:
         record = self.job.action(status, now, attempts=self.attempts, **fields)
         audit = self._audit_entry(now) if succeeded else None
         written = await self.processor.finishes.finish(
-            Finish(self.claim.scope, self.claim.owner, succeeded, record, audit)
+            Finish(self.claim.scope, self.claim.owner, succeeded, record, audit, self.disk_marks)
         )
         if not written:
             await already_processed(self.job)

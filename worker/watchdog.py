@@ -223,7 +223,9 @@ class Watchdog:
             if rule.lead_time is None and self._durations is None:
                 async with self.store.unit() as unit:
                     self._durations = await watch.reconfigure_durations(unit.tx)
-            found = fc.judge(found, target, fc.lead_time(rule.lead_time, instance_id, self._durations or []))
+            found = fc.judge(
+                found, target, fc.lead_time(rule.lead_time, instance_id, self._durations or [], self.interval)
+            )
         step, after = fc.forecast_step(found, episode, now)
         if step is fc.Step.UNKNOWN or (step is not fc.Step.RAISE and after == episode):
             return

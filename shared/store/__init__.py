@@ -12,6 +12,7 @@ Where things are, by aggregate:
 - ``shared.store.actions``: action rows and the notifications they cause;
 - ``shared.store.claims``: cooldown claims;
 - ``shared.store.controls``: pauses, approvals and the audit trail;
+- ``shared.store.disk``: instances' disk history (resizes made or seen);
 - ``shared.store.unit``: one write transaction, and a batch's first step (``load``, ``apply``);
 - ``shared.store.reads``: the read side (the API's lists and the console);
 - ``shared.store.schema``: the migrations.
@@ -24,6 +25,7 @@ from contextlib import asynccontextmanager
 
 from shared import outbox
 from shared.db import Database, open_database
+from shared.disk import DiskKnown
 from shared.errors import StoreError
 from shared.notifications import Notice
 from shared.records import AUTOPILOT as AUTOPILOT
@@ -129,6 +131,11 @@ class Store(Reads):
     ) -> bool:
         async with self.unit() as unit:
             return await unit.confirm_action(action_id, status, detail, now, reconfigure_seconds)
+
+    async def disk_known(self, instance_id: str) -> DiskKnown | None:
+        """``Unit.disk_known`` in a read transaction of its own."""
+        async with self.db.transaction(write=False) as tx:
+            return await Unit(tx).disk_known(instance_id)
 
     async def notify(self, notice: Notice, now: float | None = None) -> bool:
         """Write a notification in a transaction of its own (one with no state change to join)."""

@@ -20,12 +20,15 @@ from shared.statuses import (
     HANDED_OFF,
     PASSING_SKIPS,
     RECONFIGURING,
+    ActionKind,
     ActionStatus,
 )
 from shared.store.controls import Controls
 
 _IN_PROGRESS = lit(ActionStatus.IN_PROGRESS)
 _SKIPPED = lit(ActionStatus.SKIPPED)
+# The audit trail's acts of the two remedies, as their kinds are spelled.
+UPGRADE, RESIZE_DISK = ActionKind.UPGRADE.value, ActionKind.RESIZE_DISK.value
 
 
 def _sql_list(statuses: frozenset[ActionStatus]) -> str:
@@ -56,6 +59,9 @@ _ACTION_COLUMNS_IN = (
     ("verification", "text"),
     ("from_price", "float8"),
     ("to_price", "float8"),
+    ("kind", "text"),
+    ("extra_disk_from", "int"),
+    ("extra_disk_to", "int"),
 )
 
 # An action row as the views show it: with its approval, when it has one.
@@ -98,16 +104,17 @@ class Actions(Controls):
         return {row["event_key"]: {row["lo"], row["hi"]} for row in rows}
 
     async def _reconfiguring(self, instances: Sequence[str]) -> dict[str, str]:
+        """The changes CloudAMQP is applying to these instances: the plan, or the extra disk."""
         if not instances:
             return {}
         cte, args = rows_cte(self.tx.dialect, "v", [("instance_id", "text")], [(i,) for i in instances])
         rows = await self.tx.fetch(
-            f"""WITH {cte} SELECT instance_id, plan FROM actions
+            f"""WITH {cte} SELECT instance_id, plan, kind, extra_disk_to FROM actions
                WHERE reason = '{RECONFIGURING}' AND status = {_IN_PROGRESS}
                AND instance_id IN (SELECT instance_id FROM v)""",
             *args,
         )
-        return {row["instance_id"]: row["plan"] for row in rows}
+        return {row["instance_id"]: change_of(row) for row in rows}
 
     async def key_already_decided(self, event_key: str, event_id: str) -> bool:
         """Has another event with identical content already been decided?"""
@@ -147,10 +154,10 @@ class Actions(Controls):
                 f"""WITH {cte}
                    INSERT INTO actions (action_id, event_id, event_key, incident_id, instance_id,
                        alarm_type, status, reason, detail, plan, attempts, created_at, updated_at,
-                       from_plan, verification, from_price, to_price)
+                       from_plan, verification, from_price, to_price, kind, extra_disk_from, extra_disk_to)
                    SELECT action_id, action_id, event_key, incident_id, instance_id, alarm_type, status,
                        reason, detail, plan, attempts, at, at, from_plan, verification, from_price,
-                       to_price FROM v WHERE true
+                       to_price, kind, extra_disk_from, extra_disk_to FROM v WHERE true
                    ON CONFLICT (action_id) DO UPDATE SET
                        status = excluded.status, reason = excluded.reason,
                        detail = excluded.detail, plan = COALESCE(excluded.plan, actions.plan),
@@ -159,7 +166,10 @@ class Actions(Controls):
                        verification = COALESCE(excluded.verification, actions.verification),
                        from_price = CASE WHEN excluded.to_price IS NULL THEN actions.from_price
                                          ELSE excluded.from_price END,
-                       to_price = COALESCE(excluded.to_price, actions.to_price)
+                       to_price = COALESCE(excluded.to_price, actions.to_price),
+                       kind = COALESCE(excluded.kind, actions.kind),
+                       extra_disk_from = COALESCE(excluded.extra_disk_from, actions.extra_disk_from),
+                       extra_disk_to = COALESCE(excluded.extra_disk_to, actions.extra_disk_to)
                    WHERE (actions.status NOT IN ({_SETTLED_SQL})
                           AND COALESCE(actions.reason, '') <> '{RECONFIGURING}') OR $1
                    RETURNING *""",
@@ -208,18 +218,23 @@ class Actions(Controls):
         if row is None:
             return False
         if status is ActionStatus.SUCCEEDED:
+            act = f"{row.get('kind') or UPGRADE}.confirmed"  # upgrade.confirmed, resize_disk.confirmed
+            what = (
+                {"plan": row["plan"], "price": action_price(row)}
+                if not row.get("kind")
+                else {"extra_disk": row["extra_disk_to"]}
+            )
             await self.audit(
                 AuditEntry(
-                    f"upgrade.confirmed:{action_id}",
+                    f"{act}:{action_id}",
                     now,
                     AUTOPILOT,
                     "automatic",
-                    "upgrade.confirmed",
+                    act,
                     row["instance_id"],
                     {
                         "action_id": action_id,
-                        "plan": row["plan"],
-                        "price": action_price(row),
+                        **what,
                         "reconfigure_seconds": reconfigure_seconds,
                         "detail": detail,
                     },
@@ -243,7 +258,7 @@ class Actions(Controls):
         # The instance's latest upgrades: the one of this action is among them (a plan change
         # in progress keeps later upgrades of the instance off by its claim).
         rows = await self.tx.fetch(
-            """SELECT detail FROM audit WHERE act = 'upgrade' AND target = $1
+            f"""SELECT detail FROM audit WHERE act IN ('{UPGRADE}', '{RESIZE_DISK}') AND target = $1
                ORDER BY at DESC LIMIT 20""",
             action["instance_id"],
         )
@@ -275,7 +290,17 @@ def _action_values(r: ActionRecord) -> tuple[Any, ...]:
         verification,
         r.from_price,
         r.to_price,
+        r.kind,
+        r.extra_disk_from,
+        r.extra_disk_to,
     )
+
+
+def change_of(row: Row) -> str:
+    """The change an action under way asks CloudAMQP for: its plan, or ``extra disk 50 GB``."""
+    if row.get("kind") == RESIZE_DISK:
+        return f"extra disk {row.get('extra_disk_to')} GB"
+    return str(row["plan"])
 
 
 def _event_alarm_data(event: Row) -> dict[str, Any]:

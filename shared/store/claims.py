@@ -11,6 +11,7 @@ from shared.claims import ClaimRow, ClaimStatus, ClaimVerdict, claim_verdict
 from shared.db import Row, lit, rows_cte
 from shared.records import ActionRecord, Finish
 from shared.store.actions import Actions
+from shared.store.disk import Disks
 from shared.store.part import CLAIM
 
 _AWAITING = lit(ClaimStatus.AWAITING)
@@ -38,9 +39,9 @@ def claim_of(row: Row) -> ClaimRow:
     )
 
 
-class Claims(Actions):
-    """Claim rows, inside one open transaction (an upgrade's end writes its action and audit
-    entry with its claim)."""
+class Claims(Actions, Disks):
+    """Claim rows, inside one open transaction (an upgrade's end writes its action, audit
+    entry and disk history with its claim)."""
 
     async def _locked_claims(self, scopes: Sequence[str]) -> dict[str, ClaimRow]:
         if not scopes:
@@ -163,6 +164,7 @@ class Claims(Actions):
         audits = [f.audit for f in finishes if f.audit is not None]
         if audits:
             await self.audit_many(audits)
+        await self.record_disk([mark for f in finishes for mark in f.disk])
         cte, args = rows_cte(
             self.tx.dialect,
             "v",

@@ -8,8 +8,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from shared.db import Row, lit, rows_cte
+from shared.flapping import FlapMark, FlapRule, Transition
 from shared.incidents import IncidentChange
-from shared.snapshot import Arrival, Writes
+from shared.snapshot import Arrival, FlapWrite, KeyState, Writes
 from shared.statuses import IncidentStatus
 from shared.store.part import Part
 
@@ -44,6 +45,57 @@ _INCIDENT_COLUMNS = (
     ("n", "int"),
     ("last_value", "text"),
 )
+
+
+# What the flap rule reads of an incident (``KeyState``).
+_STATE_COLUMNS = """i.incident_id, i.incident_key, i.status, i.instance_id, i.alarm_type, i.flap_episodes,
+    i.flapping_since, i.flap_transitions, i.flap_window, i.flap_quiet, i.resolves_at"""
+_FLAP_COLUMNS = (
+    ("incident_id", "text"),
+    ("status", "text"),
+    ("resolved_at", "float8"),
+    ("flap_episodes", "int"),
+    ("flapping_since", "float8"),
+    ("flap_transitions", "int"),
+    ("flap_window", "float8"),
+    ("flap_quiet", "float8"),
+    ("resolves_at", "float8"),
+    ("last_seen", "float8"),
+)
+
+
+def flap_mark(row: Row) -> FlapMark | None:
+    """How an incident row is marked flapping, or None (it never flapped)."""
+    if not row["flap_episodes"]:
+        return None
+    return FlapMark(
+        float(row["flapping_since"]),
+        int(row["flap_transitions"]),
+        float(row["flap_window"]),
+        float(row["flap_quiet"]),
+        int(row["flap_episodes"]),
+    )
+
+
+def key_state(row: Row) -> KeyState:
+    """An incident row as its key's latest incident."""
+    resolves_at = row["resolves_at"]
+    return KeyState(
+        row["incident_id"],
+        row["status"] == IncidentStatus.OPEN,
+        row["instance_id"],
+        row["alarm_type"],
+        flap_mark(row),
+        None if resolves_at is None else float(resolves_at),
+    )
+
+
+def transitions_json(transitions: Sequence[Transition]) -> str:
+    return json.dumps([[t.at, int(t.opening)] for t in transitions], separators=(",", ":"))
+
+
+def transitions_of(text: str) -> list[Transition]:
+    return [Transition(float(at), bool(opening)) for at, opening in json.loads(text)]
 
 
 class Incidents(Part):
@@ -86,18 +138,34 @@ class Incidents(Part):
         )
         return {row["event_id"] for row in inserted}
 
-    async def _open_incidents(self, keys: Sequence[str]) -> dict[str, str]:
+    async def _key_states(self, keys: Sequence[str], flap: FlapRule) -> dict[str, KeyState]:
+        """The keys' latest incidents: the open one (locked on PostgreSQL) and, with the flap
+        rule on, the one the key's row names, with the key's recent transitions."""
         if not keys:
             return {}
         cte, args = rows_cte(self.tx.dialect, "v", [("incident_key", "text")], [(k,) for k in keys])
         lock = " FOR UPDATE OF i" if self.tx.dialect == "postgresql" else ""
         rows = await self.tx.fetch(
-            f"""WITH {cte} SELECT i.incident_id, i.incident_key FROM incidents i
+            f"""WITH {cte} SELECT {_STATE_COLUMNS} FROM incidents i
                WHERE i.status = {_OPEN} AND i.incident_key IN (SELECT incident_key FROM v)
                ORDER BY i.incident_key{lock}""",
             *args,
         )
-        return {row["incident_key"]: row["incident_id"] for row in rows}
+        states = {row["incident_key"]: key_state(row) for row in rows}
+        if not flap.on:
+            return states
+        rows = await self.tx.fetch(
+            f"""WITH {cte} SELECT k.incident_key AS of_key, k.transitions, {_STATE_COLUMNS}
+               FROM incident_keys k LEFT JOIN incidents i ON i.incident_id = k.incident_id
+               WHERE k.incident_key IN (SELECT incident_key FROM v) ORDER BY k.incident_key""",
+            *args,
+        )
+        for row in rows:
+            # An open incident is the latest (the row may predate it, written with the rule off).
+            state = states.get(row["of_key"]) or (key_state(row) if row["incident_id"] else KeyState())
+            state.transitions = transitions_of(row["transitions"])
+            states[row["of_key"]] = state
+        return states
 
     async def _recorded(self, event_ids: Sequence[str]) -> dict[str, Row]:
         """What the store holds about events recorded before: incident, action, approval."""
@@ -106,7 +174,8 @@ class Incidents(Part):
         cte, args = rows_cte(self.tx.dialect, "v", [("event_id", "text")], [(i,) for i in event_ids])
         rows = await self.tx.fetch(
             f"""WITH {cte}
-               SELECT e.event_id, e.incident_id, e.incident_change, a.status, a.reason, a.plan, p.deadline
+               SELECT e.event_id, e.incident_id, e.incident_change, a.status, a.reason, a.plan,
+                   a.extra_disk_to, p.deadline
                FROM v JOIN events e ON e.event_id = v.event_id
                LEFT JOIN actions a ON a.action_id = e.event_id
                LEFT JOIN approvals p ON p.action_id = e.event_id""",
@@ -146,6 +215,14 @@ class Incidents(Part):
                 now,
                 *args,
             )
+        # Those the flap rule closes first, the rest after the new ones: at most one open
+        # incident per key after every statement (incidents_open_key).
+        closing = {
+            iid: flap
+            for iid, flap in writes.flaps.items()
+            if flap.status is IncidentStatus.RESOLVED and iid not in writes.new_incidents
+        }
+        await self._apply_flaps(closing)
         if writes.new_incidents:
             cte, args = rows_cte(
                 dialect,
@@ -176,6 +253,7 @@ class Incidents(Part):
                 now,
                 *args,
             )
+        await self._apply_flaps({iid: flap for iid, flap in writes.flaps.items() if iid not in closing})
         if writes.event_incidents:
             cte, args = rows_cte(
                 dialect,
@@ -189,3 +267,46 @@ class Incidents(Part):
                    FROM v WHERE events.event_id = v.event_id""",
                 *args,
             )
+        if writes.keys:
+            await self._put_keys(writes, now)
+
+    async def _apply_flaps(self, flaps: dict[str, FlapWrite]) -> None:
+        """The status and flap marking of incidents the flap rule changed, as they are to be."""
+        if not flaps:
+            return
+        rows = [_flap_row(iid, flap) for iid, flap in sorted(flaps.items())]
+        cte, args = rows_cte(self.tx.dialect, "v", _FLAP_COLUMNS, rows)
+        await self.tx.execute(
+            f"""WITH {cte}
+               UPDATE incidents SET status = v.status, resolved_at = v.resolved_at,
+                   flap_episodes = v.flap_episodes, flapping_since = v.flapping_since,
+                   flap_transitions = v.flap_transitions, flap_window = v.flap_window,
+                   flap_quiet = v.flap_quiet, resolves_at = v.resolves_at,
+                   last_seen = COALESCE(v.last_seen, incidents.last_seen)
+               FROM v WHERE incidents.incident_id = v.incident_id""",
+            *args,
+        )
+
+    async def _put_keys(self, writes: Writes, now: float) -> None:
+        rows = [
+            (k, row.incident_id, transitions_json(row.transitions)) for k, row in sorted(writes.keys.items())
+        ]
+        columns = [("incident_key", "text"), ("incident_id", "text"), ("transitions", "text")]
+        cte, args = rows_cte(self.tx.dialect, "v", columns, rows, first=2)
+        await self.tx.execute(
+            f"""WITH {cte}
+               INSERT INTO incident_keys (incident_key, incident_id, transitions, updated_at)
+               SELECT incident_key, incident_id, transitions, CAST($1 AS DOUBLE PRECISION) FROM v WHERE true
+               ON CONFLICT (incident_key) DO UPDATE SET incident_id = excluded.incident_id,
+                   transitions = excluded.transitions, updated_at = excluded.updated_at""",
+            now,
+            *args,
+        )
+
+
+def _flap_row(incident_id: str, flap: FlapWrite) -> tuple[object, ...]:
+    mark = flap.mark
+    return (
+        incident_id, flap.status.value, flap.resolved_at, mark.episodes, mark.since, mark.transitions,
+        mark.window, mark.quiet, flap.resolves_at, flap.last_seen,
+    )  # fmt: skip

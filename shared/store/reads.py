@@ -205,6 +205,20 @@ async def instances_named(db: Database) -> set[str]:
     return {r["id"] for r in rows}
 
 
+async def disk_history(db: Database, instance: str, limit: int) -> list[Row]:
+    """The instance's disk history, newest first: each resize the autopilot made (with its
+    action's status and approver) or saw, and the size first read."""
+    async with db.transaction(write=False) as tx:
+        return await tx.fetch(
+            """SELECT d.*, a.status, p.decided_by AS approved_by FROM disk_history d
+               LEFT JOIN actions a ON a.action_id = d.action_id
+               LEFT JOIN approvals p ON p.action_id = d.action_id
+               WHERE d.instance_id = $1 ORDER BY d.at DESC, d.mark_id DESC LIMIT $2""",
+            instance,
+            limit,
+        )
+
+
 async def latest_forecast(db: Database, instance: str) -> Row | None:
     """The newest forecast alarm the watchdog raised for ``instance`` (its event)."""
     async with db.transaction(write=False) as tx:

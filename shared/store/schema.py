@@ -132,6 +132,41 @@ MIGRATIONS: list[list[str]] = [
             until_at DOUBLE PRECISION NOT NULL
         )""",
     ],
+    # Disk alarms get disk (issue 27): an action's remedy where it is not an upgrade, a disk
+    # resize's sizes, and each instance's disk history (shared/store/disk.py).
+    [
+        "ALTER TABLE actions ADD COLUMN kind TEXT",
+        "ALTER TABLE actions ADD COLUMN extra_disk_from INTEGER",
+        "ALTER TABLE actions ADD COLUMN extra_disk_to INTEGER",
+        """CREATE TABLE disk_history (
+            mark_id TEXT PRIMARY KEY,
+            instance_id TEXT NOT NULL,
+            at DOUBLE PRECISION NOT NULL,
+            source TEXT NOT NULL,
+            extra_disk_from INTEGER,
+            extra_disk_to INTEGER NOT NULL,
+            action_id TEXT
+        )""",
+        "CREATE INDEX disk_history_instance ON disk_history (instance_id, at)",
+    ],
+    # Flap detection (issue 28, shared/flapping.py): an incident's flap marking and pending
+    # resolve, and each incident key's latest incident and recent transitions.
+    [
+        "ALTER TABLE incidents ADD COLUMN flap_episodes INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE incidents ADD COLUMN flapping_since DOUBLE PRECISION",
+        "ALTER TABLE incidents ADD COLUMN flap_transitions INTEGER",
+        "ALTER TABLE incidents ADD COLUMN flap_window DOUBLE PRECISION",
+        "ALTER TABLE incidents ADD COLUMN flap_quiet DOUBLE PRECISION",
+        "ALTER TABLE incidents ADD COLUMN resolves_at DOUBLE PRECISION",
+        # The quiet-resolve sweep's look: the pending resolves that fell due.
+        "CREATE INDEX incidents_resolves ON incidents (resolves_at) WHERE resolves_at IS NOT NULL",
+        """CREATE TABLE incident_keys (
+            incident_key TEXT PRIMARY KEY,
+            incident_id TEXT NOT NULL,
+            transitions TEXT NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL
+        )""",
+    ],
     # Prices and set-up checks (issue 26): CloudAMQP's plan catalogue and each instance's plan
     # as last read, the actions' monthly prices, and the checks' results
     # (shared/store/prices.py, shared/store/checks.py).

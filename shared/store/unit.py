@@ -8,8 +8,9 @@ from collections.abc import Iterable, Sequence
 
 from shared import outbox
 from shared.alarm import Alarm, new_id
+from shared.flapping import OFF, FlapRule
 from shared.incidents import IncidentPlan
-from shared.snapshot import Arrival, EventState, Snapshot, Writes, record_arrival
+from shared.snapshot import Arrival, EventState, Snapshot, Writes, record_arrival, settle_due
 from shared.statuses import HANDED_OFF
 from shared.store.claims import Claims
 from shared.store.controls import pause_of
@@ -27,18 +28,20 @@ class Unit(Claims, Incidents, Prices):
         arrivals: Sequence[Arrival],
         scopes: Iterable[str],
         now: float,
+        flap: FlapRule = OFF,
         *,
         plans: bool = False,
         increases_since: float | None = None,
     ) -> Snapshot:
         """Everything a batch's first step needs, read once: its events recorded (those
         recorded first by this call are ``new``; what the others have — incident, action,
-        approval), the open incidents of its keys and the claim rows of its scopes (locked,
-        in key and then scope order, as every batch locks them), the decided contents, the
-        running pauses and the plan changes under way of its instances; with ``plans``, its
-        instances' plans as last read, and with ``increases_since``, what the autopilot added
-        to their monthly bills since then (``MAX_MONTHLY_INCREASE``)."""
-        snapshot = Snapshot(scopes=set(scopes))
+        approval), the latest incidents of its keys (with the flap rule on, their recent
+        transitions too) and the claim rows of its scopes (locked, in key and then scope
+        order, as every batch locks them), the decided contents, the running pauses and the
+        plan changes under way of its instances; with ``plans``, its instances' plans as last
+        read, and with ``increases_since``, what the autopilot added to their monthly bills
+        since then (``MAX_MONTHLY_INCREASE``)."""
+        snapshot = Snapshot(scopes=set(scopes), flap=flap)
         if not arrivals:
             return snapshot
         keys = sorted({a.plan.key for a in arrivals if a.plan.key is not None})
@@ -57,8 +60,9 @@ class Unit(Claims, Incidents, Prices):
                 float(row["deadline"])
                 if row["status"] in HANDED_OFF and row["deadline"] is not None
                 else None,
+                row["extra_disk_to"],
             )
-        snapshot.open_incidents = await self._open_incidents(keys)
+        snapshot.keys = await self._key_states(keys, flap)
         snapshot.decided = await self._decided_events(sorted({a.alarm.event_key for a in arrivals}))
         snapshot.claims = await self._locked_claims(sorted(snapshot.scopes))
         rows = await self.tx.fetch("SELECT * FROM pauses WHERE until_at > $1", now)
@@ -94,10 +98,12 @@ class Unit(Claims, Incidents, Prices):
         [record] = await self.record_events([Arrival(alarm, instance_id, plan)], now)
         return record
 
-    async def record_events(self, arrivals: Sequence[Arrival], now: float) -> list[EventRecord]:
+    async def record_events(
+        self, arrivals: Sequence[Arrival], now: float, flap: FlapRule = OFF
+    ) -> list[EventRecord]:
         """Record events (each once, by event id) and their incident changes, in order: the
         first step's read and write (``load``, ``apply``) with nothing decided in between."""
-        snapshot = await self.load(arrivals, (), now)
+        snapshot = await self.load(arrivals, (), now, flap)
         writes = Writes()
         records = []
         for arrival in arrivals:
@@ -105,3 +111,23 @@ class Unit(Claims, Incidents, Prices):
             records.append(EventRecord(new, state.incident_id, state.incident_change))
         await self.apply(writes, now)
         return records
+
+    async def settle_quiet(self, now: float, limit: int) -> list[str]:
+        """Resolve flapping incidents whose quiet period has passed (at most ``limit``), under
+        the locks of their keys, as the first step would (``shared.snapshot.settle_due``);
+        the incidents resolved."""
+        rows = await self.tx.fetch(
+            """SELECT incident_key FROM incidents WHERE resolves_at <= $1
+               ORDER BY resolves_at, incident_id LIMIT $2""",
+            now,
+            limit,
+        )
+        keys = sorted({row["incident_key"] for row in rows})
+        if not keys:
+            return []
+        await self._lock([INCIDENT + k for k in keys])
+        snapshot = Snapshot(keys=await self._key_states(keys, OFF))
+        writes = Writes()
+        settled = settle_due(snapshot, writes, now)
+        await self.apply(writes, now)
+        return settled

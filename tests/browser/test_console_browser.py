@@ -4,6 +4,7 @@ what an operator sees and does, and that the page's defences hold in a browser."
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -279,4 +280,53 @@ async def test_the_instance_page_charts_memory_with_the_threshold_and_an_upgrade
     assert points >= 2
     assert violations == []
     if shots := os.environ.get("CONSOLE_SHOTS"):
-        await page.screenshot(path=f"{shots}/instance-chart.png", full_page=True)
+        await page.screenshot(path=f"{shots}/instance-chart-cpu.png", full_page=True)
+
+
+FORECAST_POLICY = """
+[[rules]]
+name = "memory-80"
+alarm_type = "memory"
+above = 80
+plan = "hare-1"
+forecast = true
+lead_time = 60
+"""
+
+
+async def test_given_a_climb_then_the_instance_page_shows_the_forecast_its_line_and_the_upgrade(
+    console: Any, fake_api: CloudAmqpStandIn, tmp_path: Path
+) -> None:
+    # The stand-in's management API of the instance: memory climbing 1 % a second from 50 %
+    # (80 % in 30 s), sampled twice a second; within the rule's minute, a forecast upgrades it.
+    seed = seed_instance(fake_api, "bunny-1")
+    fake_api.reconfigure_seconds = 2.0
+    start, first = time.time(), seed.mem_limit
+    seed.load = lambda now: (50 + (now - start)) / 100 * first
+    policy = tmp_path / "policy.toml"
+    policy.write_text(FORECAST_POLICY)
+    stack, page = await console(
+        POLICY_FILE=str(policy),
+        CLOUDAMQP_INSTANCE_MANAGEMENT_URL=fake_api.management_url(seed),
+        WATCHDOG_INTERVAL_SECONDS="0.5",
+        FORECAST_MIN_SAMPLES="5",
+        FORECAST_WINDOW_SECONDS="30",
+    )
+    violations: list[str] = []
+    page.on("console", lambda message: violations.append(message.text) if message.type == "error" else None)
+    await page.goto(f"/ui/instances/{SEED_INSTANCE}")
+
+    # The live part refreshes every 3 s: the forecast's sentence, then its upgrade's marker.
+    why = page.locator("#forecast-why")
+    await why.wait_for(timeout=30_000)
+    assert "projected to cross 80% in" in await why.inner_text()
+    assert "the rule's lead time is 1 min" in await why.inner_text()
+    await page.wait_for_selector("#usage-chart svg.chart g.marker >> text=→ hare-1", timeout=30_000)
+    chart = page.locator("#usage-chart svg.chart").first
+    assert await chart.locator("g.forecast line").count() == 1
+    assert await chart.locator("g.threshold >> text=threshold 80%").count() == 1
+    [call] = fake_api.upgrade_requests()
+    assert call.body["plan"] == "hare-1" and "memory forecast" in call.body["reason"]
+    assert violations == []
+    if shots := os.environ.get("CONSOLE_SHOTS"):  # at seconds' scale (the README's: tools.screenshots chart)
+        await page.locator("#usage-chart").screenshot(path=f"{shots}/instance-forecast.png")

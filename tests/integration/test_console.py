@@ -18,6 +18,9 @@ from pytest_aiohttp import AiohttpClient
 from receiver.app import create_app
 from receiver.keys import STORE
 from shared import watch
+from shared.alarm import Alarm, event_key, new_id
+from shared.incidents import plan_incident
+from shared.records import ActionRecord, DiskMark
 from shared.settings import Settings
 from shared.store import ActionStatus, AuditEntry
 from shared.verify import Advice
@@ -326,6 +329,45 @@ async def test_the_instance_page_shows_the_watchdogs_sampled_usage_and_the_downg
     # The chart draws the node's memory and its disk headroom: a line in each.
     assert html.count('<g class="series" data-node="rabbit@n1">') == 2
     assert "hare-1 → bunny-1 would do" in html and "Nothing was changed" in html
+
+
+async def test_the_instance_page_shows_the_disk_history_beside_the_plan_history(receiver: Client) -> None:
+    store = receiver.app[STORE]
+    body = {"alarm_type": "disk", "value": 93, "instance_id": SEED_INSTANCE}
+    alarm = Alarm(new_id(), T0, body, event_key(body))
+    resized = "Automatic disk resize triggered by disk alarm (93%); every node now has 25 GB of extra disk"
+    async with store.unit() as unit:  # a resize as the worker records it, and what it read and saw
+        recorded = await unit.record_event(alarm, SEED_INSTANCE, plan_incident(alarm, SEED_INSTANCE), T0)
+        await unit.write_action(
+            ActionRecord(
+                alarm, ActionStatus.SUCCEEDED, T0, recorded.incident_id, SEED_INSTANCE, None, resized,
+                kind="resize_disk", extra_disk_from=0, extra_disk_to=25,
+            )
+        )  # fmt: skip
+        await unit.record_disk(
+            [
+                DiskMark("read:x", SEED_INSTANCE, T0 - 60, "read", 0, 0),
+                DiskMark("autopilot:x", SEED_INSTANCE, T0, "autopilot", 0, 25, alarm.event_id),
+                DiskMark("seen:x", SEED_INSTANCE, T0 + 60, "seen", 25, 50),
+            ]
+        )
+    await login(receiver, WEBHOOK_TOKEN)
+
+    status, html, _ = await page(receiver, f"/ui/instances/{SEED_INSTANCE}")
+
+    assert status == 200
+    plan, disk = html.index('id="plan-history"'), html.index('id="disk-history"')
+    assert plan < disk and html.index('class="two histories"') < plan  # side by side
+    history = html[disk : html.index("</section>", disk)]
+    rows = re.findall(r"<tr><td class=\"t\">.*?</tr>", history)
+    assert len(rows) == 3  # newest first
+    assert "25 → 50 GB" in rows[0] and "resized outside the autopilot (seen)" in rows[0]
+    assert "0 → 25 GB" in rows[1] and "resized by the autopilot" in rows[1] and "succeeded" in rows[1]
+    assert "0 GB" in rows[2] and "first read" in rows[2]
+    assert '<td id="extra-disk">50 GB' in html  # the latest known
+    assert "disk 0 → 25 GB" in html  # the recent actions say what the resize asked for
+    _, actions, _ = await page(receiver, "/ui/actions")
+    assert "disk 0 → 25 GB" in actions
 
 
 async def test_the_overview_counts_what_waits_in_the_fast_lane(receiver: Client) -> None:

@@ -1,39 +1,46 @@
 """Upgrading before the alarm, at accelerated time: the watchdog, the processor and the consumer
 run in-process against the real broker (a vhost per test) and both stores, on one clock the
-test moves a minute per step; the CloudAMQP API is the shared stand-in, and each instance's
-management API a loopback stand-in that answers ``/api/nodes`` with the figures of a scripted
-load curve (a real node's memory cannot be made to follow a curve at sixty times real time).
+test moves a minute per step; the CloudAMQP API is the shared stand-in, whose management API
+of the instance answers ``/api/nodes`` with the figures of a scripted load curve (a real
+node's memory cannot be made to follow a curve at sixty times real time).
 
 - a ramp from 50 % at 1 %/min with a 10 min lead time: one forecast and one upgrade when the
   crossing of 80 % is 9 min away (at minute 21), none before, with two workers polling;
 - noise around 60 %, a spike to 79 % and back, a ramp that flattens at 75 %: nothing;
 - a forecast during a pause or a cooldown: recorded, no call; with approval: a request that
-  carries the projection.
+  carries the projection;
+- the console's instance page (the receiver's app on the same store) says why, and draws the
+  forecast's line, the threshold and the upgrade.
 """
 
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import random
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
+from pytest_aiohttp import AiohttpClient
 
+from receiver.app import create_app
 from shared.alarm import iso
 from shared.operations import Operations
 from shared.policy import Policy, Rule
 from shared.publisher import Publisher
 from shared.settings import Settings
 from shared.store import Store
-from tests.cloudamqp_stand_in import CloudAmqpStandIn
+from tests.cloudamqp_stand_in import BUNNY_MEM_LIMIT, CloudAmqpStandIn, Instance
 from tests.integration.conftest import API_KEY, SEED_INSTANCE, seed_instance
-from tests.support import free_port, wait_until
+from tests.integration.test_console import OPERATOR_TOKEN, login, page
+from tests.support import wait_until
 from worker import schedule
 from worker.cloudamqp import CloudAmqpClient
 from worker.consumer import Consumer
@@ -42,8 +49,7 @@ from worker.process import Processor
 from worker.watchdog import SCHEDULE, Watchdog
 
 MIN = 60.0
-MB = 1_000_000
-LIMIT = 1000 * MB
+LIMIT = BUNNY_MEM_LIMIT  # a bunny-1 node's mem_limit; a plan up has twice as much
 TICKS = 4  # looks per worker per minute at the watchdog's slot, as schedule.every does
 
 
@@ -58,51 +64,6 @@ class Clock:
 
 
 @dataclass
-class Nodes:
-    """A managed instance's RabbitMQ management API: ``GET /api/nodes`` answers one node whose
-    ``mem_used`` is ``percent`` of its ``mem_limit``, as RabbitMQ shapes it."""
-
-    percent: float = 50.0
-    mem_limit: int = LIMIT
-    reads: int = 0
-    port: int = 0
-    _runner: web.AppRunner | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://monitor:mgmt-secret-4b1d@127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_get("/api/nodes", self._nodes)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        self.port = free_port()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    async def _nodes(self, request: web.Request) -> web.Response:
-        self.reads += 1
-        used = round(self.percent / 100 * self.mem_limit)
-        node = {
-            "name": "rabbit@forecast-1",
-            "running": True,
-            "mem_used": used,
-            "mem_limit": self.mem_limit,
-            "mem_alarm": used >= self.mem_limit,
-            "disk_free": 40_000 * MB,
-            "disk_free_limit": 50 * MB,
-            "disk_free_alarm": False,
-            "fd_used": 40,
-            "sockets_used": 0,
-        }
-        return web.json_response([node])
-
-
-@dataclass
 class Worker:
     store: Store
     processor: Processor
@@ -113,7 +74,7 @@ class Worker:
 @dataclass
 class Fleet:
     clock: Clock
-    nodes: Nodes
+    instance: Instance  # the managed instance, as the stand-in keeps it (plan, nodes' figures)
     api: CloudAmqpStandIn
     workers: list[Worker]
     upgraded_at: list[int] = field(default_factory=list)  # the minute of each upgrade call
@@ -121,6 +82,11 @@ class Fleet:
     @property
     def store(self) -> Store:
         return self.workers[0].store
+
+    @property
+    def reads(self) -> int:
+        """Reads of the instance's ``/api/nodes``."""
+        return self.api.management_reads[self.instance.name]
 
     async def minute(self, minute: int, percent: float) -> None:
         """One minute of the curve: each worker looks at the watchdog's slot ``TICKS`` times
@@ -132,9 +98,8 @@ class Fleet:
 
     async def poll(self, minute: int, percent: float) -> None:
         start = self.clock.now = T0 + minute * MIN
-        self.nodes.percent = percent
-        # A bigger plan has twice the memory (PLAN_MEMORY_STEP's default assumption).
-        self.nodes.mem_limit = LIMIT if self.api.instances[359559].plan == "bunny-1" else 2 * LIMIT
+        # ``percent`` of the plan it is on (a bigger plan's mem_limit is twice as large).
+        self.instance.mem_used = round(percent / 100 * self.instance.mem_limit)
         for tick in range(TICKS):
             now = self.clock.now = start + tick * MIN / TICKS
             await asyncio.gather(
@@ -170,9 +135,7 @@ async def fleet(
     vhost: str, database_url: str, fake_api: CloudAmqpStandIn
 ) -> AsyncIterator[Callable[..., Any]]:
     """Make a fleet of ``workers`` in-process workers under ``rule``."""
-    seed_instance(fake_api, "bunny-1")
-    nodes = Nodes()
-    await nodes.start()
+    seed = seed_instance(fake_api, "bunny-1")
     stores: list[Store] = []
     publishers: list[Publisher] = []
     async with aiohttp.ClientSession() as session:
@@ -187,7 +150,7 @@ async def fleet(
                     cloudamqp_api_url=fake_api.url,
                     cloudamqp_api_key=API_KEY,
                     instance_ids=(SEED_INSTANCE,),
-                    instance_management=((SEED_INSTANCE, nodes.url),),
+                    instance_management=((SEED_INSTANCE, fake_api.management_url(seed)),),
                     retry_delays=(0.2, 0.5),
                     upgrade_poll_seconds=0.2,
                     quick_retries=0,
@@ -226,14 +189,13 @@ async def fleet(
                     clock=clock,
                 )
                 made.append(Worker(store, processor, watchdog, settings))
-            return Fleet(clock, nodes, fake_api, made)
+            return Fleet(clock, seed, fake_api, made)
 
         yield make
     for publisher in publishers:
         await publisher.close()
     for store in stores:
         await store.close()
-    await nodes.stop()
 
 
 FORECAST_80 = Rule("memory-80", "memory", above=80, forecast=True, lead_time=600)
@@ -251,7 +213,7 @@ async def test_given_a_1_percent_a_minute_ramp_then_two_workers_raise_one_foreca
     # 50 % at minute 0, 80 % at minute 30 (were it not for the upgrade), on to minute 40.
     await given.run(ramp(41))
 
-    assert given.nodes.reads == 41  # one poll a minute between the two workers
+    assert given.reads == 41  # one poll a minute between the two workers
     # 80 % is 9 min away at minute 21: the first poll at which the crossing is within 10 min.
     assert given.upgraded_at == [21]
     [request] = fake_api.upgrade_requests()
@@ -284,7 +246,7 @@ async def test_given_a_1_percent_a_minute_ramp_then_two_workers_raise_one_foreca
     # Ready on the new plan before the crossing (minute 30): CloudAMQP (the stand-in) took
     # no time here; the nodes show the bigger plan from the next poll on.
     assert fake_api.instances[359559].plan == "hare-1"
-    assert given.nodes.mem_limit == 2 * LIMIT
+    assert given.instance.mem_limit == 2 * LIMIT
 
 
 def noise(level: float, amplitude: float, count: int, seed: int) -> list[float]:
@@ -310,7 +272,7 @@ async def test_given_a_curve_that_does_not_climb_to_the_threshold_then_nothing_i
 
     await given.run(values)
 
-    assert given.nodes.reads == len(values)
+    assert given.reads == len(values)
     assert await given.forecasts() == []
     assert fake_api.upgrade_requests() == []
 
@@ -383,3 +345,35 @@ async def test_given_a_rule_with_approval_then_the_forecast_asks_for_it_with_its
     assert (action["event_id"], action["status"]) == (forecast["event_id"], "awaiting_approval")
     assert "memory 71% rising 1.0%/min, projected to cross 80% in 9 min" in action["detail"]
     assert fake_api.upgrade_requests() == []
+
+
+async def test_given_a_forecast_then_the_consoles_instance_page_says_why_and_draws_its_line(
+    fleet: Callable[..., Any], vhost: str, database_url: str, aiohttp_client: AiohttpClient
+) -> None:
+    given: Fleet = await fleet(FORECAST_80)
+    await given.run(ramp(25))  # the forecast and its upgrade at minute 21, then four more samples
+    settings = Settings.from_env(
+        {
+            "RABBITMQ_URL": vhost,
+            "DATABASE_URL": database_url,
+            "CLOUDAMQP_INSTANCE_ID": SEED_INSTANCE,
+            "OPERATOR_TOKEN": OPERATOR_TOKEN,
+        }
+    )
+    console = await aiohttp_client(create_app(settings))
+    await login(console, OPERATOR_TOKEN)
+
+    status, body, _ = await page(console, f"/ui/instances/{SEED_INSTANCE}")
+
+    assert status == 200
+    why = re.search(r'<p class="forecast" id="forecast-why">(.*?)</p>', body, re.S)
+    assert why is not None, body
+    made = datetime.fromtimestamp(T0 + 21 * MIN, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    assert html.unescape(why.group(1)) == (
+        f"Forecast ({made}): memory 71% rising 1.0%/min, projected to cross 80% in 9 min; "
+        "the rule's lead time is 10 min"
+    )
+    memory = body[body.index("<h3>Memory per node</h3>") : body.index("<h3>Disk headroom per node</h3>")]
+    assert memory.count('<g class="forecast">') == 1  # the projection, to 80 % at minute 30
+    assert "threshold 80%" in memory and "→ hare-1" in memory  # the rule, and the upgrade it made
+    assert memory.count('<g class="series" data-node="rabbit@seed-instance-01">') == 1

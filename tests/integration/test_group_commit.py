@@ -247,7 +247,7 @@ async def test_given_a_batch_redelivered_after_its_commit_then_nothing_changes(
 
 
 async def test_given_nothing_else_in_flight_then_a_lone_alarm_waits_for_no_batch_window(
-    database_url: str, monkeypatch: pytest.MonkeyPatch
+    database_url: str,
 ) -> None:
     """At light load nothing else is coming: a lone alarm goes to the store on the next turn of
     the event loop, however long the window a busy worker waits for company."""
@@ -267,14 +267,14 @@ async def test_given_nothing_else_in_flight_then_a_lone_alarm_waits_for_no_batch
                 await then()
             return time.monotonic() - started
 
-        monkeypatch.setattr(batch, "WINDOW_SECONDS", 0.3)
+        steps.window = 0.3
         await timed(40, 41, 42)  # a batch of three, as under load
         # Busy (other messages in flight, the last batch not alone): it waits for company...
         in_flight = 5
         assert await timed(43) >= 0.3
         await timed(44, 45)
         # ...but with nothing else in flight it does not, whatever the window.
-        monkeypatch.setattr(batch, "WINDOW_SECONDS", 30.0)
+        steps.window = 30.0
         in_flight = 1
         assert await asyncio.wait_for(timed(46), 5) < 5
     finally:

@@ -185,6 +185,18 @@ async def test_given_disk_and_memory_rules_then_they_act_independently_on_one_in
         ('[[rules]]\nalarm_type = "memory"\nmax_plan = "galaxy"\n', "rule 1: key 'max_plan'"),
         ("rules = [ not toml", "not valid TOML"),
         (None, "cannot read it"),
+        (
+            '[[rules]]\nalarm_type = "memory"\nabove = 80\naction = "resize_disk"\n',
+            "rule 1: key 'action': 'resize_disk' answers disk alarms only, not 'memory'",
+        ),
+        (
+            '[[rules]]\nalarm_type = "disk"\naction = "resize_disk"\nextra_disk = 40\n',
+            "rule 1: key 'extra_disk': 40 is not an extra disk size",
+        ),
+        (
+            '[[rules]]\nalarm_type = "disk"\naction = "resize_disk"\nallow_downtime = true\n',
+            "rule 1: key 'allow_downtime': true needs approve = true",
+        ),
     ],
     ids=[
         "unknown-key",
@@ -194,6 +206,9 @@ async def test_given_disk_and_memory_rules_then_they_act_independently_on_one_in
         "bad-max-plan",
         "bad-toml",
         "unreadable",
+        "resize-on-a-memory-alarm",
+        "resize-to-a-size-not-on-the-list",
+        "downtime-without-approval",
     ],
 )
 def test_given_a_policy_file_mistake_then_the_worker_stops_naming_file_rule_and_key(

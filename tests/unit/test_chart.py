@@ -93,3 +93,51 @@ def test_given_one_sample_then_it_is_drawn_without_dividing_by_zero() -> None:
     root = parsed(usage_chart({"n": [(T0, 70.0)]}, title="memory", unit="%", threshold=80.0))
 
     assert len(groups(root, "series")) == 1
+
+
+# Advance widths of DejaVu Sans (Debian's sans-serif) in em, rounded up: wide signs, the rest.
+WIDE = {"%": 0.96, "×": 0.84, "+": 0.84, "M": 0.87, "G": 0.78, "→": 0.84, "m": 0.98, "w": 0.82}
+
+
+def text_extent(text: ET.Element) -> tuple[float, float]:
+    """Where a ``<text>`` starts and ends across, by its anchor and an estimate of its width."""
+    size = float(text.get("font-size", "11"))
+    said = "".join(text.itertext())
+    width = sum(WIDE.get(c, 0.64) for c in said) * size
+    x = float(text.get("x", "0"))
+    anchor = text.get("text-anchor", "start")
+    start = x - width if anchor == "end" else x - width / 2 if anchor == "middle" else x
+    return start, start + width
+
+
+def texts(root: ET.Element) -> list[ET.Element]:
+    """Every text drawn, with the font size of its group where it has none of its own."""
+    found = []
+    for group in root.iter(f"{SVG}g"):
+        for text in group.iter(f"{SVG}text"):
+            if text.get("font-size") is None and group.get("font-size") is not None:
+                text.set("font-size", group.get("font-size", ""))
+            found.append(text)
+    return found
+
+
+def test_given_large_disk_headroom_then_every_label_stays_inside_the_picture() -> None:
+    # 2 TB free over a 1 MB disk_free_limit: a headroom of 2,000,000×, and an upgrade at the end.
+    huge = [(T0 + 60 * i, 1_950_000.0 + 5_000 * i) for i in range(10)]
+
+    root = parsed(
+        usage_chart(
+            {"rabbit@big-01": huge},
+            title="disk headroom",
+            unit="×",
+            threshold=2.0,
+            markers=[Marker(T0 + 540, "→ rhino-5")],
+        )
+    )
+
+    width = float(root.get("viewBox", "").split()[2])
+    for text in texts(root):
+        start, end = text_extent(text)
+        assert start >= 0 and end <= width, f"{''.join(text.itertext())!r} spans {start:.0f}..{end:.0f}"
+    top = "".join(t for t in texts(root)[0].itertext())
+    assert top.endswith("×") and "e+" not in top  # a figure a person reads, not 2.1e+06

@@ -185,7 +185,10 @@ def test_an_approve_rule_carries_its_timeout_into_the_upgrade() -> None:
             {"approve": True, "approve_timeout": 1e12},
             "key 'approve_timeout': expected seconds > 0 and at most 604800 (7 days)",
         ),
-        ({"approve": True, "action": "none"}, "key 'approve': only an 'upgrade' rule can ask for approval"),
+        (
+            {"approve": True, "action": "none"},
+            "key 'approve': only an 'upgrade' or 'resize_disk' rule can ask for approval",
+        ),
     ],
 )
 def test_a_wrong_approval_key_in_the_policy_file_is_one_line_naming_it(

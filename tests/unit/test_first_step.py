@@ -13,17 +13,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from shared.alarm import Alarm, event_key
 from shared.catalogue import Catalogue
 from shared.claims import ClaimRow, ClaimStatus
 from shared.controls import Pause
+from shared.flapping import OFF, FlapMark, FlapRule
 from shared.incidents import plan_incident
+from shared.notifications import Notice
 from shared.policy import Policy, Rule
 from shared.settings import Settings
-from shared.snapshot import Arrival, EventState, Snapshot, Writes
+from shared.snapshot import Arrival, EventState, KeyRow, KeyState, Snapshot, Writes, settle_due
 from shared.store import HANDED_OFF, RECONFIGURING, ActionStatus, is_decided
 from tests.cloudamqp_stand_in import PRICES, SHARED_PLANS
 from worker.first_step import (
@@ -61,24 +63,54 @@ def ids() -> Callable[[], str]:
 
 
 def context(
-    *, dry_run: bool = False, approve: bool = False, fresh: Callable[[], str] | None = None
+    *,
+    dry_run: bool = False,
+    approve: bool = False,
+    fresh: Callable[[], str] | None = None,
+    flap: FlapRule = OFF,
 ) -> Context:
     policy = Policy((Rule("memory", "memory", plan="hare-1", above=80, approve=approve),))
-    return Context(SETTINGS, policy, dry_run, "w", fresh or ids())
+    settings = replace(
+        SETTINGS, flap_openings=flap.openings, flap_window_seconds=flap.window, flap_quiet_seconds=flap.quiet
+    )
+    return Context(settings, policy, dry_run, "w", fresh or ids())
+
+
+@dataclass
+class Incident:
+    """An incident row, as far as the fold reads and writes it."""
+
+    key: str
+    status: str
+    count: int
+    instance_id: str | None = None
+    alarm_type: str | None = None
+    resolved_at: float | None = None
+    mark: FlapMark | None = None
+    resolves_at: float | None = None
+
+    def state(self, incident_id: str) -> KeyState:
+        return KeyState(
+            incident_id, self.status == "open", self.instance_id, self.alarm_type, self.mark, self.resolves_at
+        )
 
 
 @dataclass
 class StoreModel:
-    """What the store holds, as ``Unit.load`` reads it and ``Unit.apply`` writes it."""
+    """What the store holds, as ``Unit.load`` reads it and ``Unit.apply`` writes it (and
+    ``Unit.settle_quiet`` sweeps it)."""
 
     events: dict[str, EventState] = field(default_factory=dict)
     event_keys: dict[str, str] = field(default_factory=dict)
-    incidents: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> key, status, count, last
+    incidents: dict[str, Incident] = field(default_factory=dict)
+    keys: dict[str, KeyRow] = field(default_factory=dict)  # incident_keys
     claims: dict[str, ClaimRow] = field(default_factory=dict)
     pauses: list[Pause] = field(default_factory=list)
+    notices: list[Notice] = field(default_factory=list)  # the outbox
+    fresh: Callable[[], str] = field(default_factory=ids)  # the fresh ids of the runs against it
 
-    def load(self, arrivals: Sequence[Arrival], scopes: set[str]) -> Snapshot:
-        snap = Snapshot(scopes=set(scopes), pauses=list(self.pauses))
+    def load(self, arrivals: Sequence[Arrival], scopes: set[str], flap: FlapRule = OFF) -> Snapshot:
+        snap = Snapshot(scopes=set(scopes), pauses=list(self.pauses), flap=flap)
         for a in arrivals:
             if a.alarm.event_id not in self.events and a.alarm.event_id not in snap.new:
                 snap.new.add(a.alarm.event_id)
@@ -86,10 +118,7 @@ class StoreModel:
             state = self.events.get(a.alarm.event_id)
             if state is not None:
                 snap.events[a.alarm.event_id] = replace(state)
-        keys = {a.plan.key for a in arrivals}
-        snap.open_incidents = {
-            i["key"]: iid for iid, i in self.incidents.items() if i["status"] == "open" and i["key"] in keys
-        }
+        snap.keys = self.key_states({a.plan.key for a in arrivals if a.plan.key is not None}, flap)
         for event_id, state in self.events.items():
             if state.status is not None and is_decided(ActionStatus(state.status), state.reason):
                 snap.decided.setdefault(self.event_keys[event_id], set()).add(event_id)
@@ -97,19 +126,23 @@ class StoreModel:
         snap.reconfiguring = {}
         return snap
 
-    def apply(self, arrivals: Sequence[Arrival], writes: Writes) -> list[bool]:
+    def key_states(self, keys: set[str], flap: FlapRule) -> dict[str, KeyState]:
+        states = {
+            i.key: i.state(iid) for iid, i in self.incidents.items() if i.status == "open" and i.key in keys
+        }
+        for key in keys & set(self.keys) if flap.on else set():
+            row = self.keys[key]
+            state = states.get(key) or self.incidents[row.incident_id].state(row.incident_id)
+            state.transitions = list(row.transitions)
+            states[key] = state
+        return states
+
+    def apply(self, arrivals: Sequence[Arrival], writes: Writes, now: float = NOW) -> list[bool]:
         for a in arrivals:
             if a.alarm.event_id not in self.events:
                 self.events[a.alarm.event_id] = EventState()
                 self.event_keys[a.alarm.event_id] = a.alarm.event_key
-        for iid, g in writes.grouped.items():
-            self.incidents[iid]["count"] += g.count
-        for iid in writes.resolved:
-            self.incidents[iid]["status"] = "resolved"
-        for n in writes.new_incidents.values():
-            self.incidents[n.incident_id] = {
-                "key": n.key, "status": "resolved" if n.resolved else "open", "count": n.count,
-            }  # fmt: skip
+        self.apply_incidents(writes, now)
         for event_id, incident_id, change in writes.event_incidents:
             self.events[event_id].incident_id, self.events[event_id].incident_change = incident_id, change
         written = []
@@ -130,15 +163,45 @@ class StoreModel:
         self.claims.update(writes.claims)
         return written
 
+    def apply_incidents(self, writes: Writes, now: float) -> None:
+        for iid, g in writes.grouped.items():
+            self.incidents[iid].count += g.count
+        for iid in writes.resolved:
+            self.incidents[iid].status, self.incidents[iid].resolved_at = "resolved", now
+        for n in writes.new_incidents.values():
+            status = "resolved" if n.resolved else "open"
+            self.incidents[n.incident_id] = Incident(
+                n.key, status, n.count, n.instance_id, n.alarm_type, now if n.resolved else None
+            )
+        for iid, flap in writes.flaps.items():
+            incident = self.incidents[iid]
+            incident.status, incident.resolved_at = flap.status.value, flap.resolved_at
+            incident.mark, incident.resolves_at = flap.mark, flap.resolves_at
+        self.keys.update(writes.keys)
+        self.notices += [n for n in writes.notices if n.id not in {m.id for m in self.notices}]
+        opened = [i.key for i in self.incidents.values() if i.status == "open"]
+        assert len(opened) == len(set(opened)), "two open incidents of one key"
 
-def run(model: StoreModel, batches: Sequence[Sequence[Alarm]], ctx: Context) -> list[tuple[Any, ...]]:
+    def sweep(self, now: float) -> list[str]:
+        """``Unit.settle_quiet``: the flapping incidents whose quiet period passed, resolved."""
+        due = {i.key for i in self.incidents.values() if i.resolves_at is not None and i.resolves_at <= now}
+        writes = Writes()
+        settled = settle_due(Snapshot(keys=self.key_states(due, OFF)), writes, now)
+        self.apply_incidents(writes, now)
+        return settled
+
+
+def run(
+    model: StoreModel, batches: Sequence[Sequence[Alarm]], ctx: Context, now: float = NOW
+) -> list[tuple[Any, ...]]:
     """Each batch's first step against the model; what each alarm's step said."""
     out = []
+    flap = FlapRule.of(ctx.settings)
     for batch in batches:
         arrivals = [arrival(a) for a in batch]
         scopes = {s for a in arrivals if (s := ctx.scope_of(a)) is not None}
-        steps, writes = plan_batch(model.load(arrivals, scopes), arrivals, NOW, ctx)
-        written = model.apply(arrivals, writes)
+        steps, writes = plan_batch(model.load(arrivals, scopes, flap), arrivals, now, ctx)
+        written = model.apply(arrivals, writes, now)
         out += [_said(step, step.action is None or written[step.action]) for step in steps]
     return out
 
@@ -161,7 +224,7 @@ def test_one_batch_opens_groups_resolves_and_opens_again_in_delivery_order() -> 
     model = StoreModel()
     said = run(model, [batch], context())
     assert [s[3] for s in said] == ["opened", "grouped", "resolved", "opened"]
-    assert sorted((i["status"], i["count"]) for i in model.incidents.values()) == [
+    assert sorted((i.status, i.count) for i in model.incidents.values()) == [
         ("open", 1),
         ("resolved", 2),
     ]
@@ -205,39 +268,68 @@ def test_a_held_lease_that_ran_out_is_noticed_once_then_taken_over() -> None:
 # --- batched equals one at a time ------------------------------------------------------------
 
 
-EXTRAS: list[dict[str, Any]] = [{}, {"resolved": True}, {"metadata": {"resolved": True}}, {"message": "M"}]
-CONTENTS = st.tuples(
+ALARMS = st.builds(
+    lambda n, instance, value, extra: alarm(f"e{n}", instance, value, **extra),
+    st.integers(0, 6),
     st.sampled_from(["a", "b", "x"]),
     st.sampled_from([50, 85, 90, None, "high"]),
-    st.sampled_from(EXTRAS),
+    st.sampled_from([{}, {"resolved": True}, {"metadata": {"resolved": True}}, {"message": "M"}]),
 )
 
 
-def _storm(numbers: list[int]) -> st.SearchStrategy[list[Alarm]]:
-    """Deliveries of the events ``numbers`` name, in that order: an event delivered again
-    carries the same content (an event id names one alarm as received), as a redelivery does."""
-    contents = st.fixed_dictionaries({n: CONTENTS for n in sorted(set(numbers))})
-    return contents.map(lambda by: [alarm(f"e{n}", by[n][0], by[n][1], **by[n][2]) for n in numbers])
+# One key firing and clearing, by turns: what makes it flap. An event's content follows from
+# its id (odd: a clear), as a redelivery's does.
+FIRES_AND_CLEARS = st.builds(
+    lambda first, length: [
+        alarm(f"f{n}", "a", 85, message="M", **({"resolved": True} if n % 2 else {}))
+        for n in range(first, first + length)
+    ],
+    st.integers(0, 20),
+    st.integers(1, 8),
+)
 
 
-STORMS = st.lists(st.integers(0, 6), min_size=1, max_size=14).flatmap(_storm)
+def _redelivered(alarms: list[Alarm]) -> list[Alarm]:
+    """Every repeat of an event carries its first delivery's content, as a redelivery does."""
+    first: dict[str, Alarm] = {}
+    return [first.setdefault(a.event_id, a) for a in alarms]
 
 
-@settings(max_examples=300, deadline=None)
+STORMS = st.lists(st.one_of(ALARMS.map(lambda a: [a]), FIRES_AND_CLEARS), min_size=1, max_size=8).map(
+    lambda parts: _redelivered([a for part in parts for a in part][:14])
+)
+# Time between alarms: none (one round), within the quiet period, past it, past the window.
+GAPS = st.sampled_from([0.0, 0.0, 0.0, 1.0, 6.0, 11.0, 150.0])
+QUIET, WINDOW = 10.0, 100.0
+
+
+@settings(max_examples=400, deadline=None)
 @given(
     storm=STORMS,
+    gaps=st.lists(GAPS, min_size=14, max_size=14),
     cut=st.integers(1, 14),
     dry_run=st.booleans(),
     approve=st.booleans(),
     paused=st.sampled_from([None, "a", "*"]),
     claim=st.sampled_from([None, "done", "held", "expired", "awaiting"]),
+    openings=st.sampled_from([0, 1, 1, 2, 3]),
+    sweep=st.booleans(),
 )
 def test_a_batch_folds_to_what_its_alarms_do_one_at_a_time(
-    storm: list[Alarm], cut: int, dry_run: bool, approve: bool, paused: str | None, claim: str | None
+    storm: list[Alarm],
+    gaps: list[float],
+    cut: int,
+    dry_run: bool,
+    approve: bool,
+    paused: str | None,
+    claim: str | None,
+    openings: int,
+    sweep: bool,
 ) -> None:
-    """Any storm of alarms (repeats of an event included), any pause and claim state: taken as
-    batches of any size, or one alarm at a time, every alarm's step says the same and the
-    store ends the same."""
+    """Any storm of alarms (repeats of an event included) spread over time, any pause and
+    claim state, flap detection off or at any threshold, with or without the quiet-resolve
+    sweep between rounds: taken as batches of any size (a batch has one time), or one alarm
+    at a time, every alarm's step says the same and the store ends the same."""
 
     def model() -> StoreModel:
         m = StoreModel()
@@ -251,23 +343,45 @@ def test_a_batch_folds_to_what_its_alarms_do_one_at_a_time(
             m.claims[scope] = ClaimRow(scope, status, "other", lease, NOW + 300, "a", NOW - 100)
         return m
 
+    rounds: dict[float, list[Alarm]] = {}
+    now = NOW
+    for a, gap in zip(storm, gaps, strict=False):
+        now += gap
+        rounds.setdefault(now, []).append(a)
+    flap = FlapRule(openings, WINDOW, QUIET)
+    ctx_batched, ctx_alone = (context(dry_run=dry_run, approve=approve, flap=flap) for _ in range(2))
     batched, alone = model(), model()
-    batches = [storm[i : i + cut] for i in range(0, len(storm), cut)]
-    said_batched = run(batched, batches, context(dry_run=dry_run, approve=approve))
-    said_alone = run(alone, [[a] for a in storm], context(dry_run=dry_run, approve=approve))
+    said_batched, said_alone = [], []
+    for at, alarms in rounds.items():
+        if sweep:
+            settled = len(batched.sweep(at))
+            assert settled == len(alone.sweep(at))
+            if settled:
+                event("the sweep resolved a quiet one")
+        batches = [alarms[i : i + cut] for i in range(0, len(alarms), cut)]
+        said_batched += run(batched, batches, ctx_batched, at)
+        said_alone += run(alone, [[a] for a in alarms], ctx_alone, at)
 
     assert said_batched == said_alone
     assert _shape(batched) == _shape(alone)
+    for change in {s[3] for s in said_alone} - {None}:
+        event(f"change: {change}")  # hypothesis --hypothesis-show-statistics: the moves it met
 
 
 def _shape(model: StoreModel) -> Any:
     """The store's content, incident ids aside (fresh ids are drawn in a different order)."""
     events = {e: (s.incident_change, s.status, s.reason) for e, s in model.events.items()}
-    incidents = sorted((i["key"], i["status"], i["count"]) for i in model.incidents.values())
+
+    def incident(i: Incident) -> tuple[Any, ...]:
+        return (i.key, i.status, i.count, i.resolved_at, i.mark, i.resolves_at)
+
+    incidents = sorted(incident(i) for i in model.incidents.values())
+    keys = {k: (incident(model.incidents[row.incident_id]), row.transitions) for k, row in model.keys.items()}
     claims = {
         s: (c.status, c.owner.split("/")[1] if "/" in c.owner else c.owner) for s, c in model.claims.items()
     }
-    return events, incidents, claims
+    notices = [n.type.value for n in model.notices]
+    return events, incidents, keys, claims, notices
 
 
 def test_the_steps_are_plain_values() -> None:

@@ -17,6 +17,7 @@ from shared.policy_file import PolicyError, parse_policy
 from shared.settings import ConfigError, Settings
 from worker.forecast import (
     DEFAULT_LEAD_TIME,
+    LEAD_MARGIN,
     Episode,
     LeadTime,
     Point,
@@ -160,9 +161,14 @@ LEAD_CASES: list[tuple[str, float | None, list[tuple[str, float]], LeadTime]] = 
         "this instance's median",
         None,
         [("i-1", 600.0), ("i-2", 60.0), ("i-1", 840.0), ("i-1", 900.0)],
-        LeadTime(840.0, "instance", 3),
+        LeadTime(840.0 * LEAD_MARGIN + 60.0, "instance", 3, 840.0),
     ),
-    ("else the fleet's median", None, [("i-2", 600.0), ("i-3", 1200.0)], LeadTime(900.0, "fleet", 2)),
+    (
+        "else the fleet's median",
+        None,
+        [("i-2", 600.0), ("i-3", 1200.0)],
+        LeadTime(900.0 * LEAD_MARGIN + 60.0, "fleet", 2, 900.0),
+    ),
     ("else the default", None, [], LeadTime(DEFAULT_LEAD_TIME, "default")),
     ("a zero duration is no measurement", None, [("i-1", 0.0)], LeadTime(DEFAULT_LEAD_TIME, "default")),
 ]
@@ -174,7 +180,7 @@ LEAD_CASES: list[tuple[str, float | None, list[tuple[str, float]], LeadTime]] = 
 def test_lead_time(
     name: str, rule: float | None, durations: list[tuple[str, float]], expected: LeadTime
 ) -> None:
-    assert lead_time(rule, "i-1", durations) == expected
+    assert lead_time(rule, "i-1", durations, interval=60.0) == expected
 
 
 def test_the_explanation_says_level_rate_crossing_and_lead_time() -> None:
@@ -183,11 +189,12 @@ def test_the_explanation_says_level_rate_crossing_and_lead_time() -> None:
     found = judge(
         fit(curve(values), MEMORY_80, 1800.0, window=WINDOW, min_samples=10),
         MEMORY_80,
-        LeadTime(840, "instance", 3),
+        LeadTime(840 * LEAD_MARGIN + 60, "instance", 3, 840),
     )
 
     assert explain(MEMORY_80, found) == (
-        "memory 71% rising 0.9%/min, projected to cross 80% in 10 min; plan changes here take 14 min"
+        "memory 71% rising 0.9%/min, projected to cross 80% in 10 min; "
+        "plan changes here take 14 min (22 min ahead, with its margin)"
     )
 
 

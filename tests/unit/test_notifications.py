@@ -6,12 +6,14 @@ from __future__ import annotations
 import base64
 import json
 import time
+from dataclasses import replace
 from typing import Any
 
 import pytest
 import standardwebhooks
 
 from shared.alarm import Alarm
+from shared.flapping import FlapMark
 from shared.notifications import (
     ChannelKind,
     Endpoint,
@@ -23,6 +25,7 @@ from shared.notifications import (
     notification_id,
     parse_event_types,
     parse_webhook_secret,
+    quiet_resolve_notice,
     route,
 )
 from shared.policy_file import PolicyError
@@ -149,6 +152,67 @@ def test_pagerduty_triggers_and_resolves_incidents_by_dedup_key_and_sends_action
         change.url == "http://pd/v2/change/enqueue"
         and "Upgraded" in json.loads(change.body)["payload"]["summary"]
     )
+
+
+MARK = FlapMark(since=1_700_000_000.0, transitions=9, window=3600.0, quiet=900.0, episodes=1)
+
+
+def test_a_flapping_incident_is_told_once_per_episode_and_resolved_once_per_episode() -> None:
+    opened = incident_notice("opened", "inc-1", "memory alarm on i-1", ALARM, "i-1", 1.0)
+    resolved = incident_notice("resolved", "inc-1", "memory alarm on i-1", ALARM, "i-1", 2.0)
+    flapping = incident_notice("reopened", "inc-1", "memory alarm on i-1", ALARM, "i-1", 3.0, mark=MARK)
+    final = quiet_resolve_notice("inc-1", "memory alarm on i-1", "i-1", "memory", 4.0, MARK)
+    again = incident_notice(
+        "reopened", "inc-1", "memory alarm on i-1", ALARM, "i-1", 5.0, mark=replace(MARK, episodes=2)
+    )
+    assert opened is not None and resolved is not None and flapping is not None and again is not None
+
+    assert flapping.type is EventType.INCIDENT_FLAPPING and final.type is EventType.INCIDENT_RESOLVED
+    assert len({n.id for n in (opened, resolved, flapping, final, again)}) == 5
+    incident = flapping.data["incident"]
+    assert (incident["status"], incident["flapping"]) == ("open", True)
+    assert incident["flap"] == {
+        "since": "2023-11-14T22:13:20.000Z",
+        "transitions": 9,
+        "window_seconds": 3600.0,
+        "quiet_seconds": 900.0,
+        "episodes": 1,
+    }
+    assert (opened.data["incident"]["flapping"], opened.data["incident"]["flap"]) == (False, None)
+    assert final.data["alarm"] is None and final.data["incident"]["status"] == "resolved"
+    assert final.data["incident"]["at"] == "1970-01-01T00:00:04.000Z"
+    assert incident_notice("refired", "inc-1", "k", ALARM, "i-1", 1.0, mark=MARK) is None
+    assert incident_notice("resolving", "inc-1", "k", ALARM, "i-1", 1.0, mark=MARK) is None
+    assert parse_event_types(["incident.*"]) == frozenset(
+        {"incident.opened", "incident.resolved", "incident.flapping"}
+    )
+
+
+def test_pagerduty_is_triggered_by_incident_flapping_and_resolved_by_its_final_resolve_under_one_key() -> (
+    None
+):
+    endpoint = Endpoint("pd-x", ChannelKind.PAGERDUTY, "http://pd", "ROUTING")
+    flapping = incident_notice("reopened", "inc-1", "memory alarm on i-1", ALARM, "i-1", 3.0, mark=MARK)
+    final = quiet_resolve_notice("inc-1", "memory alarm on i-1", "i-1", "memory", 4.0, MARK)
+    assert flapping is not None
+
+    trigger = json.loads(
+        channels.pagerduty_request(endpoint, payload(flapping.type, flapping.data), None).body
+    )
+    resolve = json.loads(channels.pagerduty_request(endpoint, payload(final.type, final.data), None).body)
+
+    assert (trigger["event_action"], trigger["dedup_key"]) == ("trigger", "inc-1")
+    assert trigger["payload"]["summary"] == (
+        "Incident flapping on i-1: memory alarm on i-1 (9 transitions in 60 min; resolves after 15 min quiet)"
+    )
+    assert resolve == {"routing_key": "ROUTING", "event_action": "resolve", "dedup_key": "inc-1"}
+    slack = json.loads(
+        channels.slack_request(
+            Endpoint("s", ChannelKind.SLACK, "http://s"), payload(final.type, final.data), None
+        ).body
+    )
+    assert slack["text"] == "Incident resolved on i-1: memory alarm on i-1 (after flapping: quiet for 15 min)"
+    assert "None" not in json.dumps(slack["blocks"])
 
 
 @pytest.mark.parametrize(

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import base64
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from shared.flapping import FlapRule
 from shared.settings import ConfigError, Settings, read_dotenv
 from shared.topology import queue_arguments, retry_queue_name
 from worker.outcomes import defer_delay, retry_delay
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_match_the_spec() -> None:
@@ -24,6 +28,14 @@ def test_defaults_match_the_spec() -> None:
     assert s.retry_delays == (10, 60, 300, 1800) and s.max_attempts == 5
     assert s.database_url == "sqlite:///var/autopilot.db" and s.claim_lease_seconds == 120
     assert s.effective_dry_run  # no API key
+    assert (s.flap_openings, s.flap_window_seconds, s.flap_quiet_seconds) == (4, 3600, 900)
+
+
+def test_flap_detection_is_read_and_zero_openings_turn_it_off() -> None:
+    s = Settings.from_env({"FLAP_OPENINGS": "0", "FLAP_WINDOW_SECONDS": "600", "FLAP_QUIET_SECONDS": "0.5"})
+
+    assert (s.flap_openings, s.flap_window_seconds, s.flap_quiet_seconds) == (0, 600, 0.5)
+    assert not FlapRule.of(s).on and FlapRule.of(Settings()).on
 
 
 def test_values_are_parsed() -> None:
@@ -61,6 +73,12 @@ def test_values_are_parsed() -> None:
         ("COOLDOWN_SECONDS", "nan"),
         ("LOG_FORMAT", "xml"),
         ("WEBHOOK_TOKEN", "has space"),
+        ("FLAP_OPENINGS", "-1"),
+        ("FLAP_OPENINGS", "four"),
+        ("FLAP_OPENINGS", "2.5"),
+        ("FLAP_WINDOW_SECONDS", "0"),
+        ("FLAP_QUIET_SECONDS", "-5"),
+        ("FLAP_QUIET_SECONDS", "inf"),
     ],
 )
 def test_a_bad_value_is_one_line_naming_the_variable(var: str, value: str) -> None:
@@ -171,3 +189,16 @@ def test_the_console_session_key_is_a_fernet_key_kept_out_of_errors_and_public_s
         message = str(info.value)
         assert message.startswith("CONSOLE_SESSION_KEY=(hidden) is invalid") and "\n" not in message
         assert bad not in message
+
+
+def test_when_the_worker_starts_with_a_bad_flap_setting_then_it_stops_with_one_line_naming_it() -> None:
+    env = {"PATH": "/usr/bin:/bin", "FLAP_OPENINGS": "often", "LOG_FORMAT": "json"}
+
+    done = subprocess.run(
+        [sys.executable, "-m", "worker"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30
+    )
+
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "worker: configuration error: FLAP_OPENINGS='often' is invalid: expected a whole number"
+    ]

@@ -67,3 +67,14 @@ def test_action_claim_and_incident_statuses_are_never_spelled_by_hand_in_sql() -
             text = re.sub(r"MIGRATIONS?\b[^\n]*=\s*\[.*?\n\]\n", "", text, flags=re.S)
         found += [f"{path.relative_to(ROOT)}: {m.group(0)}" for m in STATUS_WORDS.finditer(text)]
     assert found == []
+
+
+@pytest.mark.parametrize("package", ["shared/store", "worker"])
+def test_the_store_and_the_worker_are_split_into_modules_a_reader_can_hold(package: str) -> None:
+    """One aggregate, or one step of an alarm, per module: none grows past ~500 lines."""
+    long = {
+        str(path.relative_to(ROOT)): n
+        for path in sorted((ROOT / package).glob("*.py"))
+        if (n := len(path.read_text().splitlines())) > 500
+    }
+    assert long == {}
