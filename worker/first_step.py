@@ -275,7 +275,8 @@ def _ask_approval(
     # names the plan (``next`` resolved), and the call makes that change or none.
     change = step.priced
     plan = change.to_plan if change is not None else upgrade.plan
-    step = replace(step, plan=plan)
+    if upgrade.disk is None:  # a disk resize's action row names no plan
+        step = replace(step, plan=plan)
     writes.approvals.append(
         ApprovalRequest(
             action_id, scope, owner, upgrade.instance_id, plan, upgrade.reason, upgrade.rule,
