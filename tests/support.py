@@ -14,7 +14,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, overload
@@ -476,6 +477,23 @@ class FakeChannel:
             await self.hold.wait()
         record.status = int(status)
         return web.json_response({"status": status, "problem": problem}, status=int(status), headers=headers)
+
+
+@asynccontextmanager
+async def notification_channels(
+    secret: str, routing_key: str, *, webhooks: int = 1
+) -> AsyncIterator[dict[str, FakeChannel]]:
+    """The three channels' stand-ins, started: ``webhook`` (and ``webhook2``, … for more)
+    signing with ``secret``, ``slack``, and ``pagerduty`` answering 202 for ``routing_key``."""
+    fakes = {f"webhook{n if n > 1 else ''}": FakeChannel(secret=secret) for n in range(1, webhooks + 1)}
+    fakes |= {"slack": FakeChannel(), "pagerduty": FakeChannel(pagerduty_key=routing_key, default_status=202)}
+    for fake in fakes.values():
+        await fake.start()
+    try:
+        yield fakes
+    finally:
+        for fake in fakes.values():
+            await fake.stop()
 
 
 def _pagerduty_problem(path: str, body: Any, routing_key: str) -> str | None:

@@ -18,7 +18,7 @@ import pytest
 from tests.cloudamqp_stand_in import CloudAmqpStandIn
 from tests.integration.conftest import API_KEY, SEED_INSTANCE, MakeStack, seed_instance
 from tests.integration.test_cli import autopilot
-from tests.support import FakeChannel, Services, free_port, secrets_in
+from tests.support import FakeChannel, Services, free_port, notification_channels, secrets_in
 
 SECRET = "whsec_" + base64.b64encode(b"c" * 32).decode()
 ROUTING_KEY = "R0UT1NGKEY9876543210fedcbafedcba"
@@ -29,16 +29,8 @@ SLACK_PATH = "/services/T000/B000/SLACKSECRETPATH"
 
 @pytest.fixture
 async def channels() -> AsyncIterator[dict[str, FakeChannel]]:
-    fakes = {
-        "webhook": FakeChannel(secret=SECRET),
-        "slack": FakeChannel(),
-        "pagerduty": FakeChannel(pagerduty_key=ROUTING_KEY, default_status=202),
-    }
-    for fake in fakes.values():
-        await fake.start()
-    yield fakes
-    for fake in fakes.values():
-        await fake.stop()
+    async with notification_channels(SECRET, ROUTING_KEY) as fakes:
+        yield fakes
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ from shared.settings import Settings
 from shared.store import Store
 from tests.integration.test_console import login
 from tests.integration.test_worker_inprocess import publish
-from tests.support import FakeChannel, queue_depth, wait_until
+from tests.support import FakeChannel, notification_channels, queue_depth, wait_until
 from worker import notify_config
 from worker.consumer import Consumer
 from worker.notify import Notifier
@@ -156,16 +156,8 @@ Start = Callable[..., Awaitable[Pilot]]
 
 @pytest.fixture
 async def channels() -> AsyncIterator[dict[str, FakeChannel]]:
-    fakes = {
-        "webhook": FakeChannel(secret=SECRET),
-        "slack": FakeChannel(),
-        "pagerduty": FakeChannel(pagerduty_key=ROUTING_KEY, default_status=202),
-    }
-    for fake in fakes.values():
-        await fake.start()
-    yield fakes
-    for fake in fakes.values():
-        await fake.stop()
+    async with notification_channels(SECRET, ROUTING_KEY) as fakes:
+        yield fakes
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from shared.store import Store
 from tests.cloudamqp_stand_in import CloudAmqpStandIn
 from tests.integration.conftest import API_KEY, SEED_INSTANCE, seed_alarm
 from tests.integration.test_worker_inprocess import publish
-from tests.support import FakeChannel, queue_depth, wait_until
+from tests.support import FakeChannel, notification_channels, queue_depth, wait_until
 from worker import notify_config
 from worker.cloudamqp import CloudAmqpClient
 from worker.consumer import Consumer
@@ -133,17 +133,8 @@ async def start(vhost: str, database_url: str, fake_api: CloudAmqpStandIn) -> As
 
 @pytest.fixture
 async def channels() -> AsyncIterator[dict[str, FakeChannel]]:
-    fakes = {
-        "webhook": FakeChannel(secret=SECRET),
-        "webhook2": FakeChannel(secret=SECRET),
-        "slack": FakeChannel(),
-        "pagerduty": FakeChannel(pagerduty_key=ROUTING_KEY, default_status=202),
-    }
-    for fake in fakes.values():
-        await fake.start()
-    yield fakes
-    for fake in fakes.values():
-        await fake.stop()
+    async with notification_channels(SECRET, ROUTING_KEY, webhooks=2) as fakes:
+        yield fakes
 
 
 def all_channels(fakes: dict[str, FakeChannel], *webhooks: str) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import pytest
 from tests.cloudamqp_stand_in import CloudAmqpStandIn
 from tests.integration.conftest import SEED_INSTANCE, MakeStack, Stack, seed_alarm, seed_instance
 from tests.integration.test_check import console_page
-from tests.support import FakeChannel, wait_until
+from tests.support import FakeChannel, notification_channels, wait_until
 
 SECRET = "whsec_" + base64.b64encode(b"p" * 32).decode()
 ROUTING_KEY = "R0UT1NGKEYabcdef0123456789abcdef"
@@ -33,16 +33,8 @@ HARE = "bunny-1 → hare-1, $99 → $199 a month, +$100"
 
 @pytest.fixture
 async def channels() -> AsyncIterator[dict[str, FakeChannel]]:
-    fakes = {
-        "webhook": FakeChannel(secret=SECRET),
-        "slack": FakeChannel(),
-        "pagerduty": FakeChannel(pagerduty_key=ROUTING_KEY, default_status=202),
-    }
-    for fake in fakes.values():
-        await fake.start()
-    yield fakes
-    for fake in fakes.values():
-        await fake.stop()
+    async with notification_channels(SECRET, ROUTING_KEY) as fakes:
+        yield fakes
 
 
 def notify_env(fakes: dict[str, FakeChannel]) -> dict[str, str]:
