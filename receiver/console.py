@@ -592,7 +592,7 @@ async def instance(request: web.Request) -> web.Response:
         own_pause=next((p for p in pauses if p.scope == name), None),
         upgrades=upgrades,
         disks=disks,
-        plan=console_data.plan_facts(upgrades),
+        plan=await console_data.plan_of(store, name, upgrades),
         claims=claims,
         recent=recent,
         usage=await console_data.usage_of(store, name),

@@ -31,7 +31,7 @@ from shared.errors import BrokerUnavailable
 from shared.plans import DEFAULT_LADDER, Ladder, parse_plan
 from shared.policy import Policy
 from shared.settings import Settings
-from shared.store import ActionStatus, Store, reads
+from shared.store import ActionStatus, Store, prices, reads
 
 # Statuses of an action that went (or would have gone) to the CloudAMQP API.
 UPGRADE_STATUSES = (
@@ -121,7 +121,7 @@ async def known_instances(store: Store, settings: Settings) -> list[str]:
 
 @dataclass(frozen=True)
 class PlanFacts:
-    """What the console knows of an instance's plan: the target of its last upgrade."""
+    """What the console knows of an instance's plan: as last read, or its last upgrade's."""
 
     current: str | None
     rung: int | None  # 0-based position on the default ladder
@@ -252,19 +252,28 @@ def _forecast_line(found: dict[str, Any], made_at: float) -> Forecast | None:
     return Forecast((made_at, float(value_now)), (made_at + float(crosses_in), float(threshold)))
 
 
+async def plan_of(store: Store, instance: str, upgrades: list[Row]) -> PlanFacts:
+    """``plan_facts`` of the instance, with its plan as the worker last read it."""
+    return plan_facts(upgrades, (await prices.instance_plans(store.db)).get(instance))
+
+
 async def advice_of(store: Store, instance: str) -> list[dict[str, Any]]:
     rows = await watch.list_advice(store.db, instance=instance, limit=5, offset=0)
     return [watch.advice_view(r) for r in rows]
 
 
-def plan_facts(upgrades: list[Row]) -> PlanFacts:
-    """The plan the last recorded upgrade moved the instance to, and its ladder rung."""
-    current = None
+def plan_facts(upgrades: list[Row], last_read: tuple[str, float] | None = None) -> PlanFacts:
+    """The instance's plan — as CloudAMQP last showed it (``last_read``: plan, when), unless the
+    last recorded upgrade is newer — and its ladder rung."""
+    current, upgraded_at = None, 0.0
     for row in upgrades:
         detail = row["detail"] if isinstance(row["detail"], dict) else {}
         current = detail.get("plan_to") or detail.get("plan_from")
         if current:
+            upgraded_at = float(row.get("at") or 0.0)
             break
+    if last_read is not None and last_read[1] >= upgraded_at:
+        current = last_read[0]
     plan = parse_plan(current) if isinstance(current, str) else None
     ladder = Ladder.of(DEFAULT_LADDER)
     rung = ladder.position(plan) if plan is not None else None
