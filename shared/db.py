@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -75,6 +76,27 @@ def rows_cte(
         "(" + ", ".join(f"${first + r * width + c}" for c in range(width)) + ")" for r in range(len(rows))
     )
     return f"{name}({names}) AS (VALUES {tuples})", [value for row in rows for value in row]
+
+
+AUTO_VACUUM_INCREMENTAL = 2  # PRAGMA auto_vacuum's answer for INCREMENTAL
+
+
+@dataclass(frozen=True)
+class FileFacts:
+    """An SQLite file's pages (``SqliteDatabase.file_facts``)."""
+
+    pages: int
+    page_size: int
+    free: int
+    incremental: bool
+
+    @property
+    def bytes(self) -> int:
+        return self.pages * self.page_size
+
+    @property
+    def free_bytes(self) -> int:
+        return self.free * self.page_size
 
 
 # How long an SQLite write waits for another process's write lock before failing.
@@ -169,6 +191,9 @@ class SqliteDatabase:
             conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            # Pages pruning frees go back to the file system a few at a time (``free_pages``).
+            # This takes on a new file only; an older one keeps its mode until ``rebuild``.
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
             _set_wal(conn)
             conn.execute("PRAGMA synchronous = NORMAL")
             # Checkpoints (copying the WAL back into the database, with an fsync) would run
@@ -196,6 +221,59 @@ class SqliteDatabase:
     @property
     def conn(self) -> sqlite3.Connection | None:
         return self._conn
+
+    async def file_facts(self) -> FileFacts:
+        """The database file's pages: how many, how large, how many free, and whether freed
+        pages can be handed back (``auto_vacuum`` incremental)."""
+        async with self.transaction(write=False) as tx:
+            rows = [
+                await tx.fetchrow(f"PRAGMA {name}")
+                for name in ("page_count", "page_size", "freelist_count", "auto_vacuum")
+            ]
+        count, size, free, mode = (int(next(iter(row.values()))) if row else 0 for row in rows)
+        return FileFacts(count, size, free, mode == AUTO_VACUUM_INCREMENTAL)
+
+    async def free_pages(self, pages: int, wait_ms: int = CHECKPOINT_WAIT_MS) -> bool:
+        """Hand up to ``pages`` free pages back to the file system (incremental vacuum), in a
+        write transaction of its own, on the database thread; the file shrinks at the next
+        checkpoint. Waits up to ``wait_ms`` for another process's write lock (False: it was
+        not free by then, nothing done)."""
+
+        def vacuum(conn: sqlite3.Connection) -> None:
+            # A script: the pragma frees one page per step, and only a script steps it to the
+            # end (``execute`` stops after the first).
+            script = f"BEGIN IMMEDIATE; PRAGMA incremental_vacuum({int(pages)}); COMMIT;"
+            conn.execute(f"PRAGMA busy_timeout = {wait_ms}")
+            try:
+                conn.executescript(script)
+            finally:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                conn.execute("PRAGMA busy_timeout = 0")
+
+        async with self._lock:
+            try:
+                await self._on_thread(vacuum)
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                return False
+        if self._checkpointer is not None:
+            self._checkpointer.committed()
+        return True
+
+    async def rebuild(self) -> None:
+        """Rewrite the whole file with ``auto_vacuum`` incremental (``VACUUM``): what a file
+        created before pruning needs, once, for ``free_pages`` to shrink it. Holds the write
+        lock for as long as copying the file takes."""
+
+        def rebuild(conn: sqlite3.Connection) -> None:
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            self._waiting(conn, "VACUUM", BUSY_TIMEOUT_MS)
+            self._waiting(conn, "PRAGMA wal_checkpoint(TRUNCATE)", BUSY_TIMEOUT_MS)
+
+        async with self._lock:
+            await self._on_thread(rebuild)
 
     @staticmethod
     def _waiting(conn: sqlite3.Connection, statement: str, wait_ms: int) -> None:

@@ -24,6 +24,7 @@ from dotenv import dotenv_values
 
 from shared.brokers import parse_urls, redact_urls
 from shared.notifications import parse_event_types, parse_webhook_secret
+from shared.retention import DAY, Limits
 
 T = TypeVar("T")
 
@@ -103,6 +104,13 @@ class Settings:
     # The forecast of a rule with ``forecast = true`` (worker.forecast): the samples it fits.
     forecast_window_seconds: float = 1800.0
     forecast_min_samples: int = 10
+    # Retention (shared.retention): days each kind of record is kept (0: for ever), and how
+    # often one worker among all prunes (0: this worker never does).
+    retention_events_days: float = 30.0
+    retention_notifications_days: float = 30.0
+    retention_incidents_days: float = 365.0
+    retention_audit_days: float = 730.0
+    retention_interval_seconds: float = 3600.0
 
     def management_url(self, instance_id: str) -> str | None:
         """The management API URL (credentials included) of a managed instance, if given."""
@@ -117,6 +125,15 @@ class Settings:
     def managed(self) -> frozenset[str]:
         """``instance_ids`` as a set: a fleet's thousands of ids are looked up per alarm."""
         return frozenset(self.instance_ids)
+
+    @property
+    def retention(self) -> Limits:
+        return Limits(
+            events=self.retention_events_days,
+            notifications=self.retention_notifications_days,
+            incidents=self.retention_incidents_days,
+            audit=self.retention_audit_days,
+        )
 
     @property
     def effective_dry_run(self) -> bool:
@@ -394,6 +411,11 @@ _VARIABLES: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("plan_memory_step", "PLAN_MEMORY_STEP", _number(1, allow_equal=False)),
     ("forecast_window_seconds", "FORECAST_WINDOW_SECONDS", _number(0, allow_equal=False)),
     ("forecast_min_samples", "FORECAST_MIN_SAMPLES", _int_range(3, 100000)),
+    ("retention_events_days", "RETENTION_EVENTS_DAYS", _number(0)),
+    ("retention_notifications_days", "RETENTION_NOTIFICATIONS_DAYS", _number(0)),
+    ("retention_incidents_days", "RETENTION_INCIDENTS_DAYS", _number(0)),
+    ("retention_audit_days", "RETENTION_AUDIT_DAYS", _number(0)),
+    ("retention_interval_seconds", "RETENTION_INTERVAL_SECONDS", _number(0)),
 )
 
 # What a platform sets when ours is unset: Heroku's CloudAMQP add-on sets CLOUDAMQP_URL and
@@ -424,11 +446,25 @@ def _parse(env: Mapping[str, str]) -> dict[str, Any]:
         # The webhook token sits in a URL configured at CloudAMQP: it must not approve upgrades.
         raise ConfigError("OPERATOR_TOKEN=(hidden) is invalid: it must differ from WEBHOOK_TOKEN")
     parsed["instance_management"] = _management_for(parsed["instance_management"], parsed["instance_ids"])
+    _check_event_retention(parsed)
     if parsed["notify_webhook_urls"] and not parsed["notify_webhook_secret"]:
         raise ConfigError(
             "NOTIFY_WEBHOOK_SECRET is unset: NOTIFY_WEBHOOK_URL needs a whsec_… secret to sign with"
         )
     return parsed
+
+
+def _check_event_retention(parsed: Mapping[str, Any]) -> None:
+    """The watchdog's downgrade advice asks whether an instance had any alarm during the quiet
+    window: the events must be kept at least that long while it runs."""
+    days, window = parsed["retention_events_days"], parsed["advice_quiet_window_seconds"]
+    watching = parsed["instance_management"] and parsed["watchdog_interval_seconds"] > 0
+    if watching and 0 < days * DAY < window:
+        raise ConfigError(
+            f"RETENTION_EVENTS_DAYS={days:g} is invalid: the watchdog's downgrade advice looks "
+            f"for alarms over ADVICE_QUIET_WINDOW_SECONDS ({window / DAY:g} days); keep events at "
+            "least that long (or 0: for ever)"
+        )
 
 
 def _management_for(

@@ -20,13 +20,14 @@ from shared.policy_file import PolicyError, load_policy
 from shared.publisher import Publisher
 from shared.runtime import fail, install_stop_handlers, load_settings_or_exit, run_main
 from shared.settings import Settings
-from shared.store import Store
+from shared.store import Store, retention
 from worker import notify_config
 from worker.cloudamqp import CloudAmqpClient
 from worker.consumer import Consumer
 from worker.management import ManagementApi
 from worker.notify import Notifier
 from worker.process import Processor
+from worker.retention import Pruner
 from worker.sweep import ConfirmationSweep
 from worker.watchdog import Watchdog
 
@@ -80,7 +81,8 @@ async def main(settings: Settings, *, burst: bool = False) -> None:
         if not burst:
             jobs += periodic_jobs(settings, store, processor, policy, stop)
         try:
-            await asyncio.gather(*jobs)
+            with metrics.read_on_scrape(retention.Gauges(store.db).refresh):
+                await asyncio.gather(*jobs)
         finally:
             if runner is not None:
                 await runner.cleanup()
@@ -91,14 +93,16 @@ def periodic_jobs(
     settings: Settings, store: Store, processor: Processor, policy: Policy, stop: asyncio.Event
 ) -> list[Coroutine[Any, Any, None]]:
     """What one worker among all runs per interval (``worker.schedule``): the confirmation
-    sweep, and the watchdog where an instance's management API is known. Each publishes on a
-    connection of its own."""
+    sweep, pruning (``RETENTION_INTERVAL_SECONDS``), and the watchdog where an instance's
+    management API is known. Those that publish do so on a connection of their own."""
     worker_id = processor.worker_id
 
     def publisher() -> Publisher:
         return Publisher(settings.rabbitmq_url, settings.delay_queues)
 
     jobs = [ConfirmationSweep(settings, store, publisher(), worker_id=worker_id).run(stop)]
+    if settings.retention_interval_seconds > 0:
+        jobs.append(Pruner(settings, store, worker_id=worker_id).run(stop))
     if processor.management is not None and settings.watchdog_interval_seconds > 0:
         watchdog = Watchdog(
             settings,

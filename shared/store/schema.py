@@ -131,4 +131,19 @@ MIGRATIONS: list[list[str]] = [
             until_at DOUBLE PRECISION NOT NULL
         )""",
     ],
+    # Retention (issue 31, shared/store/retention.py): an incident keeps copies of its first
+    # and last event once they are pruned; an incident's events and actions are read a page at
+    # a time, newest first; what keeps an old incident (an unfinished action of it) and each
+    # instance's latest upgrade in the audit trail (kept whatever its age) are found by index.
+    # The partial index's statuses are shared.retention.UNFINISHED (a test holds them equal).
+    [
+        "ALTER TABLE incidents ADD COLUMN first_event TEXT",
+        "ALTER TABLE incidents ADD COLUMN last_event TEXT",
+        "CREATE INDEX events_incident_recorded ON events (incident_id, recorded_at)",
+        "DROP INDEX events_incident",
+        "CREATE INDEX actions_incident ON actions (incident_id, created_at)",
+        """CREATE INDEX actions_unfinished ON actions (incident_id)
+           WHERE status IN ('approved', 'awaiting_approval', 'in_progress', 'retrying')""",
+        "CREATE INDEX audit_upgrades ON audit (target, at) WHERE act = 'upgrade'",
+    ],
 ]
