@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from shared import metrics
+from shared.alarm import iso
 from shared.db import SqliteDatabase
 from shared.retention import Kind, Pace, cutoffs, next_size, pause_after, run_deadline
 from shared.settings import Settings
@@ -42,6 +43,7 @@ class Run:
     batches: int = 0
     pages: int = 0  # SQLite: free pages handed back
     finished: bool = True  # False: the deadline came first
+    longest: float = 0.0  # seconds of the longest step (a batch, or pages handed back)
 
 
 class Pruner:
@@ -74,7 +76,10 @@ class Pruner:
         started = self.clock()
         deadline = run_deadline(started, self.interval)
         run = Run()
-        for kind, cutoff in cutoffs(self.settings.retention, started).items():
+        limits = cutoffs(self.settings.retention, started)
+        before = {kind.value: iso(at) for kind, at in limits.items()}
+        log.info("retention.started", run=run_number, before=before)
+        for kind, cutoff in limits.items():
             if not await self._prune_kind(kind, cutoff, deadline, run):
                 run.finished = False
                 break
@@ -86,6 +91,7 @@ class Pruner:
             pruned={kind.value: n for kind, n in run.pruned.items()},
             batches=run.batches,
             pages_freed=run.pages,
+            longest_step_ms=round(run.longest * 1000, 1),
             finished=run.finished,
             seconds=round(self.clock() - started, 3),
         )
@@ -94,14 +100,16 @@ class Pruner:
     async def _prune_kind(self, kind: Kind, cutoff: float, deadline: float, run: Run) -> bool:
         """Batches of ``kind`` until none is left before ``cutoff``; False when the deadline
         (or a stop) came first."""
-        size, after = self.pace.first, float("-inf")
+        size, after = self.pace.first, pruning.Cursor()
         run.pruned.setdefault(kind, 0)
         while True:
             t0 = time.perf_counter()
             batch = await pruning.prune_batch(self.store.db, kind, cutoff, after, size)
             took = time.perf_counter() - t0
+            run.longest = max(run.longest, took)
             run.batches += 1
             run.pruned[kind] += batch.pruned
+            await self._copy_back()
             if batch.pruned:
                 metrics.RETENTION_PRUNED.labels(kind.value).inc(batch.pruned)
             after = batch.after
@@ -131,6 +139,8 @@ class Pruner:
             t0 = time.perf_counter()
             freed = await db.free_pages(pages)
             took = time.perf_counter() - t0
+            run.longest = max(run.longest, took)
+            await self._copy_back()
             left = (await db.file_facts()).free
             run.pages += max(0, free - left)
             if not freed or left >= free:  # another process held the file: the next run
@@ -140,6 +150,14 @@ class Pruner:
             if free and not await self._rest(pause_after(took, self.pace), deadline):
                 return False
         return True
+
+    async def _copy_back(self) -> None:
+        """SQLite: copy what the step wrote from the WAL into the file now, beside this
+        process's transactions (``checkpoint_beside``), while the alarms' writes leave gaps
+        in which the WAL starts again. Left to the periodic checkpoint, a second of pruning's
+        pages made a WAL long enough to be checkpointed holding the transactions."""
+        if isinstance(self.store.db, SqliteDatabase):
+            await self.store.db.checkpoint_beside()
 
     async def _rest(self, pause: float, deadline: float) -> bool:
         """Pause between batches; False when the run must end (deadline, or a stop)."""

@@ -2,9 +2,9 @@
 metrics say about the store (the oldest row of each kind, its size). The rules are
 ``shared.retention``'s; the job that paces the batches is ``worker.retention``.
 
-A batch is a window of the kind's rows in the order of its time column (by the index each
-kind has on it): the next ``limit`` rows after where the last batch stopped, protected ones
-included, so a batch's work is bounded however many old rows are kept. Of the window, the
+A batch is a window of the kind's rows in the order of its time index (time, then id): the
+next ``limit`` rows after where the last batch stopped, kept ones included, so a batch's work
+is bounded however many old rows are kept and however many share a time. Of the window, the
 rows no rule protects go, each statement set-based.
 """
 
@@ -36,18 +36,18 @@ UNFINISHED_SQL = _sql_list(UNFINISHED)
 _DONE_SQL = _sql_list(DONE_STATUSES)
 _FINAL = sorted(FINAL_DELIVERIES)
 
-# What keeps a row whatever its age, as conditions on the row (``{t}``: the table's name).
+# What keeps a row whatever its age, as conditions on the row (``{t}``: the table's name;
+# $3 is the cutoff, $6 and $7 the final delivery statuses).
 # An event whose action is unfinished: the approval reads its body, a confirmation quotes it.
 EVENT_KEPT = f"""EXISTS (SELECT 1 FROM actions a WHERE a.action_id = {{t}}.event_id
     AND a.status IN ({UNFINISHED_SQL}))"""
-# An incident still open, resolved within the limit ($3), or with an unfinished action.
+# An incident still open, resolved within the limit, or with an unfinished action.
 INCIDENT_KEPT = f"""({{t}}.status <> {_RESOLVED} OR {{t}}.resolved_at IS NULL OR {{t}}.resolved_at >= $3
     OR EXISTS (SELECT 1 FROM actions a
                WHERE a.incident_id = {{t}}.incident_id AND a.status IN ({UNFINISHED_SQL})))"""
-# A notification not yet published, or one an endpoint has still to receive ($4, $5: the
-# final delivery statuses).
+# A notification not yet published, or one an endpoint has still to receive.
 NOTIFICATION_KEPT = """({t}.published_at IS NULL OR EXISTS (SELECT 1 FROM deliveries d
-    WHERE d.notification_id = {t}.notification_id AND d.status NOT IN ($4, $5)))"""
+    WHERE d.notification_id = {t}.notification_id AND d.status NOT IN ($6, $7)))"""
 # An unfinished action.
 ACTION_KEPT = f"{{t}}.status NOT IN ({_DONE_SQL})"
 # An instance's latest upgrade.
@@ -56,60 +56,81 @@ AUDIT_KEPT = """({t}.act = 'upgrade' AND NOT EXISTS (SELECT 1 FROM audit b
 
 
 @dataclass(frozen=True)
+class Cursor:
+    """Where a batch stopped: the last row of its window, by time and id (the next window
+    starts after it)."""
+
+    at: float = float("-inf")
+    key: str = ""
+
+
+@dataclass(frozen=True)
 class Batch:
-    """What one batch did: rows pruned, where the next starts (after this time), and
-    whether there may be more before the cutoff."""
+    """What one batch did: rows pruned, where the next starts, and whether there may be more
+    before the cutoff."""
 
     pruned: int
-    after: float
+    after: Cursor
     more: bool
 
 
 @dataclass(frozen=True)
 class _Table:
     name: str
-    column: str  # the time the limit is counted from (indexed)
+    column: str  # the time the limit is counted from (its index: the time, then the id)
+    key: str  # the id
     kept: str
     extra_args: tuple[Any, ...] = ()
     window: str = ""  # rows the window counts (others are not this kind's: open incidents)
 
 
 _TABLES = {
-    Kind.EVENTS: _Table("events", "recorded_at", EVENT_KEPT),
-    Kind.NOTIFICATIONS: _Table("notifications", "created_at", NOTIFICATION_KEPT, tuple(_FINAL)),
-    Kind.INCIDENTS: _Table("incidents", "last_seen", INCIDENT_KEPT, window=f"AND status = {_RESOLVED}"),
-    Kind.ACTIONS: _Table("actions", "created_at", ACTION_KEPT),
-    Kind.AUDIT: _Table("audit", "at", AUDIT_KEPT),
+    Kind.EVENTS: _Table("events", "recorded_at", "event_id", EVENT_KEPT),
+    Kind.NOTIFICATIONS: _Table(
+        "notifications", "created_at", "notification_id", NOTIFICATION_KEPT, tuple(_FINAL)
+    ),
+    Kind.INCIDENTS: _Table(
+        "incidents", "last_seen", "incident_id", INCIDENT_KEPT, window=f"AND status = {_RESOLVED}"
+    ),
+    Kind.ACTIONS: _Table("actions", "created_at", "action_id", ACTION_KEPT),
+    Kind.AUDIT: _Table("audit", "at", "audit_id", AUDIT_KEPT),
 }
 
 
+def _after(table: _Table, at: str, key: str) -> str:
+    """Rows after the cursor (``at``, ``key``) in the index's order."""
+    t, k = f"{table.name}.{table.column}", f"{table.name}.{table.key}"
+    return f"{t} >= {at} AND NOT ({t} = {at} AND {k} <= {key})"
+
+
 def _range(table: _Table) -> str:
-    """The batch's rows: after $1, up to $2, before the cutoff $3."""
-    column = f"{table.name}.{table.column}"
-    return f"{column} > $1 AND {column} <= $2 AND {column} < $3"
+    """The batch's rows: after ($1, $2), up to and including ($4, $5), before the cutoff $3."""
+    t, k = f"{table.name}.{table.column}", f"{table.name}.{table.key}"
+    return f"{_after(table, '$1', '$2')} AND {t} <= $4 AND NOT ({t} = $4 AND {k} > $5) AND {t} < $3"
 
 
-async def _window_end(tx: Tx, table: _Table, after: float, cutoff: float, limit: int) -> float | None:
-    """The time of the ``limit``-th row after ``after`` and before the cutoff (None: fewer)."""
+async def _window_end(tx: Tx, table: _Table, after: Cursor, cutoff: float, limit: int) -> Cursor | None:
+    """The ``limit``-th row after ``after`` and before the cutoff (None: there are fewer)."""
     row = await tx.fetchrow(
-        f"""SELECT {table.column} AS t FROM {table.name}
-            WHERE {table.column} > $1 AND {table.column} < $2 {table.window}
-            ORDER BY {table.column} LIMIT 1 OFFSET $3""",
-        after,
+        f"""SELECT {table.column} AS t, {table.key} AS k FROM {table.name}
+            WHERE {_after(table, "$1", "$2")} AND {table.column} < $3 {table.window}
+            ORDER BY {table.column}, {table.key} LIMIT 1 OFFSET $4""",
+        after.at,
+        after.key,
         cutoff,
         max(0, limit - 1),
     )
-    return None if row is None else float(row["t"])
+    return None if row is None else Cursor(float(row["t"]), str(row["k"]))
 
 
-async def prune_batch(db: Database, kind: Kind, cutoff: float, after: float, limit: int) -> Batch:
+async def prune_batch(db: Database, kind: Kind, cutoff: float, after: Cursor, limit: int) -> Batch:
     """Prune one batch of ``kind`` (rows older than ``cutoff``, after ``after``), in a write
     transaction of its own."""
     table = _TABLES[kind]
     async with db.transaction() as tx:
         end = await _window_end(tx, table, after, cutoff, limit)
-        upto, more = (end, True) if end is not None else (cutoff, False)
-        args = (after, upto, cutoff, *table.extra_args)
+        upto, more = (end, True) if end is not None else (Cursor(cutoff), False)
+        args = (after.at, after.key, cutoff, upto.at, upto.key, *table.extra_args)
         if kind is Kind.EVENTS:
             await _keep_ends(tx, table, args)
         elif kind is Kind.NOTIFICATIONS:
