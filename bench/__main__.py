@@ -1,4 +1,4 @@
-"""``python -m bench [--quick] [--only accept,workers,e2e,footprint,flask,console,storm] [--profile]``.
+"""``python -m bench [--quick] [--only accept,workers,e2e,…,retention] [--profile]``.
 
 Runs the benchmarks against the local RabbitMQ (a fresh vhost per run) and PostgreSQL (a fresh
 database per run), prints a table of ratios against the baselines measured in the same run,
@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import console, report, storm, suite
+from bench import console, report, retention, storm, suite
 from bench.harness import ROOT, git_revision, machine_facts
 
-ALL = ("footprint", "accept", "flask", "e2e", "workers", "console", "storm")
+ALL = ("footprint", "accept", "flask", "e2e", "workers", "console", "storm", "retention")
 
 
 async def run(cfg: suite.Config, only: tuple[str, ...]) -> dict[str, Any]:
@@ -36,6 +36,8 @@ async def run(cfg: suite.Config, only: tuple[str, ...]) -> dict[str, Any]:
             results[name] = await console.bench_console(cfg)
         elif name == "storm":
             results[name] = await storm.bench_storm(cfg)
+        elif name == "retention":
+            results[name] = await retention.bench_retention(cfg)
         elif name == "flask":
             receiver_rate = results.get("accept", {}).get("receiver", {}).get("rate_per_s")
             results[name] = await suite.bench_flask(cfg, receiver_rate)

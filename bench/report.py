@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 
@@ -196,6 +197,32 @@ def _storm_rows(r: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _retention_rows(r: dict[str, Any]) -> list[str]:
+    before, pruning, after, run = r["before"], r["pruning"], r["after"], r["run"]
+    size0, size1 = r["bytes_before"]["file"], r["bytes_after"]["file"]
+    ours = (
+        f"first step during pruning p50 {_fmt(pruning['p50_ms'])} ms, p99 {_fmt(pruning['p99_ms'])} ms "
+        f"({pruning['n']} alarms; {run['pruned'].get('events', 0):,} events pruned in "
+        f"{_fmt(r['pruning_seconds'])} s, {run['batches']:,} batches, the longest "
+        f"{_fmt(run['longest_step_ms'])} ms); file {size0 / 2**20:.0f} MiB → "
+        f"{size1 / 2**20:.0f} MiB"
+    )
+    baseline = (
+        f"pruning off, before: p50 {_fmt(before['p50_ms'])} ms, p99 {_fmt(before['p99_ms'])} ms; "
+        f"after: p99 {_fmt(after['p99_ms'])} ms"
+    )
+    return [
+        _row(
+            f"8 pruning {r['rows']:,} old events, alarms at {_fmt(r['rate_per_s'])}/s, {r['store']}",
+            ours,
+            baseline,
+            _fmt(r["p99_ratio"], "×"),
+            "p99 ≤ 2 × before; file smaller",
+            _verdict(r["p99_ratio"] is not None and r["p99_ratio"] <= 2 and size1 < size0),
+        )
+    ]
+
+
 def _e2e_rows(r: dict[str, Any]) -> list[str]:
     ours, raw = r["ours"], r["raw_publish_to_consume"]
     return [
@@ -296,25 +323,29 @@ def _console_rows(r: dict[str, Any]) -> list[str]:
     return rows
 
 
+# Each benchmark's rows, in the table's order.
+_ROWS: dict[str, Callable[[Any], list[str]]] = {
+    "accept": _accept_rows,
+    "workers": _worker_rows,
+    "e2e": _e2e_rows,
+    "footprint": _footprint_rows,
+    "flask": lambda both: _flask_rows(*both),
+    "console": _console_rows,
+    "storm": _storm_rows,
+    "retention": _retention_rows,
+}
+
+
 def markdown(results: dict[str, Any]) -> str:
     lines = [
         _row("benchmark", "ours", "baseline (same run)", "ratio", "target", "verdict"),
         _row(*["---"] * 6),
     ]
-    if "accept" in results:
-        lines += _accept_rows(results["accept"])
-    if "workers" in results:
-        lines += _worker_rows(results["workers"])
-    if "e2e" in results:
-        lines += _e2e_rows(results["e2e"])
-    if "footprint" in results:
-        lines += _footprint_rows(results["footprint"])
     if "flask" in results:
-        lines += _flask_rows(results["flask"], results.get("accept"))
-    if "console" in results:
-        lines += _console_rows(results["console"])
-    if "storm" in results:
-        lines += _storm_rows(results["storm"])
+        results = {**results, "flask": (results["flask"], results.get("accept"))}
+    for name, rows in _ROWS.items():
+        if name in results:
+            lines += rows(results[name])
     m = results["machine"]
     lines += [
         "",
