@@ -1,4 +1,4 @@
-"""``python -m bench [--quick] [--only accept,workers,e2e,footprint,flask,console,storm,forecast]
+"""``python -m bench [--quick] [--only accept,workers,e2e,footprint,flask,console,storm,forecast,retention]
 [--profile] [--stores sqlite,postgresql] [--scales 1,2,4]``.
 
 Runs the benchmarks against the local RabbitMQ (a fresh vhost per run) and PostgreSQL (a fresh
@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import console, forecast, report, storm, suite
+from bench import console, forecast, report, retention, storm, suite
 from bench.harness import ROOT, git_revision, machine_facts
 
-ALL = ("footprint", "accept", "flask", "e2e", "workers", "console", "storm", "forecast")
+ALL = ("footprint", "accept", "flask", "e2e", "workers", "console", "storm", "forecast", "retention")
 
 
 async def run(cfg: suite.Config, only: tuple[str, ...]) -> dict[str, Any]:
@@ -39,6 +39,8 @@ async def run(cfg: suite.Config, only: tuple[str, ...]) -> dict[str, Any]:
             results[name] = await storm.bench_storm(cfg)
         elif name == "forecast":
             results[name] = await forecast.bench_forecast(cfg)
+        elif name == "retention":
+            results[name] = await retention.bench_retention(cfg)
         elif name == "flask":
             receiver_rate = results.get("accept", {}).get("receiver", {}).get("rate_per_s")
             results[name] = await suite.bench_flask(cfg, receiver_rate)

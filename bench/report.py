@@ -197,6 +197,32 @@ def _storm_rows(r: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _retention_rows(r: dict[str, Any]) -> list[str]:
+    before, pruning, after, run = r["before"], r["pruning"], r["after"], r["run"]
+    size0, size1 = r["bytes_before"]["file"], r["bytes_after"]["file"]
+    ours = (
+        f"first step during pruning p50 {_fmt(pruning['p50_ms'])} ms, p99 {_fmt(pruning['p99_ms'])} ms "
+        f"({pruning['n']} alarms; {run['pruned'].get('events', 0):,} events pruned in "
+        f"{_fmt(r['pruning_seconds'])} s, {run['batches']:,} batches, the longest "
+        f"{_fmt(run['longest_step_ms'])} ms); file {size0 / 2**20:.0f} MiB → "
+        f"{size1 / 2**20:.0f} MiB"
+    )
+    baseline = (
+        f"pruning off, before: p50 {_fmt(before['p50_ms'])} ms, p99 {_fmt(before['p99_ms'])} ms; "
+        f"after: p99 {_fmt(after['p99_ms'])} ms"
+    )
+    return [
+        _row(
+            f"8 pruning {r['rows']:,} old events, alarms at {_fmt(r['rate_per_s'])}/s, {r['store']}",
+            ours,
+            baseline,
+            _fmt(r["p99_ratio"], "×"),
+            "p99 ≤ 2 × before; file smaller",
+            _verdict(r["p99_ratio"] is not None and r["p99_ratio"] <= 2 and size1 < size0),
+        )
+    ]
+
+
 def _e2e_rows(r: dict[str, Any]) -> list[str]:
     ours, raw = r["ours"], r["raw_publish_to_consume"]
     return [
@@ -349,6 +375,7 @@ ROWS: tuple[tuple[str, Callable[[dict[str, Any], dict[str, Any]], list[str]]], .
     ("console", lambda r, _: _console_rows(r)),
     ("storm", lambda r, _: _storm_rows(r)),
     ("forecast", lambda r, _: _forecast_rows(r)),
+    ("retention", lambda r, _: _retention_rows(r)),
 )
 
 

@@ -86,6 +86,12 @@ class Config:
     storm_timeout: float = 900.0
     # 8: the forecast (bench/forecast.py): four curves instead of eight
     forecast_quick: bool = False
+    # 8: pruning while alarms arrive (bench/retention.py): old rows, incidents they group into,
+    # the arrival rate, and the seconds of the phases before and after pruning
+    retention_rows: int = 1_000_000
+    retention_incidents: int = 2_000
+    retention_rate: float = 50.0
+    retention_phase: float = 60.0
     results: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -101,6 +107,9 @@ class Config:
             storm_instances=1_000,
             storm_runs=(("sqlite", 1), ("postgresql", 1)),
             forecast_quick=True,
+            retention_rows=100_000,
+            retention_incidents=200,
+            retention_phase=20.0,
         )
 
 

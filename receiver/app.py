@@ -30,6 +30,7 @@ from shared.policy_file import load_policy
 from shared.publisher import Publisher
 from shared.settings import Settings
 from shared.store import Store
+from shared.store.retention import Gauges
 
 log = structlog.get_logger("receiver")
 access_log = structlog.get_logger("receiver.access")
@@ -122,7 +123,8 @@ async def broker_and_store(app: web.Application) -> AsyncIterator[None]:
     problem = await publisher.check()
     if problem:
         log.warning("receiver.broker_not_ready", detail=problem)
-    yield
+    with metrics.read_on_scrape(Gauges(store.db).refresh):
+        yield
     await publisher.close()
     await store.close()
 

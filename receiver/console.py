@@ -460,14 +460,30 @@ def timeline(events: list[dict[str, Any]], width: int = 640, height: int = 120) 
     }
 
 
+INCIDENT_ACTIONS = 20  # the newest actions on an incident's page; the actions page has the rest
+
+
 async def incident(request: web.Request) -> web.Response:
-    found = await request.config_dict[STORE].get_incident(request.match_info["incident_id"])
-    if found is None:
+    """An incident with a page of its events (newest first), its first and last event and its
+    newest actions: bounded however many alarms it grouped."""
+    offset = _offset(request)
+    page = await request.config_dict[STORE].get_incident(
+        request.match_info["incident_id"], limit=PAGE_SIZE, offset=offset, actions=INCIDENT_ACTIONS
+    )
+    if page is None:
         raise web.HTTPNotFound(text="No incident with this id.")
-    row, events, actions = found
-    for event in events:
+    shown = [*page.events, *(e for e in (page.first_event, page.last_event) if e is not None)]
+    for event in shown:
         event["body"] = json.loads(event["body"]) if isinstance(event["body"], str) else event["body"]
-    context = await _context(request, incident=row, events=events, actions=actions, chart=timeline(events))
+    context = await _context(
+        request,
+        incident=page.incident,
+        page=page,
+        events=page.events,
+        actions=page.actions,
+        chart=timeline(page.events),
+        pager=_pager(request, offset, offset + len(page.events) < page.events_total),
+    )
     return _render(request, "incident.html", "incident_live.html", context)
 
 
@@ -480,6 +496,7 @@ async def actions(request: web.Request) -> web.Response:
         "instance": _query(request, "instance"),
         "status": _query(request, "status"),
         "alarm_type": _query(request, "alarm_type"),
+        "incident": _query(request, "incident"),
     }
     offset = _offset(request)
     rows = await store.list_actions(**filters, limit=PAGE_SIZE + 1, offset=offset)

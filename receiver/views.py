@@ -353,15 +353,29 @@ async def list_incidents(request: web.Request) -> web.Response:
     return json_response({"incidents": [incident_json(r) for r in rows], "limit": limit, "offset": offset})
 
 
+# The newest actions of an incident shown with it (``GET /actions?incident=…`` has them all).
+INCIDENT_ACTIONS = 100
+
+
 async def get_incident(request: web.Request) -> web.Response:
+    """One incident with a page of its events (``limit``, ``offset``; newest first), their
+    count, its first and last event (kept even once its events were pruned) and its newest
+    actions."""
     check_token(request, operator_too=True)
-    found = await request.app[STORE].get_incident(request.match_info["incident_id"])
-    if found is None:
+    limit, offset = _page(request)
+    page = await request.app[STORE].get_incident(
+        request.match_info["incident_id"], limit=limit, offset=offset, actions=INCIDENT_ACTIONS
+    )
+    if page is None:
         raise json_error(web.HTTPNotFound, "not_found", "no incident with this id")
-    incident, events, actions = found
-    body = incident_json(incident)
-    body["events"] = [event_json(e) for e in events]
-    body["actions"] = [action_json(a) for a in actions]
+    body = incident_json(page.incident)
+    body["events"] = [event_json(e) for e in page.events]
+    body["events_total"] = page.events_total
+    body["limit"], body["offset"] = limit, offset
+    body["first_event"] = event_json(page.first_event) if page.first_event is not None else None
+    body["last_event"] = event_json(page.last_event) if page.last_event is not None else None
+    body["actions"] = [action_json(a) for a in page.actions]
+    body["actions_total"] = page.actions_total
     return json_response(body)
 
 
@@ -387,7 +401,10 @@ async def list_actions(request: web.Request) -> web.Response:
     check_token(request, operator_too=True)
     limit, offset = _page(request)
     rows = await request.app[STORE].list_actions(
-        instance=request.query.get("instance"), limit=limit, offset=offset
+        instance=request.query.get("instance"),
+        incident=request.query.get("incident"),
+        limit=limit,
+        offset=offset,
     )
     return json_response({"actions": [action_json(r) for r in rows], "limit": limit, "offset": offset})
 

@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -77,6 +78,27 @@ def rows_cte(
     return f"{name}({names}) AS (VALUES {tuples})", [value for row in rows for value in row]
 
 
+AUTO_VACUUM_INCREMENTAL = 2  # PRAGMA auto_vacuum's answer for INCREMENTAL
+
+
+@dataclass(frozen=True)
+class FileFacts:
+    """An SQLite file's pages (``SqliteDatabase.file_facts``)."""
+
+    pages: int
+    page_size: int
+    free: int
+    incremental: bool
+
+    @property
+    def bytes(self) -> int:
+        return self.pages * self.page_size
+
+    @property
+    def free_bytes(self) -> int:
+        return self.free * self.page_size
+
+
 # How long an SQLite write waits for another process's write lock before failing.
 BUSY_TIMEOUT_MS = 30000
 _BEGIN_WRITE = "BEGIN IMMEDIATE"  # the write lock up front: nothing in the transaction waits
@@ -85,6 +107,12 @@ _SNAPSHOT = "SELECT 1 FROM sqlite_master LIMIT 1"  # a read transaction takes it
 # When the WAL is checkpointed: after this many commits, or this long after the first.
 CHECKPOINT_COMMITS = 200
 CHECKPOINT_SECONDS = 1.0
+# A WAL this long (4 MiB of 4 KiB pages) at a checkpoint beside the transactions is then
+# checkpointed in RESTART mode, holding them: the WAL starts again from its beginning. Light
+# traffic, pruning included, leaves gaps in which a write finds everything copied and starts
+# the WAL again itself; back-to-back writes (a storm) reach this within a second or two, and
+# are held as every checkpoint held them before.
+WAL_LIMIT_FRAMES = 1024
 # How long a checkpoint waits for other processes' readers and writer (it holds this process's
 # transactions meanwhile); one that could not finish is simply tried again later.
 CHECKPOINT_WAIT_MS = 1000
@@ -149,6 +177,10 @@ class SqliteDatabase:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._lock = asyncio.Lock()
         self._conn: sqlite3.Connection | None = None
+        self._side: sqlite3.Connection | None = None  # checkpoints beside the transactions
+        # ... on a thread of their own: one under way never delays what the database thread
+        # does while this process's transactions wait (a vacuum step, a RESTART checkpoint).
+        self._side_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-checkpoint")
         self._sql_cache: dict[str, str] = {}
         self._checkpointer: _Checkpointer | None = None
 
@@ -169,6 +201,9 @@ class SqliteDatabase:
             conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            # Pages pruning frees go back to the file system a few at a time (``free_pages``).
+            # This takes on a new file only; an older one keeps its mode until ``rebuild``.
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
             _set_wal(conn)
             conn.execute("PRAGMA synchronous = NORMAL")
             # Checkpoints (copying the WAL back into the database, with an fsync) would run
@@ -180,22 +215,101 @@ class SqliteDatabase:
             conn.execute("PRAGMA busy_timeout = 0")  # see _waiting
             return conn
 
+        def connect_side() -> sqlite3.Connection:
+            side = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            side.execute("PRAGMA busy_timeout = 0")
+            return side
+
         try:
             self._conn = await self.run(connect)
+            if self._path != ":memory:":
+                loop = asyncio.get_running_loop()
+                self._side = await loop.run_in_executor(self._side_thread, connect_side)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open SQLite database {self._path!r}: {exc}") from exc
         self._checkpointer = _Checkpointer(self)
 
     async def checkpoint(self) -> None:
-        """Copy the WAL back into the database file, off the event loop's thread."""
+        """Copy the WAL back into the database file, off the event loop's thread, holding this
+        process's transactions; the next write starts the WAL from its beginning."""
         async with self._lock:
             await self._on_thread(
                 lambda c: self._waiting(c, "PRAGMA wal_checkpoint(RESTART)", CHECKPOINT_WAIT_MS)
             )
 
+    async def checkpoint_beside(self) -> int:
+        """Copy what no reader or writer holds back from the WAL into the database file, on a
+        thread and a connection of its own, holding nothing of this process's (``PASSIVE``:
+        this process's transactions, and other processes', go on meanwhile). A write that
+        finds everything copied starts the WAL from its beginning; under back-to-back writes
+        none does (each began before the copy was done). The WAL's length, in frames."""
+        side = self._side
+        if side is None:
+            await self.checkpoint()
+            return 0
+
+        def passive() -> int:
+            _, frames, _ = side.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            return int(frames)
+
+        return await asyncio.get_running_loop().run_in_executor(self._side_thread, passive)
+
     @property
     def conn(self) -> sqlite3.Connection | None:
         return self._conn
+
+    async def file_facts(self) -> FileFacts:
+        """The database file's pages: how many, how large, how many free, and whether freed
+        pages can be handed back (``auto_vacuum`` incremental)."""
+        async with self.transaction(write=False) as tx:
+            rows = [
+                await tx.fetchrow(f"PRAGMA {name}")
+                for name in ("page_count", "page_size", "freelist_count", "auto_vacuum")
+            ]
+        count, size, free, mode = (int(next(iter(row.values()))) if row else 0 for row in rows)
+        return FileFacts(count, size, free, mode == AUTO_VACUUM_INCREMENTAL)
+
+    async def free_pages(self, pages: int, wait_ms: int = CHECKPOINT_WAIT_MS) -> bool:
+        """Hand up to ``pages`` free pages back to the file system (incremental vacuum), in a
+        write transaction of its own, on the database thread; the file shrinks at the next
+        checkpoint. Waits up to ``wait_ms`` for another process's write lock (False: it was
+        not free by then, nothing done)."""
+
+        def vacuum(conn: sqlite3.Connection) -> None:
+            # A script: the pragma frees one page per step, and only a script steps it to the
+            # end (``execute`` stops after the first).
+            script = f"BEGIN IMMEDIATE; PRAGMA incremental_vacuum({int(pages)}); COMMIT;"
+            conn.execute(f"PRAGMA busy_timeout = {wait_ms}")
+            try:
+                conn.executescript(script)
+            finally:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                conn.execute("PRAGMA busy_timeout = 0")
+
+        async with self._lock:
+            try:
+                await self._on_thread(vacuum)
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                return False
+        if self._checkpointer is not None:
+            self._checkpointer.committed()
+        return True
+
+    async def rebuild(self) -> None:
+        """Rewrite the whole file with ``auto_vacuum`` incremental (``VACUUM``): what a file
+        created before pruning needs, once, for ``free_pages`` to shrink it. Holds the write
+        lock for as long as copying the file takes."""
+
+        def rebuild(conn: sqlite3.Connection) -> None:
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            self._waiting(conn, "VACUUM", BUSY_TIMEOUT_MS)
+            self._waiting(conn, "PRAGMA wal_checkpoint(TRUNCATE)", BUSY_TIMEOUT_MS)
+
+        async with self._lock:
+            await self._on_thread(rebuild)
 
     @staticmethod
     def _waiting(conn: sqlite3.Connection, statement: str, wait_ms: int) -> None:
@@ -272,6 +386,10 @@ class SqliteDatabase:
         if self._checkpointer is not None:
             await self._checkpointer.stop()
             self._checkpointer = None
+        if self._side is not None:
+            side, self._side = self._side, None
+            await asyncio.get_running_loop().run_in_executor(self._side_thread, side.close)
+        self._side_thread.shutdown(wait=False)
         if self._conn is not None:
             await self.run(lambda c: c.close())
             self._conn = None
@@ -280,10 +398,13 @@ class SqliteDatabase:
 
 class _Checkpointer:
     """Checkpoints the WAL after ``CHECKPOINT_COMMITS`` commits, or ``CHECKPOINT_SECONDS``
-    after the first one, on the database thread while this process's transactions wait
-    (without blocking the event loop). RESTART mode waits (up to ``CHECKPOINT_WAIT_MS``) for
-    other processes' writer and readers, so the checkpoint completes even under steady
-    writes and the next write starts the WAL from its beginning: it stays bounded."""
+    after the first one, on the database thread beside this process's transactions, which go
+    on meanwhile (``checkpoint_beside``): copying a second of writes back into the file — and
+    a second of pruning is a few thousand pages — never holds an alarm up. A WAL that still
+    holds ``WAL_LIMIT_FRAMES`` afterwards (readers kept it from being copied, or writes
+    outran it) gets a RESTART checkpoint, which holds this process's transactions and waits
+    (up to ``CHECKPOINT_WAIT_MS``) for other processes' writer and readers, so that the next
+    write starts the WAL from its beginning: it stays bounded."""
 
     def __init__(self, db: SqliteDatabase):
         self._db = db
@@ -305,7 +426,8 @@ class _Checkpointer:
                 continue
             self._commits = 0
             try:
-                await self._db.checkpoint()
+                if await self._db.checkpoint_beside() >= WAL_LIMIT_FRAMES:
+                    await self._db.checkpoint()
             except sqlite3.Error as exc:
                 # The next one catches up; SQLite stays correct with a longer WAL meanwhile.
                 log.warning("store.checkpoint_failed", error=str(exc))

@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import time
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
@@ -187,13 +188,48 @@ BROKER_CHECKS = Counter(
 )
 ADVICE = Counter("autopilot_advice", "Downgrade advice recorded", ["kind"])
 
+# --- the store (shared.store.retention) --------------------------------------------------------
+RETENTION_PRUNED = Counter(
+    "autopilot_retention_pruned",
+    "Rows pruned past their retention limit, by kind (events, notifications, incidents, actions, audit)",
+    ["kind"],
+)
+# Read from the store when scraped: every process that has the store says the same.
+STORE_OLDEST = Gauge(
+    "autopilot_store_oldest_age_seconds",
+    "Age of the oldest row of each kind, kept ones included (0: none)",
+    ["kind"],
+)
+STORE_SIZE = Gauge(
+    "autopilot_store_size_bytes", "Size of the store: the SQLite file, or the PostgreSQL database"
+)
+STORE_FREE = Gauge(
+    "autopilot_store_free_bytes", "SQLite: free pages in the file, which incremental vacuum hands back"
+)
+
 
 def render() -> tuple[bytes, str]:
     """The exposition text and its content type."""
     return generate_latest(), CONTENT_TYPE_LATEST
 
 
+# What brings the gauges read at scrape time up to date (the store's, ``shared.store.retention``).
+_ON_SCRAPE: list[Callable[[], Awaitable[None]]] = []
+
+
+@contextmanager
+def read_on_scrape(refresh: Callable[[], Awaitable[None]]) -> Iterator[None]:
+    """While inside, every scrape of this process awaits ``refresh`` first."""
+    _ON_SCRAPE.append(refresh)
+    try:
+        yield
+    finally:
+        _ON_SCRAPE.remove(refresh)
+
+
 async def metrics_view(request: web.Request) -> web.Response:
     """``GET /metrics``: this process's samples in the Prometheus text format."""
+    for refresh in list(_ON_SCRAPE):
+        await refresh()
     body, content_type = render()
     return web.Response(body=body, headers={"Content-Type": content_type})

@@ -24,6 +24,7 @@ from dotenv import dotenv_values
 
 from shared.brokers import parse_urls, redact_urls
 from shared.notifications import parse_event_types, parse_webhook_secret
+from shared.retention import DAY, Limits
 
 T = TypeVar("T")
 
@@ -115,6 +116,13 @@ class Settings:
     flap_quiet_seconds: float = 900.0
     # CloudAMQP resizes a disk without downtime once every 6 h on AWS (4 h on Google Cloud).
     disk_resize_interval_seconds: float = 21600.0
+    # Retention (shared.retention): days each kind of record is kept (0: for ever), and how
+    # often one worker among all prunes (0: this worker never does).
+    retention_events_days: float = 30.0
+    retention_notifications_days: float = 30.0
+    retention_incidents_days: float = 365.0
+    retention_audit_days: float = 730.0
+    retention_interval_seconds: float = 3600.0
 
     def management_url(self, instance_id: str) -> str | None:
         """The management API URL (credentials included) of a managed instance, if given."""
@@ -129,6 +137,15 @@ class Settings:
     def managed(self) -> frozenset[str]:
         """``instance_ids`` as a set: a fleet's thousands of ids are looked up per alarm."""
         return frozenset(self.instance_ids)
+
+    @property
+    def retention(self) -> Limits:
+        return Limits(
+            events=self.retention_events_days,
+            notifications=self.retention_notifications_days,
+            incidents=self.retention_incidents_days,
+            audit=self.retention_audit_days,
+        )
 
     @property
     def effective_dry_run(self) -> bool:
@@ -412,6 +429,11 @@ _VARIABLES: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("flap_window_seconds", "FLAP_WINDOW_SECONDS", _number(0, allow_equal=False)),
     ("flap_quiet_seconds", "FLAP_QUIET_SECONDS", _number(0, allow_equal=False)),
     ("disk_resize_interval_seconds", "DISK_RESIZE_INTERVAL_SECONDS", _number(0)),
+    ("retention_events_days", "RETENTION_EVENTS_DAYS", _number(0)),
+    ("retention_notifications_days", "RETENTION_NOTIFICATIONS_DAYS", _number(0)),
+    ("retention_incidents_days", "RETENTION_INCIDENTS_DAYS", _number(0)),
+    ("retention_audit_days", "RETENTION_AUDIT_DAYS", _number(0)),
+    ("retention_interval_seconds", "RETENTION_INTERVAL_SECONDS", _number(0)),
 )
 
 # What a platform sets when ours is unset: Heroku's CloudAMQP add-on sets CLOUDAMQP_URL and
@@ -442,11 +464,25 @@ def _parse(env: Mapping[str, str]) -> dict[str, Any]:
         # The webhook token sits in a URL configured at CloudAMQP: it must not approve upgrades.
         raise ConfigError("OPERATOR_TOKEN=(hidden) is invalid: it must differ from WEBHOOK_TOKEN")
     parsed["instance_management"] = _management_for(parsed["instance_management"], parsed["instance_ids"])
+    _check_event_retention(parsed)
     if parsed["notify_webhook_urls"] and not parsed["notify_webhook_secret"]:
         raise ConfigError(
             "NOTIFY_WEBHOOK_SECRET is unset: NOTIFY_WEBHOOK_URL needs a whsec_… secret to sign with"
         )
     return parsed
+
+
+def _check_event_retention(parsed: Mapping[str, Any]) -> None:
+    """The watchdog's downgrade advice asks whether an instance had any alarm during the quiet
+    window: the events must be kept at least that long while it runs."""
+    days, window = parsed["retention_events_days"], parsed["advice_quiet_window_seconds"]
+    watching = parsed["instance_management"] and parsed["watchdog_interval_seconds"] > 0
+    if watching and 0 < days * DAY < window:
+        raise ConfigError(
+            f"RETENTION_EVENTS_DAYS={days:g} is invalid: the watchdog's downgrade advice looks "
+            f"for alarms over ADVICE_QUIET_WINDOW_SECONDS ({window / DAY:g} days); keep events at "
+            "least that long (or 0: for ever)"
+        )
 
 
 def _management_for(

@@ -21,7 +21,7 @@ from shared.policy_file import PolicyError, load_policy
 from shared.publisher import Publisher
 from shared.runtime import fail, install_stop_handlers, load_settings_or_exit, run_main
 from shared.settings import Settings
-from shared.store import Store
+from shared.store import Store, retention
 from worker import notify_config
 from worker.catalogue import PlanCatalogue
 from worker.check import start_checks
@@ -31,6 +31,7 @@ from worker.management import ManagementApi
 from worker.notify import Notifier
 from worker.process import Processor
 from worker.quiet import QuietResolves
+from worker.retention import Pruner
 from worker.sweep import ConfirmationSweep
 from worker.watchdog import Watchdog
 
@@ -91,7 +92,8 @@ async def main(settings: Settings, *, burst: bool = False) -> None:
             listing = partial(processor.resolve_instances, force=True)
             jobs += [plans.run(stop, listing), start_checks(settings, session, store, worker_id, stop)]
         try:
-            await asyncio.gather(*jobs)
+            with metrics.read_on_scrape(retention.Gauges(store.db).refresh):
+                await asyncio.gather(*jobs)
         finally:
             if runner is not None:
                 await runner.cleanup()
@@ -102,8 +104,9 @@ def periodic_jobs(
     settings: Settings, store: Store, processor: Processor, policy: Policy, stop: asyncio.Event
 ) -> list[Coroutine[Any, Any, None]]:
     """What one worker among all runs per interval (``worker.schedule``): the confirmation
-    sweep, the quiet-resolve sweep of flapping incidents, and the watchdog where an
-    instance's management API is known. Those that publish do so on a connection of their own."""
+    sweep, the quiet-resolve sweep of flapping incidents, pruning (``RETENTION_INTERVAL_SECONDS``),
+    and the watchdog where an instance's management API is known. Those that publish do so on
+    a connection of their own."""
     worker_id = processor.worker_id
 
     def publisher() -> Publisher:
@@ -113,6 +116,8 @@ def periodic_jobs(
         ConfirmationSweep(settings, store, publisher(), worker_id=worker_id).run(stop),
         QuietResolves(settings, store, worker_id=worker_id).run(stop),
     ]
+    if settings.retention_interval_seconds > 0:
+        jobs.append(Pruner(settings, store, worker_id=worker_id).run(stop))
     if processor.management is not None and settings.watchdog_interval_seconds > 0:
         watchdog = Watchdog(
             settings,

@@ -7,6 +7,7 @@
     autopilot parked list|show|replay|purge …     (the parking lot: ``autopilot-dlq``)
     autopilot check [--send-test]                 the set-up, checked before the first alarm
     autopilot check --last-alarms [N]             the last alarms received, and what was read
+    autopilot vacuum                              (SQLite: let pruning shrink an older file)
 
 It works on the deployment its environment names (``DATABASE_URL``, ``RABBITMQ_URL``, as the
 worker reads them), through the same operations as the receiver's write endpoints, and
@@ -37,6 +38,7 @@ from shared import brokers, dlq, envelope, topology
 from shared.alarm import iso
 from shared.checks import Report, fail
 from shared.controls import ControlError, clean_text, operator_name, pause_until
+from shared.db import SqliteDatabase
 from shared.envelope import ApprovalCheck
 from shared.errors import StoreError
 from shared.fields import received_view
@@ -123,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
         "parked", help="the parking lot (list, show, replay, purge; see autopilot parked -h)"
     )
     parked.add_argument("rest", nargs=argparse.REMAINDER)
+    sub.add_parser(
+        "vacuum",
+        help="SQLite: rewrite a file made before incremental vacuum, once, so that pruning shrinks it",
+        parents=[common],
+    )
     return parser
 
 
@@ -188,9 +195,33 @@ def _show(result: Any, as_json: bool) -> None:
         print(", ".join(f"{k}: {v}" for k, v in result.items() if v is not None))
 
 
+async def _vacuum(store: Store) -> dict[str, Any]:
+    """An SQLite file created before pruning keeps the pages pruning frees (and reuses them);
+    rewritten once with incremental vacuum, the workers hand them back from then on. The
+    rewrite holds the write lock while it copies the file: alarms wait meanwhile."""
+    db = store.db
+    if not isinstance(db, SqliteDatabase):
+        detail = "autovacuum makes the space of pruned rows reusable: nothing to do"
+        return {"store": "postgresql", "detail": detail}
+    before = await db.file_facts()
+    if before.incremental:
+        return {"store": "sqlite", "detail": "already incremental; pruning shrinks it", "bytes": before.bytes}
+    await db.rebuild()
+    after = await db.file_facts()
+    return {
+        "store": "sqlite",
+        "detail": "rewritten with incremental vacuum" if after.incremental else "could not switch",
+        "bytes_before": before.bytes,
+        "bytes": after.bytes,
+    }
+
+
 async def run(settings: Settings, args: argparse.Namespace) -> int:
     store = await Store.open(settings.database_url)
     try:
+        if args.command == "vacuum":
+            _show(await _vacuum(store), args.json)
+            return EXIT_OK
         if args.command in {"pauses", "audit"}:
             _show(await _read(store, args), args.json)
             return EXIT_OK

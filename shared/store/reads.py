@@ -3,15 +3,34 @@ console's overview. Read-only transactions; nothing here writes."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from shared import outbox
 from shared.controls import GLOBAL, Pause
 from shared.db import Database, Row, lit
+from shared.retention import first_and_last
 from shared.statuses import ActionStatus, IncidentStatus
 from shared.store.actions import ACTION_COLUMNS, APPROVAL_JOIN
 from shared.store.controls import pause_of
+
+# An event as the reads show it.
+_EVENT_COLUMNS = "event_id, received_at, recorded_at, instance_id, alarm_type, incident_change, body"
+
+
+@dataclass(frozen=True)
+class IncidentPage:
+    """One incident as ``Reads.get_incident`` reads it: bounded however many events it had."""
+
+    incident: Row
+    events: list[Row]  # the page asked for, newest first
+    events_total: int  # events kept (``incident["event_count"]``: every event it grouped)
+    first_event: Row | None
+    last_event: Row | None
+    actions: list[Row]  # the newest
+    actions_total: int
 
 
 class Reads:
@@ -29,11 +48,18 @@ class Reads:
         instance: str | None = None,
         status: str | None = None,
         alarm_type: str | None = None,
+        incident: str | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> list[Row]:
         where, args = filters(
-            (("a.instance_id", instance), ("a.status", status), ("a.alarm_type", alarm_type)), 2
+            (
+                ("a.instance_id", instance),
+                ("a.status", status),
+                ("a.alarm_type", alarm_type),
+                ("a.incident_id", incident),
+            ),
+            2,
         )
         async with self.db.transaction(write=False) as tx:
             return await tx.fetch(
@@ -101,24 +127,56 @@ class Reads:
                 *args,
             )
 
-    async def get_incident(self, incident_id: str) -> tuple[Row, list[Row], list[Row]] | None:
-        """The incident with its events and actions, or None."""
+    async def get_incident(
+        self, incident_id: str, *, limit: int = 100, offset: int = 0, actions: int = 100
+    ) -> IncidentPage | None:
+        """The incident with a page of its kept events (newest first) and its newest actions,
+        the counts of both, and its first and last event (kept, or the copies it took when
+        they were pruned); None when there is no such incident. Bounded reads, each served
+        by an index (``events_incident_recorded``, ``actions_incident``)."""
         async with self.db.transaction(write=False) as tx:
             incident = await tx.fetchrow("SELECT * FROM incidents WHERE incident_id = $1", incident_id)
             if incident is None:
                 return None
             events = await tx.fetch(
-                """SELECT event_id, received_at, recorded_at, instance_id, alarm_type,
-                          incident_change, body FROM events
-                   WHERE incident_id = $1 ORDER BY recorded_at DESC, event_id DESC""",
+                f"""SELECT {_EVENT_COLUMNS} FROM events WHERE incident_id = $1
+                    ORDER BY recorded_at DESC, received_at DESC, event_id DESC LIMIT $2 OFFSET $3""",
                 incident_id,
+                limit,
+                offset,
             )
-            actions = await tx.fetch(
+            ends = [
+                await tx.fetchrow(
+                    f"""SELECT {_EVENT_COLUMNS} FROM events WHERE incident_id = $1
+                        ORDER BY recorded_at {way}, received_at {way}, event_id {way} LIMIT 1""",
+                    incident_id,
+                )
+                for way in ("ASC", "DESC")
+            ]
+            events_total = await tx.fetchrow(
+                "SELECT COUNT(*) AS n FROM events WHERE incident_id = $1", incident_id
+            )
+            newest = await tx.fetch(
                 f"""SELECT {ACTION_COLUMNS} FROM actions a {APPROVAL_JOIN} WHERE a.incident_id = $1
-                    ORDER BY a.created_at DESC, a.action_id DESC""",
+                    ORDER BY a.created_at DESC, a.action_id DESC LIMIT $2""",
                 incident_id,
+                actions,
             )
-        return incident, events, actions
+            actions_total = await tx.fetchrow(
+                "SELECT COUNT(*) AS n FROM actions WHERE incident_id = $1", incident_id
+            )
+        first_copy = json.loads(incident["first_event"]) if incident.get("first_event") else None
+        last_copy = json.loads(incident["last_event"]) if incident.get("last_event") else None
+        first, last = first_and_last(first_copy, last_copy, ends[0], ends[1])
+        return IncidentPage(
+            incident,
+            events,
+            int(events_total["n"]) if events_total else 0,
+            first,
+            last,
+            newest,
+            int(actions_total["n"]) if actions_total else 0,
+        )
 
     async def list_events(self, *, limit: int = 100, offset: int = 0) -> list[Row]:
         """Recorded events, newest first, with the incident change each made (or why none):

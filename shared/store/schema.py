@@ -171,4 +171,32 @@ MIGRATIONS: list[list[str]] = [
     # as last read, the actions' monthly prices, and the checks' results
     # (shared/store/prices.py, shared/store/checks.py).
     prices.MIGRATION + checks.MIGRATION,
+    # Retention (issue 31, shared/store/retention.py): an incident keeps copies of its first
+    # and last event once they are pruned; an incident's events and actions are read a page at
+    # a time, newest first; what keeps an old incident (an unfinished action of it) and each
+    # instance's latest upgrade in the audit trail (kept whatever its age) are found by index.
+    # The partial index's statuses are shared.retention.UNFINISHED (a test holds them equal).
+    # Each kind's time index carries its id after the time: pruning's windows and the lists'
+    # pages (time, then id, newest first) walk it in its own order, ties included, sorting
+    # nothing, on PostgreSQL whatever its statistics.
+    [
+        "ALTER TABLE incidents ADD COLUMN first_event TEXT",
+        "ALTER TABLE incidents ADD COLUMN last_event TEXT",
+        "DROP INDEX events_recorded",
+        "CREATE INDEX events_recorded ON events (recorded_at, event_id)",
+        "DROP INDEX notifications_created",
+        "CREATE INDEX notifications_created ON notifications (created_at, notification_id)",
+        "DROP INDEX incidents_seen",
+        "CREATE INDEX incidents_seen ON incidents (last_seen, incident_id)",
+        "DROP INDEX actions_created",
+        "CREATE INDEX actions_created ON actions (created_at, action_id)",
+        "DROP INDEX audit_at",
+        "CREATE INDEX audit_at ON audit (at, audit_id)",
+        "CREATE INDEX events_incident_recorded ON events (incident_id, recorded_at)",
+        "DROP INDEX events_incident",
+        "CREATE INDEX actions_incident ON actions (incident_id, created_at)",
+        """CREATE INDEX actions_unfinished ON actions (incident_id)
+           WHERE status IN ('approved', 'awaiting_approval', 'in_progress', 'retrying')""",
+        "CREATE INDEX audit_upgrades ON audit (target, at) WHERE act = 'upgrade'",
+    ],
 ]
