@@ -66,8 +66,8 @@ async def seed(url: str, rows: int, incidents: int, at: float) -> float:
             async with store.unit() as unit:
                 for k in range(0, len(arrivals), TOGETHER):
                     await unit.record_events(arrivals[k : k + TOGETHER], at + (first + k) / 1000)
-            if first % 100_000 == 0:
-                print(f"[bench] retention: seeded {first + len(arrivals)} events", flush=True)
+            if (first // SEED_BATCH) % 50 == 49:
+                print(f"[bench] retention: seeded {first + len(arrivals):,} events", flush=True)
         if isinstance(store.db, SqliteDatabase):
             await store.db.checkpoint()
     finally:

@@ -1,10 +1,12 @@
 """Thin database adapters with one interface: ``transaction()`` yields a ``Tx`` that runs
 SQL written once, with PostgreSQL's ``$1`` placeholders (SQLite gets them as ``?1``).
 
-- SQLite: one connection per process, used on the event loop's thread (statements take
-  microseconds), WAL mode, ``BEGIN IMMEDIATE`` for writes; waiting for another process's
-  write lock happens on the event loop without blocking it, and WAL checkpoints (which
-  fsync) on a thread of their own.
+- SQLite: one connection per process for its transactions, used on the event loop's thread
+  (statements take microseconds), WAL mode, ``BEGIN IMMEDIATE`` for writes; waiting for
+  another process's write lock happens on the event loop without blocking it, and WAL
+  checkpoints (which fsync) on a thread and a connection of their own, beside the
+  transactions. Files are created with ``auto_vacuum`` incremental, so that pages pruning
+  frees can be handed back (``free_pages``).
 - PostgreSQL: an asyncpg pool; schema changes are serialised with an advisory lock.
 """
 
@@ -176,6 +178,10 @@ class SqliteDatabase:
         self._path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._lock = asyncio.Lock()
+        # One checkpoint at a time: a RESTART checkpoint must not start (holding this process's
+        # transactions) while one beside them holds SQLite's checkpoint lock — it would wait for
+        # it, up to CHECKPOINT_WAIT_MS, with every transaction waiting behind it.
+        self._checkpointing = asyncio.Lock()
         self._conn: sqlite3.Connection | None = None
         self._side: sqlite3.Connection | None = None  # checkpoints beside the transactions
         # ... on a thread of their own: one under way never delays what the database thread
@@ -232,7 +238,7 @@ class SqliteDatabase:
     async def checkpoint(self) -> None:
         """Copy the WAL back into the database file, off the event loop's thread, holding this
         process's transactions; the next write starts the WAL from its beginning."""
-        async with self._lock:
+        async with self._checkpointing, self._lock:
             await self._on_thread(
                 lambda c: self._waiting(c, "PRAGMA wal_checkpoint(RESTART)", CHECKPOINT_WAIT_MS)
             )
@@ -252,7 +258,15 @@ class SqliteDatabase:
             _, frames, _ = side.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             return int(frames)
 
-        return await asyncio.get_running_loop().run_in_executor(self._side_thread, passive)
+        async with self._checkpointing:
+            done = asyncio.get_running_loop().run_in_executor(self._side_thread, passive)
+            try:
+                return await asyncio.shield(done)
+            except asyncio.CancelledError:
+                # The lock is ours until the thread has let go of SQLite's checkpoint lock.
+                with contextlib.suppress(sqlite3.Error):
+                    await done
+                raise
 
     @property
     def conn(self) -> sqlite3.Connection | None:

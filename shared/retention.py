@@ -112,20 +112,21 @@ def first_and_last(
 
 
 def ends_going(rows: list[dict[str, Any]]) -> dict[str, tuple[str | None, str | None]]:
-    """Of the events a batch prunes that are (or tie for) the earliest or the latest kept of
-    their incident (``is_first``, ``is_last``): per incident, the copy of the first to keep
-    (None: its first stays) and of the last."""
+    """The copies an incident keeps once a batch's events are gone: ``rows`` are the events
+    going that are the earliest (``is_first``) or the latest (``is_last``) of their incident's
+    kept events, each with the incident's copies so far (``first_copy``, ``last_copy``, JSON
+    text or None). Per incident, its copies afterwards: the first, once taken, is the first for
+    good (every later event is newer); the last is the newer of the copy and the event going
+    (an older event can go after a newer one: one its unfinished action kept)."""
     out: dict[str, tuple[str | None, str | None]] = {}
-    by_incident: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        by_incident.setdefault(str(row["incident_id"]), []).append(row)
-    for incident, group in by_incident.items():
-        firsts = [r for r in group if r["is_first"]]
-        lasts = [r for r in group if r["is_last"]]
-        out[incident] = (
-            event_copy(min(firsts, key=_order)) if firsts else None,
-            event_copy(max(lasts, key=_order)) if lasts else None,
-        )
+    for row in sorted(rows, key=_order):
+        incident = str(row["incident_id"])
+        first, last = out.get(incident, (row["first_copy"], row["last_copy"]))
+        if row["is_first"] and first is None:
+            first = event_copy(row)
+        if row["is_last"] and (last is None or _order(json.loads(last)) < _order(row)):
+            last = event_copy(row)
+        out[incident] = first, last
     return out
 
 

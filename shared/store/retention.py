@@ -156,21 +156,25 @@ async def prune_batch(db: Database, kind: Kind, cutoff: float, after: Cursor, li
 
 
 async def _keep_ends(tx: Tx, table: _Table, args: tuple[Any, ...]) -> None:
-    """Before a batch of events goes: an incident whose first (or latest) kept event is among
-    them keeps a copy of it (``shared.retention.ends_going``)."""
+    """Before a batch of events goes: an incident whose first (or latest) kept event — in the
+    order its pages show them — is among them keeps a copy of it (``shared.retention.ends_going``)."""
     rows = await tx.fetch(
         f"""WITH w AS (SELECT DISTINCT incident_id FROM events
                        WHERE {_range(table)} AND incident_id IS NOT NULL),
             ends AS (SELECT w.incident_id,
-                        (SELECT MIN(f.recorded_at) FROM events f WHERE f.incident_id = w.incident_id) AS lo,
-                        (SELECT MAX(f.recorded_at) FROM events f WHERE f.incident_id = w.incident_id) AS hi
+                        (SELECT f.event_id FROM events f WHERE f.incident_id = w.incident_id
+                         ORDER BY f.recorded_at, f.received_at, f.event_id LIMIT 1) AS first_id,
+                        (SELECT f.event_id FROM events f WHERE f.incident_id = w.incident_id
+                         ORDER BY f.recorded_at DESC, f.received_at DESC, f.event_id DESC LIMIT 1) AS last_id
                      FROM w)
             SELECT events.event_id, events.incident_id, events.received_at, events.recorded_at,
                    events.instance_id, events.alarm_type, events.incident_change, events.body,
-                   events.recorded_at <= ends.lo AS is_first, events.recorded_at >= ends.hi AS is_last
+                   events.event_id = ends.first_id AS is_first, events.event_id = ends.last_id AS is_last,
+                   i.first_event AS first_copy, i.last_event AS last_copy
             FROM events JOIN ends ON ends.incident_id = events.incident_id
+            JOIN incidents i ON i.incident_id = events.incident_id
             WHERE {_range(table)} AND NOT {table.kept.format(t="events")}
-              AND (events.recorded_at <= ends.lo OR events.recorded_at >= ends.hi)""",
+              AND (events.event_id = ends.first_id OR events.event_id = ends.last_id)""",
         *args,
     )
     copies = ends_going(rows)
@@ -184,8 +188,7 @@ async def _keep_ends(tx: Tx, table: _Table, args: tuple[Any, ...]) -> None:
     )
     await tx.execute(
         f"""WITH {cte}
-            UPDATE incidents SET first_event = COALESCE(incidents.first_event, v.first_event),
-                last_event = COALESCE(v.last_event, incidents.last_event)
+            UPDATE incidents SET first_event = v.first_event, last_event = v.last_event
             FROM v WHERE incidents.incident_id = v.incident_id""",
         *cte_args,
     )

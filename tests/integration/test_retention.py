@@ -360,6 +360,31 @@ async def test_given_an_open_incident_whose_events_went_when_it_groups_again_the
     assert (page.incident["event_count"], page.events_total) == (3, 1)
 
 
+async def test_given_an_older_event_kept_by_its_upgrade_when_it_goes_at_last_then_the_newest_stays_the_last(
+    store: Store,
+) -> None:
+    first, incident = await alarm(store, NOW - 40 * DAY, {"message": "m", "value": 81})
+    held, _ = await alarm(
+        store, NOW - 39 * DAY, {"message": "m", "value": 91}, status=ActionStatus.IN_PROGRESS, reason=None
+    )
+    newest, _ = await alarm(store, NOW - 38 * DAY, {"message": "m", "value": 82})
+    assert incident is not None
+    await pruner(store).prune()
+    page = await store.get_incident(incident)
+    assert page is not None and page.first_event is not None and page.last_event is not None
+    assert [e["event_id"] for e in page.events] == [held.event_id]
+    assert (page.first_event["event_id"], page.last_event["event_id"]) == (first.event_id, newest.event_id)
+
+    async with store.unit() as unit:  # the upgrade is done: nothing keeps its event now
+        await unit.write_action(ActionRecord(held, ActionStatus.SUCCEEDED, NOW - 39 * DAY, incident, "i1"))
+    await pruner(store).prune()
+
+    page = await store.get_incident(incident)
+    assert page is not None and page.first_event is not None and page.last_event is not None
+    assert (page.events_total, page.incident["event_count"]) == (0, 3)
+    assert (page.first_event["event_id"], page.last_event["event_id"]) == (first.event_id, newest.event_id)
+
+
 # --- batches -------------------------------------------------------------------------------------
 
 

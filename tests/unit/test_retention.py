@@ -153,19 +153,41 @@ def test_an_incidents_first_and_last_event_are_its_copies_or_its_kept_events(
     assert (first and first["event_id"], last and last["event_id"]) == expected
 
 
-def test_of_the_events_going_an_incident_copies_the_earliest_first_and_the_latest_last() -> None:
-    rows = [
-        {**event("b", 10.0, 9.2), "incident_id": "i", "is_first": True, "is_last": False},
-        {**event("a", 10.0, 9.1), "incident_id": "i", "is_first": True, "is_last": False},
-        {**event("z", 50.0), "incident_id": "j", "is_first": False, "is_last": True},
-    ]
+def going(
+    name: str, at: float, *, first: bool = False, last: bool = False, copies: Any = (None, None)
+) -> Any:
+    """An event of incident ``i`` a batch prunes, and the incident's copies so far."""
+    return {
+        **event(name, at),
+        "incident_id": "i",
+        "is_first": first,
+        "is_last": last,
+        "first_copy": copies[0] and json.dumps(event(copies[0], 1.0)),
+        "last_copy": copies[1] and json.dumps(event(copies[1], 8.0)),
+    }
 
-    copies = ends_going(rows)
 
-    first_i, last_i = copies["i"]
-    assert first_i is not None and json.loads(first_i)["event_id"] == "a" and last_i is None
-    first_j, last_j = copies["j"]
-    assert first_j is None and last_j is not None and json.loads(last_j)["event_id"] == "z"
+def names(copies: tuple[str | None, str | None]) -> tuple[str | None, str | None]:
+    return tuple(json.loads(c)["event_id"] if c else None for c in copies)  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [
+        ([going("a", 1.0, first=True)], ("a", None)),  # its first goes, a later one is kept
+        ([going("z", 9.0, last=True)], (None, "z")),
+        ([going("a", 1.0, first=True, last=True)], ("a", "a")),  # its only event
+        ([going("a", 1.0, first=True), going("z", 9.0, last=True)], ("a", "z")),
+        ([going("b", 2.0, first=True, copies=("a", None))], ("a", None)),  # the first copy stands
+        ([going("z", 9.0, last=True, copies=(None, "y"))], (None, "z")),  # newer than the copy
+        ([going("x", 7.0, last=True, copies=(None, "y"))], (None, "y")),  # older: the copy stands
+        ([going("n", 0.5, first=True, copies=(None, None))], ("n", None)),
+    ],
+)
+def test_of_the_events_going_an_incident_copies_its_first_for_good_and_its_newest_last(
+    rows: list[dict[str, Any]], expected: tuple[str | None, str | None]
+) -> None:
+    assert names(ends_going(rows)["i"]) == expected
 
 
 @pytest.mark.parametrize(
