@@ -213,7 +213,7 @@ def _retention_rows(r: dict[str, Any]) -> list[str]:
     )
     return [
         _row(
-            f"8 pruning {r['rows']:,} old events, alarms at {_fmt(r['rate_per_s'])}/s, {r['store']}",
+            f"9 pruning {r['rows']:,} old events, alarms at {_fmt(r['rate_per_s'])}/s, {r['store']}",
             ours,
             baseline,
             _fmt(r["p99_ratio"], "×"),

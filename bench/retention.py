@@ -1,4 +1,4 @@
-"""Benchmark 8, pruning while alarms arrive: a store holding ``rows`` old event rows (recorded
+"""Benchmark 9, pruning while alarms arrive: a store holding ``rows`` old event rows (recorded
 60 days ago, grouped into ``incidents`` incidents), one worker, alarms arriving at ``rate`` a
 second throughout. Three phases in one run, the same worker binary and the same file:
 
