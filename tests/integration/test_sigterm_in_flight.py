@@ -43,6 +43,10 @@ async def test_given_200_deliveries_in_flight_when_sigterm_then_none_lost_none_u
     stack = make_stack(
         CLOUDAMQP_INSTANCE_ID=",".join(i.providerid for i in instances),
         WORKER_PREFETCH="256",  # the worker can hold all 200 at once
+        # The calls are held until the worker is stopping, which on a loaded machine can take
+        # longer than the client's 10 s: a call that times out is retried (a plan change asked
+        # again is the same change), which this count of requests would take for a second one.
+        CLOUDAMQP_API_TIMEOUT="120",
     )
     await stack.start_receiver()
     first = await stack.start_worker()
