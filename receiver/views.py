@@ -277,6 +277,7 @@ def action_json(row: dict[str, Any]) -> dict[str, Any]:
         "extra_disk_from": row.get("extra_disk_from"),
         "extra_disk_to": row.get("extra_disk_to"),
         "reconfigure_seconds": row.get("reconfigure_seconds"),
+        "asked_at": iso(row.get("asked_at")),
         "verification": _loads(row.get("verification")),
         "attempts": row["attempts"],
         "created_at": iso(row["created_at"]),

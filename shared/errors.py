@@ -12,7 +12,9 @@ class DecodeError(AutopilotError):
 
 
 class RetryableError(AutopilotError):
-    """A failure worth trying again: network, timeout, 429, 5xx."""
+    """A failure worth trying again: network, timeout, 429, 5xx. ``unanswered``: the request
+    may have reached the server and been carried out, but no answer came back (a timeout, a
+    connection dropped after it was sent), so whether it was done is unknown."""
 
     def __init__(
         self,
@@ -21,12 +23,14 @@ class RetryableError(AutopilotError):
         status: int | None = None,
         retry_after: float | None = None,
         max_delay: float | None = None,
+        unanswered: bool = False,
     ):
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
         # The longest wait before the next try when the server named none (429: 60 s).
         self.max_delay = max_delay
+        self.unanswered = unanswered
 
 
 class BusyError(RetryableError):

@@ -26,6 +26,7 @@ from shared.disk import DiskTarget, hours, interval_limit, next_size
 from shared.fields import NO_FIELDS, FieldMap
 from shared.plans import DEFAULT_LADDER, Ladder, Plan, parse_plan
 from shared.pricing import Caps, PlanChange, Refusal, assess_plan_change
+from shared.records import Asked
 from shared.settings import Settings
 from shared.statuses import ActionKind
 from shared.verify import CHECKABLE, Condition
@@ -524,6 +525,20 @@ def resolve_disk(upgrade: Upgrade, current: int) -> int | Skip:
     if ceiling is not None and step > ceiling:
         return Skip(SkipReason.AT_CEILING, f"{step} GB would pass max_extra_disk {ceiling} GB")
     return step
+
+
+def made_already(upgrade: Upgrade, asked: Asked, plan: str | None, extra_disk: int | None) -> bool:
+    """Does the instance, as just read (its plan; a disk resize: its extra disk), show the
+    change ``asked`` for — or more — whose answer never came? Then CloudAMQP made it: it is
+    this alarm's change, and nothing is asked again."""
+    if upgrade.disk is not None:
+        return (
+            asked.extra_disk_to is not None and extra_disk is not None and extra_disk >= asked.extra_disk_to
+        )
+    current, target = (parse_plan(p) if p else None for p in (plan, asked.plan))
+    if current is None or target is None:
+        return plan is not None and plan == asked.plan
+    return upgrade.ladder.at_or_above(current, target)
 
 
 def cooling_down(

@@ -37,6 +37,20 @@ AUTOPILOT = "autopilot"  # the actor of automatic entries in the audit trail
 
 
 @dataclass(frozen=True)
+class Asked:
+    """A change an alarm's call asked CloudAMQP for and never heard the answer to (a timeout,
+    a connection dropped, a worker stopped while it waited): it may have been made. A later
+    attempt asks for this same change — never one worked out again from a plan that this
+    change may itself have brought — and counts it as made where the instance shows it."""
+
+    at: float  # when it was asked
+    plan: str | None = None  # the plan asked for (a plan change)
+    from_plan: str | None = None  # the plan read before it was asked
+    extra_disk_from: int | None = None  # a disk resize's extra disk before, and asked for (GB)
+    extra_disk_to: int | None = None
+
+
+@dataclass(frozen=True)
 class AuditEntry:
     """One line of the audit trail: an operator's act, or an automatic one (an upgrade)."""
 

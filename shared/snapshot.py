@@ -21,7 +21,7 @@ from shared.controls import Pause
 from shared.flapping import OFF, FlapMark, FlapRule, Latest, Move, Transition
 from shared.incidents import IncidentChange, IncidentPlan
 from shared.notifications import Notice, incident_notice, quiet_resolve_notice
-from shared.records import ActionRecord, ApprovalRequest, AuditEntry
+from shared.records import ActionRecord, ApprovalRequest, Asked, AuditEntry
 from shared.statuses import IncidentStatus
 
 
@@ -45,6 +45,7 @@ class EventState:
     plan: str | None = None
     approval_deadline: float | None = None
     extra_disk: int | None = None  # a disk resize's extra disk asked for (GB)
+    asked: Asked | None = None  # a change its call asked for and never heard the answer to
 
 
 @dataclass

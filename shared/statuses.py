@@ -73,6 +73,11 @@ def is_decided(status: ActionStatus, reason: str | None) -> bool:
 # it: "in_progress" with this reason. The alarm's own work is done; only the check may change
 # the row (and no other plan change of the instance starts meanwhile).
 RECONFIGURING = "reconfiguring"
+# A change asked of CloudAMQP got no answer (a timeout, a connection dropped once it was sent):
+# it may have been made. A ``retrying`` row with this reason — or an ``in_progress`` one whose
+# change was asked (``asked_at``) when its worker stopped — is followed up by reading the
+# instance before anything is asked again (``shared.policy.made_already``).
+UNANSWERED = "unanswered"
 
 
 def is_done(status: str | None, reason: str | None) -> bool:
@@ -82,3 +87,13 @@ def is_done(status: str | None, reason: str | None) -> bool:
         or status in HANDED_OFF
         or (status == ActionStatus.IN_PROGRESS and reason == RECONFIGURING)
     )
+
+
+def unanswered(status: str | None, reason: str | None, asked_at: float | None) -> bool:
+    """Does this action row leave a change asked of CloudAMQP whose answer never came — its
+    call retrying after no answer, or its worker gone while the call was under way?"""
+    if asked_at is None:
+        return False
+    if status not in (ActionStatus.IN_PROGRESS, ActionStatus.RETRYING):
+        return False
+    return reason == UNANSWERED or (status == ActionStatus.IN_PROGRESS and reason is None)

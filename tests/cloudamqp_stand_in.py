@@ -22,7 +22,9 @@ the benchmarks. It answers as CloudAMQP's own clients have recorded it answering
   documented service, which has no such endpoint) or ``"refuses"`` (401).
 
 Scriptable: ``script`` lists answers for the coming changes — plan changes and disk resizes
-alike — (a status, ``(status, headers)``, ``(status, headers, body)`` or ``"hang"``), then
+alike — (a status, ``(status, headers)``, ``(status, headers, body)``, ``"hang"`` (never
+answered, nothing done) or ``"lost"`` (carried out, then never answered: a response lost on
+its way back)), then
 ``default_status`` when set; ``latency``; ``hold`` (each change waits for the event);
 ``fail_until`` / ``hang_until`` (monotonic) answer every API request 503, or never. A request
 that arrived is carried out even when its client hung up (aiohttp's
@@ -418,8 +420,14 @@ class CloudAmqpStandIn:
             scripted = self._scripted()
             if scripted == "hang":
                 return None
+            if scripted == "lost":
+                done = self._answer_change(request, record, parts)
+                return None if 200 <= done.status < 300 else done
             if scripted is not None and not 200 <= scripted[0] < 300:
                 return self._refusal(request, *scripted)
+        return self._answer_change(request, record, parts)
+
+    def _answer_change(self, request: web.Request, record: Recorded, parts: list[str]) -> web.Response:
         if parts[-2:] == ["actions", "upgrade"] and request.method == "POST":
             return self._blog_upgrade(request, record, parts[2])
         if not self._basic_ok(request):
@@ -427,10 +435,10 @@ class CloudAmqpStandIn:
         return self._documented(request, record, parts)
 
     def _scripted(self) -> Any:
-        """The next scripted answer to a change (a plan or the disk): None (none), "hang", or
+        """The next scripted answer to a change (a plan or the disk): None (none), "hang", "lost", or
         (status, headers, body)."""
         step = self.script.pop(0) if self.script else self.default_status
-        if step is None or step == "hang":
+        if step is None or step in ("hang", "lost"):
             return step
         if isinstance(step, int):
             return step, {}, None

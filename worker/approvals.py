@@ -22,6 +22,7 @@ from shared.policy import Skip, SkipReason, Upgrade, rule_budget
 from shared.records import AUTOPILOT, AuditEntry
 from shared.statuses import ActionStatus
 from shared.store import Unit
+from shared.store.actions import asked_of
 from worker.disk_resize import upgrade_call
 from worker.jobs import Claim, Job, Then, already_processed, deferred, skipped
 from worker.outcomes import Ack, Follow, Outcome, defer_delay
@@ -200,6 +201,7 @@ def _approved_job(row: Row, bound: structlog.typing.FilteringBoundLogger, fields
         None if resize else row["plan"],
         kind=row.get("kind"),
         extra_disk_to=row.get("extra_disk_to"),
+        asked=asked_of(row, reason="action_reason", plan="action_plan"),
     )
 
 

@@ -7,6 +7,9 @@ network errors, timeouts and a 400 with ``error_code`` 40001 or 40099 are ``Retr
 (``Retry-After`` honoured; a 429 without one waits at most 60 s); every other 4xx is
 ``PermanentError`` with CloudAMQP's own ``error`` / ``message`` text. Quick retries (a few,
 short, jittered) happen here; longer waits are the worker's durable retries through RabbitMQ.
+A change (a plan, the disk) whose request got no answer — a timeout, a connection dropped
+once it was sent — is never asked again here: CloudAMQP may have made it, and only a read of
+the instance can tell (``RetryableError.unanswered``; ``worker.upgrade_call``).
 
 A disk resize always goes to the documented ``PUT /api/instances/{id}/disk`` (the blog knows
 none). A plan change goes, by ``UPGRADE_API``, to the blog's ``POST …/actions/upgrade`` (Bearer),
@@ -126,6 +129,11 @@ def _quick_retry_allowed(exc: BaseException) -> bool:
     return exc.retry_after is None or exc.retry_after <= QUICK_RETRY_AFTER_CAP
 
 
+def _quick_change_retry_allowed(exc: BaseException) -> bool:
+    """A change is asked again at once only where CloudAMQP answered that it did not make it."""
+    return _quick_retry_allowed(exc) and not (isinstance(exc, RetryableError) and exc.unanswered)
+
+
 @dataclass(frozen=True)
 class InstanceState:
     """What ``GET /api/instances/{id}`` (and ``…/nodes``) says of an instance now."""
@@ -188,11 +196,12 @@ class CloudAmqpClient:
         """``actions``, ``instances``, or ``auto`` while no plan change has told yet."""
         return (self._chosen or UpgradeApi.AUTO).value
 
-    def _retrying(self) -> AsyncRetrying:
+    def _retrying(self, *, change: bool = False) -> AsyncRetrying:
+        """Quick retries of a read, or (``change``) of a change CloudAMQP answered it did not make."""
         return AsyncRetrying(
             stop=stop_after_attempt(self._quick_retries + 1),
             wait=_wait,
-            retry=retry_if_exception(_quick_retry_allowed),
+            retry=retry_if_exception(_quick_change_retry_allowed if change else _quick_retry_allowed),
             reraise=True,
         )
 
@@ -303,7 +312,7 @@ class CloudAmqpClient:
         self, instance_id: str, plan: str, reason: str, on_request: Callable[[], Awaitable[None]]
     ) -> None:
         url = f"{self._base_url}/api/instances/{instance_id}/actions/upgrade"
-        async for attempt in self._retrying():
+        async for attempt in self._retrying(change=True):
             with attempt:
                 await on_request()
                 await self._send("POST", url, headers=self._bearer, json={"plan": plan, "reason": reason})
@@ -319,14 +328,14 @@ class CloudAmqpClient:
         once); ``on_request`` runs before each try."""
         url = f"{self._base_url}/api/instances/{instance_id}/disk"
         body = {"extra_disk_size": extra_disk, "allow_downtime": allow_downtime}
-        async for attempt in self._retrying():
+        async for attempt in self._retrying(change=True):
             with attempt:
                 await on_request()
                 await self._send("PUT", url, headers=self._basic, json=body)
 
     async def _put(self, instance_id: str, plan: str, on_request: Callable[[], Awaitable[None]]) -> None:
         url = f"{self._base_url}/api/instances/{instance_id}"
-        async for attempt in self._retrying():
+        async for attempt in self._retrying(change=True):
             with attempt:
                 await on_request()
                 await self._send("PUT", url, headers=self._basic, json={"plan": plan})
@@ -345,11 +354,18 @@ class CloudAmqpClient:
                 status = resp.status
         except TimeoutError as exc:
             metrics.API_RESPONSES.labels("timeout").inc()
-            raise RetryableError(f"CloudAMQP API did not answer within {self._timeout.total:g}s") from exc
+            raise RetryableError(
+                f"CloudAMQP API did not answer within {self._timeout.total:g}s", unanswered=True
+            ) from exc
         except aiohttp.ClientError as exc:
             metrics.API_RESPONSES.labels("network").inc()
-            # str() of aiohttp's connection errors names host and port, never headers.
-            raise RetryableError(f"CloudAMQP API unreachable: {type(exc).__name__}: {exc}") from exc
+            # str() of aiohttp's connection errors names host and port, never headers. A
+            # connection that was never made carried no request; any other error may have
+            # come after the request was sent.
+            raise RetryableError(
+                f"CloudAMQP API unreachable: {type(exc).__name__}: {exc}",
+                unanswered=not isinstance(exc, aiohttp.ClientConnectorError),
+            ) from exc
         elapsed = time.monotonic() - started
         metrics.API_LATENCY.labels(method).observe(elapsed)
         metrics.API_RESPONSES.labels(str(status)).inc()

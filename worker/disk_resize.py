@@ -17,10 +17,11 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from shared import metrics
+from shared.alarm import iso
 from shared.disk import AUTOPILOT, READ, SEEN, is_shared, resize_wait
 from shared.errors import BusyError, PermanentError, RetryableError
-from shared.policy import Skip, SkipReason, Upgrade, resolve_disk
-from shared.records import AuditEntry, DiskMark
+from shared.policy import Skip, SkipReason, Upgrade, made_already, resolve_disk
+from shared.records import Asked, AuditEntry, DiskMark
 from shared.statuses import RECONFIGURING, ActionStatus
 from worker.jobs import Claim, Job
 from worker.outcomes import Outcome
@@ -69,6 +70,7 @@ class DiskResize(UpgradeCall):
         downtime = self.target.allow_downtime
 
         async def before_request() -> None:
+            self.sent = True
             job.log.info(
                 "resize.requested",
                 extra_disk_from=job.extra_disk_from,
@@ -84,15 +86,29 @@ class DiskResize(UpgradeCall):
         try:
             await self._listed()
             size = await self._target_size()
+            if isinstance(size, Skip) or self.made_earlier:
+                await self._note_read()
             if isinstance(size, Skip):
                 return await self._skip_after_read(size)
-            await self.client.resize_disk(self.api_id, size, downtime, before_request)
+            if not self.made_earlier:
+                now = self.processor.clock()
+                await self._asking(Asked(now, None, job.from_plan, job.extra_disk_from, size))
+                await self.client.resize_disk(self.api_id, size, downtime, before_request)
         except (RetryableError, PermanentError) as exc:
             return await self.refused(exc)
         metrics.MESSAGES.labels("disk_resized").inc()
-        job.log.info(
-            "resize.accepted", extra_disk_from=job.extra_disk_from, extra_disk_to=size, attempts=self.attempts
-        )
+        asked = self.job.asked
+        if self.made_earlier and asked is not None:
+            job.log.info(
+                "resize.found_made", extra_disk_to=size, asked_at=iso(asked.at), attempts=self.attempts
+            )
+        else:
+            job.log.info(
+                "resize.accepted",
+                extra_disk_from=job.extra_disk_from,
+                extra_disk_to=size,
+                attempts=self.attempts,
+            )
         now = self.processor.clock()
         self.disk_marks = (
             DiskMark(
@@ -105,13 +121,16 @@ class DiskResize(UpgradeCall):
                 job.alarm.event_id,
             ),
         )
+        said = (
+            f"CloudAMQP made the resize to {size} GB of extra disk asked for at {iso(asked.at)}, whose "
+            "answer never came"
+            if self.made_earlier and asked is not None
+            else f"CloudAMQP accepted the resize from {job.extra_disk_from} GB to {size} GB of extra disk"
+        )
         await self._record_call(
             ActionStatus.IN_PROGRESS,
             reason=RECONFIGURING,
-            detail=self._noted(
-                f"CloudAMQP accepted the resize from {job.extra_disk_from} GB to {size} GB of extra disk; "
-                "waiting for the nodes to be configured"
-            ),
+            detail=self._noted(f"{said}; waiting for the nodes to be configured"),
         )
         return self.processor.follow(
             job.alarm.event_id, upgrade.instance_id, job.from_plan or "", extra_disk=size
@@ -127,7 +146,7 @@ class DiskResize(UpgradeCall):
                 SkipReason.DISK_UNKNOWN,
                 "the documented API shows no instance to read, and a disk resize goes through it",
             )
-        self.job.from_plan = current.plan
+        self.job.from_plan = self.read_plan = current.plan
         if is_shared(current.plan):
             return Skip(
                 SkipReason.NOT_SUPPORTED,
@@ -141,6 +160,15 @@ class DiskResize(UpgradeCall):
         if current.extra_disk is None:
             return Skip(SkipReason.DISK_UNKNOWN, "the instance's nodes do not say their additional_disk_size")
         extra = self.job.extra_disk_from = current.extra_disk
+        asked = self.job.asked
+        if asked is not None and asked.extra_disk_to is not None:
+            # An earlier attempt asked for this size and never heard back: the same size again
+            # (``next`` not worked out afresh from a disk it may have grown), unless the nodes
+            # show it made. CloudAMQP's interval does not count that resize against itself.
+            self.job.extra_disk_from = asked.extra_disk_from if asked.extra_disk_from is not None else extra
+            self.job.extra_disk_to = asked.extra_disk_to
+            self.made_earlier = made_already(self.upgrade, asked, current.plan, extra)
+            return asked.extra_disk_to
         instance, now = self.upgrade.instance_id, self.processor.clock()
         known = await self.processor.store.disk_known(instance)
         if known is None:  # the first read of this instance's disk: what it was

@@ -36,7 +36,7 @@ from shared.policy import (
     upgrade_scope,
 )
 from shared.pricing import PlanChange
-from shared.records import AUTOPILOT, ActionRecord, ApprovalRequest, AuditEntry
+from shared.records import AUTOPILOT, ActionRecord, ApprovalRequest, Asked, AuditEntry
 from shared.settings import Settings
 from shared.snapshot import Arrival, EventState, Snapshot, Writes, record_arrival
 from shared.statuses import HANDED_OFF, RECONFIGURING, ActionStatus, is_decided, is_done
@@ -83,6 +83,7 @@ class Step:
     priced: PlanChange | None = None  # the plan change decided, with its prices (where known)
     kind: str | None = None  # the remedy decided, where not an upgrade ("resize_disk")
     extra_disk: int | None = None  # a disk resize's fixed target (GB), where its rule has one
+    asked: Asked | None = None  # a change an earlier delivery asked for, whose answer never came
 
     @property
     def alarm(self) -> Alarm:
@@ -164,7 +165,9 @@ def _one(snapshot: Snapshot, writes: Writes, arrival: Arrival, now: float, conte
             instance_id=arrival.instance_id,
         )
         return _decide(snapshot, writes, step, now, context)
-    step = Step(arrival=arrival, incident_id=state.incident_id, instance_id=arrival.instance_id)
+    step = Step(
+        arrival=arrival, incident_id=state.incident_id, instance_id=arrival.instance_id, asked=state.asked
+    )
     earlier = _earlier(state, step)
     return earlier if earlier is not None else _decide(snapshot, writes, step, now, context)
 
@@ -201,7 +204,8 @@ def _decide(snapshot: Snapshot, writes: Writes, step: Step, now: float, context:
         pause = effective_pause(snapshot.pauses, decision.instance_id, now)
         if pause is not None:
             decision = decide(alarm, replace(state, pause=pause), settings, now, policy, catalogue)
-    if isinstance(decision, Upgrade):
+    if isinstance(decision, Upgrade) and step.asked is None:
+        # (An alarm whose own change went unanswered is the one to follow it up.)
         changing = snapshot.reconfiguring.get(decision.instance_id)
         if changing is not None:
             detail = f"CloudAMQP is still applying the change to {changing}"
@@ -209,6 +213,9 @@ def _decide(snapshot: Snapshot, writes: Writes, step: Step, now: float, context:
     if isinstance(decision, Skip):
         return _skip(snapshot, writes, step, decision, now)
     plan = decision.plan if decision.disk is None else None  # a resize changes no plan
+    if step.asked is not None:  # the change asked for before stays the change to make
+        plan = step.asked.plan if decision.disk is None else None
+        step = replace(step, extra_disk=step.asked.extra_disk_to or step.extra_disk)
     step = replace(step, instance_id=decision.instance_id, plan=plan, priced=decision.change)
     return _claim(snapshot, writes, step, decision, now, context)
 
@@ -322,6 +329,7 @@ class _Fields(TypedDict):
     priced: PlanChange | None
     kind: str | None
     extra_disk: int | None
+    asked: Asked | None
 
 
 def _fields(step: Step) -> _Fields:
@@ -334,6 +342,7 @@ def _fields(step: Step) -> _Fields:
         "priced": step.priced,
         "kind": step.kind,
         "extra_disk": step.extra_disk,
+        "asked": step.asked,
     }
 
 

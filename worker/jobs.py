@@ -15,7 +15,7 @@ from shared.alarm import Alarm
 from shared.claims import ClaimVerdict
 from shared.policy import Skip
 from shared.pricing import PlanChange
-from shared.records import ActionRecord
+from shared.records import ActionRecord, Asked
 from shared.statuses import ActionStatus
 from worker.outcomes import Ack, Outcome, Retries
 
@@ -41,6 +41,7 @@ class Job:
     kind: str | None = None  # the remedy, where not an upgrade ("resize_disk")
     extra_disk_from: int | None = None  # a disk resize's extra disk read, and asked for (GB)
     extra_disk_to: int | None = None
+    asked: Asked | None = None  # a change an earlier attempt asked for, whose answer never came
 
     def action(self, status: ActionStatus, now: float, **fields: Any) -> ActionRecord:
         """A write of this alarm's action row."""

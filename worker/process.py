@@ -192,6 +192,12 @@ class Processor:
                 self.flap,
                 plans=catalogue is not None,
                 increases_since=now - INCREASE_WINDOW if capped else None,
+                # A change asked and never answered holds its instance up for as long as one
+                # CloudAMQP took is waited for (after that, its own alarm has long followed it);
+                # one whose worker is quiet for two leases, from when its claim could be taken
+                # over (``shared.claims``): then only its own alarm follows it up.
+                asked_since=now - self.settings.upgrade_confirm_timeout_seconds,
+                quiet_before=now - 2 * self.settings.claim_lease_seconds,
             )
             steps, writes = plan_batch(snapshot, arrivals, now, context)
             written = await unit.apply(writes, now)
@@ -226,6 +232,7 @@ class Processor:
             step.plan,
             kind=step.kind,
             extra_disk_to=step.extra_disk,
+            asked=step.asked,
         )
         match step:
             case Skipped():

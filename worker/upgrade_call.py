@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING, Any
 from tenacity import AsyncRetrying, stop_after_delay, wait_exponential
 
 from shared import metrics
+from shared.alarm import iso
 from shared.errors import BusyError, PermanentError, RetryableError
-from shared.policy import OVER_BUDGET_ASK, Skip, SkipReason, Upgrade, price_check, resolve_plan
+from shared.policy import OVER_BUDGET_ASK, Skip, SkipReason, Upgrade, made_already, price_check, resolve_plan
 from shared.pricing import INCREASE_WINDOW, PlanChange
-from shared.records import AUTOPILOT, AuditEntry, DiskMark, Finish
-from shared.statuses import RECONFIGURING, ActionStatus
+from shared.records import AUTOPILOT, Asked, AuditEntry, DiskMark, Finish
+from shared.statuses import RECONFIGURING, UNANSWERED, ActionStatus
 from shared.verify import assess
 from worker.jobs import Claim, Job, already_processed
 from worker.management import read_nodes
@@ -55,6 +56,11 @@ class UpgradeCall:
         self.attempts = job.alarm.attempts + 1
         self.unreadable = False  # the API showed no instance to read (the blog's world)
         self.disk_marks: tuple[DiskMark, ...] = ()  # what a disk resize learnt of the disk
+        self.read_plan: str | None = None  # the instance's plan as read before the call
+        self.sent = False  # this attempt sent its change to CloudAMQP
+        # The change an earlier attempt asked for and never heard the answer to is in place:
+        # CloudAMQP made it, and this attempt only follows it up.
+        self.made_earlier = False
 
     async def run(self) -> Outcome:
         async with self._renewing():
@@ -64,6 +70,7 @@ class UpgradeCall:
         job, upgrade = self.job, self.upgrade
 
         async def before_request() -> None:
+            self.sent = True
             job.log.info("upgrade.requested", plan=job.plan, rule=upgrade.rule, api_id=self.api_id)
 
         cleared = await self._verify()
@@ -72,18 +79,27 @@ class UpgradeCall:
         try:
             await self._listed()
             plan = await self._target_plan()
+            if isinstance(plan, Skip) or self.made_earlier:
+                await self._note_read()
             if isinstance(plan, Skip):
                 return await self._skip_after_read(plan)
             job.plan = plan
-            await self.client.upgrade(self.api_id, plan, upgrade.reason, before_request)
-        except BusyError as exc:
-            return await self._busy(exc)
-        except RetryableError as exc:
-            return await self._retryable(exc)
-        except PermanentError as exc:
-            return await self._park(str(exc), PERMANENT_ERROR)
+            if not self.made_earlier:
+                await self._asking(Asked(self.processor.clock(), plan, job.from_plan))
+                await self.client.upgrade(self.api_id, plan, upgrade.reason, before_request)
+        except (RetryableError, PermanentError) as exc:
+            return await self.refused(exc)
         metrics.MESSAGES.labels("upgraded").inc()
         metrics.LAST_UPGRADE.labels(upgrade.instance_id).set(self.processor.clock())
+        if self.made_earlier:
+            asked = self.job.asked
+            assert asked is not None
+            job.log.info("upgrade.found_made", plan=plan, asked_at=iso(asked.at), attempts=self.attempts)
+            return await self._follow_accepted(
+                f"CloudAMQP made the change to {plan} asked for at {iso(asked.at)}, whose answer never "
+                "came; waiting for the instance to be ready",
+                plan,
+            )
         job.log.info("upgrade.accepted", plan=plan, attempts=self.attempts, api=self.client.api_in_use)
         if self.unreadable:
             # Nothing to follow: CloudAMQP's 200 stands, and the action says it is unconfirmed.
@@ -91,14 +107,25 @@ class UpgradeCall:
             detail = f"{upgrade.reason}; not confirmed: the API shows no instance to read"
             await self._record_call(ActionStatus.SUCCEEDED, detail=self._noted(detail))
             return Ack()
-        await self._record_call(
-            ActionStatus.IN_PROGRESS,
-            reason=RECONFIGURING,
-            detail=self._noted(
-                f"CloudAMQP accepted the change to {plan}; waiting for the instance to be ready"
-            ),
+        return await self._follow_accepted(
+            f"CloudAMQP accepted the change to {plan}; waiting for the instance to be ready", plan
         )
-        return self.processor.follow(job.alarm.event_id, upgrade.instance_id, plan)
+
+    async def _follow_accepted(self, detail: str, plan: str) -> Outcome:
+        """CloudAMQP took the change: record it (the claim completes, its cooldown runs) and
+        follow it until the instance is ready on ``plan``."""
+        await self._record_call(ActionStatus.IN_PROGRESS, reason=RECONFIGURING, detail=self._noted(detail))
+        return self.processor.follow(self.job.alarm.event_id, self.upgrade.instance_id, plan)
+
+    async def _asking(self, asked: Asked) -> None:
+        """Write down the change about to be asked (with the plan just read), so that an
+        answer that never comes — or a worker stopped while it waits — is followed up by
+        reading the instance (``shared.policy.made_already``), never by asking blindly. A
+        store that does not take it holds the call back: a retry asks later."""
+        plans = {self.upgrade.instance_id: self.read_plan} if self.read_plan is not None else {}
+        async with self.processor.store.unit() as unit:
+            await unit.note_plans(plans, self.processor.clock())
+            await unit.asking(self.job.alarm.event_id, asked)
 
     async def _listed(self) -> None:
         """CloudAMQP's instance list, read (again) if its last read failed for a reason that
@@ -120,7 +147,20 @@ class UpgradeCall:
             return await self._busy(exc)
         if isinstance(exc, RetryableError):
             return await self._retryable(exc)
-        return await self._park(str(exc), PERMANENT_ERROR)
+        return await self._park(self._maybe_made(str(exc)), PERMANENT_ERROR)
+
+    def _uncertain(self, exc: BaseException) -> bool:
+        """Has a change asked of CloudAMQP gone unanswered, so that it may have been made: this
+        attempt's (no answer came), or an earlier attempt's that this one has not asked again?"""
+        if self.sent:
+            return isinstance(exc, RetryableError) and exc.unanswered
+        return self.job.asked is not None
+
+    def _maybe_made(self, error: str) -> str:
+        if self.job.asked is not None and not self.sent:
+            asked_at = iso(self.job.asked.at)
+            return f"{error}; the change asked for at {asked_at} got no answer and may have been made"
+        return error
 
     async def _busy(self, exc: BusyError) -> Outcome:
         """CloudAMQP is configuring the instance: release the claim and look again one poll
@@ -135,7 +175,8 @@ class UpgradeCall:
         if now - since >= limit:
             return await self._park(f"{exc} (busy for {now - since:.0f}s, over {limit:g}s)", BUSY_STATUS)
         self.job.log.info("upgrade.busy", error=str(exc), busy_s=round(now - since, 1))
-        await self._finish(ActionStatus.RETRYING, succeeded=False, reason=BUSY_STATUS, detail=str(exc))
+        reason = UNANSWERED if self._uncertain(exc) else BUSY_STATUS
+        await self._finish(ActionStatus.RETRYING, succeeded=False, reason=reason, detail=str(exc))
         return Defer(self.settings.upgrade_poll_seconds, str(exc), busy_since=since)
 
     async def _verify(self) -> Skip | None:
@@ -183,13 +224,29 @@ class UpgradeCall:
         unread (a ``next`` rule, which needs the plan, is skipped)."""
         current = await self.client.readable(self.api_id)
         self.unreadable = current is None
-        if current is not None:
-            await self.processor.note_plans({self.upgrade.instance_id: current.plan})
+        self.read_plan = current.plan if current is not None else None
         if current is not None and not current.ready:
+            await self._note_read()
             raise BusyError(f"CloudAMQP is configuring the instance (ready: false, plan {current.plan})")
-        self.job.from_plan = current.plan if current is not None else None
-        plan = resolve_plan(self.upgrade, self.job.from_plan)
-        return plan if isinstance(plan, Skip) else await self._priced(plan)
+        self.job.from_plan = self.read_plan
+        asked = self.job.asked
+        if asked is None or asked.plan is None:
+            plan = resolve_plan(self.upgrade, self.job.from_plan)
+            return plan if isinstance(plan, Skip) else await self._priced(plan)
+        # An earlier attempt asked for this plan and never heard back: the same plan is asked
+        # again (``next`` is not worked out afresh from a plan that change may have made),
+        # unless the instance shows it made.
+        self.job.from_plan = asked.from_plan or self.read_plan
+        if not made_already(self.upgrade, asked, self.read_plan, None):
+            return await self._priced(asked.plan)
+        self.made_earlier = True
+        await self._priced(asked.plan)  # its prices, for the record: the money is spent
+        return asked.plan
+
+    async def _note_read(self) -> None:
+        """Remember the plan just read, where no asking write (``_asking``) does."""
+        if self.read_plan is not None:
+            await self.processor.note_plans({self.upgrade.instance_id: self.read_plan})
 
     async def _priced(self, plan: str) -> str | Skip:
         """The plan priced from the plan just read, against the catalogue and the caps (the
@@ -230,10 +287,13 @@ class UpgradeCall:
 
     async def _retryable(self, exc: RetryableError) -> Outcome:
         retries = self.processor.retries
+        uncertain = self._uncertain(exc)
         if retries.exhausted(self.attempts):
-            return await self._park(str(exc), RETRIES_EXHAUSTED)
-        self.job.log.warning("upgrade.retrying", error=str(exc), attempts=self.attempts)
-        await self._finish(ActionStatus.RETRYING, succeeded=False, detail=str(exc))
+            error = str(exc) + ("; the change may have been made" if uncertain and self.sent else "")
+            return await self._park(self._maybe_made(error), RETRIES_EXHAUSTED)
+        self.job.log.warning("upgrade.retrying", error=str(exc), attempts=self.attempts, unanswered=uncertain)
+        reason = UNANSWERED if uncertain else None
+        await self._finish(ActionStatus.RETRYING, succeeded=False, reason=reason, detail=str(exc))
         return retries.after_failure(str(exc), self.attempts, exc.retry_after, exc.max_delay)
 
     async def _park(self, error: str, status: str) -> Outcome:

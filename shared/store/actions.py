@@ -13,15 +13,17 @@ from shared import outbox
 from shared.alarm import Alarm
 from shared.db import Row, lit, rows_cte
 from shared.notifications import EventType, Notice, action_notice, action_price, alarm_data
-from shared.records import AUTOPILOT, ActionRecord, AuditEntry
+from shared.records import AUTOPILOT, ActionRecord, Asked, AuditEntry
 from shared.statuses import (
     DECIDED_STATUSES,
     DONE_STATUSES,
     HANDED_OFF,
     PASSING_SKIPS,
     RECONFIGURING,
+    UNANSWERED,
     ActionKind,
     ActionStatus,
+    unanswered,
 )
 from shared.store.controls import Controls
 
@@ -41,6 +43,10 @@ _PASSING_SQL = ", ".join(f"'{reason}'" for reason in PASSING_SKIPS)
 # row about to be written says the same).
 DECIDED_ROW = f"""status IN ({_sql_list(DECIDED_STATUSES)})
     AND NOT (status = {_SKIPPED} AND COALESCE(reason, '') IN ({_PASSING_SQL}))"""
+
+# Actions whose change was asked of CloudAMQP and which are not over: the partial index
+# ``actions_asking`` (the last migration) has this condition, word for word.
+ASKING = f"asked_at IS NOT NULL AND status IN ({_IN_PROGRESS}, {lit(ActionStatus.RETRYING)})"
 
 # The columns ``write_actions`` writes actions from (``rows_cte``).
 _ACTION_COLUMNS_IN = (
@@ -103,18 +109,48 @@ class Actions(Controls):
         )
         return {row["event_key"]: {row["lo"], row["hi"]} for row in rows}
 
-    async def _reconfiguring(self, instances: Sequence[str]) -> dict[str, str]:
-        """The changes CloudAMQP is applying to these instances: the plan, or the extra disk."""
+    async def _reconfiguring(
+        self, instances: Sequence[str], asked_since: float = 0.0, quiet_before: float = float("-inf")
+    ) -> dict[str, str]:
+        """The changes CloudAMQP is applying to these instances, or may be: asked for since
+        ``asked_since`` and their answer never heard (``shared.statuses.unanswered``) — a
+        call retrying after no answer, or one whose worker went quiet while it waited (asked
+        before ``quiet_before``: a live worker's call is covered by its claim). The plan, or
+        the extra disk."""
         if not instances:
             return {}
-        cte, args = rows_cte(self.tx.dialect, "v", [("instance_id", "text")], [(i,) for i in instances])
+        cte, args = rows_cte(self.tx.dialect, "v", [("instance_id", "text")], [(i,) for i in instances], 3)
         rows = await self.tx.fetch(
             f"""WITH {cte} SELECT instance_id, plan, kind, extra_disk_to FROM actions
                WHERE reason = '{RECONFIGURING}' AND status = {_IN_PROGRESS}
+               AND instance_id IN (SELECT instance_id FROM v)
+               UNION ALL
+               SELECT instance_id, plan, kind, extra_disk_to FROM actions
+               WHERE {ASKING} AND asked_at >= $1
+               AND (reason = '{UNANSWERED}' OR (status = {_IN_PROGRESS} AND reason IS NULL AND asked_at < $2))
                AND instance_id IN (SELECT instance_id FROM v)""",
+            asked_since,
+            quiet_before,
             *args,
         )
         return {row["instance_id"]: change_of(row) for row in rows}
+
+    async def asking(self, action_id: str, asked: Asked) -> None:
+        """Write down, before it is asked, the change this action's call asks CloudAMQP for:
+        should its answer never come, the next attempt reads the instance for it
+        (``shared.policy.made_already``) instead of asking blindly."""
+        await self.tx.execute(
+            """UPDATE actions SET asked_at = $2, plan = COALESCE($3, plan),
+                   from_plan = COALESCE($4, from_plan), extra_disk_from = COALESCE($5, extra_disk_from),
+                   extra_disk_to = COALESCE($6, extra_disk_to)
+               WHERE action_id = $1""",
+            action_id,
+            asked.at,
+            asked.plan,
+            asked.from_plan,
+            asked.extra_disk_from,
+            asked.extra_disk_to,
+        )
 
     async def key_already_decided(self, event_key: str, event_id: str) -> bool:
         """Has another event with identical content already been decided?"""
@@ -293,6 +329,16 @@ def _action_values(r: ActionRecord) -> tuple[Any, ...]:
         r.kind,
         r.extra_disk_from,
         r.extra_disk_to,
+    )
+
+
+def asked_of(row: Row, reason: str = "reason", plan: str = "plan") -> Asked | None:
+    """The change an action row's call asked for and never heard the answer to, if any
+    (``shared.statuses.unanswered``); ``reason`` and ``plan`` name the row's columns."""
+    if not unanswered(row["status"], row[reason], row["asked_at"]):
+        return None
+    return Asked(
+        float(row["asked_at"]), row[plan], row["from_plan"], row["extra_disk_from"], row["extra_disk_to"]
     )
 
 

@@ -129,7 +129,8 @@ class Controls(Part):
         alarm that caused it (None: no such action)."""
         return await self.tx.fetchrow(
             """SELECT a.action_id, a.status, a.incident_id, a.attempts, a.to_price, a.kind, a.extra_disk_to,
-                      p.scope, p.owner,
+                      a.asked_at, a.reason AS action_reason, a.plan AS action_plan, a.from_plan,
+                      a.extra_disk_from, p.scope, p.owner,
                       p.instance_id, p.plan, p.reason, p.rule, p.cooldown_seconds, p.deadline,
                       p.decided_by, p.decided_at, e.received_at, e.event_key, e.body
                FROM actions a

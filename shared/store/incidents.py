@@ -175,7 +175,7 @@ class Incidents(Part):
         rows = await self.tx.fetch(
             f"""WITH {cte}
                SELECT e.event_id, e.incident_id, e.incident_change, a.status, a.reason, a.plan,
-                   a.extra_disk_to, p.deadline
+                   a.extra_disk_to, p.deadline, a.asked_at, a.from_plan, a.extra_disk_from
                FROM v JOIN events e ON e.event_id = v.event_id
                LEFT JOIN actions a ON a.action_id = e.event_id
                LEFT JOIN approvals p ON p.action_id = e.event_id""",

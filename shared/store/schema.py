@@ -199,4 +199,14 @@ MIGRATIONS: list[list[str]] = [
            WHERE status IN ('approved', 'awaiting_approval', 'in_progress', 'retrying')""",
         "CREATE INDEX audit_upgrades ON audit (target, at) WHERE act = 'upgrade'",
     ],
+    # A change asked of CloudAMQP is written down before it is asked (``asked_at``, with the
+    # plan or disk asked for): a call whose answer never came, or a worker stopped while it
+    # was under way, is followed up by reading the instance, never by asking again blindly.
+    # The instances with such a change, found by index while the batches' reads look for them
+    # (``shared.store.actions.ASKING``, word for word).
+    [
+        "ALTER TABLE actions ADD COLUMN asked_at DOUBLE PRECISION",
+        """CREATE INDEX actions_asking ON actions (instance_id)
+           WHERE asked_at IS NOT NULL AND status IN ('in_progress', 'retrying')""",
+    ],
 ]

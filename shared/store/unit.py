@@ -12,6 +12,7 @@ from shared.flapping import OFF, FlapRule
 from shared.incidents import IncidentPlan
 from shared.snapshot import Arrival, EventState, Snapshot, Writes, record_arrival, settle_due
 from shared.statuses import HANDED_OFF
+from shared.store.actions import asked_of
 from shared.store.claims import Claims
 from shared.store.controls import pause_of
 from shared.store.incidents import EventRecord, Incidents
@@ -32,6 +33,8 @@ class Unit(Claims, Incidents, Prices):
         *,
         plans: bool = False,
         increases_since: float | None = None,
+        asked_since: float = 0.0,
+        quiet_before: float = float("-inf"),
     ) -> Snapshot:
         """Everything a batch's first step needs, read once: its events recorded (those
         recorded first by this call are ``new``; what the others have — incident, action,
@@ -40,7 +43,9 @@ class Unit(Claims, Incidents, Prices):
         order, as every batch locks them), the decided contents, the running pauses and the
         plan changes under way of its instances; with ``plans``, its instances' plans as last
         read, and with ``increases_since``, what the autopilot added to their monthly bills
-        since then (``MAX_MONTHLY_INCREASE``)."""
+        since then (``MAX_MONTHLY_INCREASE``). Among the changes under way: those asked of
+        CloudAMQP since ``asked_since`` whose answer never came, and those whose worker went
+        quiet while it waited for the answer (asked before ``quiet_before``)."""
         snapshot = Snapshot(scopes=set(scopes), flap=flap)
         if not arrivals:
             return snapshot
@@ -61,6 +66,7 @@ class Unit(Claims, Incidents, Prices):
                 if row["status"] in HANDED_OFF and row["deadline"] is not None
                 else None,
                 row["extra_disk_to"],
+                asked_of(row),
             )
         snapshot.keys = await self._key_states(keys, flap)
         snapshot.decided = await self._decided_events(sorted({a.alarm.event_key for a in arrivals}))
@@ -68,7 +74,7 @@ class Unit(Claims, Incidents, Prices):
         rows = await self.tx.fetch("SELECT * FROM pauses WHERE until_at > $1", now)
         snapshot.pauses = [pause_of(r) for r in rows]
         instances = sorted({a.instance_id for a in arrivals if a.instance_id is not None})
-        snapshot.reconfiguring = await self._reconfiguring(instances)
+        snapshot.reconfiguring = await self._reconfiguring(instances, asked_since, quiet_before)
         if plans:
             snapshot.plans = await self._plans_of(instances)
         if increases_since is not None:

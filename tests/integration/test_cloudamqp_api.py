@@ -3,12 +3,14 @@ its asynchronous plan change, its refusals and its ids, through the real receive
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
+import pytest
 
 from shared import envelope, topology
 from tests.cloudamqp_stand_in import CloudAmqpStandIn
@@ -324,3 +326,80 @@ async def test_given_the_instance_list_unreadable_at_start_then_an_upgrade_waits
         (f"/api/instances/{seed.id}", 200)
     ]
     assert await parked_messages(vhost) == []
+
+
+@pytest.mark.parametrize("reconfigure_seconds", [0.0, 2.0])
+async def test_given_a_next_rule_whose_change_was_made_but_its_answer_lost_then_the_retry_does_not_step_again(
+    make_stack: MakeStack, fake_api: CloudAmqpStandIn, reconfigure_seconds: float
+) -> None:
+    # CloudAMQP carries the plan change out, and its 200 never reaches the worker (the
+    # connection drops, the client times out). The retry must not read the new plan as the
+    # one to step up from: ``next`` was hare-1 when it was asked, and still is.
+    fake_api.blog = "absent"
+    fake_api.reconfigure_seconds = reconfigure_seconds
+    fake_api.script = ["lost"]
+    seed = seed_instance(fake_api, "bunny-1")
+    stack = make_stack(UPGRADE_PLAN="next", UPGRADE_API="instances", CLOUDAMQP_API_TIMEOUT="1")
+    await stack.start_receiver()
+    worker = await stack.start_worker()
+
+    assert (await stack.post(seed_alarm()))[0] == 202
+    [action] = await wait_until(lambda: _all_succeeded(stack, 1), timeout=30, what="the upgrade confirmed")
+
+    assert [(c.plan_from, c.plan_to) for c in seed.changes_made] == [("bunny-1", "hare-1")]
+    assert seed.plan == "hare-1" and action["plan"] == "hare-1"
+    puts = [r for r in fake_api.upgrade_requests() if r.method == "PUT"]
+    assert all(r.body == {"plan": "hare-1"} for r in puts), [r.body for r in puts]
+    assert worker.events("upgrade.retrying")  # the lost answer was retried, as the same change
+    # The change is ours: the cooldown runs, and the audit trail has it once.
+    _, audit = await stack.get("/audit")
+    assert [e["act"] for e in audit["audit"]].count("upgrade") == 1
+    assert (await stack.post(seed_alarm(value=91)))[0] == 202
+    rows = await stack.wait_actions(2, timeout=30)
+    [second] = [r for r in rows if r["event_id"] != action["event_id"]]
+    assert second["status"] == "skipped" and second["reason"] == "cooling_down", second
+    assert len(seed.changes_made) == 1
+
+
+async def test_given_a_worker_killed_while_its_next_change_was_out_then_the_next_worker_finds_it_made(
+    make_stack: MakeStack, fake_api: CloudAmqpStandIn
+) -> None:
+    # The worker dies (SIGKILL) with its PUT at CloudAMQP, which makes the change after all.
+    # The alarm comes back to the next worker: it reads the instance and finds the change it
+    # asked for made — hare-1 is not the plan to step up from. Another alarm of the instance
+    # meanwhile asks nothing.
+    fake_api.blog = "absent"
+    fake_api.hold = asyncio.Event()
+    seed = seed_instance(fake_api, "bunny-1")
+    stack = make_stack(UPGRADE_PLAN="next", UPGRADE_API="instances")
+    await stack.start_receiver()
+    first = await stack.start_worker()
+
+    status, body = await stack.post(seed_alarm())
+    assert status == 202
+    await wait_until(lambda: fake_api.in_flight() == 1, timeout=20, what="the PUT at CloudAMQP")
+    await first.kill()
+    fake_api.hold.set()  # CloudAMQP carries it out; nobody hears the answer
+    await wait_until(lambda: seed.plan == "hare-1", timeout=10, what="the change made")
+
+    assert (await stack.post(seed_alarm(value=93)))[0] == 202
+    second = await stack.start_worker()
+
+    async def both_decided() -> list[dict[str, Any]]:
+        rows = await stack.actions()
+        return rows if len(rows) == 2 and all(r["status"] in ("succeeded", "skipped") for r in rows) else []
+
+    rows = await wait_until(both_decided, timeout=60, what="both alarms decided")
+    by_event = {r["event_id"]: r for r in rows}
+    action = by_event.pop(body["id"])
+    [other] = by_event.values()
+    assert action["status"] == "succeeded" and action["plan"] == "hare-1", action
+    [found] = second.events("upgrade.found_made")
+    assert (found["event_id"], found["plan"]) == (body["id"], "hare-1")
+    # (Deferred while the dead worker's claim stands, then skipped: the change may be under
+    # way, or — once its own alarm found it made — the cooldown runs.)
+    assert other["status"] == "skipped" and other["reason"] in ("reconfiguring", "cooling_down"), other
+    assert [(c.plan_from, c.plan_to) for c in seed.changes_made] == [("bunny-1", "hare-1")]
+    assert len(fake_api.upgrade_requests()) == 1
+    _, audit = await stack.get("/audit")
+    assert [e["act"] for e in audit["audit"]].count("upgrade") == 1

@@ -24,7 +24,7 @@ from shared.policy import Policy, Rule
 from shared.settings import Settings
 from shared.store import Store
 from tests.cloudamqp_stand_in import CloudAmqpStandIn
-from tests.integration.conftest import API_KEY, SEED_INSTANCE, seed_alarm
+from tests.integration.conftest import API_KEY, SEED_INSTANCE, seed_alarm, seed_instance
 from tests.support import wait_until
 from worker.cloudamqp import CloudAmqpClient
 from worker.consumer import Consumer
@@ -452,6 +452,27 @@ async def test_given_an_approved_upgrade_that_meets_a_503_then_it_is_retried_dur
     done = await action(receiver, event_id, "succeeded")
     assert done["attempts"] == 2
     assert [r.method for r in fake_api.upgrade_requests()] == ["POST", "POST"]  # the 503, then the upgrade
+    upgrades = [e for e in await audit(receiver) if e["act"] == "upgrade"]
+    assert len(upgrades) == 1 and upgrades[0]["actor"] == "alice"
+
+
+async def test_given_an_approved_upgrade_whose_answer_was_lost_then_the_retry_finds_it_made_and_asks_nothing(
+    receiver: Client, worker: Any, fake_api: CloudAmqpStandIn
+) -> None:
+    # CloudAMQP makes the approved change and its answer never comes (the client's 5 s pass):
+    # the retry reads the instance, finds the plan approved, and counts it as made — one call,
+    # the upgrade in the audit trail once, as its approver's.
+    seed = seed_instance(fake_api, "bunny-1")
+    await worker(policy=APPROVE_POLICY, UPGRADE_POLL_SECONDS="0.2")
+    event_id = await alarm(receiver)
+    await action(receiver, event_id, "awaiting_approval")
+    fake_api.script = ["lost"]
+
+    assert (await call(receiver, "POST", f"/actions/{event_id}/approve"))[0] == 200
+
+    done = await action(receiver, event_id, "succeeded", "skipped", "failed")
+    assert (done["status"], done["plan"]) == ("succeeded", "bunny-2"), done
+    assert len(fake_api.upgrade_requests()) == 1 and seed.plan == "bunny-2"
     upgrades = [e for e in await audit(receiver) if e["act"] == "upgrade"]
     assert len(upgrades) == 1 and upgrades[0]["actor"] == "alice"
 

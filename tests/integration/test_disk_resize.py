@@ -362,3 +362,29 @@ async def test_given_a_resize_under_way_when_its_alarm_is_redelivered_then_its_c
     skipped = await store.get_action(other.event_id)
     assert skipped is not None and (skipped["status"], skipped["reason"]) == ("skipped", "reconfiguring")
     assert "extra disk 25 GB" in skipped["detail"]
+
+
+async def test_given_a_resize_made_but_its_answer_lost_then_it_is_followed_not_asked_again(
+    make_stack: MakeStack, fake_api: CloudAmqpStandIn, tmp_path: Path
+) -> None:
+    # CloudAMQP starts the resize 0 → 25 GB and its answer never arrives. Asked again it would
+    # refuse (one resize in six hours), and ``next`` worked out afresh would ask for 50: the
+    # worker reads the nodes instead, waits for them, and finds its 25 GB made.
+    fake_api.reconfigure_seconds = 2.0
+    fake_api.script = ["lost"]
+    small = account(fake_api, "small", 0)
+    policy = policy_file(tmp_path, extra_disk="next", cooldown_seconds=0)
+    stack = make_stack(CLOUDAMQP_INSTANCE_ID="small", POLICY_FILE=policy, CLOUDAMQP_API_TIMEOUT="1")
+    await stack.start_receiver()
+    worker = await stack.start_worker()
+
+    assert (await stack.post(disk_alarm("small")))[0] == 202
+    [action] = await decided(stack, 1, frozenset({"succeeded", "failed"}))
+
+    assert (action["status"], action["extra_disk_from"], action["extra_disk_to"]) == ("succeeded", 0, 25), (
+        action
+    )
+    assert small.extra_disk == 25 and len(fake_api.disk_requests()) == 1
+    assert worker.events("resize.found_made") and worker.events("upgrade.retrying")
+    _, audit = await stack.get("/audit")
+    assert [e["act"] for e in audit["audit"]].count("resize_disk") == 1

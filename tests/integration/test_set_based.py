@@ -16,8 +16,11 @@ from shared.controls import Pause
 from shared.db import rows_cte
 from shared.incidents import plan_incident
 from shared.policy import Policy
+from shared.records import Asked
 from shared.settings import Settings
 from shared.store import ActionRecord, ActionStatus, Arrival, AuditEntry, Finish, Store
+from shared.store.actions import ASKING
+from shared.store.schema import MIGRATIONS
 from tests.support import store_refuses
 from worker.first_step import Context, Skipped, plan_batch
 from worker.group_commit import Finishes
@@ -216,3 +219,49 @@ async def test_outcomes_that_come_back_together_commit_together_and_one_refused_
     await _claims(store, "d/memory")
     assert await finishes.finish(_finish("d/memory")) is True
     assert metrics.BATCH_FALLBACKS._value.get() == before + 1
+
+
+async def test_a_change_asked_and_unanswered_is_read_back_with_the_batch_and_holds_the_instance(
+    store: Store,
+) -> None:
+    # Written before the call (``Unit.asking``); while no answer is known, the batch's read
+    # hands it to the alarm's next attempt, and other alarms of the instance see a change that
+    # may be under way. CloudAMQP's answer that it did not make it (a 503) ends both.
+    first, other = alarm("e1"), alarm("e2")
+    async with store.unit() as unit:
+        await unit.record_events([arrival(first)], 100.0)
+        await unit.write_action(
+            ActionRecord(first, ActionStatus.IN_PROGRESS, 100.0, instance_id="i1", plan="next")
+        )
+        await unit.asking("e1", Asked(110.0, "hare-1", "bunny-1"))
+
+    async def seen() -> tuple[Asked | None, dict[str, str]]:
+        async with store.unit() as unit:
+            snapshot = await unit.load([arrival(first), arrival(other)], (), 120.0, quiet_before=quiet)
+        return snapshot.events["e1"].asked, snapshot.reconfiguring
+
+    asked = Asked(110.0, "hare-1", "bunny-1")
+    quiet = 105.0  # its worker still renewing its claim: the claim holds the others off
+    assert await seen() == (asked, {})
+    quiet = 115.0  # its worker quiet since before the change was asked
+    assert await seen() == (asked, {"i1": "hare-1"})
+    for status, reason, expected in [
+        (ActionStatus.RETRYING, "unanswered", (asked, {"i1": "hare-1"})),
+        (ActionStatus.RETRYING, None, (None, {})),
+        (ActionStatus.SUCCEEDED, None, (None, {})),
+    ]:
+        async with store.unit() as unit:
+            await unit.write_action(ActionRecord(first, status, 130.0, instance_id="i1", reason=reason))
+        assert await seen() == expected, (status, reason)
+
+
+async def test_the_instances_with_an_unanswered_change_are_found_by_their_partial_index(store: Store) -> None:
+    [index] = [s for step in MIGRATIONS for s in step if "INDEX actions_asking" in s]
+    assert f"WHERE {ASKING}" in " ".join(index.split())
+    if store.db.dialect != "sqlite":
+        return  # (PostgreSQL's plan depends on its statistics)
+    async with store.db.transaction(write=False) as tx:
+        plan = await tx.fetch(
+            f"EXPLAIN QUERY PLAN SELECT plan FROM actions WHERE {ASKING} AND instance_id = $1", "i1"
+        )
+    assert any("actions_asking" in str(row.get("detail")) for row in plan), plan

@@ -137,3 +137,78 @@ async def test_a_plan_change_is_sent_as_the_documented_api_takes_it_form_or_json
     finally:
         await api.stop()
     assert instance.plan == "rabbit-1"
+
+
+@pytest.mark.parametrize("kind", ["plan", "disk"])
+async def test_a_change_whose_answer_never_came_is_not_asked_again_but_a_refused_one_is(kind: str) -> None:
+    # A timeout after the request went out: CloudAMQP may have made the change, so the client
+    # gives up at once (``unanswered``) and leaves the follow-up to a read of the instance. A
+    # 503 says it did not: asked again at once, as before.
+    api = CloudAmqpStandIn(blog="absent", script=["lost", 503])
+    instance = api.add_instance("orders", "hare-1")
+    instance.extra_disk = 0
+    await api.start()
+
+    async def nothing() -> None:
+        return None
+
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = CloudAmqpClient(
+                session, base_url=api.url, api_key=DEFAULT_KEY, timeout=0.5, quick_retries=3,
+                mode=UpgradeApi.INSTANCES,
+            )  # fmt: skip
+
+            async def change() -> None:
+                if kind == "plan":
+                    await client.upgrade(str(instance.id), "rabbit-1", "why", nothing)
+                else:
+                    await client.resize_disk(str(instance.id), 25, False, nothing)
+
+            with pytest.raises(RetryableError) as lost:
+                await change()
+            assert lost.value.unanswered and "did not answer" in str(lost.value)
+            sent = api.upgrade_requests() if kind == "plan" else api.disk_requests()
+            assert len(sent) == 1  # not asked again
+            if kind == "plan":  # (a disk resize within six hours would be refused)
+                await change()  # 503, then asked again at once: 200
+                sent = api.upgrade_requests()
+                assert [r.status for r in sent[1:]] == [503, 200]
+    finally:
+        await api.stop()
+
+
+async def test_a_connection_never_made_carried_no_request_and_one_dropped_after_sending_may_have() -> None:
+    async with aiohttp.ClientSession() as session:
+        # Nothing listens on this port: the request never left.
+        client = CloudAmqpClient(
+            session, base_url="http://127.0.0.1:9", api_key=DEFAULT_KEY, timeout=2, quick_retries=0,
+            mode=UpgradeApi.INSTANCES,
+        )  # fmt: skip
+        with pytest.raises(RetryableError) as refused:
+            await client.read_instance("1")
+        assert not refused.value.unanswered
+
+    # A server that reads the request and closes the connection without a word.
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = CloudAmqpClient(
+                session, base_url=f"http://127.0.0.1:{port}", api_key=DEFAULT_KEY, timeout=2,
+                quick_retries=0, mode=UpgradeApi.INSTANCES,
+            )  # fmt: skip
+
+            async def nothing() -> None:
+                return None
+
+            with pytest.raises(RetryableError) as dropped:
+                await client.upgrade("1", "hare-1", "why", nothing)
+            assert dropped.value.unanswered
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -16,11 +16,15 @@ from shared.policy import (
     SkipReason,
     Upgrade,
     decide,
+    made_already,
     off_ladder_warnings,
     resolve_plan,
 )
 from shared.policy_file import PolicyError, parse_policy
+from shared.records import Asked
 from shared.settings import Settings
+from shared.statuses import ActionStatus, unanswered
+from tests.unit.test_disk_resize import resize
 
 NOW = 1_790_000_000.0
 SETTINGS = Settings(instance_ids=("i1", "i2"), cooldown_seconds=1800)
@@ -122,6 +126,55 @@ def test_resolve_plan(name: str, target: Upgrade, current: str | None, expected:
         assert isinstance(result, Skip) and result.reason is expected, result
     else:
         assert result == expected
+
+
+@pytest.mark.parametrize(
+    ("rule", "asked", "now_on", "made"),
+    [
+        # ``next`` asked hare-1 from bunny-1: hare-1 now is that change made, never a step to do.
+        ("next", "hare-1", "hare-1", True),
+        ("next", "hare-1", "rabbit-1", True),  # more than asked: nothing to ask either
+        ("next", "hare-1", "bunny-1", False),  # not made (or undone): asked again, hare-1
+        ("next", "hare-3", "hare-1", False),  # the nodes count too
+        ("rabbit-1", "rabbit-1", "rabbit-1", True),
+        ("next", "bunny-2", "bunny-2", True),  # off the ladder: by name
+        ("next", "bunny-2", "bunny-1", False),
+        ("next", "hare-1", None, False),  # nothing read (the blog's world): asked again
+    ],
+)
+def test_a_change_whose_answer_never_came_is_made_when_the_instance_shows_it(
+    rule: str, asked: str, now_on: str | None, made: bool
+) -> None:
+    assert made_already(upgrade(rule), Asked(NOW, asked, "bunny-1"), now_on, None) is made
+
+
+@pytest.mark.parametrize(
+    ("asked_to", "extra_disk", "made"), [(25, 25, True), (25, 50, True), (25, 0, False), (25, None, False)]
+)
+def test_a_disk_resize_whose_answer_never_came_is_made_when_the_nodes_show_it(
+    asked_to: int, extra_disk: int | None, made: bool
+) -> None:
+    assert made_already(resize(), Asked(NOW, None, "hare-1", 0, asked_to), "hare-1", extra_disk) is made
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "asked_at", "expected"),
+    [
+        (ActionStatus.RETRYING, "unanswered", NOW, True),  # no answer came
+        (ActionStatus.IN_PROGRESS, None, NOW, True),  # its worker stopped while the call was out
+        (ActionStatus.IN_PROGRESS, None, None, False),  # stopped before anything was asked
+        (ActionStatus.IN_PROGRESS, "reconfiguring", NOW, False),  # CloudAMQP answered: followed
+        (ActionStatus.RETRYING, None, NOW, False),  # CloudAMQP answered no (a 503)
+        (ActionStatus.RETRYING, "busy", NOW, False),
+        (ActionStatus.SUCCEEDED, None, NOW, False),
+        (ActionStatus.FAILED, "unanswered", NOW, False),  # parked: an operator's to look at
+        (None, None, None, False),  # no action row
+    ],
+)
+def test_which_action_rows_leave_a_change_unanswered(
+    status: ActionStatus | None, reason: str | None, asked_at: float | None, expected: bool
+) -> None:
+    assert unanswered(status, reason, asked_at) is expected
 
 
 def test_the_seed_plan_is_not_on_the_default_ladder_and_warned_about() -> None:
