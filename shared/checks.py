@@ -20,7 +20,9 @@ from shared.catalogue import Catalogue
 from shared.plans import parse_plan
 from shared.policy import NEXT, Policy, Rule, plan_names, rule_budget
 from shared.pricing import money
+from shared.retention import DAY, Kind, cutoffs
 from shared.settings import Settings
+from shared.store.retention import Facts
 
 STRONG_TOKEN = 24  # characters: a token in a URL should not be guessable
 TOKEN_FIX = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
@@ -363,3 +365,59 @@ def listed_nodes(settings: Settings, listing: Sequence[Mapping[str, Any]]) -> li
         if plan is not None:
             counts.append(plan.nodes)
     return counts
+
+
+# --- the store --------------------------------------------------------------------------------
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("kB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def _days(seconds: float) -> str:
+    days = seconds / DAY
+    return f"{days:.0f} days" if days >= 2 else f"{seconds / 3600:.0f} h"
+
+
+def store_lines(settings: Settings, facts: Facts, now: float) -> list[Line]:
+    """The store's size, and the oldest row of each kind against how long it is kept: a
+    warning where old rows can only grow (pruning off, or an SQLite file that cannot shrink)."""
+    lines: list[Line] = []
+    if facts.size is not None:
+        if facts.free is None:
+            lines.append(ok("store size", f"{_size(facts.size)} (the PostgreSQL database)"))
+        elif facts.incremental is False and facts.free:
+            lines.append(
+                warn(
+                    "store size",
+                    f"{_size(facts.size)}, of which {_size(facts.free)} free pages the file never hands back "
+                    "(it predates incremental vacuum)",
+                    "stop the workers and run `autopilot vacuum` once",
+                )
+            )
+        else:
+            lines.append(
+                ok("store size", f"{_size(facts.size)} (the SQLite file; {_size(facts.free or 0)} free)")
+            )
+    limits, off = cutoffs(settings.retention, now), settings.retention_interval_seconds <= 0
+    said, past = [], []
+    for kind in Kind:
+        oldest = facts.oldest.get(kind)
+        kept = settings.retention.days(kind)
+        limit = f"kept {kept:g} days" if kept > 0 else "kept for ever"
+        age = _days(now - oldest) if oldest is not None else None
+        said.append(f"{kind.value} {age} old ({limit})" if age is not None else f"{kind.value}: none")
+        if oldest is not None and kind in limits and oldest < limits[kind]:
+            past.append(kind.value)
+    text = "oldest rows: " + ", ".join(said)
+    if off and past:
+        fix = (
+            "set RETENTION_INTERVAL_SECONDS (3600 by default), or RETENTION_*_DAYS=0 to keep a kind for ever"
+        )
+        lines.append(warn("retention", f"{text}; pruning is off (RETENTION_INTERVAL_SECONDS=0)", fix))
+    else:
+        lines.append(ok("retention", text))
+    return lines

@@ -30,6 +30,7 @@ from shared.settings import Settings, redact_url
 from shared.store import Store
 from shared.store.checks import save_check_run
 from shared.store.prices import kept_catalogue
+from shared.store.retention import facts as retention_facts
 from worker import channels, notify_config
 from worker.cloudamqp import KEY_REFUSED, CloudAmqpClient
 from worker.management import ManagementApi, ManagementUnavailable
@@ -66,7 +67,7 @@ class Checker:
         policy = self._policy(lines)
         endpoints = self._endpoints(lines)
         lines.append(await self._broker())
-        lines.append(await self._store())
+        lines += await self._store()
         listing, client = await self._api(lines)
         catalogue = await self._catalogue(lines, client)
         settings = self.settings
@@ -142,19 +143,25 @@ class Checker:
         await connection.close()
         return ok("RabbitMQ", f"answers at {where}")
 
-    async def _store(self) -> Line:
+    async def _store(self) -> list[Line]:
+        """Whether the store answers; then its size and oldest rows (``checks.store_lines``)."""
         where = redact_url(self.settings.database_url)
         try:
             if self.store is None:
                 self.store = self._opened = await Store.open(self.settings.database_url)
             await self.store.ping()
+            found = await retention_facts(self.store.db)
         except (StoreError, OSError) as exc:
             self.store = None
             why = _scrub(str(exc), self.settings.database_url)
-            return fail(
-                "store", f"does not answer at {where}: {why[:300]}", "fix DATABASE_URL, or start the database"
-            )
-        return ok("store", f"answers at {where}")
+            return [
+                fail(
+                    "store",
+                    f"does not answer at {where}: {why[:300]}",
+                    "fix DATABASE_URL, or start the database",
+                )
+            ]
+        return [ok("store", f"answers at {where}"), *checks.store_lines(self.settings, found, self.clock())]
 
     # --- CloudAMQP --------------------------------------------------------------------------------
 

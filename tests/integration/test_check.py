@@ -10,11 +10,17 @@ from __future__ import annotations
 import base64
 import json
 import re
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 
+from shared.alarm import Alarm, event_key, new_id
+from shared.incidents import plan_incident
+from shared.retention import DAY
+from shared.snapshot import Arrival
+from shared.store import Store
 from tests.cloudamqp_stand_in import CloudAmqpStandIn
 from tests.integration.conftest import API_KEY, SEED_INSTANCE, MakeStack, seed_instance
 from tests.integration.test_cli import autopilot
@@ -214,3 +220,33 @@ async def console_page(base: str, path: str, token: str) -> str:
         async with session.get(f"{base}{path}") as resp:
             assert resp.status == 200
             return await resp.text()
+
+
+async def test_the_check_shows_the_stores_size_and_oldest_rows_and_warns_when_they_can_only_grow(
+    good: dict[str, str], database_url: str
+) -> None:
+    # An event recorded 60 days ago, kept 30 days: pruning takes it in its next run, and the
+    # check says how old it is; with pruning off, it warns and says how to turn it on.
+    store = await Store.open(database_url)
+    try:
+        body = {"alarm_type": "memory", "value": 50, "instance_id": SEED_INSTANCE}
+        old = Alarm(new_id(), time.time() - 60 * DAY, body, event_key(body))
+        async with store.unit() as unit:
+            await unit.record_events(
+                [Arrival(old, SEED_INSTANCE, plan_incident(old, SEED_INSTANCE))], old.received_at
+            )
+    finally:
+        await store.close()
+    env = {**good, "DATABASE_URL": database_url}
+
+    code, found = await report(env)
+    assert code == 0, found
+    assert re.search(
+        r"^[\d.]+ (kB|MB) \(the (SQLite file; [\d.]+ (bytes|kB|MB) free|PostgreSQL database)\)$",
+        found["ok"]["store size"],
+    )
+    assert "events 60 days old (kept 30 days)" in found["ok"]["retention"]
+    assert "audit: none" in found["ok"]["retention"]
+
+    code, found = await report({**env, "RETENTION_INTERVAL_SECONDS": "0"})
+    assert code == 0 and "pruning is off" in found["warn"]["retention"], found

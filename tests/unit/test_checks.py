@@ -14,13 +14,16 @@ from shared.checks import (
     instance_lines,
     plan_lines,
     public_url_line,
+    store_lines,
     token_lines,
     webhook_url,
     worst_case,
 )
 from shared.plans import Ladder, parse_plan
 from shared.policy import Policy, Rule
+from shared.retention import DAY, Kind
 from shared.settings import Settings
+from shared.store.retention import Facts
 from tests.cloudamqp_stand_in import PRICES, SHARED_PLANS
 
 CATALOGUE = Catalogue.from_listing(
@@ -117,3 +120,64 @@ def test_the_report_exits_0_with_warnings_and_1_with_a_failure() -> None:
     assert "fix: do this" in fine.render() and fine.render().endswith("0 failed, 1 warning(s), 1 ok")
     broken = Report((*fine.lines, Line(Level.FAIL, "c", "broken")), 1.0)
     assert broken.exit_code == 1 and broken.as_dict()["failed"] == 1
+
+
+STORE_NOW = 1_800_000_000.0
+
+
+def facts(size: int | None, free: int | None, incremental: bool | None, events_days: float | None) -> Facts:
+    oldest: dict[Kind, float | None] = {kind: None for kind in Kind}
+    if events_days is not None:
+        oldest[Kind.EVENTS] = STORE_NOW - events_days * DAY
+    return Facts(oldest, size, free, incremental)
+
+
+SQLITE_5MB, OFF = facts(5 << 20, 0, True, 3), {"RETENTION_INTERVAL_SECONDS": "0"}
+
+
+@pytest.mark.parametrize(
+    ("env", "found", "size", "retention"),
+    [
+        (
+            {},
+            SQLITE_5MB,
+            ("ok", "5.0 MB (the SQLite file; 0 bytes free)"),
+            ("ok", "events 3 days old (kept 30 days)"),
+        ),
+        (
+            {},
+            facts(5 << 20, 1 << 20, False, 3),
+            ("warn", "1.0 MB free pages the file never hands back"),
+            ("ok", "audit: none"),
+        ),
+        (
+            {},
+            facts(2 << 30, None, None, 40),
+            ("ok", "2.0 GB (the PostgreSQL database)"),
+            ("ok", "events 40 days"),
+        ),
+        (OFF, facts(1 << 20, 0, True, 40), ("ok", "1.0 MB"), ("warn", "pruning is off")),
+        (OFF, facts(1 << 20, 0, True, 20), ("ok", "1.0 MB"), ("ok", "events 20 days old")),
+        (
+            {"RETENTION_EVENTS_DAYS": "0"},
+            facts(1 << 20, 0, True, 400),
+            ("ok", "1.0 MB"),
+            ("ok", "(kept for ever)"),
+        ),
+        ({}, facts(None, None, None, 0.5), None, ("ok", "events 12 h old")),
+    ],
+)
+def test_the_store_lines_say_its_size_and_oldest_rows_and_warn_where_they_can_only_grow(
+    env: dict[str, str], found: Facts, size: tuple[str, str] | None, retention: tuple[str, str]
+) -> None:
+    lines = {line.check: line for line in store_lines(Settings.from_env(env), found, STORE_NOW)}
+    if size is None:
+        assert "store size" not in lines
+    else:
+        assert (lines["store size"].level.value, size[1] in lines["store size"].text) == (size[0], True), (
+            lines
+        )
+    assert (lines["retention"].level.value, retention[1] in lines["retention"].text) == (
+        retention[0],
+        True,
+    ), lines
