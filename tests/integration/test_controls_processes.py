@@ -77,7 +77,7 @@ async def test_given_a_worker_sigkilled_during_an_approved_upgrade_call_then_the
 ) -> None:
     """The crash window after the approved call started: the approved action is carried on
     under the ordinary claim rules (its lease runs out, a takeover reads the plan first), not
-    dropped and not repeated blindly."""
+    dropped, not repeated blindly, and counted as made."""
     policy = tmp_path / "policy.toml"
     policy.write_text(POLICY)
     stack = make_stack(
@@ -113,6 +113,9 @@ async def test_given_a_worker_sigkilled_during_an_approved_upgrade_call_then_the
         )
 
     final = await wait_until(settled, timeout=40, what="the approved upgrade to be carried on")
-    assert (final["status"], final["reason"]) == ("skipped", "already_at_or_above_target")
+    # The takeover reads the plan first and finds the change it asked for (``asked_at``)
+    # made: the upgrade is this action's, succeeded — no longer recorded as a skip.
+    assert (final["status"], final["reason"]) == ("succeeded", None), final
+    assert final["asked_at"] is not None
     assert [r.method for r in fake_api.upgrade_requests()] == ["PUT"]
     assert seed.plan == "hare-1"
