@@ -237,11 +237,9 @@ class UpgradeCall:
         # again (``next`` is not worked out afresh from a plan that change may have made),
         # unless the instance shows it made.
         self.job.from_plan = asked.from_plan or self.read_plan
-        if not made_already(self.upgrade, asked, self.read_plan, None):
-            return await self._priced(asked.plan)
-        self.made_earlier = True
-        await self._priced(asked.plan)  # its prices, for the record: the money is spent
-        return asked.plan
+        self.made_earlier = made_already(self.upgrade, asked, self.read_plan, None)
+        priced = await self._priced(asked.plan)  # made: its prices, for the record (money spent)
+        return asked.plan if self.made_earlier else priced
 
     async def _note_read(self) -> None:
         """Remember the plan just read, where no asking write (``_asking``) does."""

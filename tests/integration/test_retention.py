@@ -32,7 +32,7 @@ from shared.store.schema import MIGRATIONS
 from tests.integration.conftest import MakeStack
 from tests.integration.test_cli import autopilot
 from tests.support import free_port, prometheus_samples
-from worker.retention import Pruner
+from worker.retention import Pruner, Run
 
 NOW = 1_800_000_000.0
 # No pause between batches: the pacing has its own tests (tests/unit/test_retention.py).
@@ -457,20 +457,25 @@ def file_size(url: str) -> int:
     return Path(url.removeprefix("sqlite:///")).stat().st_size
 
 
+async def pruned_file(sqlite_url: str, rows: int) -> tuple[Run, int, int]:
+    """``rows`` events past their limit pruned from the file: the run, and the file's size
+    before and after (each once the WAL is copied back)."""
+    store = await Store.open(sqlite_url)
+    try:
+        await old_events(store, rows, NOW - 40 * DAY)
+        await sqlite(store).checkpoint()
+        before = file_size(sqlite_url)
+        run = await pruner(store).prune()
+        await sqlite(store).checkpoint()
+        return run, before, file_size(sqlite_url)
+    finally:
+        await store.close()
+
+
 async def test_given_a_new_sqlite_file_then_pruning_hands_the_pages_back_and_the_file_shrinks(
     sqlite_url: str,
 ) -> None:
-    store = await Store.open(sqlite_url)
-    try:
-        await old_events(store, 3000, NOW - 40 * DAY)
-        await sqlite(store).checkpoint()
-        before = file_size(sqlite_url)
-
-        run = await pruner(store).prune()
-        await sqlite(store).checkpoint()
-        after = file_size(sqlite_url)
-    finally:
-        await store.close()
+    run, before, after = await pruned_file(sqlite_url, 3000)
 
     assert run.pruned[Kind.EVENTS] == 3000 and run.pages > 0
     assert after < before / 4, (before, after)
@@ -482,16 +487,7 @@ async def test_given_a_file_from_before_incremental_vacuum_then_autopilot_vacuum
     path = Path(sqlite_url.removeprefix("sqlite:///"))
     with sqlite3.connect(path) as older:  # a file some earlier release created and wrote
         older.execute("CREATE TABLE earlier (x INTEGER)")
-    store = await Store.open(sqlite_url)
-    try:
-        await old_events(store, 2000, NOW - 40 * DAY)
-        await sqlite(store).checkpoint()
-        before = file_size(sqlite_url)
-        run = await pruner(store).prune()
-        await sqlite(store).checkpoint()
-        kept_size = file_size(sqlite_url)
-    finally:
-        await store.close()
+    run, before, kept_size = await pruned_file(sqlite_url, 2000)
     assert run.pruned[Kind.EVENTS] == 2000 and run.pages == 0 and kept_size == before
 
     status, out, err = await autopilot({"DATABASE_URL": sqlite_url}, "vacuum", "--json")
