@@ -395,19 +395,27 @@ async def test_given_an_alarm_during_the_quiet_window_then_no_advice_until_a_who
     )
     await stack.start_receiver()
     await stack.start_worker()
-    upgraded = await upgraded_then_quiet(stack, node, fake_api)
-    await wait_until(lambda: time.monotonic() >= upgraded + window / 2, timeout=window, what="mid-window")
-
-    status, _ = await stack.post(seed_alarm(value=40))  # below the rule: recorded, not acted on
+    assert await set_limit(node, HIGH_LIMIT) > 80
+    status, _ = await stack.post(seed_alarm(value=85))
     assert status == 202
-    alarmed = time.monotonic()
+    assert [a["status"] for a in await stack.wait_actions(1, timeout=30)] == ["succeeded"]
+    # The quiet window starts at the first poll that sees the upgrade: three polls after it
+    # succeeded, one has (polls run one after another). The node is still near its old limit,
+    # so nothing can be advised yet, however long anything below takes.
+    seen = len(await _samples(stack))
+    await wait_until(lambda: _more(stack, seen), timeout=30, what="polls after the upgrade")
 
-    # Past the window that the alarm broke (with a poll's margin): no advice.
-    await wait_until(
-        lambda: time.monotonic() >= upgraded + window + 1.0, timeout=2 * window, what="the window"
-    )
-    assert await advice(stack) == []
-    # A whole quiet window after the alarm, it comes.
+    before_alarm = time.time()
+    status, body = await stack.post(seed_alarm(value=40))  # below the rule: recorded, not acted on
+    assert status == 202
+
+    async def recorded() -> bool:
+        _, events = await stack.get("/events")
+        return any(e["id"] == body["id"] for e in events["events"])
+
+    await wait_until(recorded, timeout=30, what="the alarm recorded")
+    await set_limit(node, LOW_LIMIT)  # now far below: advice may come once the window allows
+
     found: list[dict[str, Any]] = []
 
     async def advised() -> bool:
@@ -415,8 +423,13 @@ async def test_given_an_alarm_during_the_quiet_window_then_no_advice_until_a_who
         return bool(found)
 
     await wait_until(advised, timeout=30, what="advice after a full quiet window")
-    assert time.monotonic() - alarmed >= window
-    assert len(found) == 1 and len(fake_api.upgrade_requests()) == 1
+    assert time.time() - before_alarm >= window
+    (only,) = found
+    # The window the upgrade started was broken by the alarm: the advice's window began after
+    # it, and lasted a whole window.
+    assert only["evidence"]["quiet_since"] >= before_alarm
+    assert only["evidence"]["quiet_seconds"] >= window
+    assert len(fake_api.upgrade_requests()) == 1
 
 
 # --- disk: a resize_disk rule, verified against the node's own headroom -------------------------
