@@ -51,6 +51,18 @@ class Asked:
 
 
 @dataclass(frozen=True)
+class Asking:
+    """A change written down just before it is asked of CloudAMQP (``Unit.ask``): the action
+    it is for, what it asks, and the instance's plan as the call just read it (``None``: not
+    read), kept as the plans a batch reads are."""
+
+    action_id: str
+    asked: Asked
+    instance_id: str
+    read_plan: str | None = None
+
+
+@dataclass(frozen=True)
 class AuditEntry:
     """One line of the audit trail: an operator's act, or an automatic one (an upgrade)."""
 

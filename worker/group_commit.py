@@ -1,6 +1,7 @@
 """Group commit: items committed together in one call (one transaction), each settled on its
-own. One collector serves both uses: the alarms' first steps (``worker.batch.FirstSteps``)
-and the upgrades' outcomes (``Finishes``).
+own. One collector serves every use: the alarms' first steps (``worker.batch.FirstSteps``),
+the changes written down before they are asked (``Askings``) and the upgrades' outcomes
+(``Finishes``).
 
 A batch is what has arrived by the time the store is free, at most ``limit``. A lone item
 waits for nothing: the store takes it on the next turn of the event loop. A collector given
@@ -18,7 +19,7 @@ from typing import Any, Generic, TypeVar
 import structlog
 
 from shared import metrics
-from shared.records import Finish
+from shared.records import Asking, Finish
 from shared.store import Store
 
 log = structlog.get_logger("worker")
@@ -118,6 +119,21 @@ class Finishes(Collector[Finish, bool]):
     async def finish(self, finish: Finish) -> bool:
         """Record ``finish`` (with whatever else is waiting); what ``Store.finish_claim`` says."""
         return await self.add(finish)
+
+
+class Askings(Collector[Asking, bool]):
+    """Group commit of the changes about to be asked of CloudAMQP: the calls of one batch read
+    their instances together and write down what they ask in one transaction (``Store.ask``)
+    before any of them asks. No window: a lone call waits for nothing."""
+
+    def __init__(self, store: Store, limit: int = 64):
+        super().__init__(
+            store.ask, limit, "the asked changes' transaction failed: they are written one at a time"
+        )
+
+    async def ask(self, asking: Asking) -> None:
+        """Write ``asking`` down (with whatever else is waiting)."""
+        await self.add(asking)
 
 
 async def commit_together(

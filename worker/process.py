@@ -51,7 +51,7 @@ from worker.first_step import (
     Step,
     plan_batch,
 )
-from worker.group_commit import Finishes
+from worker.group_commit import Askings, Finishes
 from worker.instances import Directory
 from worker.jobs import Claim, Job, Then, already_processed, deferred, skipped
 from worker.management import ManagementApi
@@ -91,6 +91,7 @@ class Processor:
         self.worker_id = worker_id
         self.clock = clock
         self.flap = FlapRule.of(settings)
+        self.askings = Askings(store)  # changes about to be asked, written down together
         self.finishes = Finishes(store)  # upgrades' outcomes, recorded together when together
         self.approvals = Approvals(self)
         self.directory = Directory()  # ids compared as given until CloudAMQP's list is read

@@ -17,7 +17,7 @@ from shared.alarm import iso
 from shared.errors import BusyError, PermanentError, RetryableError
 from shared.policy import OVER_BUDGET_ASK, Skip, SkipReason, Upgrade, made_already, price_check, resolve_plan
 from shared.pricing import INCREASE_WINDOW, PlanChange
-from shared.records import AUTOPILOT, Asked, AuditEntry, DiskMark, Finish
+from shared.records import AUTOPILOT, Asked, Asking, AuditEntry, DiskMark, Finish
 from shared.statuses import RECONFIGURING, UNANSWERED, ActionStatus
 from shared.verify import assess
 from worker.jobs import Claim, Job, already_processed
@@ -121,11 +121,11 @@ class UpgradeCall:
         """Write down the change about to be asked (with the plan just read), so that an
         answer that never comes — or a worker stopped while it waits — is followed up by
         reading the instance (``shared.policy.made_already``), never by asking blindly. A
-        store that does not take it holds the call back: a retry asks later."""
-        plans = {self.upgrade.instance_id: self.read_plan} if self.read_plan is not None else {}
-        async with self.processor.store.unit() as unit:
-            await unit.note_plans(plans, self.processor.clock())
-            await unit.asking(self.job.alarm.event_id, asked)
+        store that does not take it holds the call back: a retry asks later. The calls of
+        one batch write theirs together (``Processor.askings``)."""
+        await self.processor.askings.ask(
+            Asking(self.job.alarm.event_id, asked, self.upgrade.instance_id, self.read_plan)
+        )
 
     async def _listed(self) -> None:
         """CloudAMQP's instance list, read (again) if its last read failed for a reason that

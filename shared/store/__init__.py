@@ -32,6 +32,7 @@ from shared.records import AUTOPILOT as AUTOPILOT
 from shared.records import ActionRecord as ActionRecord
 from shared.records import ApprovalDecision as ApprovalDecision
 from shared.records import ApprovalRequest as ApprovalRequest
+from shared.records import Asking as Asking
 from shared.records import AuditEntry as AuditEntry
 from shared.records import Finish as Finish
 from shared.snapshot import Arrival as Arrival
@@ -120,6 +121,11 @@ class Store(Reads):
         """``Unit.finish_claims`` in a transaction of its own."""
         async with self.unit() as unit:
             return await unit.finish_claims(finishes)
+
+    async def ask(self, askings: Sequence[Asking]) -> list[bool]:
+        """``Unit.ask`` in a transaction of its own."""
+        async with self.unit() as unit:
+            return await unit.ask(askings)
 
     async def confirm_action(
         self,

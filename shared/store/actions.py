@@ -13,7 +13,7 @@ from shared import outbox
 from shared.alarm import Alarm
 from shared.db import Row, lit, rows_cte
 from shared.notifications import EventType, Notice, action_notice, action_price, alarm_data
-from shared.records import AUTOPILOT, ActionRecord, Asked, AuditEntry
+from shared.records import AUTOPILOT, ActionRecord, Asked, Asking, AuditEntry
 from shared.statuses import (
     DECIDED_STATUSES,
     DONE_STATUSES,
@@ -66,6 +66,16 @@ _ACTION_COLUMNS_IN = (
     ("from_price", "float8"),
     ("to_price", "float8"),
     ("kind", "text"),
+    ("extra_disk_from", "int"),
+    ("extra_disk_to", "int"),
+)
+
+# What ``Actions.asking`` writes of each change asked.
+_ASKED_COLUMNS = (
+    ("action_id", "text"),
+    ("asked_at", "float8"),
+    ("plan", "text"),
+    ("from_plan", "text"),
     ("extra_disk_from", "int"),
     ("extra_disk_to", "int"),
 )
@@ -135,21 +145,44 @@ class Actions(Controls):
         )
         return {row["instance_id"]: change_of(row) for row in rows}
 
-    async def asking(self, action_id: str, asked: Asked) -> None:
-        """Write down, before it is asked, the change this action's call asks CloudAMQP for:
-        should its answer never come, the next attempt reads the instance for it
-        (``shared.policy.made_already``) instead of asking blindly."""
+    async def asking(self, askings: Sequence[Asking]) -> None:
+        """Write down, before they are asked, the changes these actions' calls ask CloudAMQP
+        for (one statement for any number): should an answer never come, the next attempt
+        reads the instance for it (``shared.policy.made_already``) instead of asking blindly."""
+        if not askings:
+            return
+        cte, args = rows_cte(
+            self.tx.dialect,
+            "v",
+            _ASKED_COLUMNS,
+            sorted(
+                (
+                    a.action_id,
+                    a.asked.at,
+                    a.asked.plan,
+                    a.asked.from_plan,
+                    a.asked.extra_disk_from,
+                    a.asked.extra_disk_to,
+                )
+                for a in askings
+            ),
+        )
+        if self.tx.dialect == "postgresql":
+            # Rows locked in id order, as a batch's action rows are written (an UPDATE ...
+            # FROM locks them in whatever order its join reads them).
+            await self.tx.execute(
+                f"""WITH {cte} SELECT a.action_id FROM actions a
+                    WHERE a.action_id IN (SELECT action_id FROM v) ORDER BY a.action_id FOR UPDATE OF a""",
+                *args,
+            )
         await self.tx.execute(
-            """UPDATE actions SET asked_at = $2, plan = COALESCE($3, plan),
-                   from_plan = COALESCE($4, from_plan), extra_disk_from = COALESCE($5, extra_disk_from),
-                   extra_disk_to = COALESCE($6, extra_disk_to)
-               WHERE action_id = $1""",
-            action_id,
-            asked.at,
-            asked.plan,
-            asked.from_plan,
-            asked.extra_disk_from,
-            asked.extra_disk_to,
+            f"""WITH {cte}
+               UPDATE actions SET asked_at = v.asked_at, plan = COALESCE(v.plan, actions.plan),
+                   from_plan = COALESCE(v.from_plan, actions.from_plan),
+                   extra_disk_from = COALESCE(v.extra_disk_from, actions.extra_disk_from),
+                   extra_disk_to = COALESCE(v.extra_disk_to, actions.extra_disk_to)
+               FROM v WHERE actions.action_id = v.action_id""",
+            *args,
         )
 
     async def key_already_decided(self, event_key: str, event_id: str) -> bool:

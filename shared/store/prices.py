@@ -83,13 +83,18 @@ class Prices(Part):
 
     async def note_plans(self, plans: Mapping[str, str], now: float) -> None:
         """Remember each instance's plan as just read."""
-        if not plans:
+        await self.note_reads([(instance, plan, now) for instance, plan in plans.items()])
+
+    async def note_reads(self, reads: Sequence[tuple[str, str, float]]) -> None:
+        """Remember plans as read — (instance, plan, when), one per instance — unless a later
+        read is kept already."""
+        if not reads:
             return
         cte, args = rows_cte(
             self.tx.dialect,
             "v",
             [("instance_id", "text"), ("plan", "text"), ("read_at", "float8")],
-            [(instance, plan, now) for instance, plan in sorted(plans.items())],
+            sorted(reads),
         )
         await self.tx.execute(
             f"""WITH {cte}

@@ -10,6 +10,7 @@ from shared import outbox
 from shared.alarm import Alarm, new_id
 from shared.flapping import OFF, FlapRule
 from shared.incidents import IncidentPlan
+from shared.records import Asking
 from shared.snapshot import Arrival, EventState, Snapshot, Writes, record_arrival, settle_due
 from shared.statuses import HANDED_OFF
 from shared.store.actions import asked_of
@@ -96,6 +97,17 @@ class Unit(Claims, Incidents, Prices):
         if writes.audits:
             await self.audit_many(writes.audits)
         return written
+
+    async def ask(self, askings: Sequence[Asking]) -> list[bool]:
+        """Write down changes about to be asked of CloudAMQP (``Actions.asking``) with the
+        plans their calls just read (the latest read of each instance); one True each."""
+        reads: dict[str, tuple[str, str, float]] = {}
+        for a in sorted(askings, key=lambda a: a.asked.at):
+            if a.read_plan is not None:
+                reads[a.instance_id] = (a.instance_id, a.read_plan, a.asked.at)
+        await self.note_reads(list(reads.values()))
+        await self.asking(askings)
+        return [True for _ in askings]
 
     async def record_event(
         self, alarm: Alarm, instance_id: str | None, plan: IncidentPlan, now: float

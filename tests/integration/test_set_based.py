@@ -16,14 +16,14 @@ from shared.controls import Pause
 from shared.db import rows_cte
 from shared.incidents import plan_incident
 from shared.policy import Policy
-from shared.records import Asked
+from shared.records import Asked, Asking
 from shared.settings import Settings
 from shared.store import ActionRecord, ActionStatus, Arrival, AuditEntry, Finish, Store
 from shared.store.actions import ASKING
 from shared.store.schema import MIGRATIONS
 from tests.support import store_refuses
 from worker.first_step import Context, Skipped, plan_batch
-from worker.group_commit import Finishes
+from worker.group_commit import Askings, Finishes
 
 
 @pytest.fixture
@@ -224,7 +224,7 @@ async def test_outcomes_that_come_back_together_commit_together_and_one_refused_
 async def test_a_change_asked_and_unanswered_is_read_back_with_the_batch_and_holds_the_instance(
     store: Store,
 ) -> None:
-    # Written before the call (``Unit.asking``); while no answer is known, the batch's read
+    # Written before the call (``Unit.ask``); while no answer is known, the batch's read
     # hands it to the alarm's next attempt, and other alarms of the instance see a change that
     # may be under way. CloudAMQP's answer that it did not make it (a 503) ends both.
     first, other = alarm("e1"), alarm("e2")
@@ -233,7 +233,7 @@ async def test_a_change_asked_and_unanswered_is_read_back_with_the_batch_and_hol
         await unit.write_action(
             ActionRecord(first, ActionStatus.IN_PROGRESS, 100.0, instance_id="i1", plan="next")
         )
-        await unit.asking("e1", Asked(110.0, "hare-1", "bunny-1"))
+        await unit.ask([Asking("e1", Asked(110.0, "hare-1", "bunny-1"), "i1", "bunny-1")])
 
     async def seen() -> tuple[Asked | None, dict[str, str]]:
         async with store.unit() as unit:
@@ -253,6 +253,41 @@ async def test_a_change_asked_and_unanswered_is_read_back_with_the_batch_and_hol
         async with store.unit() as unit:
             await unit.write_action(ActionRecord(first, status, 130.0, instance_id="i1", reason=reason))
         assert await seen() == expected, (status, reason)
+
+
+async def test_the_changes_of_calls_made_together_are_written_down_in_one_transaction(store: Store) -> None:
+    # A plan change and a disk resize asked at once, and two calls of one instance: one
+    # transaction writes every asked change and the latest plan read of each instance; what a
+    # change does not ask (a resize's plan) keeps what the row had.
+    alarms = [alarm("e1", "i1"), alarm("e2", "i2", alarm_type="disk"), alarm("e3", "i1")]
+    async with store.unit() as unit:
+        await unit.record_events([arrival(a) for a in alarms], 100.0)
+        for a, plan in zip(alarms, ["next", "squirrel-1", None], strict=True):
+            await unit.write_action(
+                ActionRecord(a, ActionStatus.IN_PROGRESS, 100.0, instance_id=a.body["instance_id"], plan=plan)
+            )
+    askings = Askings(store)
+    before = metrics.BATCH_FALLBACKS._value.get()
+    batches: list[int] = []
+    askings.on_batch = batches.append
+    await asyncio.gather(
+        askings.ask(Asking("e1", Asked(110.0, "hare-1", "bunny-1"), "i1", "bunny-1")),
+        askings.ask(Asking("e2", Asked(111.0, None, "squirrel-1", 0, 25), "i2", "squirrel-1")),
+        askings.ask(Asking("e3", Asked(112.0, "rabbit-1", "hare-1"), "i1", "hare-1")),
+    )
+    assert batches == [3] and metrics.BATCH_FALLBACKS._value.get() == before
+    async with store.db.transaction(write=False) as tx:
+        rows = await tx.fetch(
+            """SELECT action_id, asked_at, plan, from_plan, extra_disk_from, extra_disk_to
+               FROM actions ORDER BY action_id"""
+        )
+        plans = await tx.fetch("SELECT instance_id, plan, read_at FROM instance_plans ORDER BY instance_id")
+    assert [tuple(r.values()) for r in rows] == [
+        ("e1", 110.0, "hare-1", "bunny-1", None, None),
+        ("e2", 111.0, "squirrel-1", "squirrel-1", 0, 25),
+        ("e3", 112.0, "rabbit-1", "hare-1", None, None),
+    ]
+    assert [tuple(r.values()) for r in plans] == [("i1", "hare-1", 112.0), ("i2", "squirrel-1", 111.0)]
 
 
 async def test_the_instances_with_an_unanswered_change_are_found_by_their_partial_index(store: Store) -> None:
