@@ -11,7 +11,7 @@ from aiohttp import web
 from receiver.app import create_app, make_runner
 from shared.errors import StoreError
 from shared.policy_file import PolicyError
-from shared.runtime import fail, install_stop_handlers, load_settings_or_exit, run_main
+from shared.runtime import fail, install_stop_handlers, load_settings_or_exit, run_main, settle_gc
 from shared.settings import Settings
 
 log = structlog.get_logger("receiver")
@@ -50,6 +50,7 @@ async def main(settings: Settings) -> None:
     except OSError as exc:
         await runner.cleanup()
         fail("receiver", f"cannot listen on {settings.receiver_host}:{settings.receiver_port}: {exc}")
+    settle_gc()
     log.info(
         "receiver.ready",
         url=f"http://{settings.receiver_host}:{settings.receiver_port}/cloudamqp/alarm",

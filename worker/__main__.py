@@ -19,7 +19,7 @@ from shared.errors import StoreError
 from shared.policy import Policy, resize_cooldown_warnings
 from shared.policy_file import PolicyError, load_policy
 from shared.publisher import Publisher
-from shared.runtime import fail, install_stop_handlers, load_settings_or_exit, run_main
+from shared.runtime import fail, install_stop_handlers, load_settings_or_exit, run_main, settle_gc
 from shared.settings import Settings
 from shared.store import Store, retention
 from worker import notify_config
@@ -87,6 +87,7 @@ async def main(settings: Settings, *, burst: bool = False) -> None:
         log.info("notify.endpoints", endpoints=[{"id": e.id, "channel": e.kind.value} for e in notify_to])
         runner = await serve_metrics(settings, consumer) if settings.worker_metrics_port else None
         jobs = [run_both(consumer, notifier, stop, burst)]
+        settle_gc()
         if not burst:
             jobs += periodic_jobs(settings, store, processor, policy, stop)
             listing = partial(processor.resolve_instances, force=True)
