@@ -70,6 +70,12 @@ def main() -> int:
         metavar="DIR",
         help="also measure the receiver of another checkout (e.g. `git archive HEAD` unpacked)",
     )
+    parser.add_argument(
+        "--compare-worker",
+        type=Path,
+        metavar="DIR",
+        help="benchmark 2 also runs the worker of another checkout, interleaved (ABBA)",
+    )
     parser.add_argument("--stores", help="comma-separated stores of the worker runs: sqlite,postgresql")
     parser.add_argument("--scales", help="comma-separated worker process counts, e.g. 1 or 1,2,4")
     args = parser.parse_args()
@@ -87,6 +93,7 @@ def main() -> int:
     cfg = suite.Config.quick(workdir) if args.quick else suite.Config(workdir)
     cfg.profile = args.profile
     cfg.compare_root = args.compare_receiver.resolve() if args.compare_receiver else None
+    cfg.compare_worker = args.compare_worker.resolve() if args.compare_worker else None
     if args.rounds:
         cfg.rounds = args.rounds
     if args.stores:

@@ -121,9 +121,12 @@ class Processes:
     workdir: Path
     procs: list[Proc] = field(default_factory=list)
 
-    def spawn(self, module: str, env: dict[str, str], args: list[str] | None = None) -> Proc:
+    def spawn(
+        self, module: str, env: dict[str, str], args: list[str] | None = None, *, cwd: Path | None = None
+    ) -> Proc:
+        """``cwd``: run another checkout's ``module`` (default: this one's)."""
         log_path = self.workdir / f"{module.replace('.', '-')}-{uuid.uuid4().hex[:8]}.log"
-        proc = Proc(module, {"LOG_LEVEL": "info", **env}, log_path, args)
+        proc = Proc(module, {"LOG_LEVEL": "info", **env}, log_path, args, cwd=cwd or ROOT)
         self.procs.append(proc)
         return proc
 

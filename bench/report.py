@@ -14,6 +14,10 @@ def _fmt(value: Any, unit: str = "") -> str:
     return f"{value}{unit}"
 
 
+def _each(values: list[Any]) -> str:
+    return " / ".join(_fmt(float(v) if isinstance(v, int) else v) for v in values)
+
+
 def _verdict(ok: bool | None) -> str:
     return "–" if ok is None else ("meets" if ok else "**misses**")
 
@@ -136,6 +140,19 @@ def _worker_rows(r: dict[str, Any]) -> list[str]:
                     _verdict(ratio >= target if ratio is not None and target else None),
                 )
             )
+            compare = res.get("compare")
+            if compare:
+                rows.append(
+                    _row(
+                        f"2 same, {kind}, {k} proc, against {compare['root']}",
+                        f"{_each(compare['ours_rates'])}/s, {_each(compare['ours_cpu_us'])} µs CPU/alarm",
+                        f"{_each(compare['theirs_rates'])}/s, {_each(compare['theirs_cpu_us'])} µs CPU/alarm "
+                        "(interleaved: ours, theirs, theirs, ours)",
+                        f"{_fmt(compare['ratio'], '×')} (CPU: {_fmt(compare['cpu_ratio'], '×')})",
+                        "≥ 0.9×",
+                        _verdict(compare["ratio"] >= 0.9 if compare["ratio"] is not None else None),
+                    )
+                )
         variants = (
             ("one_queue", "all alarms in the work queue (no fast lane)"),
             ("unbatched", "WORKER_BATCH=1: one transaction per alarm, as before group commit"),

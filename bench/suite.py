@@ -73,6 +73,7 @@ class Config:
     rounds: int = 3
     use_wrk: bool = True
     compare_root: Path | None = None
+    compare_worker: Path | None = None  # benchmark 2 against another checkout's worker, ABBA
     # 7: the storm (bench/storm.py): its size, the (store, processes) runs, the arrival rate
     storm_alarms: int = 100_000
     storm_instances: int = 10_000
@@ -462,11 +463,13 @@ async def run_workers(
     extra: dict[str, str] | None = None,
     *,
     lanes: bool = True,
+    root: Path | None = None,
+    profiling: bool = True,
 ) -> dict[str, Any]:
     """Alarms decided per second by ``k`` worker processes, counted from the moment the last
     of them was ready (so start-up is not in the number) to the last decision. The alarms are
     queued as the receiver queues them (``lanes``: the upgrade-worthy first alarms in the fast
-    lane), or all in the work queue."""
+    lane), or all in the work queue. ``root``: another checkout's worker."""
     bodies, instances = worker_mix(cfg.worker_messages)
     async with fresh_vhost() as amqp_url, store_url(kind, cfg.workdir) as db_url, running(cfg) as procs:
         await publish_routed(amqp_url, routed(bodies, instances, lanes=lanes))
@@ -481,14 +484,16 @@ async def run_workers(
             **(extra or {}),
         }
         ports = [free_port() for _ in range(k)]
-        workers = [procs.spawn("worker", env | {"WORKER_METRICS_PORT": str(port)}) for port in ports]
+        workers = [
+            procs.spawn("worker", env | {"WORKER_METRICS_PORT": str(port)}, cwd=root) for port in ports
+        ]
         machine_before = machine_cpu()
         ready, cpu_before = [], 0.0
         for worker in workers:
             ready.append((await worker.wait_event("worker.ready", timeout=60))[0])
             cpu_before += cpu_seconds(worker.popen.pid)  # start-up (imports) excluded
         all_ready = max(log_time(r) for r in ready)
-        profile = f"worker-{kind}" if k == 1 and not extra and lanes else None
+        profile = f"worker-{kind}" if k == 1 and not extra and lanes and profiling and not root else None
         profiler = start_profiler(cfg, workers[0].popen.pid, profile, until_exit=True) if profile else None
 
         async def done() -> bool:
@@ -598,6 +603,13 @@ async def bench_workers(cfg: Config) -> dict[str, Any]:
         async def bracketed(k: int, extra: dict[str, str] | None = None, **kw: Any) -> dict[str, Any]:
             before = [await run_raw_consumers(cfg, k) for _ in range(2)]
             result = await run_workers(cfg, api_url, kind, k, extra, **kw)
+            if cfg.compare_worker is not None and extra is None and kw.get("lanes", True):
+                # ABBA: this checkout's run above, the other's twice, this one's again.
+                theirs = [
+                    await run_workers(cfg, api_url, kind, k, root=cfg.compare_worker, **kw) for _ in range(2)
+                ]
+                again = await run_workers(cfg, api_url, kind, k, profiling=False, **kw)
+                result["compare"] = _compared([result, again], theirs, cfg.compare_worker)
             raw = _median_raw([*before, await run_raw_consumers(cfg, k)])
             out["raw"].setdefault(k, raw)
             return _against(result, raw, k)
@@ -610,6 +622,27 @@ async def bench_workers(cfg: Config) -> dict[str, Any]:
             # One transaction per alarm (as before group commit), for the difference.
             out.setdefault("unbatched", {})[kind] = await bracketed(1, {"WORKER_BATCH": "1"})
     return out
+
+
+def _compared(ours: list[dict[str, Any]], theirs: list[dict[str, Any]], root: Path) -> dict[str, Any]:
+    """This checkout's worker runs against another's, interleaved: the mean of each, and the
+    ratios (rate: ours ÷ theirs; CPU per alarm: theirs ÷ ours, above 1 when ours costs less)."""
+
+    def mean(runs: list[dict[str, Any]], key: str) -> float | None:
+        values = [r[key] for r in runs if r.get(key)]
+        return statistics.mean(values) if len(values) == len(runs) else None
+
+    rate, their_rate = mean(ours, "rate_per_s"), mean(theirs, "rate_per_s")
+    cpu, their_cpu = mean(ours, "cpu_us_per_alarm"), mean(theirs, "cpu_us_per_alarm")
+    return {
+        "root": str(root),
+        "ours_rates": [r.get("rate_per_s") for r in ours],
+        "theirs_rates": [r.get("rate_per_s") for r in theirs],
+        "ours_cpu_us": [r.get("cpu_us_per_alarm") for r in ours],
+        "theirs_cpu_us": [r.get("cpu_us_per_alarm") for r in theirs],
+        "ratio": round(rate / their_rate, 3) if rate and their_rate else None,
+        "cpu_ratio": round(their_cpu / cpu, 3) if cpu and their_cpu else None,
+    }
 
 
 def _median_raw(runs: list[dict[str, Any]]) -> dict[str, Any]:

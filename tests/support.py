@@ -182,7 +182,16 @@ def leaked_secrets() -> list[str]:
 class Proc:
     """One of our processes (``python -m receiver`` / ``worker``), logging JSON to a file."""
 
-    def __init__(self, module: str, env: dict[str, str], log_path: Path, args: list[str] | None = None):
+    def __init__(
+        self,
+        module: str,
+        env: dict[str, str],
+        log_path: Path,
+        args: list[str] | None = None,
+        *,
+        cwd: Path = ROOT,
+    ):
+        """``cwd``: the checkout whose code runs (another one's, to compare it with this one)."""
         self.module = module
         self.log_path = log_path
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}
@@ -192,7 +201,7 @@ class Proc:
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in wait()
         self.popen = subprocess.Popen(
             [sys.executable, "-m", module, *(args or [])],
-            cwd=ROOT,
+            cwd=cwd,
             env=full_env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
