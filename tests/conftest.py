@@ -16,6 +16,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 import pytest
 
+from shared.runtime import settle_gc
 from tests.cloudamqp_stand_in import CloudAmqpStandIn
 from tests.support import Services, leaked_secrets, management_request
 
@@ -172,6 +173,12 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
             return module if module in ONE_WORKER_MODULES else nodeid
 
     return KeepModulesTogether(config, log)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Each test process, once it has collected the tests, collects garbage as the services
+    do once they are up (``shared.runtime.settle_gc``): the suite is CPU-bound on two cores."""
+    settle_gc()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
