@@ -40,12 +40,13 @@ def _sql_list(statuses: frozenset[ActionStatus]) -> str:
 _SETTLED_SQL = _sql_list(DONE_STATUSES | HANDED_OFF)
 _PASSING_SQL = ", ".join(f"'{reason}'" for reason in PASSING_SKIPS)
 # An action row that makes identical content a duplicate (``shared.statuses.is_decided`` of a
-# row about to be written says the same).
+# row about to be written says the same); the partial index ``actions_decided`` (the last
+# migration) has this condition, word for word.
 DECIDED_ROW = f"""status IN ({_sql_list(DECIDED_STATUSES)})
     AND NOT (status = {_SKIPPED} AND COALESCE(reason, '') IN ({_PASSING_SQL}))"""
 
 # Actions whose change was asked of CloudAMQP and which are not over: the partial index
-# ``actions_asking`` (the last migration) has this condition, word for word.
+# ``actions_asking`` (the migration that added ``asked_at``) has this condition, word for word.
 ASKING = f"asked_at IS NOT NULL AND status IN ({_IN_PROGRESS}, {lit(ActionStatus.RETRYING)})"
 
 # The columns ``write_actions`` writes actions from (``rows_cte``).
@@ -110,14 +111,19 @@ class Actions(Controls):
         if not event_keys:
             return {}
         cte, args = rows_cte(self.tx.dialect, "v", [("event_key", "text")], [(k,) for k in event_keys])
+        # Each end by its own lookup in the partial index ``actions_decided`` (whose condition
+        # is DECIDED_ROW's): never a scan of the content's rows.
         rows = await self.tx.fetch(
             f"""WITH {cte}
-               SELECT event_key, MIN(event_id) AS lo, MAX(event_id) AS hi FROM actions
-               WHERE event_key IN (SELECT event_key FROM v) AND {DECIDED_ROW}
-               GROUP BY event_key""",
+               SELECT v.event_key,
+                   (SELECT event_id FROM actions WHERE event_key = v.event_key AND {DECIDED_ROW}
+                    ORDER BY event_id LIMIT 1) AS lo,
+                   (SELECT event_id FROM actions WHERE event_key = v.event_key AND {DECIDED_ROW}
+                    ORDER BY event_id DESC LIMIT 1) AS hi
+               FROM v""",
             *args,
         )
-        return {row["event_key"]: {row["lo"], row["hi"]} for row in rows}
+        return {row["event_key"]: {row["lo"], row["hi"]} for row in rows if row["lo"] is not None}
 
     async def _reconfiguring(
         self, instances: Sequence[str], asked_since: float = 0.0, quiet_before: float = float("-inf")

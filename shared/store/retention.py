@@ -30,7 +30,7 @@ def _sql_list(statuses: frozenset[ActionStatus]) -> str:
 
 
 _RESOLVED = lit(IncidentStatus.RESOLVED)
-# The same text as the partial index ``actions_unfinished`` (the last migration), which a
+# The same text as the partial index ``actions_unfinished`` (the retention migration), which a
 # query uses only when its condition reads the same.
 UNFINISHED_SQL = _sql_list(UNFINISHED)
 _DONE_SQL = _sql_list(DONE_STATUSES)

@@ -209,4 +209,17 @@ MIGRATIONS: list[list[str]] = [
         """CREATE INDEX actions_asking ON actions (instance_id)
            WHERE asked_at IS NOT NULL AND status IN ('in_progress', 'retrying')""",
     ],
+    # Identical content — a reminder CloudAMQP re-sends every few minutes while an alarm stays
+    # unresolved — is told apart by the lowest and highest event id decided on it, read from an
+    # index of the decided rows alone (``shared.store.actions.DECIDED_ROW``, word for word):
+    # two lookups for a content however many reminders it has had. The index of every row's
+    # key and status it replaces had each batch's read fetch every one of them, a little more
+    # with each reminder.
+    [
+        """CREATE INDEX actions_decided ON actions (event_key, event_id)
+           WHERE status IN ('dry_run', 'skipped', 'succeeded')
+           AND NOT (status = 'skipped' AND COALESCE(reason, '')
+           IN ('paused', 'awaiting_approval', 'condition_cleared', 'reconfiguring'))""",
+        "DROP INDEX actions_key",
+    ],
 ]

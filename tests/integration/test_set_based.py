@@ -19,7 +19,7 @@ from shared.policy import Policy
 from shared.records import Asked, Asking
 from shared.settings import Settings
 from shared.store import ActionRecord, ActionStatus, Arrival, AuditEntry, Finish, Store
-from shared.store.actions import ASKING
+from shared.store.actions import ASKING, DECIDED_ROW
 from shared.store.schema import MIGRATIONS
 from tests.support import store_refuses
 from worker.first_step import Context, Skipped, plan_batch
@@ -300,3 +300,37 @@ async def test_the_instances_with_an_unanswered_change_are_found_by_their_partia
             f"EXPLAIN QUERY PLAN SELECT plan FROM actions WHERE {ASKING} AND instance_id = $1", "i1"
         )
     assert any("actions_asking" in str(row.get("detail")) for row in plan), plan
+
+
+async def test_identical_content_is_told_apart_by_the_ends_of_its_decided_rows_found_by_index(
+    store: Store,
+) -> None:
+    # Reminders of one alarm (identical content, new event ids): a pause's skips do not make a
+    # duplicate, the others do; the batch's read has the lowest and highest of those.
+    reminders = [alarm(f"e{n}") for n in range(1, 6)]
+    outcomes = [
+        (ActionStatus.SKIPPED, "below_threshold"),
+        (ActionStatus.SKIPPED, "paused"),
+        (ActionStatus.SUCCEEDED, None),
+        (ActionStatus.SKIPPED, "cooling_down"),
+        (ActionStatus.SKIPPED, "paused"),
+    ]
+    async with store.unit() as unit:
+        await unit.record_events([arrival(a) for a in reminders], 100.0)
+        for a, (status, reason) in zip(reminders, outcomes, strict=True):
+            await unit.write_action(ActionRecord(a, status, 100.0, instance_id="i1", reason=reason))
+        other = alarm("e9", "i2")
+        snapshot = await unit.load([arrival(reminders[0]), arrival(other)], (), 120.0)
+    assert snapshot.decided == {reminders[0].event_key: {"e1", "e4"}}
+
+    [index] = [s for step in MIGRATIONS for s in step if "INDEX actions_decided" in s]
+    assert f"WHERE {' '.join(DECIDED_ROW.split())}" in " ".join(index.split())
+    if store.db.dialect != "sqlite":
+        return  # (PostgreSQL's plan depends on its statistics)
+    async with store.db.transaction(write=False) as tx:
+        plan = await tx.fetch(
+            f"""EXPLAIN QUERY PLAN SELECT event_id FROM actions WHERE event_key = $1 AND {DECIDED_ROW}
+                ORDER BY event_id DESC LIMIT 1""",
+            reminders[0].event_key,
+        )
+    assert any("actions_decided" in str(row.get("detail")) for row in plan), plan
