@@ -149,6 +149,11 @@ def latencies(worker: Proc, sent: dict[str, float], start: float, end: float) ->
     return out
 
 
+def _steps(start: float, end: float, step: float) -> list[float]:
+    count = max(1, int((end - start) // step) + (1 if (end - start) % step else 0))
+    return [start + n * step for n in range(count)]
+
+
 def summary(values: list[float]) -> dict[str, Any]:
     return {
         "n": len(values),
@@ -191,6 +196,11 @@ async def bench_retention(cfg: Config) -> dict[str, Any]:
             await asyncio.sleep(2)
             t2, t3 = await arrivals.phase(phase)
             out["pruning"] = summary(latencies(second, arrivals.sent, p0, p1))
+            # Minute by minute: where in the run the slow first steps were.
+            out["pruning_by_minute"] = [
+                summary(latencies(second, arrivals.sent, start, min(start + 60, p1)))
+                for start in _steps(p0, p1, 60)
+            ]
             out["after"] = summary(latencies(second, arrivals.sent, t2, t3))
             out["pruning_seconds"] = round(p1 - p0, 1)
         finally:
