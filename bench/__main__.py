@@ -74,7 +74,13 @@ def main() -> int:
         "--compare-worker",
         type=Path,
         metavar="DIR",
-        help="benchmark 2 also runs the worker of another checkout, interleaved (ABBA)",
+        help="benchmark 2 also runs the worker of another checkout, interleaved (ABBA BAAB)",
+    )
+    parser.add_argument(
+        "--worker-root",
+        type=Path,
+        metavar="DIR",
+        help="benchmark 2's own worker from another checkout (to compare two revisions in this harness)",
     )
     parser.add_argument("--stores", help="comma-separated stores of the worker runs: sqlite,postgresql")
     parser.add_argument("--scales", help="comma-separated worker process counts, e.g. 1 or 1,2,4")
@@ -94,6 +100,7 @@ def main() -> int:
     cfg.profile = args.profile
     cfg.compare_root = args.compare_receiver.resolve() if args.compare_receiver else None
     cfg.compare_worker = args.compare_worker.resolve() if args.compare_worker else None
+    cfg.worker_root = args.worker_root.resolve() if args.worker_root else None
     if args.rounds:
         cfg.rounds = args.rounds
     if args.stores:

@@ -147,7 +147,8 @@ def _worker_rows(r: dict[str, Any]) -> list[str]:
                         f"2 same, {kind}, {k} proc, against {compare['root']}",
                         f"{_each(compare['ours_rates'])}/s, {_each(compare['ours_cpu_us'])} µs CPU/alarm",
                         f"{_each(compare['theirs_rates'])}/s, {_each(compare['theirs_cpu_us'])} µs CPU/alarm "
-                        "(interleaved: ours, theirs, theirs, ours)",
+                        "(interleaved: ABBA BAAB, A ours; ours ÷ raw, mean of ours: "
+                        f"{_fmt(res.get('ratio_vs_raw_mean'), '×')})",
                         f"{_fmt(compare['ratio'], '×')} (CPU: {_fmt(compare['cpu_ratio'], '×')})",
                         "≥ 0.9×",
                         _verdict(compare["ratio"] >= 0.9 if compare["ratio"] is not None else None),

@@ -74,7 +74,8 @@ class Config:
     rounds: int = 3
     use_wrk: bool = True
     compare_root: Path | None = None
-    compare_worker: Path | None = None  # benchmark 2 against another checkout's worker, ABBA
+    compare_worker: Path | None = None  # benchmark 2 against another checkout's worker, ABBA BAAB
+    worker_root: Path | None = None  # benchmark 2's own worker from another checkout (None: this one)
     # 7: the storm (bench/storm.py): its size, the (store, processes) runs, the arrival rate
     storm_alarms: int = 100_000
     storm_instances: int = 10_000
@@ -617,15 +618,19 @@ async def bench_workers(cfg: Config) -> dict[str, Any]:
 
         async def bracketed(k: int, extra: dict[str, str] | None = None, **kw: Any) -> dict[str, Any]:
             before = [await run_raw_consumers(cfg, k) for _ in range(2)]
-            result = await run_workers(cfg, api_url, kind, k, extra, **kw)
+            result = await run_workers(cfg, api_url, kind, k, extra, root=cfg.worker_root, **kw)
             if cfg.compare_worker is not None and extra is None and kw.get("lanes", True):
-                # ABBA: this checkout's run above, the other's twice, this one's again.
-                theirs = [
-                    await run_workers(cfg, api_url, kind, k, root=cfg.compare_worker, profiling=n == 0, **kw)
-                    for n in range(2)
-                ]
-                again = await run_workers(cfg, api_url, kind, k, profiling=False, **kw)
-                result["compare"] = _compared([result, again], theirs, cfg.compare_worker)
+                # ABBA BAAB: the run above, then both in turn — four runs each, so that a drift
+                # through the sequence weighs on both alike (runs of one revision moved by
+                # 10-25 % from one to the next).
+                ours, theirs = [result], list[dict[str, Any]]()
+                for who in "BBABAAB":
+                    mine = who == "A"
+                    root = cfg.worker_root if mine else cfg.compare_worker
+                    profiling = not mine and not theirs  # the other's first run (with --profile)
+                    run = await run_workers(cfg, api_url, kind, k, root=root, profiling=profiling, **kw)
+                    (ours if mine else theirs).append(run)
+                result["compare"] = _compared(ours, theirs, cfg.compare_worker)
             raw = _median_raw([*before, await run_raw_consumers(cfg, k)])
             out["raw"].setdefault(k, raw)
             return _against(result, raw, k)
@@ -641,8 +646,9 @@ async def bench_workers(cfg: Config) -> dict[str, Any]:
 
 
 def _compared(ours: list[dict[str, Any]], theirs: list[dict[str, Any]], root: Path) -> dict[str, Any]:
-    """This checkout's worker runs against another's, interleaved: the mean of each, and the
-    ratios (rate: ours ÷ theirs; CPU per alarm: theirs ÷ ours, above 1 when ours costs less)."""
+    """Benchmark 2's own worker runs (this checkout's, or ``--worker-root``'s) against another
+    checkout's, interleaved: the mean of each, and the ratios (rate: ours ÷ theirs; CPU per
+    alarm: theirs ÷ ours, above 1 when ours costs less)."""
 
     def mean(runs: list[dict[str, Any]], key: str) -> float | None:
         values = [r[key] for r in runs if r.get(key)]
@@ -677,7 +683,11 @@ def _against(result: dict[str, Any], raw: dict[str, Any], k: int) -> dict[str, A
     """A worker run with its ratios to the raw runs around it: rate, and CPU per message."""
     rate, raw_rate = result["rate_per_s"], raw["rate_per_s"]
     cpu, raw_cpu = result.get("cpu_us_per_alarm"), raw.get("cpu_us_per_message")
+    compared = result.get("compare", {}).get("ours_rates") or []
+    mean_rate = statistics.mean(compared) if compared and all(compared) else None
     return result | {
+        # Interleaved with another checkout's runs: all of this one's runs, their mean rate.
+        **({"ratio_vs_raw_mean": round(mean_rate / raw_rate, 3)} if mean_rate and raw_rate else {}),
         "per_process": round(rate / k, 1) if rate else None,
         "raw_rate_per_s": raw_rate,
         "raw_cpu_us_per_message": raw_cpu,
