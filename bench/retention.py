@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 import uuid
 from datetime import datetime
@@ -150,8 +151,7 @@ def latencies(worker: Proc, sent: dict[str, float], start: float, end: float) ->
 
 
 def _steps(start: float, end: float, step: float) -> list[float]:
-    count = max(1, int((end - start) // step) + (1 if (end - start) % step else 0))
-    return [start + n * step for n in range(count)]
+    return [start + n * step for n in range(max(1, math.ceil((end - start) / step)))]
 
 
 def summary(values: list[float]) -> dict[str, Any]:

@@ -250,12 +250,15 @@ class Proc:
 
     async def wait_event(self, name: str, timeout: float = 20.0, count: int = 1) -> list[dict[str, Any]]:
         def seen() -> list[dict[str, Any]]:
-            if self.popen.poll() is not None and len(self.events(name)) < count:
+            exited = self.popen.poll() is not None  # before the read: then it holds every line
+            found = self.events(name)
+            if len(found) >= count:
+                return found
+            if exited:
                 raise AssertionError(
                     f"{self.module} exited ({self.popen.returncode}): {self.log_path.read_text()[-2000:]}"
                 )
-            found = self.events(name)
-            return found if len(found) >= count else []
+            return []
 
         return await wait_until(seen, timeout=timeout, what=f"{self.module} {name} x{count}")
 
