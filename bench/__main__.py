@@ -84,6 +84,12 @@ def main() -> int:
     )
     parser.add_argument("--stores", help="comma-separated stores of the worker runs: sqlite,postgresql")
     parser.add_argument("--scales", help="comma-separated worker process counts, e.g. 1 or 1,2,4")
+    parser.add_argument(
+        "--mix",
+        choices=suite.MIXES,
+        default="all",
+        help="benchmark 2's alarms: the whole mix, or only its upgrades, or skips alone",
+    )
     args = parser.parse_args()
     only = tuple(part.strip() for part in args.only.split(",") if part.strip())
     unknown = set(only) - set(ALL)
@@ -101,6 +107,7 @@ def main() -> int:
     cfg.compare_root = args.compare_receiver.resolve() if args.compare_receiver else None
     cfg.compare_worker = args.compare_worker.resolve() if args.compare_worker else None
     cfg.worker_root = args.worker_root.resolve() if args.worker_root else None
+    cfg.worker_mix = args.mix
     if args.rounds:
         cfg.rounds = args.rounds
     if args.stores:

@@ -66,6 +66,7 @@ class Config:
     warmup: float = 2.0
     fixed_rate: float = 500.0
     worker_messages: int = 3000
+    worker_mix: str = "all"  # benchmark 2's alarms: all of the mix, or one part (worker_mix)
     worker_scales: tuple[int, ...] = (1, 2, 4)
     stores: tuple[str, ...] = ("sqlite", "postgresql")
     e2e_rate: float = 20.0
@@ -399,14 +400,24 @@ async def bench_flask(cfg: Config, receiver_rate: float | None) -> dict[str, Any
 DECISIONS = frozenset({"upgrade.skipped", "upgrade.succeeded", "upgrade.failed", "alarm.already_processed"})
 
 
-def worker_mix(n: int, seed: int = 8) -> tuple[list[bytes], list[str]]:
+MIXES = ("all", "skips", "upgrades")
+
+
+def worker_mix(n: int, seed: int = 8, mix: str = "all") -> tuple[list[bytes], list[str]]:
     """20 % upgrades (distinct instances), then 80 % skips in a shuffled mix: 30 % identical
     re-sends (duplicate), 25 % reminders of an upgraded instance (cooling down), 25 % below
-    threshold. Upgrades come first, as the first alarm of a problem does."""
+    threshold. Upgrades come first, as the first alarm of a problem does. ``mix``: ``all`` of
+    that, only its ``upgrades`` (the first fifth), or ``skips`` alone (``n`` alarms below the
+    threshold, over the same instances) — where a worker's time goes, part by part."""
     rng = random.Random(seed)
     upgrades = n // 5
     instances = [f"inst-{i:05d}" for i in range(upgrades)]
     firsts = [alarm_body(i, inst) for i, inst in enumerate(instances)]
+    if mix == "upgrades":
+        return firsts, instances
+    if mix == "skips":
+        below = [alarm_body(k, instances[rng.randrange(upgrades)], value=40 + rng.random()) for k in range(n)]
+        return below, instances
     rest: list[bytes] = []
     for k in range(n - upgrades):
         kind = k % 16
@@ -472,7 +483,7 @@ async def run_workers(
     of them was ready (so start-up is not in the number) to the last decision. The alarms are
     queued as the receiver queues them (``lanes``: the upgrade-worthy first alarms in the fast
     lane), or all in the work queue. ``root``: another checkout's worker."""
-    bodies, instances = worker_mix(cfg.worker_messages)
+    bodies, instances = worker_mix(cfg.worker_messages, mix=cfg.worker_mix)
     async with fresh_vhost() as amqp_url, store_url(kind, cfg.workdir) as db_url, running(cfg) as procs:
         await publish_routed(amqp_url, routed(bodies, instances, lanes=lanes))
         env = {
@@ -576,7 +587,7 @@ def rate_after(times: Any, start: float) -> dict[str, Any]:
 
 async def run_raw_consumers(cfg: Config, k: int) -> dict[str, Any]:
     """The baseline: ``k`` consume-and-ack processes, started together on the same backlog."""
-    bodies, _ = worker_mix(cfg.worker_messages)
+    bodies, _ = worker_mix(cfg.worker_messages, mix=cfg.worker_mix)
     tag = uuid.uuid4().hex[:8]
     go = cfg.workdir / f"go-{tag}"
     outs = [cfg.workdir / f"raw-{tag}-{n}.json" for n in range(k)]
@@ -609,7 +620,7 @@ async def bench_workers(cfg: Config) -> dict[str, Any]:
     by a third from one run to the next (5,750–8,060/s in eight runs in a row on a quiet
     machine). One process is also run with everything in one queue (no fast lane) and with
     ``WORKER_BATCH=1``."""
-    out: dict[str, Any] = {"raw": {}, "worker": {}}
+    out: dict[str, Any] = {"raw": {}, "worker": {}, "mix": cfg.worker_mix}
     async with running(cfg) as procs:
         api_port = free_port()
         procs.spawn("tests.cloudamqp_stand_in", {}, stand_in_args(api_port, 0.05))
