@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import re
 import sqlite3
@@ -78,6 +79,19 @@ def rows_cte(
         "(" + ", ".join(f"${first + r * width + c}" for c in range(width)) + ")" for r in range(len(rows))
     )
     return f"{name}({names}) AS (VALUES {tuples})", [value for row in rows for value in row]
+
+
+def member_of(dialect: str, column: str, values: Sequence[str], param: int) -> tuple[str, Any]:
+    """The condition "``column`` is one of ``values``" (texts) on the parameter ``$param``, and
+    that parameter's value: one statement text for any number of values. PostgreSQL gets
+    ``= ANY`` of one array, which an index answers whatever the planner believed of the
+    table's size when it planned the statement; the same lookup written as a join with the
+    rows of ``rows_cte``, planned while the table was nearly empty (a new store), stays a
+    nested loop over every row of it until the table is next analysed (docs/benchmarks.md).
+    SQLite gets the values as one JSON array (``json_each``)."""
+    if dialect == "postgresql":
+        return f"{column} = ANY(${param}::text[])", list(values)
+    return f"{column} IN (SELECT value FROM json_each(${param}))", json.dumps(list(values))
 
 
 AUTO_VACUUM_INCREMENTAL = 2  # PRAGMA auto_vacuum's answer for INCREMENTAL
