@@ -19,7 +19,7 @@ import random
 import re
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -60,6 +60,12 @@ Column = tuple[str, str]
 def lit(status: StrEnum) -> str:
     """A status (one of our enums' members, never outside input) as an SQL literal."""
     return "'" + status.value.replace("'", "''") + "'"
+
+
+def lits(statuses: Iterable[StrEnum]) -> str:
+    """Statuses as the list of an SQL ``IN (...)``, in sorted order (a partial index's
+    condition and the queries that use it must read the same, word for word)."""
+    return ", ".join(lit(status) for status in sorted(statuses))
 
 
 def rows_cte(

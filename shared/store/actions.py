@@ -11,7 +11,7 @@ from typing import Any
 
 from shared import outbox
 from shared.alarm import Alarm
-from shared.db import Row, lit, rows_cte
+from shared.db import Row, lit, lits, rows_cte
 from shared.notifications import EventType, Notice, action_notice, action_price, alarm_data
 from shared.records import AUTOPILOT, ActionRecord, Asked, Asking, AuditEntry
 from shared.statuses import (
@@ -33,16 +33,12 @@ _SKIPPED = lit(ActionStatus.SKIPPED)
 UPGRADE, RESIZE_DISK = ActionKind.UPGRADE.value, ActionKind.RESIZE_DISK.value
 
 
-def _sql_list(statuses: frozenset[ActionStatus]) -> str:
-    return ", ".join(lit(status) for status in sorted(statuses))
-
-
-_SETTLED_SQL = _sql_list(DONE_STATUSES | HANDED_OFF)
+_SETTLED_SQL = lits(DONE_STATUSES | HANDED_OFF)
 _PASSING_SQL = ", ".join(f"'{reason}'" for reason in PASSING_SKIPS)
 # An action row that makes identical content a duplicate (``shared.statuses.is_decided`` of a
 # row about to be written says the same); the partial index ``actions_decided`` (the last
 # migration) has this condition, word for word.
-DECIDED_ROW = f"""status IN ({_sql_list(DECIDED_STATUSES)})
+DECIDED_ROW = f"""status IN ({lits(DECIDED_STATUSES)})
     AND NOT (status = {_SKIPPED} AND COALESCE(reason, '') IN ({_PASSING_SQL}))"""
 
 # Actions whose change was asked of CloudAMQP and which are not over: the partial index

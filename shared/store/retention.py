@@ -18,22 +18,18 @@ from typing import Any
 import structlog
 
 from shared import metrics
-from shared.db import Database, FileFacts, SqliteDatabase, Tx, lit, rows_cte
+from shared.db import Database, FileFacts, SqliteDatabase, Tx, lit, lits, rows_cte
 from shared.retention import FINAL_DELIVERIES, UNFINISHED, Kind, ends_going
-from shared.statuses import DONE_STATUSES, ActionStatus, IncidentStatus
+from shared.statuses import DONE_STATUSES, IncidentStatus
 
 log = structlog.get_logger("store.retention")
-
-
-def _sql_list(statuses: frozenset[ActionStatus]) -> str:
-    return ", ".join(lit(status) for status in sorted(statuses))
 
 
 _RESOLVED = lit(IncidentStatus.RESOLVED)
 # The same text as the partial index ``actions_unfinished`` (the retention migration), which a
 # query uses only when its condition reads the same.
-UNFINISHED_SQL = _sql_list(UNFINISHED)
-_DONE_SQL = _sql_list(DONE_STATUSES)
+UNFINISHED_SQL = lits(UNFINISHED)
+_DONE_SQL = lits(DONE_STATUSES)
 _FINAL = sorted(FINAL_DELIVERIES)
 
 # What keeps a row whatever its age, as conditions on the row (``{t}``: the table's name;
