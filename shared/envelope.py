@@ -72,8 +72,16 @@ def attempts(headers: Mapping[str, Any]) -> int:
 
 
 def busy_since(headers: Mapping[str, Any]) -> float | None:
-    """When a busy wait started (epoch seconds), or None when there is none or it is unreadable."""
+    """When a busy wait started (epoch seconds), or None when there is none or it is unreadable.
+    Written as ISO 8601 text (``retry_copy``); a number is read too (a message deferred
+    before, whose float the broker carried in 32 bits: to the nearest 128 seconds)."""
     value = headers.get(H_BUSY_SINCE)
+    text = _text(value)
+    if text is not None:
+        try:
+            value = parse_timestamp(text)
+        except (ValueError, OverflowError):
+            return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value) if 0 <= value < 1e11 else None
@@ -258,7 +266,9 @@ def retry_copy(
     if attempts_so_far is not None:
         headers[H_ATTEMPTS] = attempts_so_far
     if busy_from is not None:
-        headers[H_BUSY_SINCE] = busy_from
+        # As text: a float in a header table is a 32-bit one on the wire (pamqp), which holds
+        # today's epoch seconds to the nearest 128 — a busy wait could end a minute early.
+        headers[H_BUSY_SINCE] = iso(busy_from)
     return copy_of(message, headers)
 
 
