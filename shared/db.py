@@ -90,11 +90,12 @@ def rows_cte(
 def member_of(dialect: str, column: str, values: Sequence[str], param: int) -> tuple[str, Any]:
     """The condition "``column`` is one of ``values``" (texts) on the parameter ``$param``, and
     that parameter's value: one statement text for any number of values. PostgreSQL gets
-    ``= ANY`` of one array, which an index answers whatever the planner believed of the
-    table's size when it planned the statement; the same lookup written as a join with the
-    rows of ``rows_cte``, planned while the table was nearly empty (a new store), stays a
-    nested loop over every row of it until the table is next analysed (docs/benchmarks.md).
-    SQLite gets the values as one JSON array (``json_each``)."""
+    ``= ANY`` of one array, which an index answers when the statement's plan is made on an
+    empty store; the same lookup written as a join with the rows of ``rows_cte`` can be planned
+    then as a nested loop over every row of the table, kept until the table is next analysed
+    (docs/benchmarks.md). Not a cure for every lookup: planned on a table of some size,
+    ``= ANY`` can become a scan testing each row against each value. SQLite gets the values
+    as one JSON array (``json_each``)."""
     if dialect == "postgresql":
         return f"{column} = ANY(${param}::text[])", list(values)
     return f"{column} IN (SELECT value FROM json_each(${param}))", json.dumps(list(values))
