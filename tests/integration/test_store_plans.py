@@ -1,8 +1,9 @@
 """After a prepared statement's first five runs PostgreSQL settles on one generic plan for it,
 made from what it believes of its tables then, and a worker's connections keep that plan until
-the tables are next analysed (a minute or more on a new store). A batch's read of its keys' open incidents must stay an index lookup even when the
-store was empty when it was planned: written as a join with the batch's rows, it became a
-nested loop over every open incident, batch after batch (docs/benchmarks.md)."""
+the tables are next analysed (a minute or more on a new store). A batch's read of its keys'
+open incidents must stay an index lookup even when the store was empty when it was planned:
+written as a join with the batch's rows, it became a nested loop over every open incident,
+batch after batch (docs/benchmarks.md)."""
 
 from __future__ import annotations
 
