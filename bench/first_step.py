@@ -21,8 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -84,35 +82,26 @@ async def measure(url: str, batches: int, seed: int = 1) -> dict[str, Any]:
     return {"wall_us_per_batch": round(wall / batches * 1e6), "cpu_us_per_batch": round(cpu / batches * 1e6)}
 
 
-@asynccontextmanager
-async def new_store(kind: str) -> AsyncIterator[str]:
-    from bench.harness import fresh_postgres
-
-    if kind == "postgresql":
-        async with fresh_postgres() as url:
-            yield url
-        return
-    with tempfile.TemporaryDirectory(prefix="first-step-") as directory:
-        yield f"sqlite:///{directory}/autopilot.db"
-
-
 async def one_run(root: Path, kind: str, batches: int) -> dict[str, Any]:
     """``measure`` in a process of its own, importing ``root``'s code."""
-    async with new_store(kind) as url:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-P",
-            str(SELF),
-            "--inner",
-            str(root),
-            "--url",
-            url,
-            "--batches",
-            str(batches),
-            cwd=root,
-            stdout=subprocess.PIPE,
-        )
-        out, _ = await proc.communicate()
+    from bench.suite import store_url  # benchmark 2's stores: a new PostgreSQL database, or an SQLite file
+
+    with tempfile.TemporaryDirectory(prefix="first-step-") as directory:
+        async with store_url(kind, Path(directory)) as url:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-P",
+                str(SELF),
+                "--inner",
+                str(root),
+                "--url",
+                url,
+                "--batches",
+                str(batches),
+                cwd=root,
+                stdout=subprocess.PIPE,
+            )
+            out, _ = await proc.communicate()
     if proc.returncode != 0:
         raise SystemExit(f"the measurement in {root} failed ({proc.returncode})")
     result: dict[str, Any] = json.loads(out)

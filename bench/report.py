@@ -129,7 +129,7 @@ def _worker_rows(r: dict[str, Any]) -> list[str]:
     for kind, scales in r["worker"].items():
         for k, res in scales.items():
             ratio = res.get("ratio_vs_raw")
-            target = TARGET.get(kind) if int(k) == 1 and mix == "all" else None
+            target = TARGET.get(kind) if int(k) == 1 and not part else None
             rows.append(
                 _row(
                     f"2 worker throughput, {kind}, {k} proc{part}",

@@ -523,7 +523,7 @@ async def run_workers(
         for worker in workers:
             await worker.stop()
         profiled = finish_profiler(profiler)
-        fallbacks = sum(1 for w in workers for e in w.lines() if e.get("event") == "batch.fallback")
+        fallbacks = sum(len(w.events("batch.fallback")) for w in workers)
         first_decision = decided(workers)
     return (
         rate_after(first_decision.values(), all_ready)
