@@ -42,6 +42,7 @@ from tenacity import (
 from shared import metrics
 from shared.disk import current_extra_disk
 from shared.errors import BusyError, PermanentError, RetryableError
+from shared.retrying import first_then
 from shared.settings import Settings, UpgradeApi
 
 log = structlog.get_logger("worker.api")
@@ -205,11 +206,13 @@ class CloudAmqpClient:
             reraise=True,
         )
 
+    async def _quickly(self, call: Callable[[], Awaitable[str]], *, change: bool = False) -> str:
+        """``call()`` under the quick retries (``_retrying``), its first try outside tenacity."""
+        return await first_then(call, lambda: self._retrying(change=change))
+
     async def _get_json(self, path: str) -> Any:
         url = f"{self._base_url}{path}"
-        async for attempt in self._retrying():
-            with attempt:
-                body = await self._send("GET", url, headers=self._basic)
+        body = await self._quickly(lambda: self._send("GET", url, headers=self._basic))
         try:
             return json.loads(body)
         except ValueError as exc:
@@ -312,10 +315,7 @@ class CloudAmqpClient:
         self, instance_id: str, plan: str, reason: str, on_request: Callable[[], Awaitable[None]]
     ) -> None:
         url = f"{self._base_url}/api/instances/{instance_id}/actions/upgrade"
-        async for attempt in self._retrying(change=True):
-            with attempt:
-                await on_request()
-                await self._send("POST", url, headers=self._bearer, json={"plan": plan, "reason": reason})
+        await self._change("POST", url, self._bearer, {"plan": plan, "reason": reason}, on_request)
 
     async def resize_disk(
         self,
@@ -328,17 +328,28 @@ class CloudAmqpClient:
         once); ``on_request`` runs before each try."""
         url = f"{self._base_url}/api/instances/{instance_id}/disk"
         body = {"extra_disk_size": extra_disk, "allow_downtime": allow_downtime}
-        async for attempt in self._retrying(change=True):
-            with attempt:
-                await on_request()
-                await self._send("PUT", url, headers=self._basic, json=body)
+        await self._change("PUT", url, self._basic, body, on_request)
 
     async def _put(self, instance_id: str, plan: str, on_request: Callable[[], Awaitable[None]]) -> None:
         url = f"{self._base_url}/api/instances/{instance_id}"
-        async for attempt in self._retrying(change=True):
-            with attempt:
-                await on_request()
-                await self._send("PUT", url, headers=self._basic, json={"plan": plan})
+        await self._change("PUT", url, self._basic, {"plan": plan}, on_request)
+
+    async def _change(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: dict[str, Any],
+        on_request: Callable[[], Awaitable[None]],
+    ) -> None:
+        """Ask for a change, ``on_request`` before each try, quickly retried only where
+        CloudAMQP answered that it did not make it."""
+
+        async def send() -> str:
+            await on_request()
+            return await self._send(method, url, headers=headers, json=body)
+
+        await self._quickly(send, change=True)
 
     def _redact(self, text: str) -> str:
         for secret in self._secrets:

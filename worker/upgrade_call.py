@@ -18,6 +18,7 @@ from shared.errors import BusyError, PermanentError, RetryableError
 from shared.policy import OVER_BUDGET_ASK, Skip, SkipReason, Upgrade, made_already, price_check, resolve_plan
 from shared.pricing import INCREASE_WINDOW, PlanChange
 from shared.records import AUTOPILOT, Asked, Asking, AuditEntry, DiskMark, Finish
+from shared.retrying import first_then
 from shared.statuses import RECONFIGURING, UNANSWERED, ActionStatus
 from shared.verify import assess
 from worker.jobs import Claim, Job, already_processed
@@ -351,21 +352,22 @@ class UpgradeCall:
         outage is waited out (at least as long as the claim's lease keeps others off) rather
         than turned into a retry that would forget the call and repeat it."""
         lease = self.settings.claim_lease_seconds
-        retrying = AsyncRetrying(
-            stop=stop_after_delay(max(lease, 300.0)),
-            # Tried well within a lease: once the store is back, a worker that found the lease
-            # run out gives this one a single lease to report (see ``shared.claims``).
-            wait=wait_exponential(multiplier=0.2, max=min(5.0, lease / 4)),
-            reraise=True,
-            before_sleep=lambda state: self.job.log.warning(
-                "store.write_retrying",
-                error=repr(state.outcome.exception()) if state.outcome else None,
-                attempt=state.attempt_number,
-            ),
-        )
-        async for attempt in retrying:
-            with attempt:
-                await self._finish(status, succeeded=True, **fields)
+
+        def retrying() -> AsyncRetrying:
+            return AsyncRetrying(
+                stop=stop_after_delay(max(lease, 300.0)),
+                # Tried well within a lease: once the store is back, a worker that found the
+                # lease run out gives this one a single lease to report (see ``shared.claims``).
+                wait=wait_exponential(multiplier=0.2, max=min(5.0, lease / 4)),
+                reraise=True,
+                before_sleep=lambda state: self.job.log.warning(
+                    "store.write_retrying",
+                    error=repr(state.outcome.exception()) if state.outcome else None,
+                    attempt=state.attempt_number,
+                ),
+            )
+
+        await first_then(lambda: self._finish(status, succeeded=True, **fields), retrying)
 
     @contextlib.asynccontextmanager
     async def _renewing(self) -> AsyncIterator[None]:
