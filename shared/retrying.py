@@ -18,13 +18,20 @@ from tenacity import AsyncRetrying
 T = TypeVar("T")
 
 
-async def first_then(call: Callable[[], Awaitable[T]], retrying: Callable[[], AsyncRetrying]) -> T:
+async def first_then(
+    call: Callable[[], Awaitable[T]],
+    retrying: Callable[[], AsyncRetrying],
+    retried: Callable[[BaseException], bool] | None = None,
+) -> T:
     """``call()``, as ``async for attempt in retrying(): with attempt: return await call()``
     would, with the first try outside the loop (``retrying`` must re-raise, ``reraise=True``).
-    A stop by elapsed time counts from the first failure."""
+    ``retried``: the loop's retry test, where known, so that a failure it would not retry is
+    raised without the loop. A stop by elapsed time counts from the first failure."""
     try:
         return await call()
     except Exception as exc:
+        if retried is not None and not retried(exc):
+            raise
         failed: Exception | None = exc
     async for attempt in retrying():
         with attempt:

@@ -130,6 +130,10 @@ def _quick_retry_allowed(exc: BaseException) -> bool:
     return exc.retry_after is None or exc.retry_after <= QUICK_RETRY_AFTER_CAP
 
 
+def _never(exc: BaseException) -> bool:
+    return False
+
+
 def _quick_change_retry_allowed(exc: BaseException) -> bool:
     """A change is asked again at once only where CloudAMQP answered that it did not make it."""
     return _quick_retry_allowed(exc) and not (isinstance(exc, RetryableError) and exc.unanswered)
@@ -197,18 +201,20 @@ class CloudAmqpClient:
         """``actions``, ``instances``, or ``auto`` while no plan change has told yet."""
         return (self._chosen or UpgradeApi.AUTO).value
 
-    def _retrying(self, *, change: bool = False) -> AsyncRetrying:
-        """Quick retries of a read, or (``change``) of a change CloudAMQP answered it did not make."""
-        return AsyncRetrying(
-            stop=stop_after_attempt(self._quick_retries + 1),
-            wait=_wait,
-            retry=retry_if_exception(_quick_change_retry_allowed if change else _quick_retry_allowed),
-            reraise=True,
-        )
-
     async def _quickly(self, call: Callable[[], Awaitable[str]], *, change: bool = False) -> str:
-        """``call()`` under the quick retries (``_retrying``), its first try outside tenacity."""
-        return await first_then(call, lambda: self._retrying(change=change))
+        """``call()`` with quick retries (tenacity, its first try outside it): of a read, or
+        (``change``) of a change CloudAMQP answered it did not make."""
+        allowed = _quick_change_retry_allowed if change else _quick_retry_allowed
+
+        def retrying() -> AsyncRetrying:
+            return AsyncRetrying(
+                stop=stop_after_attempt(self._quick_retries + 1),
+                wait=_wait,
+                retry=retry_if_exception(allowed),
+                reraise=True,
+            )
+
+        return await first_then(call, retrying, allowed if self._quick_retries else _never)
 
     async def _get_json(self, path: str) -> Any:
         url = f"{self._base_url}{path}"

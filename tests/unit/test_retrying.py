@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tenacity import (
@@ -73,6 +74,11 @@ async def first(run: Run, attempts: int) -> object:
     return await first_then(run.call, lambda: run.retrying(attempts))
 
 
+async def first_knowing(run: Run, attempts: int) -> object:
+    """Told the loop's retry test: a failure it would not retry skips the loop."""
+    return await first_then(run.call, lambda: run.retrying(attempts), lambda exc: isinstance(exc, Again))
+
+
 def outcome_of(coro_fn: object, run: Run, attempts: int) -> tuple[object, int, list[float], list[int]]:
     try:
         result: object = asyncio.run(coro_fn(run, attempts))  # type: ignore[operator]
@@ -89,8 +95,9 @@ def outcome_of(coro_fn: object, run: Run, attempts: int) -> tuple[object, int, l
 def test_given_any_run_of_outcomes_then_first_then_does_what_the_plain_loop_does(
     outcomes: list[str], attempts: int
 ) -> None:
-    ours = outcome_of(first, Run(list(outcomes)), attempts)
-    assert ours == outcome_of(plain, Run(list(outcomes)), attempts)
+    expected = outcome_of(plain, Run(list(outcomes)), attempts)
+    assert outcome_of(first, Run(list(outcomes)), attempts) == expected
+    assert outcome_of(first_knowing, Run(list(outcomes)), attempts) == expected
 
 
 def test_given_a_first_try_that_succeeds_then_no_retrying_is_built() -> None:
@@ -115,6 +122,21 @@ def test_given_two_failures_then_success_then_third_call_answers_after_two_waits
 def test_given_a_failure_not_retried_then_it_is_raised_after_one_call() -> None:
     run = Run(["final"])
     assert outcome_of(first, run, 3) == (("Final", "call 1"), 1, [], [])
+
+
+def test_given_the_retry_test_refuses_then_no_retrying_is_built() -> None:
+    built: list[int] = []
+
+    async def call() -> str:
+        raise Final("no")
+
+    def retrying() -> AsyncRetrying:
+        built.append(1)
+        return AsyncRetrying(reraise=True)
+
+    with pytest.raises(Final):
+        asyncio.run(first_then(call, retrying, lambda exc: isinstance(exc, Again)))
+    assert built == []
 
 
 def test_given_more_failures_than_attempts_then_the_last_is_raised() -> None:
