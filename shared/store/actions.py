@@ -11,7 +11,7 @@ from typing import Any
 
 from shared import outbox
 from shared.alarm import Alarm
-from shared.db import Row, lit, lits, rows_cte
+from shared.db import Query, Row, lit, lits, rows_cte
 from shared.notifications import EventType, Notice, action_notice, action_price, alarm_data
 from shared.records import AUTOPILOT, ActionRecord, Asked, Asking, AuditEntry
 from shared.statuses import (
@@ -101,15 +101,14 @@ class Actions(Controls):
         notice = Notice(event_type, key, data, instance_id)
         return await outbox.insert(self.tx, notice, time.time() if now is None else now)
 
-    async def _decided_events(self, event_keys: Sequence[str]) -> dict[str, set[str]]:
-        """For each content, the lowest and highest event id among its events whose action is a
-        decision that stands: enough to tell whether another event than a given one has one."""
-        if not event_keys:
-            return {}
+    def _decided_events(self, event_keys: Sequence[str]) -> Query[dict[str, set[str]]]:
+        """For each content (at least one), the lowest and highest event id among its events
+        whose action is a decision that stands: enough to tell whether another event than a
+        given one has one."""
         cte, args = rows_cte(self.tx.dialect, "v", [("event_key", "text")], [(k,) for k in event_keys])
         # Each end by its own lookup in the partial index ``actions_decided`` (whose condition
         # is DECIDED_ROW's): never a scan of the content's rows.
-        rows = await self.tx.fetch(
+        return Query(
             f"""WITH {cte}
                SELECT v.event_key,
                    (SELECT event_id FROM actions WHERE event_key = v.event_key AND {DECIDED_ROW}
@@ -117,22 +116,20 @@ class Actions(Controls):
                    (SELECT event_id FROM actions WHERE event_key = v.event_key AND {DECIDED_ROW}
                     ORDER BY event_id DESC LIMIT 1) AS hi
                FROM v""",
-            *args,
+            args,
+            lambda rows: {row["event_key"]: {row["lo"], row["hi"]} for row in rows if row["lo"] is not None},
         )
-        return {row["event_key"]: {row["lo"], row["hi"]} for row in rows if row["lo"] is not None}
 
-    async def _reconfiguring(
+    def _reconfiguring(
         self, instances: Sequence[str], asked_since: float = 0.0, quiet_before: float = float("-inf")
-    ) -> dict[str, str]:
+    ) -> Query[dict[str, str]]:
         """The changes CloudAMQP is applying to these instances, or may be: asked for since
         ``asked_since`` and their answer never heard (``shared.statuses.unanswered``) — a
         call retrying after no answer, or one whose worker went quiet while it waited (asked
         before ``quiet_before``: a live worker's call is covered by its claim). The plan, or
-        the extra disk."""
-        if not instances:
-            return {}
+        the extra disk. At least one instance."""
         cte, args = rows_cte(self.tx.dialect, "v", [("instance_id", "text")], [(i,) for i in instances], 3)
-        rows = await self.tx.fetch(
+        return Query(
             f"""WITH {cte} SELECT instance_id, plan, kind, extra_disk_to FROM actions
                WHERE reason = '{RECONFIGURING}' AND status = {_IN_PROGRESS}
                AND instance_id IN (SELECT instance_id FROM v)
@@ -141,11 +138,9 @@ class Actions(Controls):
                WHERE {ASKING} AND asked_at >= $1
                AND (reason = '{UNANSWERED}' OR (status = {_IN_PROGRESS} AND reason IS NULL AND asked_at < $2))
                AND instance_id IN (SELECT instance_id FROM v)""",
-            asked_since,
-            quiet_before,
-            *args,
+            [asked_since, quiet_before, *args],
+            lambda rows: {row["instance_id"]: change_of(row) for row in rows},
         )
-        return {row["instance_id"]: change_of(row) for row in rows}
 
     async def asking(self, askings: Sequence[Asking]) -> None:
         """Write down, before they are asked, the changes these actions' calls ask CloudAMQP

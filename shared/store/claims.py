@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from shared.claims import ClaimRow, ClaimStatus, ClaimVerdict, claim_verdict
-from shared.db import Row, lit, rows_cte
+from shared.db import Query, Row, lit, rows_cte
 from shared.records import ActionRecord, Finish
 from shared.store.actions import Actions
 from shared.store.disk import Disks
@@ -43,17 +43,16 @@ class Claims(Actions, Disks):
     """Claim rows, inside one open transaction (an upgrade's end writes its action, audit
     entry and disk history with its claim)."""
 
-    async def _locked_claims(self, scopes: Sequence[str]) -> dict[str, ClaimRow]:
-        if not scopes:
-            return {}
+    def _locked_claims(self, scopes: Sequence[str]) -> Query[dict[str, ClaimRow]]:
+        """The claim rows of these scopes (at least one), locked, in scope order."""
         cte, args = rows_cte(self.tx.dialect, "v", [("scope", "text")], [(sc,) for sc in scopes])
         lock = " FOR UPDATE OF c" if self.tx.dialect == "postgresql" else ""
-        rows = await self.tx.fetch(
+        return Query(
             f"""WITH {cte} SELECT c.* FROM claims c WHERE c.scope IN (SELECT scope FROM v)
                ORDER BY c.scope{lock}""",
-            *args,
+            args,
+            lambda rows: {row["scope"]: claim_of(row) for row in rows},
         )
-        return {row["scope"]: claim_of(row) for row in rows}
 
     async def _put_claims(self, rows: Sequence[ClaimRow]) -> None:
         """The claim rows as the fold left them (their rows locked by ``load``)."""

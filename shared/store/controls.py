@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from shared.claims import ClaimStatus
 from shared.controls import GLOBAL, ControlError, Pause
-from shared.db import Row, lit, rows_cte
+from shared.db import Query, Row, lit, rows_cte
 from shared.records import ActionRecord, ApprovalDecision, ApprovalRequest, AuditEntry
 from shared.statuses import ActionStatus
 from shared.store.part import Part
@@ -37,6 +37,11 @@ def pause_of(row: Row) -> Pause:
     return Pause(
         row["scope"], float(row["until_at"]), row["operator"], row["reason"], float(row["created_at"])
     )
+
+
+def running_pauses(now: float) -> Query[list[Pause]]:
+    """Every pause still running at ``now``."""
+    return Query("SELECT * FROM pauses WHERE until_at > $1", [now], lambda rows: [pause_of(r) for r in rows])
 
 
 class Controls(Part):

@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from shared.db import Row, lit, member_of, rows_cte
+from shared.db import Query, Row, lit, member_of, rows_cte
 from shared.flapping import FlapMark, FlapRule, Transition
 from shared.incidents import IncidentChange
 from shared.snapshot import Arrival, FlapWrite, KeyState, Writes
@@ -90,6 +90,17 @@ def key_state(row: Row) -> KeyState:
     )
 
 
+def with_transitions(states: dict[str, KeyState], key_rows: Sequence[Row]) -> dict[str, KeyState]:
+    """The keys' latest incidents: ``states`` (their open ones) completed by the keys' rows
+    (``Incidents._key_rows``) — the incident each names, and its recent transitions."""
+    for row in key_rows:
+        # An open incident is the latest (the row may predate it, written with the rule off).
+        state = states.get(row["of_key"]) or (key_state(row) if row["incident_id"] else KeyState())
+        state.transitions = transitions_of(row["transitions"])
+        states[row["of_key"]] = state
+    return states
+
+
 def transitions_json(transitions: Sequence[Transition]) -> str:
     return json.dumps([[t.at, int(t.opening)] for t in transitions], separators=(",", ":"))
 
@@ -143,48 +154,49 @@ class Incidents(Part):
         rule on, the one the key's row names, with the key's recent transitions."""
         if not keys:
             return {}
+        states = await self._open_incidents(keys).run(self.tx)
+        return with_transitions(states, await self._key_rows(keys).run(self.tx)) if flap.on else states
+
+    def _open_incidents(self, keys: Sequence[str]) -> Query[dict[str, KeyState]]:
+        """The keys' open incidents (at least one key), locked on PostgreSQL."""
         lock = " FOR UPDATE OF i" if self.tx.dialect == "postgresql" else ""
         # By ``member_of``, not a join with the keys' rows: the open incidents' index is
         # partial, and a join planned while the store was new stays a nested loop over every
         # open incident, batch after batch (docs/benchmarks.md).
         among, keys_arg = member_of(self.tx.dialect, "i.incident_key", keys, 1)
-        rows = await self.tx.fetch(
+        return Query(
             f"""SELECT {_STATE_COLUMNS} FROM incidents i WHERE i.status = {_OPEN} AND {among}
                ORDER BY i.incident_key{lock}""",
-            keys_arg,
+            [keys_arg],
+            lambda rows: {row["incident_key"]: key_state(row) for row in rows},
         )
-        states = {row["incident_key"]: key_state(row) for row in rows}
-        if not flap.on:
-            return states
+
+    def _key_rows(self, keys: Sequence[str]) -> Query[list[Row]]:
+        """The keys' rows (at least one key): their recent transitions and the incident each
+        names (``with_transitions``)."""
         cte, args = rows_cte(self.tx.dialect, "v", [("incident_key", "text")], [(k,) for k in keys])
-        rows = await self.tx.fetch(
+        return Query(
             f"""WITH {cte} SELECT k.incident_key AS of_key, k.transitions, {_STATE_COLUMNS}
                FROM incident_keys k LEFT JOIN incidents i ON i.incident_id = k.incident_id
                WHERE k.incident_key IN (SELECT incident_key FROM v) ORDER BY k.incident_key""",
-            *args,
+            args,
+            list,
         )
-        for row in rows:
-            # An open incident is the latest (the row may predate it, written with the rule off).
-            state = states.get(row["of_key"]) or (key_state(row) if row["incident_id"] else KeyState())
-            state.transitions = transitions_of(row["transitions"])
-            states[row["of_key"]] = state
-        return states
 
-    async def _recorded(self, event_ids: Sequence[str]) -> dict[str, Row]:
-        """What the store holds about events recorded before: incident, action, approval."""
-        if not event_ids:
-            return {}
+    def _recorded(self, event_ids: Sequence[str]) -> Query[dict[str, Row]]:
+        """What the store holds about events recorded before (at least one): incident,
+        action, approval."""
         cte, args = rows_cte(self.tx.dialect, "v", [("event_id", "text")], [(i,) for i in event_ids])
-        rows = await self.tx.fetch(
+        return Query(
             f"""WITH {cte}
                SELECT e.event_id, e.incident_id, e.incident_change, a.status, a.reason, a.plan,
                    a.extra_disk_to, p.deadline, a.asked_at, a.from_plan, a.extra_disk_from
                FROM v JOIN events e ON e.event_id = v.event_id
                LEFT JOIN actions a ON a.action_id = e.event_id
                LEFT JOIN approvals p ON p.action_id = e.event_id""",
-            *args,
+            args,
+            lambda rows: {row["event_id"]: row for row in rows},
         )
-        return {row["event_id"]: row for row in rows}
 
     async def _apply_incidents_of(self, writes: Writes, now: float) -> None:
         dialect = self.tx.dialect

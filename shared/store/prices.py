@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from shared.catalogue import Catalogue
-from shared.db import Database, lit, rows_cte
+from shared.db import Database, Query, lit, rows_cte
 from shared.statuses import ActionStatus
 from shared.store.part import Part
 
@@ -47,16 +47,15 @@ MIGRATION = [
 class Prices(Part):
     """The plans of a batch's instances and what was spent on them, inside one transaction."""
 
-    async def _plans_of(self, instances: Sequence[str]) -> dict[str, str]:
-        if not instances:
-            return {}
+    def _plans_of(self, instances: Sequence[str]) -> Query[dict[str, str]]:
+        """These instances' plans (at least one instance) as last read."""
         cte, args = rows_cte(self.tx.dialect, "v", [("instance_id", "text")], [(i,) for i in instances])
-        rows = await self.tx.fetch(
+        return Query(
             f"""WITH {cte} SELECT instance_id, plan FROM instance_plans
                WHERE instance_id IN (SELECT instance_id FROM v)""",
-            *args,
+            args,
+            lambda rows: {row["instance_id"]: row["plan"] for row in rows},
         )
-        return {row["instance_id"]: row["plan"] for row in rows}
 
     async def increases_of(
         self, instances: Sequence[str], since: float, *, leaving_out: str = ""
@@ -66,8 +65,14 @@ class Prices(Part):
         action ``leaving_out`` (the one being priced)."""
         if not instances:
             return {}
+        return await self._increases(instances, since, leaving_out).run(self.tx)
+
+    def _increases(
+        self, instances: Sequence[str], since: float, leaving_out: str = ""
+    ) -> Query[dict[str, float]]:
+        """``increases_of`` as a read (at least one instance)."""
         cte, args = rows_cte(self.tx.dialect, "v", [("instance_id", "text")], [(i,) for i in instances], 3)
-        rows = await self.tx.fetch(
+        return Query(
             f"""WITH {cte}
                SELECT instance_id, SUM(CASE WHEN to_price > COALESCE(from_price, 0)
                                             THEN to_price - COALESCE(from_price, 0) ELSE 0 END) AS added
@@ -75,11 +80,9 @@ class Prices(Part):
                WHERE to_price IS NOT NULL AND instance_id IN (SELECT instance_id FROM v)
                  AND created_at >= $1 AND action_id <> $2 AND status IN ({_SPENT})
                GROUP BY instance_id""",
-            since,
-            leaving_out,
-            *args,
+            [since, leaving_out, *args],
+            lambda rows: {row["instance_id"]: float(row["added"] or 0.0) for row in rows},
         )
-        return {row["instance_id"]: float(row["added"] or 0.0) for row in rows}
 
     async def note_plans(self, plans: Mapping[str, str], now: float) -> None:
         """Remember each instance's plan as just read."""

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 
 from shared import outbox
 from shared.alarm import Alarm, new_id
+from shared.db import Together
 from shared.flapping import OFF, FlapRule
 from shared.incidents import IncidentPlan
 from shared.records import Asking
@@ -15,8 +16,8 @@ from shared.snapshot import Arrival, EventState, Snapshot, Writes, record_arriva
 from shared.statuses import HANDED_OFF
 from shared.store.actions import asked_of
 from shared.store.claims import Claims
-from shared.store.controls import pause_of
-from shared.store.incidents import EventRecord, Incidents
+from shared.store.controls import running_pauses
+from shared.store.incidents import EventRecord, Incidents, with_transitions
 from shared.store.part import CLAIM, INCIDENT
 from shared.store.prices import Prices
 
@@ -55,8 +56,27 @@ class Unit(Claims, Incidents, Prices):
         # this transaction ends (a row that exists is also locked by the reads below).
         await self._lock([INCIDENT + k for k in keys] + [CLAIM + sc for sc in snapshot.scopes])
         snapshot.new = await self._insert_events(arrivals, now)
-        earlier = await self._recorded(sorted({a.alarm.event_id for a in arrivals} - snapshot.new))
-        for event_id, row in earlier.items():
+        earlier_ids = sorted({a.alarm.event_id for a in arrivals} - snapshot.new)
+        instances = sorted({a.instance_id for a in arrivals if a.instance_id is not None})
+        # The rest in one round trip on PostgreSQL, row locks in this order (incidents, claims).
+        read = Together(self.tx)
+        earlier = read.add(self._recorded(earlier_ids)) if earlier_ids else None
+        opened = read.add(self._open_incidents(keys)) if keys else None
+        key_rows = read.add(self._key_rows(keys)) if keys and flap.on else None
+        decided = read.add(self._decided_events(sorted({a.alarm.event_key for a in arrivals})))
+        claims = read.add(self._locked_claims(sorted(snapshot.scopes))) if snapshot.scopes else None
+        pauses = read.add(running_pauses(now))
+        reconfiguring = (
+            read.add(self._reconfiguring(instances, asked_since, quiet_before)) if instances else None
+        )
+        known_plans = read.add(self._plans_of(instances)) if plans and instances else None
+        increases = (
+            read.add(self._increases(instances, increases_since))
+            if increases_since is not None and instances
+            else None
+        )
+        await read.run()
+        for event_id, row in (earlier.value if earlier else {}).items():
             snapshot.events[event_id] = EventState(
                 row["incident_id"],
                 row["incident_change"],
@@ -69,17 +89,15 @@ class Unit(Claims, Incidents, Prices):
                 row["extra_disk_to"],
                 asked_of(row),
             )
-        snapshot.keys = await self._key_states(keys, flap)
-        snapshot.decided = await self._decided_events(sorted({a.alarm.event_key for a in arrivals}))
-        snapshot.claims = await self._locked_claims(sorted(snapshot.scopes))
-        rows = await self.tx.fetch("SELECT * FROM pauses WHERE until_at > $1", now)
-        snapshot.pauses = [pause_of(r) for r in rows]
-        instances = sorted({a.instance_id for a in arrivals if a.instance_id is not None})
-        snapshot.reconfiguring = await self._reconfiguring(instances, asked_since, quiet_before)
-        if plans:
-            snapshot.plans = await self._plans_of(instances)
-        if increases_since is not None:
-            snapshot.increases = await self.increases_of(instances, increases_since)
+        snapshot.keys = opened.value if opened else {}
+        if key_rows is not None:
+            snapshot.keys = with_transitions(snapshot.keys, key_rows.value)
+        snapshot.decided = decided.value
+        snapshot.claims = claims.value if claims else {}
+        snapshot.pauses = pauses.value
+        snapshot.reconfiguring = reconfiguring.value if reconfiguring else {}
+        snapshot.plans = known_plans.value if known_plans else {}
+        snapshot.increases = increases.value if increases else {}
         return snapshot
 
     async def apply(self, writes: Writes, now: float) -> list[bool]:
