@@ -135,7 +135,7 @@ def _worker_rows(r: dict[str, Any]) -> list[str]:
                     f"2 worker throughput, {kind}, {k} proc{part}",
                     f"{_fmt(res['rate_per_s'])}/s ({_fmt(res['per_process'])}/s per process, "
                     f"{_fmt(res.get('cpu_us_per_alarm'))} µs CPU/alarm, "
-                    f"machine {_fmt(_percent(res.get('machine_cpu_busy')))} % busy)",
+                    f"machine {_fmt(_percent(res.get('machine_cpu_busy')))} % busy)" + _rounds(res),
                     _raw_beside(res, k),
                     f"{_fmt(ratio, '×')} (CPU: {_fmt(res.get('cpu_ratio_vs_raw'), '×')})",
                     f"≥ {target}×" if target else ("–" if part else "rises"),
@@ -178,6 +178,14 @@ def _worker_rows(r: dict[str, Any]) -> list[str]:
                     )
                 )
     return rows
+
+
+def _rounds(res: dict[str, Any]) -> str:
+    """A worker row's runs, where it ran more than once (the median run is the row's)."""
+    rates = res.get("rounds") or []
+    if len(rates) < 2:
+        return ""
+    return f"; median of {len(rates)} runs ({_each(rates)}/s, {_each(res['round_cpu_us'])} µs CPU/alarm)"
 
 
 def _raw_beside(res: dict[str, Any], k: Any) -> str:
