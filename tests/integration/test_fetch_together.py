@@ -187,3 +187,13 @@ async def test_given_a_batch_then_its_first_step_reads_in_three_round_trips_on_p
             assert (snapshot.new, set(snapshot.events)) == ((ids, set()) if first_time else (set(), ids))
     finally:
         await opened.close()
+
+
+async def test_given_times_to_the_microsecond_then_together_they_come_back_exactly(pg_store: Store) -> None:
+    times = [1765046400.1234567, 1765046400.0, 0.1 + 0.2, -1.5e-7, 2.0**53 + 2]
+    stamps = Query("SELECT unnest($1::float8[]) AS t", [times], lambda rows: [row["t"] for row in rows])
+    async with pg_store.db.transaction() as tx:
+        alone = await stamps.run(tx)
+        [together, _] = await fetch_together(tx, [stamps, claims_by(["a"], 0.0)])
+    assert alone == times
+    assert [float(t) for t in together] == times  # (1765046400.0 comes back as the int 1765046400)
