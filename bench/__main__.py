@@ -63,7 +63,11 @@ def main() -> int:
     )
     parser.add_argument("--profile", action="store_true", help="py-spy the receiver, one worker")
     parser.add_argument("--keep", action="store_true", help="keep the process logs")
-    parser.add_argument("--rounds", type=int, help="interleaved rounds of the accept-rate runs")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help="interleaved rounds of the accept-rate and end-to-end runs; benchmark 2's worker runs a row",
+    )
     parser.add_argument(
         "--compare-receiver",
         type=Path,

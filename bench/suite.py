@@ -640,10 +640,13 @@ async def bench_workers(cfg: Config) -> dict[str, Any]:
                 if n:
                     raws.append(await run_raw_consumers(cfg, k))
                 run = await run_workers(
-                    cfg, api_url, kind, k, extra, root=cfg.worker_root, profiling=n == 0, **kw
+                    cfg, api_url, kind, k, extra, root=cfg.worker_root, profiling=not main, **kw
                 )
                 results.append(run)
             result = _median_run(results) | {"round_cpu_us": [r.get("cpu_us_per_alarm") for r in results]}
+            if main and cfg.profile:  # py-spy slows what it samples: a run of its own, not counted
+                profiled = await run_workers(cfg, api_url, kind, k, extra, root=cfg.worker_root, **kw)
+                result["profile"] = profiled.get("profile")
             if cfg.compare_worker is not None and extra is None and kw.get("lanes", True):
                 # ABBA BAAB: the run above, then both in turn — four runs each, so that a drift
                 # through the sequence weighs on both alike (runs of one revision moved by

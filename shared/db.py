@@ -123,8 +123,14 @@ async def fetch_together(tx: Tx, queries: Sequence[Query[Any]]) -> list[Any]:
     renumbered after the queries before it. A batch's first step reads this way (``Unit.load``):
     each round trip is a wait on a busy event loop, and the chain of them was most of the
     batch's time (docs/benchmarks.md). SQLite runs them one after another: its statements
-    make no round trip. Every column a query returns must have a name of its own; a value
-    comes back as JSON has it (a DOUBLE PRECISION with no fraction as an ``int``)."""
+    make no round trip. Every column a query returns must have a name of its own. Combined,
+    a value comes back as JSON has it: a DOUBLE PRECISION with no fraction as an ``int``,
+    Infinity as the text ``"Infinity"`` (parsers take numbers through ``float()``), exact to
+    the last digit (``extra_float_digits``, set with the pool). One statement has one
+    snapshot: where a locking read waits for another transaction's row lock (a claim being
+    finished or renewed, which take no advisory lock), the rows it locks are read as that
+    transaction left them and the other reads as the statement began; the batch's own
+    advisory locks are taken before it, in a statement of their own."""
     if tx.dialect != "postgresql" or len(queries) < 2:
         return [await query.run(tx) for query in queries]
     parts: list[str] = []
@@ -577,7 +583,15 @@ class PostgresDatabase:
 
         try:
             self._pool = await asyncio.wait_for(
-                asyncpg.create_pool(self._url, min_size=1, max_size=POOL_SIZE, reset=_keep_session),
+                asyncpg.create_pool(
+                    self._url,
+                    min_size=1,
+                    max_size=POOL_SIZE,
+                    reset=_keep_session,
+                    # Floats written as text (``fetch_together``'s JSON) exactly, whatever the
+                    # server's default: any value above 0 is the shortest exact form (PG 12+).
+                    server_settings={"extra_float_digits": "1"},
+                ),
                 timeout=10,
             )
         except (OSError, TimeoutError, asyncpg.PostgresError, ValueError) as exc:

@@ -4,8 +4,9 @@ tenacity's bookkeeping runs for every attempt — a ``Future`` with a lock, its 
 wrapped and inspected again — and costs more than the HTTP request it retries (about 110 µs
 of a CloudAMQP read's 290 µs of client CPU here, docs/benchmarks.md). Nearly every call
 succeeds at once, so ``first_then`` makes the first try outside tenacity, and only a failure
-enters the loop: as that loop's first attempt, so its retry test, stop, waits, attempt numbers
-and ``before_sleep`` see what they would have seen had it run from the start.
+enters the loop: as that loop's first attempt, so its retry test, stop by attempts, waits,
+attempt numbers and ``before_sleep`` see what they would have seen had it run from the start
+(a stop by elapsed time counts from the first failure, one try later).
 """
 
 from __future__ import annotations
