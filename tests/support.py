@@ -24,6 +24,8 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
+from shared.db import Row, Tx
+
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
@@ -582,3 +584,24 @@ async def store_refuses(store: Any, table: str, operation: str, column: str, val
         await tx.execute(
             f"CREATE TRIGGER refuse BEFORE {operation} ON {table} FOR EACH ROW EXECUTE FUNCTION refuse()"
         )
+
+
+class Recording:
+    """A transaction that runs every statement as it is and keeps what it ran."""
+
+    def __init__(self, tx: Tx):
+        self.tx = tx
+        self.dialect = tx.dialect
+        self.ran: list[tuple[str, tuple[Any, ...]]] = []
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        self.ran.append((sql, args))
+        await self.tx.execute(sql, *args)
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        self.ran.append((sql, args))
+        return await self.tx.fetch(sql, *args)
+
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
+        self.ran.append((sql, args))
+        return await self.tx.fetchrow(sql, *args)

@@ -11,8 +11,9 @@ from typing import Any
 
 from shared import outbox
 from shared.alarm import Alarm
-from shared.db import Query, Row, lit, lits, rows_cte
+from shared.db import Row, lit, lits, rows_cte
 from shared.notifications import EventType, Notice, action_notice, action_price, alarm_data
+from shared.queries import Query
 from shared.records import AUTOPILOT, ActionRecord, Asked, Asking, AuditEntry
 from shared.statuses import (
     DECIDED_STATUSES,

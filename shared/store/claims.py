@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from shared.claims import ClaimRow, ClaimStatus, ClaimVerdict, claim_verdict
-from shared.db import Query, Row, lit, rows_cte
+from shared.db import Row, lit, rows_cte
+from shared.queries import Query
 from shared.records import ActionRecord, Finish
 from shared.store.actions import Actions
 from shared.store.disk import Disks

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 
 from shared.claims import ClaimStatus
 from shared.controls import GLOBAL, ControlError, Pause
-from shared.db import Query, Row, lit, rows_cte
+from shared.db import Row, lit, rows_cte
+from shared.queries import Query
 from shared.records import ActionRecord, ApprovalDecision, ApprovalRequest, AuditEntry
 from shared.statuses import ActionStatus
 from shared.store.part import Part

@@ -7,9 +7,10 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from shared.db import Query, Row, lit, member_of, rows_cte
+from shared.db import Row, lit, member_of, rows_cte
 from shared.flapping import FlapMark, FlapRule, Transition
 from shared.incidents import IncidentChange
+from shared.queries import Query
 from shared.snapshot import Arrival, FlapWrite, KeyState, Writes
 from shared.statuses import IncidentStatus
 from shared.store.part import Part

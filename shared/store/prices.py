@@ -8,7 +8,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from shared.catalogue import Catalogue
-from shared.db import Database, Query, lit, rows_cte
+from shared.db import Database, lit, rows_cte
+from shared.queries import Query
 from shared.statuses import ActionStatus
 from shared.store.part import Part
 

@@ -8,9 +8,9 @@ from collections.abc import Iterable, Sequence
 
 from shared import outbox
 from shared.alarm import Alarm, new_id
-from shared.db import Together
 from shared.flapping import OFF, FlapRule
 from shared.incidents import IncidentPlan
+from shared.queries import Together
 from shared.records import Asking
 from shared.snapshot import Arrival, EventState, Snapshot, Writes, record_arrival, settle_due
 from shared.statuses import HANDED_OFF

@@ -1,4 +1,4 @@
-"""``shared.db.fetch_together``: reads made together give what each gives alone, on both stores;
+"""``shared.queries.fetch_together``: reads made together give what each gives alone, on both stores;
 on PostgreSQL in one statement, with the row locks each takes alone. A batch's first step reads
 this way: three round trips on PostgreSQL (lock, events, the rest), whatever the batch holds."""
 
@@ -11,31 +11,12 @@ import asyncpg
 import pytest
 
 from shared.alarm import Alarm, event_key
-from shared.db import Query, Row, Tx, fetch_together
+from shared.db import Row
 from shared.flapping import FlapRule
 from shared.incidents import plan_incident
+from shared.queries import Query, fetch_together
 from shared.store import Arrival, Store, Unit
-
-
-class Counting:
-    """A transaction that runs every statement as it is and counts them."""
-
-    def __init__(self, tx: Tx):
-        self.tx = tx
-        self.dialect = tx.dialect
-        self.statements = 0
-
-    async def execute(self, sql: str, *args: Any) -> None:
-        self.statements += 1
-        await self.tx.execute(sql, *args)
-
-    async def fetch(self, sql: str, *args: Any) -> list[Row]:
-        self.statements += 1
-        return await self.tx.fetch(sql, *args)
-
-    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
-        self.statements += 1
-        return await self.tx.fetchrow(sql, *args)
+from tests.support import Recording
 
 
 async def seeded(url: str) -> Store:
@@ -121,9 +102,9 @@ async def test_given_several_reads_then_together_they_give_what_each_gives_alone
 
 async def test_given_postgresql_then_reads_together_are_one_statement(pg_store: Store) -> None:
     async with pg_store.db.transaction() as tx:
-        counting = Counting(tx)
-        await fetch_together(counting, queries(tx.dialect))
-    assert counting.statements == 1
+        recording = Recording(tx)
+        await fetch_together(recording, queries(tx.dialect))
+    assert len(recording.ran) == 1
 
 
 async def test_given_a_locking_read_among_others_then_its_rows_are_locked_until_commit(
@@ -178,11 +159,11 @@ async def test_given_a_batch_then_its_first_step_reads_in_three_round_trips_on_p
         flap = FlapRule(openings=4, window=600.0, quiet=300.0)
         for first_time in (True, False):  # all new, then all recorded before
             async with opened.db.transaction() as tx:
-                counting = Counting(tx)
-                snapshot = await Unit(counting).load(
+                recording = Recording(tx)
+                snapshot = await Unit(recording).load(
                     batch, scopes, 200.0, flap, plans=True, increases_since=0.0, asked_since=0.0
                 )
-            assert counting.statements == 3  # the locks, the events, one read of the rest
+            assert len(recording.ran) == 3  # the locks, the events, one read of the rest
             ids = {a.alarm.event_id for a in batch}
             assert (snapshot.new, set(snapshot.events)) == ((ids, set()) if first_time else (set(), ids))
     finally:

@@ -9,37 +9,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
-from typing import Any
 
 import asyncpg
 import pytest
 
 from shared.alarm import Alarm, event_key
-from shared.db import Row, Tx
 from shared.flapping import OFF
 from shared.incidents import plan_incident
 from shared.store import Arrival, Store, Unit
-
-
-class Recording:
-    """A transaction that runs every statement as it is and keeps what it ran."""
-
-    def __init__(self, tx: Tx):
-        self.tx = tx
-        self.dialect = tx.dialect
-        self.ran: list[tuple[str, tuple[Any, ...]]] = []
-
-    async def execute(self, sql: str, *args: Any) -> None:
-        self.ran.append((sql, args))
-        await self.tx.execute(sql, *args)
-
-    async def fetch(self, sql: str, *args: Any) -> list[Row]:
-        self.ran.append((sql, args))
-        return await self.tx.fetch(sql, *args)
-
-    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
-        self.ran.append((sql, args))
-        return await self.tx.fetchrow(sql, *args)
+from tests.support import Recording
 
 
 def arrival(n: int) -> Arrival:
