@@ -37,7 +37,7 @@ from worker.process import Processor
 SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
 ROUTING_KEY = "R0UT1NGKEY0123456789abcdefabcdef"
 DELAYS = (0.2, 0.5)
-OTHER_INSTANCES = tuple(f"instance-{n}" for n in range(8))
+OTHER_INSTANCES = tuple(f"instance-{n}" for n in range(9))
 
 
 @dataclass
@@ -390,9 +390,13 @@ async def test_given_a_hanging_channel_then_upgrades_proceed_at_their_normal_lat
         notify_webhook_secret=SECRET,
         notify_timeout_seconds=channel_timeout,
     )
-    with_hang = await upgrade_latencies(pilot, OTHER_INSTANCES[4:8])
+    # The channel's first request is made after an upgrade, in the background; the timed
+    # upgrades start once it hangs, so they all run while it does.
+    await upgrade_latencies(pilot, OTHER_INSTANCES[4:5])
+    await wait_until(lambda: hanging.received, what="the channel's first request, hanging")
+    with_hang = await upgrade_latencies(pilot, OTHER_INSTANCES[5:9])
 
-    assert len(hanging.received) >= 1, "the channel was tried (and hangs) while the upgrades ran"
+    assert all(d.status == -1 for d in hanging.received), "every request to the channel hangs"
     mean_base, mean_hang = sum(baseline) / len(baseline), sum(with_hang) / len(with_hang)
     print(f"alarm → upgrade: no channel {mean_base * 1000:.0f} ms, hanging channel {mean_hang * 1000:.0f} ms")
     assert mean_hang <= 2 * mean_base + 0.25, (baseline, with_hang)
