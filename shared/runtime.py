@@ -55,11 +55,17 @@ def settle_gc() -> None:
     reference counting frees; with the default the collector ran over a hundred times a second
     under load, re-scanning the objects in flight each time and the whole heap now and then,
     and took about a fifth of the worker's CPU (benchmark 2, docs/benchmarks.md). Cyclic
-    garbage is still collected, a little later."""
+    garbage is still collected, a little later.
+
+    The receiver and the worker hold the collector while their modules load (``gc.disable()``
+    first thing in their ``__main__``): loading builds tens of thousands of objects and no
+    garbage worth a pass, and the passes the default threshold makes over them cost about a
+    sixth of a start. This turns it back on."""
     gc.collect()
     gc.freeze()
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+    gc.enable()
 
 
 def run_main(main: Coroutine[Any, Any, None]) -> None:

@@ -4,6 +4,7 @@ per test), a stand-in CloudAMQP API on loopback, and the real processes under te
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import socket
@@ -175,9 +176,17 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     return KeepModulesTogether(config, log)
 
 
+def pytest_collection(session: pytest.Session) -> None:
+    """A test process collects with the collector held, as the services load their modules
+    (the module objects and 1,500 test items are no garbage; passes over them took a quarter of
+    collecting). Under pytest-xdist only the worker processes collect and call this."""
+    gc.disable()
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Each test process, once it has collected the tests, collects garbage as the services
-    do once they are up (``shared.runtime.settle_gc``): the suite is CPU-bound on two cores."""
+    do once they are up (``shared.runtime.settle_gc``, which turns the collector back on): the
+    suite is CPU-bound on two cores."""
     settle_gc()
 
 

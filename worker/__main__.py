@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import gc
+
+# Run as a program: no cyclic collection while the modules load (settle_gc turns it back on
+# once up). Imported, as a test does, it leaves the collector alone.
+if __name__ == "__main__":
+    gc.disable()
+
 import argparse
 import asyncio
 import os
