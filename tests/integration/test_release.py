@@ -42,6 +42,7 @@ async def _schema_version(database_url: str) -> int | None:
     return int(row["v"]) if row and row["v"] is not None else None
 
 
+@pytest.mark.new_store
 async def test_given_an_empty_store_when_the_release_step_runs_then_the_schema_is_current(
     database_url: str,
 ) -> None:

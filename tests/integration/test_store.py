@@ -12,7 +12,7 @@ from shared.alarm import Alarm, event_key
 from shared.claims import ClaimVerdict
 from shared.errors import StoreError
 from shared.incidents import plan_incident
-from shared.store import ActionRecord, ActionStatus, Store
+from shared.store import MIGRATIONS, ActionRecord, ActionStatus, Store
 from tests.support import OneByOne
 
 
@@ -42,6 +42,27 @@ async def test_opening_twice_migrates_once_and_keeps_data(database_url: str) -> 
     await second.close()
 
     assert len(rows) == 1
+
+
+@pytest.mark.new_store
+async def test_given_a_new_store_when_several_open_it_at_once_then_it_is_migrated_once(
+    database_url: str,
+) -> None:
+    """The receiver and the worker start together on a new store, and each migrates it as it
+    opens it: one of them does, the others find it done."""
+    stores = await asyncio.gather(*(Store.open(database_url) for _ in range(4)))
+    try:
+        for n, opened in enumerate(stores):
+            await record(opened, alarm(f"e{n}"))
+        async with stores[0].db.transaction(write=False) as tx:
+            versions = [row["version"] for row in await tx.fetch("SELECT version FROM schema_version")]
+        [incident] = await stores[-1].list_incidents()
+    finally:
+        for opened in stores:
+            await opened.close()
+
+    assert sorted(versions) == list(range(1, len(MIGRATIONS) + 1))
+    assert incident["event_count"] == 4
 
 
 async def test_an_event_is_recorded_once_however_often_it_arrives(store: Store) -> None:
