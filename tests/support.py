@@ -4,15 +4,19 @@ CloudAMQP API's stand-in is ``tests.cloudamqp_stand_in``)."""
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
+import contextlib
 import itertools
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -25,6 +29,7 @@ import aiohttp
 from aiohttp import web
 
 from shared.db import Row, Tx
+from tests import forkserver
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -212,13 +217,17 @@ class Proc:
         self._parsed: list[dict[str, Any]] = []
         self._events: dict[str, list[dict[str, Any]]] = {}
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in wait()
-        self.popen = subprocess.Popen(
-            [sys.executable, "-m", module, *(args or [])],
-            cwd=cwd,
-            env=full_env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
+        self.popen: subprocess.Popen[bytes] | Forked
+        if module in forkserver.PROGRAMS and cwd == ROOT and _starts_alike(full_env):
+            self.popen = fork_server().start(module, args or [], full_env, cwd, self._log.fileno())
+        else:
+            self.popen = subprocess.Popen(
+                [sys.executable, "-m", module, *(args or [])],
+                cwd=cwd,
+                env=full_env,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+            )
 
     def lines(self) -> list[dict[str, Any]]:
         """Every line the process has logged so far, parsed (a line that is not JSON as
@@ -278,13 +287,117 @@ class Proc:
 
     async def wait(self, timeout: float = 20.0) -> int:
         deadline = time.monotonic() + timeout
-        while self.popen.poll() is None:
+        while (code := self.popen.poll()) is None:
             if time.monotonic() > deadline:
                 self.popen.kill()
                 raise AssertionError(f"{self.module} did not exit within {timeout}s")
             await asyncio.sleep(0.05)
         self._log.close()
-        return self.popen.returncode
+        return code
+
+
+class Forked:
+    """A process the fork server started, answering what the tests ask of a ``Popen``: its
+    pid, ``poll``, ``returncode``, ``send_signal`` and ``kill``. Signals go through a pidfd,
+    so one can never reach another process that later took the same pid."""
+
+    def __init__(self, conn: socket.socket):
+        self._conn = conn
+        self._reply = b""
+        pid = self._line(block=True)
+        assert pid is not None
+        self.pid = int(pid)
+        try:
+            self._pidfd: int | None = os.pidfd_open(self.pid)
+        except ProcessLookupError:  # it has exited already (and been reaped): poll says how
+            self._pidfd = None
+        self.returncode: int | None = None
+
+    def _line(self, *, block: bool) -> str | None:
+        self._conn.setblocking(block)
+        while b"\n" not in self._reply:
+            try:
+                chunk = self._conn.recv(64)
+            except BlockingIOError:
+                return None
+            if not chunk:
+                raise AssertionError("the fork server closed a child's connection without its exit code")
+            self._reply += chunk
+        line, self._reply = self._reply.split(b"\n", 1)
+        return line.decode()
+
+    def poll(self) -> int | None:
+        if self.returncode is None and (line := self._line(block=False)) is not None:
+            self.returncode = int(line)
+            self._conn.close()
+            if self._pidfd is not None:
+                os.close(self._pidfd)
+                self._pidfd = None
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None and self._pidfd is not None:
+            with contextlib.suppress(ProcessLookupError):  # exited in between: poll has its code
+                signal.pidfd_send_signal(self._pidfd, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+class ForkServer:
+    """This test process's fork server (``tests.forkserver``), started at its first use."""
+
+    def __init__(self, directory: Path):
+        self.path = str(directory / "forkserver.sock")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}
+        self.env = {**env, "PYTHONUNBUFFERED": "1"}
+        self._log = open(directory / "forkserver.log", "ab")  # noqa: SIM115 - the process's life
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.forkserver", self.path],
+            cwd=ROOT,
+            env=self.env,
+            stdin=subprocess.PIPE,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while not os.path.exists(self.path):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the fork server did not start: {directory / 'forkserver.log'}")
+            time.sleep(0.02)
+        atexit.register(self.close, directory)
+
+    def close(self, directory: Path) -> None:
+        """At the test process's end: the server exits once its stdin closes."""
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        self.process.wait(10)
+        self._log.close()
+        shutil.rmtree(directory, ignore_errors=True)
+
+    def start(self, module: str, args: list[str], env: dict[str, str], cwd: Path, log_fd: int) -> Forked:
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.connect(self.path)
+        request = {"module": module, "args": args, "env": env, "cwd": str(cwd)}
+        socket.send_fds(conn, [json.dumps(request).encode()], [log_fd])
+        return Forked(conn)
+
+
+_FORK_SERVER: list[ForkServer] = []
+
+
+def fork_server() -> ForkServer:
+    if not _FORK_SERVER or _FORK_SERVER[0].process.poll() is not None:
+        directory = Path(tempfile.mkdtemp(prefix="autopilot-forkserver-"))
+        _FORK_SERVER[:] = [ForkServer(directory)]
+    return _FORK_SERVER[0]
+
+
+def _starts_alike(env: dict[str, str]) -> bool:
+    """Whether a child forked from the server starts as ``python -m`` would with ``env``: the
+    variables Python reads only as it starts (``PYTHON*``) must be the server's own."""
+    server = {k: v for k, v in os.environ.items() if k.startswith("PYTHON")} | {"PYTHONUNBUFFERED": "1"}
+    return {k: v for k, v in env.items() if k.startswith("PYTHON")} == server
 
 
 def run_to_exit(module: str, env: dict[str, str], timeout: float = 30.0) -> subprocess.CompletedProcess[str]:

@@ -1,0 +1,119 @@
+"""The suite's fork server: the receivers and workers the tests start, without each loading
+its modules again.
+
+A test run starts about three hundred of our processes, and each ``python -m receiver`` or
+``worker`` spent most of its start loading modules (about 0.5–0.75 s of CPU on a two-core
+machine, a third of the suite's CPU). This server, one per test process, loads both programs'
+modules once (``import receiver.__main__``, ``import worker.__main__``: what ``python -m``
+loads before ``main``), then forks a child per start. The child takes the log file as its
+stdout and stderr, the test's environment, working directory and arguments, and runs the
+program as ``python -m`` does (``runpy``, ``__name__ == "__main__"``): settings are read,
+logging set up, connections opened and signal handlers installed in the child, as in a
+program started alone. Each child is a process of its own (its own pid, signals, exit code,
+sockets); only the module loading is shared. ``tests.support.Proc`` uses it for this
+checkout's receiver and worker and starts anything else (another checkout's code, start-up
+failures run to exit) with ``subprocess`` as before.
+
+Protocol, one Unix-socket connection per child: the test sends a JSON request (module,
+arguments, environment, working directory) with the log file's descriptor; the server
+answers the child's pid, then, once the child has exited and it has reaped it, its exit code
+as ``subprocess`` reports it (a negative number for a signal). The server exits when the
+test process that started it closes its stdin (ends)."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib
+import json
+import os
+import runpy
+import selectors
+import socket
+import sys
+from typing import Any
+
+PROGRAMS = ("receiver", "worker")
+REQUEST_LIMIT = 1 << 20
+
+
+def preload() -> None:
+    """Load what ``python -m receiver`` / ``worker`` load before their ``main`` (the modules
+    hold the collector while they load, as the programs do; what was built is then frozen,
+    so no child's collector walks it)."""
+    gc.disable()
+    for program in PROGRAMS:
+        importlib.import_module(f"{program}.__main__")
+        # What it imported stays loaded; the module itself is run afresh as ``__main__`` in
+        # each child, as ``python -m`` runs it (runpy warns of one already imported).
+        del sys.modules[f"{program}.__main__"]
+        delattr(sys.modules[program], "__main__")
+    with contextlib.suppress(ImportError):
+        importlib.import_module("uvloop")  # run_main's event loop, where installed
+    gc.freeze()
+
+
+def become(request: dict[str, Any], log_fd: int) -> None:
+    """In the forked child: take the log as stdout and stderr, the request's environment,
+    directory and arguments, and run the program as ``python -m`` does. Its exit (``SystemExit``
+    or an exception) propagates out of the server's loop to the interpreter, which exits as it
+    would have for ``python -m``."""
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    stdin = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(stdin, 0)
+    os.close(stdin)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    sys.argv = [request["module"], *request["args"]]
+    runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
+    raise SystemExit(0)
+
+
+def serve(path: str) -> None:
+    preload()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path + ".new")
+    listener.listen(64)
+    os.rename(path + ".new", path)  # the socket appears once it is ready to be connected to
+    selector = selectors.DefaultSelector()
+    selector.register(listener, selectors.EVENT_READ, "listener")
+    selector.register(sys.stdin, selectors.EVENT_READ, "parent")
+    children: dict[int, tuple[int, socket.socket]] = {}  # pidfd → (pid, its connection)
+    while True:
+        for key, _ in selector.select():
+            if key.data == "parent":
+                if not os.read(sys.stdin.fileno(), 4096):
+                    return  # the test process has ended
+            elif key.data == "listener":
+                conn, _ = listener.accept()
+                data, fds, _, _ = socket.recv_fds(conn, REQUEST_LIMIT, 1)
+                pid = os.fork()
+                if pid == 0:
+                    selector.close()
+                    listener.close()
+                    for pidfd, (_, other) in children.items():
+                        os.close(pidfd)
+                        other.close()
+                    conn.close()
+                    become(json.loads(data), fds[0])
+                os.close(fds[0])
+                pidfd = os.pidfd_open(pid)
+                children[pidfd] = (pid, conn)
+                selector.register(pidfd, selectors.EVENT_READ, "child")
+                conn.sendall(f"{pid}\n".encode())
+            else:
+                pidfd = key.fd
+                pid, conn = children.pop(pidfd)
+                selector.unregister(pidfd)
+                os.close(pidfd)
+                _, status = os.waitpid(pid, 0)
+                with contextlib.suppress(OSError):  # unless the test no longer listens
+                    conn.sendall(f"{os.waitstatus_to_exitcode(status)}\n".encode())
+                conn.close()
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1])

@@ -1,0 +1,59 @@
+"""The suite's fork server (``tests.forkserver``): a receiver or worker it starts behaves as one
+``python -m`` starts — the same exit codes and words for a bad start, its own arguments,
+environment and pid, and signals handled by the program itself. No broker is needed: the
+worker here is pointed at a closed port and retries until it is told to stop."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import psutil
+
+from tests.support import Forked, Proc, fork_server, free_port, run_to_exit
+
+
+async def test_a_bad_start_exits_and_says_what_python_m_does(tmp_path: Path) -> None:
+    env = {"RECEIVER_PORT": "not-a-port", "LOG_FORMAT": "json"}
+    alone = run_to_exit("receiver", env)
+    forked = Proc("receiver", env, tmp_path / "receiver.log")
+    assert isinstance(forked.popen, Forked)
+    assert await forked.wait() == alone.returncode == 2
+    said = forked.log_path.read_text()
+    assert said == alone.stdout + alone.stderr
+    assert "RECEIVER_PORT='not-a-port' is invalid" in said
+
+
+async def test_a_forked_program_reads_its_own_arguments(tmp_path: Path) -> None:
+    forked = Proc("worker", {}, tmp_path / "worker.log", args=["--bogus"])
+    assert await forked.wait() == 2
+    assert "python -m worker: error: unrecognized arguments: --bogus" in forked.log_path.read_text()
+
+
+async def test_a_forked_worker_has_its_own_pid_and_environment_and_handles_sigterm(tmp_path: Path) -> None:
+    env = {
+        "RABBITMQ_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}/",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'store.db'}",
+        "RECEIVER_PORT": "7107",
+    }
+    first = Proc("worker", env, tmp_path / "first.log")
+    second = Proc("worker", {**env, "RECEIVER_PORT": "7108"}, tmp_path / "second.log")
+    for proc in (first, second):
+        assert isinstance(proc.popen, Forked)
+        await proc.wait_event("broker.unavailable")
+    server = fork_server().process.pid
+    assert len({first.popen.pid, second.popen.pid, server}) == 3
+    assert psutil.Process(first.popen.pid).ppid() == server
+    for proc, port in ((first, 7107), (second, 7108)):
+        (starting,) = proc.events("worker.starting")
+        assert starting["worker_id"].endswith(f":{proc.popen.pid}")
+        assert starting["settings"]["receiver_port"] == port
+
+    first.signal(signal.SIGTERM)
+    assert await first.wait() == 0
+    assert [e["signal"] for e in first.events("worker.signal")] == ["SIGTERM"]
+    assert second.popen.poll() is None  # the other child runs on
+
+    await second.kill()
+    assert second.popen.poll() == -signal.SIGKILL
+    second.signal(signal.SIGTERM)  # an exited child: nothing to signal, and no error
