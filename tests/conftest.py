@@ -16,7 +16,9 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 import pytest
+import structlog
 
+from shared.logs import console_processors
 from shared.runtime import settle_gc
 from shared.store import Store
 from tests.cloudamqp_stand_in import CloudAmqpStandIn
@@ -205,6 +207,16 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
             return module if module in ONE_WORKER_MODULES else nodeid
 
     return KeepModulesTogether(config, log)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """What runs in a test process (in-process workers, receivers, stand-ins) logs in the
+    services' console format, exceptions as plain text: structlog's default chain drew each
+    traceback with ``rich`` and every frame's locals, which held the event loop a worker and the
+    CloudAMQP stand-in share for 0.5–1.6 s of CPU a traceback (seconds under a parallel run:
+    upgrade calls timed out on an answer that was waiting). The rest of the default
+    configuration (printing to stdout, no cache) stays, so pytest's capture still sees it."""
+    structlog.configure(processors=console_processors(colors=False))
 
 
 def pytest_collection(session: pytest.Session) -> None:

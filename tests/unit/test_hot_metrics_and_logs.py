@@ -18,7 +18,7 @@ import pytest
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from shared.logs import FdLogger, render_json
+from shared.logs import FdLogger, console_processors, render_json
 from shared.metrics import HotCounter, HotHistogram
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
@@ -149,3 +149,27 @@ except ZeroDivisionError:
         ("request.failed", "error"),
     ]
     assert lines[1]["worker"] == 2 and "ZeroDivisionError" in lines[2]["exception"]
+
+
+def _raise_with_locals(depth: int) -> None:
+    payload = {f"key-{i}": list(range(50)) for i in range(200)}  # locals a verbose renderer would draw
+    if depth == 0:
+        raise ValueError(f"refused ({len(payload)})")
+    _raise_with_locals(depth - 1)
+
+
+def test_the_console_format_writes_an_exception_as_plain_text_without_locals() -> None:
+    """``console_processors``: what the services (LOG_FORMAT=console) and the test processes
+    (tests/conftest.py) log. structlog's default drew tracebacks with rich and every frame's
+    locals, holding the event loop for seconds."""
+    assert any(p is structlog.processors.format_exc_info for p in structlog.get_config()["processors"])
+    out = io.StringIO()
+    log = structlog.wrap_logger(structlog.PrintLogger(out), processors=console_processors(colors=False))
+    try:
+        _raise_with_locals(8)
+    except ValueError:
+        log.error("alarm.processing_failed", event_id="e-1", exc_info=True)
+    text = out.getvalue()
+    assert "alarm.processing_failed" in text and "event_id=e-1" in text
+    assert "Traceback (most recent call last):" in text and "ValueError: refused (200)" in text
+    assert "key-199" not in text and "╭" not in text  # neither locals nor rich's boxes
