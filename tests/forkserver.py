@@ -10,12 +10,13 @@ stdout and stderr, the test's environment, working directory and arguments, and 
 program as ``python -m`` does (``runpy``, ``__name__ == "__main__"``): settings are read,
 logging set up, connections opened and signal handlers installed in the child, as in a
 program started alone. Each child is a process of its own (its own pid, signals, exit code,
-sockets); only the module loading is shared. ``tests.support.Proc`` uses it for this
-checkout's receiver and worker and starts anything else (another checkout's code, start-up
-failures run to exit) with ``subprocess`` as before.
+sockets); only the module loading is shared. ``tests.support.Proc`` (the services) and
+``tests.support.run_command`` (the operator's command lines) use it for this checkout's code;
+anything else (another checkout's code, the start-up failures ``run_to_exit`` checks) starts
+with ``subprocess``.
 
 Protocol, one Unix-socket connection per child: the test sends a JSON request (module,
-arguments, environment, working directory) with the log file's descriptor; the server
+arguments, environment, working directory) with the descriptors of its stdout and stderr; the server
 answers the child's pid, then, once the child has exited and it has reaped it, its exit code
 as ``subprocess`` reports it (a negative number for a signal). The server exits when the
 test process that started it closes its stdin (ends)."""
@@ -25,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import importlib
+import importlib.util
 import json
 import os
 import runpy
@@ -33,7 +35,9 @@ import socket
 import sys
 from typing import Any
 
-PROGRAMS = ("receiver", "worker")
+# What the tests run with ``python -m``: the two services, and the command lines an operator
+# runs (``worker.cli``, ``worker.dlq``, ``shared.migrate``).
+PROGRAMS = ("receiver", "worker", "worker.cli", "worker.dlq", "shared.migrate")
 REQUEST_LIMIT = 1 << 20
 
 
@@ -43,24 +47,31 @@ def preload() -> None:
     so no child's collector walks it)."""
     gc.disable()
     for program in PROGRAMS:
-        importlib.import_module(f"{program}.__main__")
+        spec = importlib.util.find_spec(program)
+        assert spec is not None, program
+        code = f"{program}.__main__" if spec.submodule_search_locations is not None else program
+        importlib.import_module(code)
         # What it imported stays loaded; the module itself is run afresh as ``__main__`` in
         # each child, as ``python -m`` runs it (runpy warns of one already imported).
-        del sys.modules[f"{program}.__main__"]
-        delattr(sys.modules[program], "__main__")
+        parent, _, name = code.rpartition(".")
+        del sys.modules[code]
+        delattr(sys.modules[parent], name)
     with contextlib.suppress(ImportError):
         importlib.import_module("uvloop")  # run_main's event loop, where installed
     gc.freeze()
 
 
-def become(request: dict[str, Any], log_fd: int) -> None:
-    """In the forked child: take the log as stdout and stderr, the request's environment,
-    directory and arguments, and run the program as ``python -m`` does. Its exit (``SystemExit``
-    or an exception) propagates out of the server's loop to the interpreter, which exits as it
-    would have for ``python -m``."""
-    os.dup2(log_fd, 1)
-    os.dup2(log_fd, 2)
-    os.close(log_fd)
+def become(request: dict[str, Any], fds: list[int]) -> None:
+    """In the forked child: take the descriptors sent as stdout and stderr (one for both, or
+    one each), the request's environment, directory and arguments, and run the program as
+    ``python -m`` does. Its exit (``SystemExit`` or an exception) propagates out of the
+    server's loop to the interpreter, which exits as it would have for ``python -m``. Output is
+    written unbuffered, as ``python -u`` writes it: the tests' programs run with
+    ``PYTHONUNBUFFERED=1`` or to their exit, where no difference shows."""
+    os.dup2(fds[0], 1)
+    os.dup2(fds[-1], 2)
+    for fd in set(fds):
+        os.close(fd)
     stdin = os.open(os.devnull, os.O_RDONLY)
     os.dup2(stdin, 0)
     os.close(stdin)
@@ -89,7 +100,7 @@ def serve(path: str) -> None:
                     return  # the test process has ended
             elif key.data == "listener":
                 conn, _ = listener.accept()
-                data, fds, _, _ = socket.recv_fds(conn, REQUEST_LIMIT, 1)
+                data, fds, _, _ = socket.recv_fds(conn, REQUEST_LIMIT, 2)
                 pid = os.fork()
                 if pid == 0:
                     selector.close()
@@ -98,8 +109,9 @@ def serve(path: str) -> None:
                         os.close(pidfd)
                         other.close()
                     conn.close()
-                    become(json.loads(data), fds[0])
-                os.close(fds[0])
+                    become(json.loads(data), fds)
+                for fd in fds:
+                    os.close(fd)
                 pidfd = os.pidfd_open(pid)
                 children[pidfd] = (pid, conn)
                 selector.register(pidfd, selectors.EVENT_READ, "child")

@@ -11,14 +11,16 @@ import itertools
 import json
 import os
 import random
+import selectors
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -218,8 +220,8 @@ class Proc:
         self._events: dict[str, list[dict[str, Any]]] = {}
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in wait()
         self.popen: subprocess.Popen[bytes] | Forked
-        if module in forkserver.PROGRAMS and cwd == ROOT and _starts_alike(full_env):
-            self.popen = fork_server().start(module, args or [], full_env, cwd, self._log.fileno())
+        if _forkable(module, cwd, full_env):
+            self.popen = fork_server().start(module, args or [], full_env, cwd, [self._log.fileno()])
         else:
             self.popen = subprocess.Popen(
                 [sys.executable, "-m", module, *(args or [])],
@@ -304,7 +306,7 @@ class Forked:
     def __init__(self, conn: socket.socket):
         self._conn = conn
         self._reply = b""
-        pid = self._line(block=True)
+        pid = self._line(None)
         assert pid is not None
         self.pid = int(pid)
         try:
@@ -313,8 +315,10 @@ class Forked:
             self._pidfd = None
         self.returncode: int | None = None
 
-    def _line(self, *, block: bool) -> str | None:
-        self._conn.setblocking(block)
+    def _line(self, timeout: float | None) -> str | None:
+        """The next line the server sends: waiting up to ``timeout`` (forever: None; not at
+        all: 0, then None when none has come)."""
+        self._conn.settimeout(timeout)
         while b"\n" not in self._reply:
             try:
                 chunk = self._conn.recv(64)
@@ -326,13 +330,28 @@ class Forked:
         line, self._reply = self._reply.split(b"\n", 1)
         return line.decode()
 
-    def poll(self) -> int | None:
-        if self.returncode is None and (line := self._line(block=False)) is not None:
+    def wait(self, timeout: float) -> int:
+        """Block until the process has exited (``subprocess.TimeoutExpired`` after ``timeout``)."""
+        if self.returncode is None:
+            try:
+                line = self._line(timeout)
+            except TimeoutError:
+                raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout) from None
+            assert line is not None
             self.returncode = int(line)
-            self._conn.close()
-            if self._pidfd is not None:
-                os.close(self._pidfd)
-                self._pidfd = None
+            self._closed()
+        return self.returncode
+
+    def _closed(self) -> None:
+        self._conn.close()
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None and (line := self._line(0)) is not None:
+            self.returncode = int(line)
+            self._closed()
         return self.returncode
 
     def send_signal(self, sig: int) -> None:
@@ -375,35 +394,99 @@ class ForkServer:
         self._log.close()
         shutil.rmtree(directory, ignore_errors=True)
 
-    def start(self, module: str, args: list[str], env: dict[str, str], cwd: Path, log_fd: int) -> Forked:
+    def start(self, module: str, args: list[str], env: dict[str, str], cwd: Path, fds: list[int]) -> Forked:
+        """``python -m module args`` with ``env`` in ``cwd``, writing to ``fds`` (stdout and
+        stderr: one for both, or one each)."""
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         conn.connect(self.path)
         request = {"module": module, "args": args, "env": env, "cwd": str(cwd)}
-        socket.send_fds(conn, [json.dumps(request).encode()], [log_fd])
+        socket.send_fds(conn, [json.dumps(request).encode()], fds)
         return Forked(conn)
 
 
 _FORK_SERVER: list[ForkServer] = []
+_FORK_SERVER_LOCK = threading.Lock()  # run_command runs in a thread
 
 
 def fork_server() -> ForkServer:
-    if not _FORK_SERVER or _FORK_SERVER[0].process.poll() is not None:
-        directory = Path(tempfile.mkdtemp(prefix="autopilot-forkserver-"))
-        _FORK_SERVER[:] = [ForkServer(directory)]
-    return _FORK_SERVER[0]
+    with _FORK_SERVER_LOCK:
+        if not _FORK_SERVER or _FORK_SERVER[0].process.poll() is not None:
+            directory = Path(tempfile.mkdtemp(prefix="autopilot-forkserver-"))
+            _FORK_SERVER[:] = [ForkServer(directory)]
+        return _FORK_SERVER[0]
 
 
-def _starts_alike(env: dict[str, str]) -> bool:
-    """Whether a child forked from the server starts as ``python -m`` would with ``env``: the
-    variables Python reads only as it starts (``PYTHON*``) must be the server's own."""
-    server = {k: v for k, v in os.environ.items() if k.startswith("PYTHON")} | {"PYTHONUNBUFFERED": "1"}
-    return {k: v for k, v in env.items() if k.startswith("PYTHON")} == server
+def _forkable(module: str, cwd: Path, env: dict[str, str]) -> bool:
+    """Whether the fork server can start ``python -m module`` as it would start alone: one of
+    its programs, from this checkout, and the variables Python reads only as it starts
+    (``PYTHON*``, but for the buffering the server's children always have) the server's own."""
+
+    def start_up(variables: Mapping[str, str]) -> dict[str, str]:
+        return {k: v for k, v in variables.items() if k.startswith("PYTHON") and k != "PYTHONUNBUFFERED"}
+
+    return module in forkserver.PROGRAMS and cwd == ROOT and start_up(env) == start_up(os.environ)
+
+
+async def run_command(
+    module: str, *args: str, env: dict[str, str], inherit: bool = True, timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    """``python -m module args`` to its exit (an operator's command line), stdin not a terminal:
+    its exit code and output. ``env`` is added to this process's environment (less pytest's
+    own), or stands alone with ``inherit=False``. Through the fork server where it can."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")} if inherit else {}
+    full.update(env)
+    if _forkable(module, ROOT, full):
+        return await asyncio.to_thread(_run_forked, module, list(args), full, timeout)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", module, *args, cwd=ROOT, env=full, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return subprocess.CompletedProcess([module, *args], proc.returncode, out.decode(), err.decode())
+
+
+def _run_forked(
+    module: str, args: list[str], env: dict[str, str], timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """``run_command`` through the fork server: stdout and stderr through pipes, read to their end."""
+    deadline = time.monotonic() + timeout
+    out_read, out_write = os.pipe()
+    err_read, err_write = os.pipe()
+    try:
+        child = fork_server().start(module, args, env, ROOT, [out_write, err_write])
+    finally:
+        os.close(out_write)
+        os.close(err_write)
+    read: dict[int, list[bytes]] = {out_read: [], err_read: []}
+    with selectors.DefaultSelector() as selector:
+        for fd in read:
+            selector.register(fd, selectors.EVENT_READ)
+        try:
+            while selector.get_map():
+                if (left := deadline - time.monotonic()) <= 0:
+                    child.kill()
+                    raise subprocess.TimeoutExpired([module, *args], timeout)
+                for key, _ in selector.select(left):
+                    if data := os.read(key.fd, 1 << 16):
+                        read[key.fd].append(data)
+                    else:
+                        selector.unregister(key.fd)
+        finally:
+            for fd in read:
+                os.close(fd)
+    code = child.wait(max(deadline - time.monotonic(), 1.0))
+    out, err = (b"".join(read[fd]).decode() for fd in (out_read, err_read))
+    return subprocess.CompletedProcess([module, *args], code, out, err)
 
 
 def run_to_exit(module: str, env: dict[str, str], timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-    """Run one of our modules to its exit (for start-up failures)."""
+    """Run one of our modules to its exit (for start-up failures), through the fork server where
+    it can (``tests/unit/test_forkserver.py`` holds that a start fails there as it does alone)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     full_env.update(env)
+    if _forkable(module, ROOT, full_env):
+        return _run_forked(module, [], full_env, timeout)
     return subprocess.run(
         [sys.executable, "-m", module],
         cwd=ROOT,

@@ -3,10 +3,7 @@ with the deployment's environment, against the real store (both kinds) and broke
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
 import time
 from typing import Any
 
@@ -19,27 +16,14 @@ from shared.settings import Settings
 from shared.store import Store
 from tests.cloudamqp_stand_in import CloudAmqpStandIn
 from tests.integration.conftest import API_KEY, SEED_INSTANCE, seed_alarm
-from tests.support import ROOT, queue_depth
+from tests.support import queue_depth, run_command
 from worker.cloudamqp import CloudAmqpClient
 from worker.process import Processor
 
 
 async def autopilot(env: dict[str, str], *args: str) -> tuple[int, str, str]:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "worker.cli",
-        *args,
-        cwd=ROOT,
-        env={**full, **env},
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    done = await run_command("worker.cli", *args, env=env)
+    return done.returncode, done.stdout, done.stderr
 
 
 def cli_env(vhost: str, database_url: str) -> dict[str, str]:

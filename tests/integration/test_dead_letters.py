@@ -4,10 +4,7 @@ explain it, readable in the management API without being removed, and replayable
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,7 +17,7 @@ from shared import topology
 from tests.cloudamqp_stand_in import CloudAmqpStandIn
 from tests.conftest import vhost_name
 from tests.integration.conftest import SEED_INSTANCE, MakeStack, Stack, seed_alarm
-from tests.support import ROOT, Services, management_request, queue_depth, wait_until
+from tests.support import Services, management_request, queue_depth, run_command, wait_until
 
 
 async def peek_dead(services: Services, amqp_url: str) -> list[dict[str, Any]]:
@@ -55,22 +52,8 @@ class Result:
 
 async def run_dlq(env: dict[str, str], *args: str) -> Result:
     """``python -m worker.dlq ARGS`` with the stack's environment, stdin not a terminal."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-    full_env.update(env)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "worker.dlq",
-        *args,
-        cwd=ROOT,
-        env=full_env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-    assert proc.returncode is not None
-    return Result(proc.returncode, out.decode(), err.decode())
+    done = await run_command("worker.dlq", *args, env=env)
+    return Result(done.returncode, done.stdout, done.stderr)
 
 
 async def post_exact(stack: Stack, alarm: dict[str, Any]) -> tuple[bytes, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from tests.cloudamqp_stand_in import CloudAmqpStandIn
 from tests.conftest import vhost_name
 from tests.integration.conftest import API_KEY, SEED_INSTANCE, MakeStack, seed_alarm
 from tests.support import (
-    ROOT,
+    Proc,
     Services,
     TcpProxy,
     free_port,
@@ -177,8 +178,7 @@ def test_the_openapi_document_holds_against_the_live_receiver(
     operator token on the write endpoints."""
     token, operator = "schema-token", "schema-operator-token-51c0"
     env = {**base_env, "WEBHOOK_TOKEN": token, "OPERATOR_TOKEN": operator, "LOG_FORMAT": "json"}
-    log = (tmp_path / "receiver.log").open("wb")
-    receiver = subprocess.Popen([sys.executable, "-m", "receiver"], cwd=ROOT, env=env, stdout=log, stderr=log)
+    receiver = Proc("receiver", env, tmp_path / "receiver.log")
     url = f"http://127.0.0.1:{env['RECEIVER_PORT']}"
 
     def schemathesis(bearer: str, *only: str) -> str:
@@ -198,6 +198,5 @@ def test_the_openapi_document_holds_against_the_live_receiver(
     try:
         schemathesis(token if bearer == "webhook" else operator, *only)
     finally:
-        receiver.terminate()
-        receiver.wait(20)
-        log.close()
+        receiver.signal(signal.SIGTERM)
+        receiver.popen.wait(20)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import sys
 
 import pytest
 
 from shared.db import open_database
 from shared.store import MIGRATIONS
-from tests.support import ROOT
+from tests.support import run_command
 
 pytestmark = pytest.mark.integration
 
@@ -21,13 +19,8 @@ async def _run_migrate(database_url: str) -> tuple[int, str]:
         "DATABASE_URL": database_url,
         "LOG_FORMAT": "json",
     }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "shared.migrate", cwd=ROOT, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    _, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-    assert proc.returncode is not None
-    return proc.returncode, err.decode()
+    done = await run_command("shared.migrate", env=env, inherit=False)
+    return done.returncode, done.stderr
 
 
 async def _schema_version(database_url: str) -> int | None:

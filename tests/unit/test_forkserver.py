@@ -5,23 +5,34 @@ worker here is pointed at a closed port and retries until it is told to stop."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import psutil
+import pytest
 
-from tests.support import Forked, Proc, fork_server, free_port, run_to_exit
+from tests.support import ROOT, Forked, Proc, _forkable, fork_server, free_port, run_command, run_to_exit
 
 
 async def test_a_bad_start_exits_and_says_what_python_m_does(tmp_path: Path) -> None:
     env = {"RECEIVER_PORT": "not-a-port", "LOG_FORMAT": "json"}
-    alone = run_to_exit("receiver", env)
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")} | env
+    alone = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "receiver"], cwd=ROOT, env=full_env, capture_output=True,
+        text=True, timeout=30,
+    )  # fmt: skip
     forked = Proc("receiver", env, tmp_path / "receiver.log")
     assert isinstance(forked.popen, Forked)
     assert await forked.wait() == alone.returncode == 2
     said = forked.log_path.read_text()
     assert said == alone.stdout + alone.stderr
     assert "RECEIVER_PORT='not-a-port' is invalid" in said
+    run = await asyncio.to_thread(run_to_exit, "receiver", env)  # through the server too, piped
+    assert (run.returncode, run.stdout, run.stderr) == (alone.returncode, alone.stdout, alone.stderr)
 
 
 async def test_a_forked_program_reads_its_own_arguments(tmp_path: Path) -> None:
@@ -38,22 +49,44 @@ async def test_a_forked_worker_has_its_own_pid_and_environment_and_handles_sigte
     }
     first = Proc("worker", env, tmp_path / "first.log")
     second = Proc("worker", {**env, "RECEIVER_PORT": "7108"}, tmp_path / "second.log")
-    for proc in (first, second):
-        assert isinstance(proc.popen, Forked)
-        await proc.wait_event("broker.unavailable")
-    server = fork_server().process.pid
-    assert len({first.popen.pid, second.popen.pid, server}) == 3
-    assert psutil.Process(first.popen.pid).ppid() == server
-    for proc, port in ((first, 7107), (second, 7108)):
-        (starting,) = proc.events("worker.starting")
-        assert starting["worker_id"].endswith(f":{proc.popen.pid}")
-        assert starting["settings"]["receiver_port"] == port
+    try:
+        for proc in (first, second):
+            assert isinstance(proc.popen, Forked)
+            await proc.wait_event("broker.unavailable")
+        server = fork_server().process.pid
+        assert len({first.popen.pid, second.popen.pid, server}) == 3
+        assert psutil.Process(first.popen.pid).ppid() == server
+        for proc, port in ((first, 7107), (second, 7108)):
+            (starting,) = proc.events("worker.starting")
+            assert starting["worker_id"].endswith(f":{proc.popen.pid}")
+            assert starting["settings"]["receiver_port"] == port
 
-    first.signal(signal.SIGTERM)
-    assert await first.wait() == 0
-    assert [e["signal"] for e in first.events("worker.signal")] == ["SIGTERM"]
-    assert second.popen.poll() is None  # the other child runs on
+        first.signal(signal.SIGTERM)
+        assert await first.wait() == 0
+        assert [e["signal"] for e in first.events("worker.signal")] == ["SIGTERM"]
+        assert second.popen.poll() is None  # the other child runs on
 
-    await second.kill()
-    assert second.popen.poll() == -signal.SIGKILL
-    second.signal(signal.SIGTERM)  # an exited child: nothing to signal, and no error
+        await second.kill()
+        assert second.popen.poll() == -signal.SIGKILL
+        second.signal(signal.SIGTERM)  # an exited child: nothing to signal, and no error
+    finally:  # whatever failed above, no worker is left retrying
+        for proc in (first, second):
+            await proc.kill()
+
+
+@pytest.mark.parametrize(
+    "args", [("--help",), ("bogus",), ("--json", "pauses")], ids=["help", "bad", "no-store"]
+)
+async def test_a_command_line_through_the_fork_server_prints_and_exits_as_python_m(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    python = {k: v for k, v in os.environ.items() if k.startswith("PYTHON")}  # what the server has
+    env = {**python, "PATH": os.environ["PATH"], "DATABASE_URL": "oracle://x", "LOG_FORMAT": "json"}
+    assert _forkable("worker.cli", ROOT, env)
+    forked = await run_command("worker.cli", *args, env=env, inherit=False)
+    alone = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "worker.cli", *args], cwd=ROOT, env=env, capture_output=True,
+        text=True, timeout=30,
+    )  # fmt: skip
+    assert (forked.returncode, forked.stdout, forked.stderr) == (alone.returncode, alone.stdout, alone.stderr)
+    assert forked.stdout or forked.stderr
