@@ -1,25 +1,25 @@
-"""The suite's fork server: the receivers and workers the tests start, without each loading
-its modules again.
+"""The suite's fork server: the programs the tests start, without each loading its modules
+again.
 
-A test run starts about three hundred of our processes, and each ``python -m receiver`` or
-``worker`` spent most of its start loading modules (about 0.5–0.75 s of CPU on a two-core
-machine, a third of the suite's CPU). This server, one per test process, loads both programs'
-modules once (``import receiver.__main__``, ``import worker.__main__``: what ``python -m``
-loads before ``main``), then forks a child per start. The child takes the log file as its
-stdout and stderr, the test's environment, working directory and arguments, and runs the
+A test run starts about four hundred of our processes (``python -m receiver``, ``worker``,
+``worker.cli``, ``worker.dlq``, ``shared.migrate``), and each spent most of its start loading
+modules: about 0.5–0.75 s of CPU on a two-core machine, the largest part of the suite's CPU.
+This server, one per test process, loads the programs' modules once (what ``python -m`` loads
+before ``main``), then forks a child per start. The child takes the descriptors it is sent as
+its stdout and stderr, the test's environment, working directory and arguments, and runs the
 program as ``python -m`` does (``runpy``, ``__name__ == "__main__"``): settings are read,
 logging set up, connections opened and signal handlers installed in the child, as in a
 program started alone. Each child is a process of its own (its own pid, signals, exit code,
-sockets); only the module loading is shared. ``tests.support.Proc`` (the services) and
-``tests.support.run_command`` (the operator's command lines) use it for this checkout's code;
-anything else (another checkout's code, the start-up failures ``run_to_exit`` checks) starts
-with ``subprocess``.
+sockets); only the module loading is shared. ``tests.support`` uses it for this checkout's
+code (``Proc``: the services; ``run_command``: the command lines; ``run_to_exit``: start-up
+failures); another checkout's code, and the tests that witness a real start
+(``test_runtime``, ``test_settings``, ``test_platform_settings``), start with ``subprocess``.
 
 Protocol, one Unix-socket connection per child: the test sends a JSON request (module,
-arguments, environment, working directory) with the descriptors of its stdout and stderr; the server
-answers the child's pid, then, once the child has exited and it has reaped it, its exit code
-as ``subprocess`` reports it (a negative number for a signal). The server exits when the
-test process that started it closes its stdin (ends)."""
+arguments, environment, working directory) with the descriptors of its stdout and stderr,
+then shuts its side for writing; the server answers the child's pid, then, once the child has
+exited and it has reaped it, its exit code as ``subprocess`` reports it (a negative number for
+a signal). The server exits when the test process that started it closes its stdin (ends)."""
 
 from __future__ import annotations
 
@@ -101,6 +101,8 @@ def serve(path: str) -> None:
             elif key.data == "listener":
                 conn, _ = listener.accept()
                 data, fds, _, _ = socket.recv_fds(conn, REQUEST_LIMIT, 2)
+                while chunk := conn.recv(REQUEST_LIMIT):  # the rest, up to the test's shutdown
+                    data += chunk
                 pid = os.fork()
                 if pid == 0:
                     selector.close()

@@ -196,6 +196,11 @@ def _parsed(line: str) -> dict[str, Any]:
     return entry if isinstance(entry, dict) else {"event": "raw", "text": line}
 
 
+def inherited_env() -> dict[str, str]:
+    """The environment a process the tests start inherits: this one's, less pytest's own."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}
+
+
 class Proc:
     """One of our processes (``python -m receiver`` / ``worker``), logging JSON to a file."""
 
@@ -211,7 +216,7 @@ class Proc:
         """``cwd``: the checkout whose code runs (another one's, to compare it with this one)."""
         self.module = module
         self.log_path = log_path
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}
+        full_env = inherited_env()
         full_env.update({"LOG_FORMAT": "json", "LOG_LEVEL": "info", "PYTHONUNBUFFERED": "1"})
         full_env.update(env)
         PROCESS_LOGS.append((log_path, secrets_in(full_env)))
@@ -220,7 +225,7 @@ class Proc:
         self._events: dict[str, list[dict[str, Any]]] = {}
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in wait()
         self.popen: subprocess.Popen[bytes] | Forked
-        if _forkable(module, cwd, full_env):
+        if forkable(module, cwd, full_env):
             self.popen = fork_server().start(module, args or [], full_env, cwd, [self._log.fileno()])
         else:
             self.popen = subprocess.Popen(
@@ -368,8 +373,7 @@ class ForkServer:
 
     def __init__(self, directory: Path):
         self.path = str(directory / "forkserver.sock")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}
-        self.env = {**env, "PYTHONUNBUFFERED": "1"}
+        self.env = {**inherited_env(), "PYTHONUNBUFFERED": "1"}
         self._log = open(directory / "forkserver.log", "ab")  # noqa: SIM115 - the process's life
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tests.forkserver", self.path],
@@ -401,6 +405,7 @@ class ForkServer:
         conn.connect(self.path)
         request = {"module": module, "args": args, "env": env, "cwd": str(cwd)}
         socket.send_fds(conn, [json.dumps(request).encode()], fds)
+        conn.shutdown(socket.SHUT_WR)  # the request is whole
         return Forked(conn)
 
 
@@ -416,7 +421,7 @@ def fork_server() -> ForkServer:
         return _FORK_SERVER[0]
 
 
-def _forkable(module: str, cwd: Path, env: dict[str, str]) -> bool:
+def forkable(module: str, cwd: Path, env: dict[str, str]) -> bool:
     """Whether the fork server can start ``python -m module`` as it would start alone: one of
     its programs, from this checkout, and the variables Python reads only as it starts
     (``PYTHON*``, but for the buffering the server's children always have) the server's own."""
@@ -433,9 +438,9 @@ async def run_command(
     """``python -m module args`` to its exit (an operator's command line), stdin not a terminal:
     its exit code and output. ``env`` is added to this process's environment (less pytest's
     own), or stands alone with ``inherit=False``. Through the fork server where it can."""
-    full = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")} if inherit else {}
+    full = inherited_env() if inherit else {}
     full.update(env)
-    if _forkable(module, ROOT, full):
+    if forkable(module, ROOT, full):
         return await asyncio.to_thread(_run_forked, module, list(args), full, timeout)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", module, *args, cwd=ROOT, env=full, stdin=asyncio.subprocess.DEVNULL,
@@ -483,9 +488,9 @@ def _run_forked(
 def run_to_exit(module: str, env: dict[str, str], timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
     """Run one of our modules to its exit (for start-up failures), through the fork server where
     it can (``tests/unit/test_forkserver.py`` holds that a start fails there as it does alone)."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    full_env = inherited_env()
     full_env.update(env)
-    if _forkable(module, ROOT, full_env):
+    if forkable(module, ROOT, full_env):
         return _run_forked(module, [], full_env, timeout)
     return subprocess.run(
         [sys.executable, "-m", module],

@@ -15,12 +15,22 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.support import ROOT, Forked, Proc, _forkable, fork_server, free_port, run_command, run_to_exit
+from tests.support import (
+    ROOT,
+    Forked,
+    Proc,
+    fork_server,
+    forkable,
+    free_port,
+    inherited_env,
+    run_command,
+    run_to_exit,
+)
 
 
 async def test_a_bad_start_exits_and_says_what_python_m_does(tmp_path: Path) -> None:
     env = {"RECEIVER_PORT": "not-a-port", "LOG_FORMAT": "json"}
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")} | env
+    full_env = inherited_env() | env
     alone = await asyncio.to_thread(
         subprocess.run, [sys.executable, "-m", "receiver"], cwd=ROOT, env=full_env, capture_output=True,
         text=True, timeout=30,
@@ -82,7 +92,7 @@ async def test_a_command_line_through_the_fork_server_prints_and_exits_as_python
 ) -> None:
     python = {k: v for k, v in os.environ.items() if k.startswith("PYTHON")}  # what the server has
     env = {**python, "PATH": os.environ["PATH"], "DATABASE_URL": "oracle://x", "LOG_FORMAT": "json"}
-    assert _forkable("worker.cli", ROOT, env)
+    assert forkable("worker.cli", ROOT, env)
     forked = await run_command("worker.cli", *args, env=env, inherit=False)
     alone = await asyncio.to_thread(
         subprocess.run, [sys.executable, "-m", "worker.cli", *args], cwd=ROOT, env=env, capture_output=True,
