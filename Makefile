@@ -53,10 +53,9 @@ check: $(RUNTIME_STAMP) ## check the set-up before the first alarm: key, instanc
 # the schemathesis run time out, and tests fail).
 # tests/conftest.py schedules them (pytest_xdist_make_scheduler) and orders the long ones first.
 TEST_WORKERS ?= 6
-# The run starts some 300 Python processes (receivers, workers, the CLI): each reads the
-# bytecode cache the first one wrote, and pytest keeps the test modules it rewrote, even where
-# the environment says PYTHONDONTWRITEBYTECODE (without the caches every process compiles
-# again: 0.2 s of CPU each).
+# Each test process and its fork server (tests/forkserver.py) read the bytecode cache the first
+# one wrote, and pytest keeps the test modules it rewrote, even where the environment says
+# PYTHONDONTWRITEBYTECODE (without the caches each compiles again: about 2 s of CPU a test process).
 test: $(DEV_STAMP) ## every test, in parallel; starts RabbitMQ, its management plugin and PostgreSQL where missing
 	$(PY) -m tools.services
 	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -n $(TEST_WORKERS) $(TEST_ARGS)

@@ -15,11 +15,13 @@ code (``Proc``: the services; ``run_command``: the command lines; ``run_to_exit`
 failures); another checkout's code, and the tests that witness a real start
 (``test_runtime``, ``test_settings``, ``test_platform_settings``), start with ``subprocess``.
 
-Protocol, one Unix-socket connection per child: the test sends a JSON request (module,
-arguments, environment, working directory) with the descriptors of its stdout and stderr,
-then shuts its side for writing; the server answers the child's pid, then, once the child has
-exited and it has reaped it, its exit code as ``subprocess`` reports it (a negative number for
-a signal). The server exits when the test process that started it closes its stdin (ends)."""
+Protocol, one Unix-socket connection per child, on a listening socket the test process made
+and handed over (a start need not wait for the server to be ready): the test sends a JSON
+request (module, arguments, environment, working directory) with the descriptors of its stdout
+and stderr, then shuts its side for writing; the server answers the child's pid, then, once the
+child has exited and it has reaped it, its exit code as ``subprocess`` reports it (a negative
+number for a signal). The server exits when the test process that started it closes its stdin
+(ends)."""
 
 from __future__ import annotations
 
@@ -83,12 +85,10 @@ def become(request: dict[str, Any], fds: list[int]) -> None:
     raise SystemExit(0)
 
 
-def serve(path: str) -> None:
+def serve(listener: socket.socket) -> None:
+    """Answer the starts that come on ``listener`` (listening already: the test process made it,
+    and the starts sent meanwhile wait in its backlog)."""
     preload()
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path + ".new")
-    listener.listen(64)
-    os.rename(path + ".new", path)  # the socket appears once it is ready to be connected to
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ, "listener")
     selector.register(sys.stdin, selectors.EVENT_READ, "parent")
@@ -130,4 +130,4 @@ def serve(path: str) -> None:
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1])
+    serve(socket.socket(fileno=int(sys.argv[1])))

@@ -372,22 +372,23 @@ class ForkServer:
     """This test process's fork server (``tests.forkserver``), started at its first use."""
 
     def __init__(self, directory: Path):
+        # The listening socket is made here and handed to the server: a start connects at once
+        # and waits in the backlog while the server is still loading the modules.
         self.path = str(directory / "forkserver.sock")
-        self.env = {**inherited_env(), "PYTHONUNBUFFERED": "1"}
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(self.path)
+        listener.listen(64)
         self._log = open(directory / "forkserver.log", "ab")  # noqa: SIM115 - the process's life
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.forkserver", self.path],
-            cwd=ROOT,
-            env=self.env,
-            stdin=subprocess.PIPE,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 60
-        while not os.path.exists(self.path):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"the fork server did not start: {directory / 'forkserver.log'}")
-            time.sleep(0.02)
+        with listener:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "tests.forkserver", str(listener.fileno())],
+                cwd=ROOT,
+                env={**inherited_env(), "PYTHONUNBUFFERED": "1"},
+                stdin=subprocess.PIPE,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                pass_fds=(listener.fileno(),),
+            )
         atexit.register(self.close, directory)
 
     def close(self, directory: Path) -> None:
