@@ -124,9 +124,11 @@ class Processes:
     def spawn(
         self, module: str, env: dict[str, str], args: list[str] | None = None, *, cwd: Path | None = None
     ) -> Proc:
-        """``cwd``: run another checkout's ``module`` (default: this one's)."""
+        """``cwd``: run another checkout's ``module`` (default: this one's). Always a new
+        interpreter, as an operator starts it: a benchmark measures the program's own start,
+        memory and speed, never a child of the tests' fork server."""
         log_path = self.workdir / f"{module.replace('.', '-')}-{uuid.uuid4().hex[:8]}.log"
-        proc = Proc(module, {"LOG_LEVEL": "info", **env}, log_path, args, cwd=cwd or ROOT)
+        proc = Proc(module, {"LOG_LEVEL": "info", **env}, log_path, args, cwd=cwd or ROOT, fork=False)
         self.procs.append(proc)
         return proc
 

@@ -212,8 +212,12 @@ class Proc:
         args: list[str] | None = None,
         *,
         cwd: Path = ROOT,
+        fork: bool = True,
     ):
-        """``cwd``: the checkout whose code runs (another one's, to compare it with this one)."""
+        """``cwd``: the checkout whose code runs (another one's, to compare it with this one).
+        ``fork``: whether the fork server may start it (a test's service); ``False`` starts a
+        new interpreter as an operator does, for what measures the start itself or the whole
+        process (the benchmarks)."""
         self.module = module
         self.log_path = log_path
         full_env = inherited_env()
@@ -225,7 +229,7 @@ class Proc:
         self._events: dict[str, list[dict[str, Any]]] = {}
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in wait()
         self.popen: subprocess.Popen[bytes] | Forked
-        if forkable(module, cwd, full_env):
+        if fork and forkable(module, cwd, full_env):
             self.popen = fork_server().start(module, args or [], full_env, cwd, [self._log.fileno()])
         else:
             self.popen = subprocess.Popen(

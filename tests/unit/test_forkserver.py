@@ -100,3 +100,29 @@ async def test_a_command_line_through_the_fork_server_prints_and_exits_as_python
     )  # fmt: skip
     assert (forked.returncode, forked.stdout, forked.stderr) == (alone.returncode, alone.stdout, alone.stderr)
     assert forked.stdout or forked.stderr
+
+
+async def test_a_benchmark_starts_a_new_interpreter_never_a_forked_child(tmp_path: Path) -> None:
+    """Benchmark 4 times a start and reads a process's memory, and the others compare our
+    programs with baselines and other checkouts: each must be ``python -m`` as an operator
+    runs it, never a child of the server that has the modules loaded already."""
+    from bench.harness import Processes
+
+    env = {
+        "RABBITMQ_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}/",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'store.db'}",
+    }
+    procs = Processes(tmp_path)
+    tests: list[Proc] = []
+    try:
+        worker = procs.spawn("worker", env)
+        assert isinstance(worker.popen, subprocess.Popen)
+        started = psutil.Process(worker.popen.pid)
+        assert started.ppid() == os.getpid()
+        assert started.cmdline() == [sys.executable, "-m", "worker"]
+        await worker.wait_event("broker.unavailable")
+        tests.append(Proc("worker", env, tmp_path / "test.log"))
+        assert isinstance(tests[0].popen, Forked)  # a test's own service may fork
+    finally:
+        for proc in [*procs.procs, *tests]:
+            await proc.kill()
