@@ -445,15 +445,23 @@ async def run_command(
     own), or stands alone with ``inherit=False``. Through the fork server where it can."""
     full = inherited_env() if inherit else {}
     full.update(env)
-    if forkable(module, ROOT, full):
-        return await asyncio.to_thread(_run_forked, module, list(args), full, timeout)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", module, *args, cwd=ROOT, env=full, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    return await asyncio.to_thread(_run, module, list(args), full, timeout)
+
+
+def _run(
+    module: str, args: list[str], env: dict[str, str], timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """``python -m module args`` with exactly ``env``, to its exit: stdin ``/dev/null``, stdout
+    and stderr captured. Forked where it can be, else a new interpreter (killed after
+    ``timeout``, either way)."""
+    if forkable(module, ROOT, env):
+        return _run_forked(module, args, env, timeout)
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+        capture_output=True, timeout=timeout,
     )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    assert proc.returncode is not None
-    return subprocess.CompletedProcess([module, *args], proc.returncode, out.decode(), err.decode())
+    out, err = done.stdout.decode(), done.stderr.decode()
+    return subprocess.CompletedProcess([module, *args], done.returncode, out, err)
 
 
 def _run_forked(
@@ -493,18 +501,7 @@ def _run_forked(
 def run_to_exit(module: str, env: dict[str, str], timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
     """Run one of our modules to its exit (for start-up failures), through the fork server where
     it can (``tests/unit/test_forkserver.py`` holds that a start fails there as it does alone)."""
-    full_env = inherited_env()
-    full_env.update(env)
-    if forkable(module, ROOT, full_env):
-        return _run_forked(module, [], full_env, timeout)
-    return subprocess.run(
-        [sys.executable, "-m", module],
-        cwd=ROOT,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return _run(module, [], inherited_env() | env, timeout)
 
 
 class TcpProxy:
